@@ -1,0 +1,43 @@
+"""Network adapters: SR architectures that :class:`~metasr_adapter.MetaSR` can wrap.
+
+Architectures are registered by name and imported lazily, so one broken optional
+architecture never breaks ``import metasr_adapter``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["register_model", "get_model", "list_models"]
+
+# name -> "module:attribute" (imported on first use) or a factory callable
+_REGISTRY: dict[str, str | Callable[..., nn.Module]] = {
+    "mzsr": "metasr_adapter.adapters.mzsr:MZSRNet",
+}
+
+
+def register_model(name: str, factory: str | Callable[..., nn.Module]) -> None:
+    """Register ``factory`` (a callable, or ``"module:attr"`` imported lazily) under ``name``."""
+    key = name.lower()
+    if key in _REGISTRY:
+        raise ValueError(f"model name {name!r} is already registered; pick another name")
+    _REGISTRY[key] = factory
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`get_model`."""
+    return sorted(_REGISTRY)
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered architecture by name (weights are loaded separately)."""
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    factory = _REGISTRY[key]
+    if isinstance(factory, str):
+        module_name, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+    return factory(**kwargs)

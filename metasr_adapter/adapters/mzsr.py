@@ -1,0 +1,78 @@
+"""The 8-layer MZSR network (Soh et al., CVPR 2020), as the official code builds it.
+
+``y = x + conv8(relu(conv7(... relu(conv1(x)))))``: every convolution is 3x3, stride 1,
+zero padding 1, with bias; the input ``x`` is the bicubic-upsampled LR image in [0, 1] and
+the output is not clipped (SPEC §1).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MZSRNet", "mzsr_state_dict_from_tf"]
+
+
+class MZSRNet(nn.Module):
+    """MZSR's residual CNN: ``depth`` 3x3 conv layers, ``width`` channels, global skip.
+
+    The network never upsamples: it takes an image that was already resized to the output
+    size (``upsample_input = True`` tells :class:`~metasr_adapter.MetaSR` to do that).
+    """
+
+    upsample_input: bool = True
+
+    def __init__(self, channels: int = 3, width: int = 64, depth: int = 8) -> None:
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"depth={depth}: MZSRNet needs at least 2 layers (first and last conv)")
+        self.depth = depth
+        for k in range(1, depth + 1):
+            cin = channels if k == 1 else width
+            cout = channels if k == depth else width
+            self.add_module(f"conv{k}", nn.Conv2d(cin, cout, 3, stride=1, padding=1, bias=True))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """TF1.8 ``variance_scaling_initializer()`` (SPEC §1): truncated normal at ±2σ,
+        σ = sqrt(1 / fan_in), zero biases."""
+        with torch.no_grad():
+            for k in range(1, self.depth + 1):
+                conv: nn.Conv2d = getattr(self, f"conv{k}")
+                fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+                std = math.sqrt(1.0 / fan_in)
+                nn.init.trunc_normal_(conv.weight, std=std, a=-2 * std, b=2 * std, generator=generator)
+                conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for k in range(1, self.depth):
+            h = F.relu(getattr(self, f"conv{k}")(h))
+        return x + getattr(self, f"conv{self.depth}")(h)
+
+
+def mzsr_state_dict_from_tf(arrays: Mapping[str, np.ndarray], prefix: str = "MODEL/") -> dict[str, torch.Tensor]:
+    """Map official ``MODEL/convK/{kernel,bias}`` arrays (kernels HWIO) onto MZSRNet's state dict.
+
+    Extra entries (Adam slots, ``global_step``...) are ignored; a missing layer raises ``KeyError``
+    naming it.
+    """
+    state: dict[str, torch.Tensor] = {}
+    k = 1
+    while f"{prefix}conv{k}/kernel" in arrays:
+        kernel = np.asarray(arrays[f"{prefix}conv{k}/kernel"])
+        if kernel.ndim != 4:
+            raise ValueError(f"{prefix}conv{k}/kernel has shape {kernel.shape}; expected 4-D HWIO")
+        bias_key = f"{prefix}conv{k}/bias"
+        if bias_key not in arrays:
+            raise KeyError(f"checkpoint has {prefix}conv{k}/kernel but no {bias_key}")
+        state[f"conv{k}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)).astype(np.float32))
+        state[f"conv{k}.bias"] = torch.from_numpy(np.asarray(arrays[bias_key], dtype=np.float32).copy())
+        k += 1
+    if not state:
+        raise KeyError(f"no '{prefix}convK/kernel' tensors found; keys look like {sorted(arrays)[:5]}")
+    return state
