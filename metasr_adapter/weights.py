@@ -1,0 +1,245 @@
+"""Read, load and save network weights.
+
+Accepted forms (``read_weights``):
+
+* a TensorFlow V2 checkpoint: its prefix, ``.index`` or ``.data-*`` path, or a directory with one;
+* ``.npz`` arrays;
+* ``.pth`` / ``.pt`` PyTorch files, loaded with ``torch.load(weights_only=True)``: a plain state
+  dict or a dict holding one under ``params_ema`` / ``params`` (BasicSR), ``state_dict`` or ``model``.
+
+Arrays named like the official MZSR checkpoint (``MODEL/convK/{kernel,bias}``, kernels HWIO) are
+mapped onto :class:`~metasr_adapter.adapters.mzsr.MZSRNet`'s state dict; other names are taken as
+PyTorch state-dict names. A leading ``module.`` (DataParallel) is stripped.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters.mzsr import mzsr_state_dict_from_tf
+from .tf_checkpoint import is_tf_checkpoint, list_tf_checkpoint, read_tf_checkpoint
+
+__all__ = ["read_weights", "load_weights", "save_weights", "WeightsMismatchError", "ACCEPTED_FORMS"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+StateDict = dict[str, torch.Tensor]
+
+ACCEPTED_FORMS = ("a TensorFlow checkpoint prefix (PREFIX.index + PREFIX.data-*), its .index path or a "
+                  "directory holding one; a .pth/.pt PyTorch state dict (plain or under "
+                  "'params_ema'/'params'/'state_dict'/'model'); or a .npz of arrays")
+_AUTO_KEYS = ("params_ema", "params", "state_dict", "model")
+_TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt", ".tar")
+_TF_CONV = re.compile(r"^(.*?)conv1/kernel$")
+
+
+class WeightsMismatchError(ValueError):
+    """The weights do not fit the model: missing/unexpected keys or shape mismatches."""
+
+
+def _tf_prefix(names: Mapping[str, Any] | list[str]) -> str | None:
+    """``'MODEL/'`` when the names look like the official MZSR checkpoint, else None."""
+    for n in names:
+        m = _TF_CONV.match(n)
+        if m and "." not in n:
+            return m.group(1)
+    return None
+
+
+def _from_arrays(arrays: Mapping[str, np.ndarray]) -> StateDict:
+    prefix = _tf_prefix(list(arrays))
+    if prefix is not None:
+        return mzsr_state_dict_from_tf(arrays, prefix=prefix)
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+
+
+def _read_tf(path: PathLike) -> StateDict:
+    listing = list_tf_checkpoint(path)
+    prefix = _tf_prefix(list(listing))
+    if prefix is not None:
+        wanted = [n for n in listing if re.fullmatch(re.escape(prefix) + r"conv\d+/(kernel|bias)", n)]
+        return mzsr_state_dict_from_tf(read_tf_checkpoint(path, names=wanted), prefix=prefix)
+    numeric = [n for n, (dt, _) in listing.items() if dt != np.dtype(object)]
+    return _from_arrays(read_tf_checkpoint(path, names=numeric))
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _unwrap(obj: Any, param_key: str, path: Path) -> Mapping[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict; save weights with "
+                        "torch.save(model.state_dict(), path) or metasr_adapter.weights.save_weights")
+    keys = ", ".join(repr(k) for k in list(obj)[:10])
+    if param_key != "auto":
+        if param_key not in obj:
+            raise KeyError(f"param_key={param_key!r} not in {path}; its top-level keys are: {keys}")
+        found = obj[param_key]
+        if not _is_state_dict(found):
+            raise TypeError(f"{path}[{param_key!r}] is not a dict of tensors; top-level keys are: {keys}")
+        return found
+    for key in _AUTO_KEYS:
+        if key in obj and _is_state_dict(obj[key]):
+            return obj[key]
+    for key in _AUTO_KEYS:  # one more level, e.g. {'model': {'state_dict': ...}}
+        inner = obj.get(key)
+        if isinstance(inner, Mapping):
+            for key2 in _AUTO_KEYS:
+                if key2 in inner and _is_state_dict(inner[key2]):
+                    return inner[key2]
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if tensors:
+        return tensors
+    raise ValueError(f"no state dict found in {path}: top-level keys are {keys}; pass param_key= naming the "
+                     "entry that holds the weights")
+
+
+def _read_torch(path: Path, param_key: str) -> StateDict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, unsupported globals, corrupted zip
+        raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {e}. Accepted: "
+                         f"{ACCEPTED_FORMS}") from e
+    state = _unwrap(obj, param_key, path)
+    return {(k[len("module."):] if k.startswith("module.") else k): v.detach() for k, v in state.items()}
+
+
+def _looks_like_npz(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def read_weights(path: PathLike, *, param_key: str = "auto") -> StateDict:
+    """Read weights from any accepted form (see module docstring) into a CPU state dict.
+
+    ``param_key`` picks the entry of a PyTorch checkpoint dict: 'auto' tries 'params_ema',
+    'params', 'state_dict', 'model', then takes the top-level tensors.
+    """
+    p = Path(os.fspath(path))
+    name = p.name.lower()
+    if name.endswith(".index") or re.search(r"\.data-\d{5}-of-\d{5}$", name) or p.is_dir():
+        return _read_tf(p)
+    if p.is_file():
+        if name.endswith(".npz") or (not name.endswith(_TORCH_SUFFIXES) and _looks_like_npz(p)):
+            with np.load(p, allow_pickle=False) as z:
+                return _from_arrays({k: z[k] for k in z.files})
+        return _read_torch(p, param_key)
+    if is_tf_checkpoint(p):
+        return _read_tf(p)
+    raise FileNotFoundError(f"weights not found: {os.fspath(path)!r} is neither a file nor a TensorFlow "
+                            f"checkpoint prefix (no {os.fspath(path)}.index). Accepted: {ACCEPTED_FORMS}")
+
+
+def _fmt_keys(keys: list[str], limit: int = 10) -> str:
+    more = f", … (+{len(keys) - limit})" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_weights(model: nn.Module, path: PathLike | Mapping[str, torch.Tensor], *, param_key: str = "auto",
+                 strict: bool = True) -> nn.Module:
+    """Load weights (a path in any accepted form, or a state dict) into ``model``; returns ``model``.
+
+    ``strict=True`` raises :class:`WeightsMismatchError` listing missing keys, unexpected keys and
+    shape mismatches; ``strict=False`` loads the keys whose shapes match and warns about the rest.
+    """
+    if isinstance(path, Mapping):
+        state, source = dict(path), "the given state dict"
+    else:
+        state, source = read_weights(path, param_key=param_key), os.fspath(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [(k, tuple(own[k].shape), tuple(state[k].shape)) for k in own
+                  if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_fmt_keys(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_fmt_keys(unexpected)}")
+        if mismatched:
+            parts.append("shape mismatches: " + "; ".join(
+                f"{k}: model expects {exp}, weights have {got}" for k, exp, got in mismatched[:10]))
+        problem = f"weights from {source} do not fit {type(model).__name__}: " + "; ".join(parts)
+        if strict:
+            hint = ("Pass strict=False to load only the matching tensors, or param_key='params'/'params_ema'/"
+                    "'state_dict' to pick another entry of the checkpoint, or check that the model "
+                    "architecture matches the weights")
+            raise WeightsMismatchError(f"{problem}. {hint}")
+        warnings.warn(f"{problem}; loading the {len(own) - len(missing) - len(mismatched)} matching tensors "
+                      "(strict=False)", stacklevel=2)
+    bad = {k for k, _, _ in mismatched}
+    usable = {k: v for k, v in state.items() if k in own and k not in bad}
+    model.load_state_dict(usable, strict=False)
+    return model
+
+
+_META_TYPES = (str, int, float, bool, type(None))
+
+
+def _check_metadata(value: Any, where: str) -> Any:
+    """Metadata must survive ``torch.load(weights_only=True)``: plain Python containers and scalars."""
+    if isinstance(value, _META_TYPES):
+        return value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_check_metadata(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, Mapping):
+        return {str(k): _check_metadata(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"metadata {where} is a {type(value).__name__}; use str/int/float/bool/None or "
+                    "lists/dicts of them so the file loads with weights_only=True")
+
+
+def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], path: PathLike,
+                 **metadata: Any) -> Path:
+    """Atomically write ``{'params': state_dict, 'metadata': {...}}`` as a PyTorch file.
+
+    The file loads with ``torch.load(weights_only=True)`` and with :func:`read_weights`.
+    """
+    target = Path(os.fspath(path))
+    if target.suffix.lower() in (".npz", ".index", ".npy"):
+        raise ValueError(f"save_weights writes a PyTorch file; give {target} a .pth or .pt suffix")
+    if isinstance(model_or_state_dict, nn.Module):
+        state = model_or_state_dict.state_dict()
+        metadata.setdefault("model", type(model_or_state_dict).__name__)
+    elif isinstance(model_or_state_dict, Mapping):
+        state = model_or_state_dict
+    else:
+        raise TypeError(f"save_weights needs an nn.Module or a state dict, got {type(model_or_state_dict).__name__}")
+    params = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        params[str(k)] = v.detach().cpu().clone()
+    meta = {str(k): _check_metadata(v, repr(k)) for k, v in metadata.items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"params": params, "metadata": meta}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target

@@ -1,0 +1,189 @@
+"""Reading, loading and saving weights in every accepted form."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import shared_path
+from metasr_adapter.adapters.mzsr import MZSRNet
+from metasr_adapter.weights import WeightsMismatchError, load_weights, read_weights, save_weights
+from test_tf_checkpoint import write_bundle
+
+
+def small_net(seed: int = 0) -> MZSRNet:
+    torch.manual_seed(seed)
+    net = MZSRNet(width=4, depth=3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    return net
+
+
+def tf_arrays(net: MZSRNet) -> dict[str, np.ndarray]:
+    """The net's weights as the official checkpoint names them: OIHW -> HWIO kernels."""
+    out: dict[str, np.ndarray] = {}
+    for k in range(1, net.depth + 1):
+        conv = getattr(net, f"conv{k}")
+        out[f"MODEL/conv{k}/kernel"] = conv.weight.detach().numpy().transpose(2, 3, 1, 0).copy()
+        out[f"MODEL/conv{k}/bias"] = conv.bias.detach().numpy().copy()
+        out[f"MODEL/conv{k}/kernel/Adam"] = np.zeros_like(out[f"MODEL/conv{k}/kernel"])
+    out["global_step"] = np.array(7, dtype=np.int32)
+    return out
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].shape == b[k].shape, k
+        assert torch.equal(a[k].float(), b[k].float()), k
+
+
+def test_save_load_roundtrip(tmp_path: Path) -> None:
+    net = small_net(0)
+    path = save_weights(net, tmp_path / "out" / "net.pth", step=3, kernel="gd2.0", scales=[2, 4])
+    assert path == tmp_path / "out" / "net.pth"
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["metadata"] == {"step": 3, "kernel": "gd2.0", "scales": [2, 4], "model": "MZSRNet"}
+    assert_same_state(raw["params"], net.state_dict())
+    other = load_weights(small_net(1), path)
+    assert_same_state(other.state_dict(), net.state_dict())
+    assert [p.name for p in path.parent.iterdir()] == ["net.pth"]  # no temp file left behind
+
+
+def test_save_is_atomic_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save_weights(small_net(0), tmp_path / "net.pth")
+    before = path.read_bytes()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_weights(small_net(1), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["net.pth"]
+
+
+def test_save_rejects_metadata_that_weights_only_cannot_load(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="'cfg'"):
+        save_weights(small_net(0), tmp_path / "n.pth", cfg=object())
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_state_dict_and_numpy_metadata(tmp_path: Path) -> None:
+    sd = small_net(0).state_dict()
+    path = save_weights(sd, tmp_path / "sd.pt", psnr=np.float32(30.5), where=tmp_path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["metadata"] == {"psnr": 30.5, "where": str(tmp_path)}
+    assert_same_state(read_weights(path), sd)
+
+
+def test_basicsr_params_and_params_ema(tmp_path: Path) -> None:
+    a, b = small_net(0).state_dict(), small_net(1).state_dict()
+    path = tmp_path / "basicsr.pth"
+    torch.save({"params": a, "params_ema": b}, path)
+    assert_same_state(read_weights(path), b)  # 'auto' prefers params_ema
+    assert_same_state(read_weights(path, param_key="params"), a)
+    assert_same_state(load_weights(small_net(2), path, param_key="params").state_dict(), a)
+    with pytest.raises(KeyError, match="'weights'.*'params'"):
+        read_weights(path, param_key="weights")
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model", "plain"])
+def test_other_containers_and_dataparallel_prefix(tmp_path: Path, wrap: str) -> None:
+    sd = small_net(0).state_dict()
+    prefixed = {f"module.{k}": v for k, v in sd.items()}
+    obj = prefixed if wrap == "plain" else {wrap: prefixed, "epoch": 3}
+    path = tmp_path / "dp.pth"
+    torch.save(obj, path)
+    assert_same_state(read_weights(path), sd)
+
+
+class _NotAllowed:
+    pass
+
+
+def test_weights_only_refuses_arbitrary_objects(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"params": small_net(0).state_dict(), "obj": _NotAllowed()}, path)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        read_weights(path)
+
+
+def test_strict_errors_list_keys_and_shapes(tmp_path: Path) -> None:
+    sd = small_net(0).state_dict()
+    del sd["conv2.bias"]
+    sd["extra.weight"] = torch.zeros(2)
+    sd["conv1.bias"] = torch.zeros(5)
+    path = save_weights(sd, tmp_path / "bad.pth")
+    with pytest.raises(WeightsMismatchError) as e:
+        load_weights(small_net(1), path)
+    msg = str(e.value)
+    assert "missing keys (1): conv2.bias" in msg
+    assert "unexpected keys (1): extra.weight" in msg
+    assert "conv1.bias: model expects (4,), weights have (5,)" in msg
+    assert "strict=False" in msg and "param_key" in msg
+
+
+def test_non_strict_loads_matching_subset(tmp_path: Path) -> None:
+    src = small_net(0).state_dict()
+    sd = dict(src)
+    sd["conv1.bias"] = torch.zeros(5)
+    del sd["conv3.weight"]
+    target = small_net(1)
+    keep = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.warns(UserWarning, match="conv1.bias"):
+        load_weights(target, sd, strict=False)
+    got = target.state_dict()
+    assert torch.equal(got["conv2.weight"], src["conv2.weight"])
+    assert torch.equal(got["conv1.bias"], keep["conv1.bias"])
+    assert torch.equal(got["conv3.weight"], keep["conv3.weight"])
+
+
+def test_npz_with_torch_names(tmp_path: Path) -> None:
+    sd = small_net(0).state_dict()
+    path = tmp_path / "w.npz"
+    np.savez(path, **{k: v.numpy() for k, v in sd.items()})
+    assert_same_state(read_weights(path), sd)
+
+
+def test_npz_with_official_tf_names(tmp_path: Path) -> None:
+    net = small_net(0)
+    path = tmp_path / "tf.npz"
+    np.savez(path, **tf_arrays(net))
+    assert_same_state(read_weights(path), net.state_dict())
+
+
+def test_tf_checkpoint_prefix(tmp_path: Path) -> None:
+    net = small_net(0)
+    prefix = write_bundle(tmp_path / "ckpt" / "model", tf_arrays(net))
+    for p in (prefix, f"{prefix}.index", prefix.parent):
+        loaded = load_weights(small_net(3), p)
+        assert_same_state(loaded.state_dict(), net.state_dict())
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(loaded(x), net(x))
+
+
+def test_missing_file_names_it_and_forms(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth.*TensorFlow checkpoint prefix.*\.npz"):
+        read_weights(missing)
+    with pytest.raises(FileNotFoundError):
+        load_weights(small_net(0), os.fspath(tmp_path / "prefix_without_index"))
+
+
+def test_official_tf_prefix_equals_npz() -> None:
+    index = shared_path("weights", "mzsr_official", "Pretrained.index")
+    npz = shared_path("weights", "mzsr_official", "mzsr_pretrained_bicubic.npz")
+    prefix = str(index)[: -len(".index")]
+    from_tf = load_weights(MZSRNet(), prefix).state_dict()
+    from_npz = load_weights(MZSRNet(), npz).state_dict()
+    assert_same_state(from_tf, from_npz)
+    assert sum(v.numel() for v in from_tf.values()) == 225_091
+    with np.load(npz) as ref:  # HWIO -> OIHW, checked independently of the mapping code
+        assert np.array_equal(from_tf["conv2.weight"].numpy(), ref["MODEL/conv2/kernel"].transpose(3, 2, 0, 1))
