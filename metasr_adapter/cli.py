@@ -1,0 +1,207 @@
+"""``metasr`` command line: demo, adapt, eval, zssr, train."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _steps_list(text: str) -> list[int]:
+    try:
+        steps = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps {text!r}: give comma-separated integers, e.g. 0,1,10") from None
+    if not steps or steps[0] < 0:
+        raise argparse.ArgumentTypeError(f"--steps {text!r}: step counts must be >= 0")
+    return steps
+
+
+def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
+    p.add_argument("--weights", required=weights_required, default=None,
+                   help="weights: a TensorFlow checkpoint prefix, .pth/.pt or .npz"
+                        + ("" if weights_required else " (default: the project's bundled weights)"))
+    p.add_argument("--arch", default="mzsr", help="network architecture name (see metasr_adapter.list_models())")
+    p.add_argument("--param-key", default="auto", help="key inside .pth files: params, params_ema or auto")
+    p.add_argument("--scale", type=float, default=2.0, help="SR factor (default 2)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16 = autocast + channels_last (fast on GPUs and CPUs with AMX)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def _add_adapt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", default="gd2.0",
+                   help="blur kernel of the LR image: gd0.2, gd2.0, gdani, gb1.3, bicubic, or a .mat/.npy file")
+    p.add_argument("--ds-method", choices=["direct", "bicubic"], default=None,
+                   help="subsampling after the blur (default: the named kernel's, else direct)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--schedule", default="mzsr_direct",
+                   help="adaptation LR schedule: mzsr_direct, mzsr_bicubic, mzsr_multiscale, mzsr_x4")
+    g.add_argument("--lr", type=float, default=None, help="constant adaptation learning rate instead of a schedule")
+    p.add_argument("--back-projection", type=int, default=0, metavar="N", help="back-projection iterations (0 = off)")
+    p.add_argument("--self-ensemble", action="store_true", help="median over the 8 flips/rotations")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metasr", description=__doc__)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="degrade a bundled photo, adapt, write a side-by-side PNG, print PSNR per step")
+    _add_model_args(p, weights_required=False)
+    _add_adapt_args(p)
+    p.add_argument("--steps", type=int, default=10, help="adaptation steps (default 10)")
+    p.add_argument("--image", default=None, help="a HR image to use instead of the bundled photo")
+    p.add_argument("-o", "--output", default="metasr_demo.png", help="side-by-side PNG to write")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("adapt", help="adapt to one LR image and write its SR image")
+    p.add_argument("lr_image", help="the LR image")
+    _add_model_args(p, weights_required=False)
+    _add_adapt_args(p)
+    p.add_argument("--steps", type=int, default=1, help="adaptation steps (default 1)")
+    p.add_argument("-o", "--output", required=True, help="SR image to write")
+    p.set_defaults(func=_cmd_adapt)
+
+    p = sub.add_parser("eval", help="PSNR/SSIM over a folder at several step counts")
+    p.add_argument("--gt-dir", required=True, help="folder of HR ground-truth images")
+    p.add_argument("--lr-dir", default=None, help="folder of LR images (default: synthesised from GT with --kernel)")
+    p.add_argument("--method", choices=["metasr", "zssr"], default="metasr")
+    _add_model_args(p, weights_required=False)
+    _add_adapt_args(p)
+    p.add_argument("--steps", type=_steps_list, default=[0, 1, 10], help="comma-separated step counts (default 0,1,10)")
+    p.add_argument("--crop-border", type=int, default=None, help="pixels shaved before scoring (default: the scale)")
+    p.add_argument("--bicubic", action="store_true", help="also score plain bicubic upsampling")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--zssr-preset", default=None, help="ZSSR preset for --method zssr")
+    p.add_argument("--zssr-iters", type=int, default=None, help="ZSSR iteration cap for --method zssr")
+    p.add_argument("--json", default=None, help="write the full report as JSON")
+    p.add_argument("--save-dir", default=None, help="write the SR images here")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("zssr", help="zero-shot SR: train an image-specific network on the LR image itself")
+    try:
+        from .zssr import add_zssr_arguments, run_zssr_cli
+    except ImportError as exc:  # pragma: no cover - only while the module is missing
+        p.set_defaults(func=lambda a: _missing("zssr", exc))
+    else:
+        add_zssr_arguments(p)
+        p.set_defaults(func=run_zssr_cli)
+
+    p = sub.add_parser("train", help="pretrain -> meta-train -> evaluate, driven by a recipe YAML")
+    try:
+        from .train import add_train_arguments, run_train_cli
+    except ImportError as exc:  # pragma: no cover
+        p.set_defaults(func=lambda a: _missing("train", exc))
+    else:
+        add_train_arguments(p)
+        p.set_defaults(func=run_train_cli)
+    return parser
+
+
+def _missing(name: str, exc: Exception) -> int:
+    print(f"metasr {name}: unavailable ({exc})", file=sys.stderr)
+    return 2
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"metasr {__version__}"
+
+
+def _setup(args: argparse.Namespace):
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _load_metasr(args: argparse.Namespace):
+    from . import MetaSR
+    from .pretrained import load_model
+
+    device = _setup(args)
+    model = load_model(args.arch, args.weights, param_key=args.param_key).to(device)
+    schedule = args.lr if getattr(args, "lr", None) is not None else args.schedule
+    return MetaSR(model, args.scale, schedule=schedule, precision=args.precision, device=device)
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from .imageio import read_image, write_image
+
+    msr = _load_metasr(args)
+    lr_img = read_image(args.lr_image)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.steps, desc="adapt", unit="step", disable=args.steps == 0)
+
+    def on_step(rec) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec.loss:.5f}", lr=f"{rec.lr:g}")
+
+    sr, info = msr.adapt(lr_img, args.kernel, args.steps, ds_method=args.ds_method, callback=on_step,
+                         back_projection=args.back_projection, self_ensemble=args.self_ensemble, return_info=True)
+    bar.close()
+    out = write_image(args.output, sr)
+    print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) after {args.steps} step(s) in {info.seconds:.2f} s")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folder
+
+    if args.method == "metasr":
+        msr, scale, zcfg = _load_metasr(args), None, None
+    else:
+        from .zssr import ZSSRConfig
+
+        _setup(args)
+        msr, scale = None, args.scale
+        zcfg = ZSSRConfig.preset(args.zssr_preset) if args.zssr_preset else ZSSRConfig()
+        if args.zssr_iters is not None:
+            zcfg.max_iters = args.zssr_iters
+        zcfg.precision = args.precision
+    report = evaluate_folder(
+        msr, args.gt_dir, lr_dir=args.lr_dir, kernel=args.kernel, steps=args.steps, schedule=None,
+        ds_method=args.ds_method, crop_border=args.crop_border, include_bicubic=args.bicubic,
+        back_projection=args.back_projection, self_ensemble=args.self_ensemble, limit=args.limit,
+        method=args.method, zssr_config=zcfg, scale=scale, save_dir=args.save_dir,
+    )
+    print(report.format_table())
+    if args.json:
+        report.save_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    msr = _load_metasr(args)
+    return run_demo(msr, image=args.image, kernel=args.kernel, ds_method=args.ds_method, steps=args.steps,
+                    output=args.output, back_projection=args.back_projection, self_ensemble=args.self_ensemble)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as exc:
+        # user errors: one clear line, no traceback (set METASR_DEBUG=1 for it)
+        import os
+
+        if os.environ.get("METASR_DEBUG"):
+            raise
+        print(f"metasr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Reading, writing and converting images.
+
+Images in files and numpy are HxWxC RGB (or HxW grayscale), uint8 or floats in [0, 1];
+networks see NCHW float tensors. :func:`to_tensor` converts the former into the latter and
+remembers how to give a result back in the caller's format (:meth:`ImageFormat.restore`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .atomic import atomic_write_bytes
+
+__all__ = ["read_image", "write_image", "modcrop", "list_images", "to_tensor", "ImageFormat", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB(A) or grayscale numpy, uint8 (16-bit files stay uint16)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"could not decode {path} as an image (supported: {', '.join(IMAGE_EXTENSIONS)})")
+    if img.ndim == 3:
+        if img.shape[2] == 3:
+            img = img[:, :, ::-1]
+        elif img.shape[2] == 4:
+            img = img[:, :, [2, 1, 0, 3]]
+    return np.ascontiguousarray(img)
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor) -> Path:
+    """Write an RGB(A)/grayscale image (uint8, or floats in [0, 1], or a 1xCxHxW tensor) atomically."""
+    from .metrics import to_uint8
+
+    path = Path(path)
+    a = to_uint8(img) if not (isinstance(img, np.ndarray) and img.dtype == np.uint16) else img
+    if a.ndim == 3 and a.shape[2] == 3:
+        a = a[:, :, ::-1]
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, [2, 1, 0, 3]]
+    ext = path.suffix.lower() or ".png"
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(a))
+    if not ok:
+        raise ValueError(f"cannot encode an image as {ext!r} for {path}; use one of {', '.join(IMAGE_EXTENSIONS)}")
+    return atomic_write_bytes(path, buf.tobytes())
+
+
+def modcrop(img: np.ndarray, scale: int | float) -> np.ndarray:
+    """Crop H and W down to multiples of ``scale`` (from the top-left, as the official code)."""
+    s = int(round(scale))
+    h, w = img.shape[:2]
+    return img[: h - h % s, : w - w % s]
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How an input image was given, so a result can be returned the same way.
+
+    * ``kind``: 'numpy' or 'tensor'; ``dtype``: the numpy/torch dtype
+    * ``layout``: 'HW', 'HWC' (numpy), 'CHW' or 'NCHW' (tensor)
+    * ``channels``: channels of the input (1, 3 or 4); grayscale is fed to a 3-channel network
+      by repeating it, and the output is the mean of the three output channels. An alpha
+      channel is not adapted: it is resized with bicubic interpolation and re-attached.
+    """
+
+    kind: str
+    dtype: object
+    layout: str
+    channels: int
+    device: torch.device | None = None
+
+    def restore(self, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> np.ndarray | torch.Tensor:
+        """Turn an 1xCxHxW float result in [0, 1] into the input's format (clipped)."""
+        out = rgb.clamp(0, 1)
+        if self.channels in (1, 2) and out.shape[1] == 3:
+            out = out.mean(dim=1, keepdim=True)
+        if alpha is not None:
+            out = torch.cat([out, alpha.clamp(0, 1).to(out.dtype)], dim=1)
+        if self.kind == "tensor":
+            out = out.to(dtype=self.dtype, device=self.device)
+            return out[0] if self.layout == "CHW" else out
+        arr = out[0].detach().to("cpu", torch.float64).permute(1, 2, 0).numpy()
+        if self.layout == "HW":
+            arr = arr[:, :, 0]
+        if np.dtype(self.dtype) == np.uint8:
+            return np.round(arr * 255.0).astype(np.uint8)
+        if np.dtype(self.dtype) == np.uint16:
+            return np.round(arr * 65535.0).astype(np.uint16)
+        return arr.astype(self.dtype)
+
+
+def to_tensor(
+    img: np.ndarray | torch.Tensor, *, channels: int = 3, dtype: torch.dtype = torch.float32, device=None
+) -> tuple[torch.Tensor, torch.Tensor | None, ImageFormat]:
+    """Convert an image to a 1xCxHxW float tensor in [0, 1] for a ``channels``-channel network.
+
+    Returns ``(rgb, alpha_or_None, format)``. Accepts numpy HxW / HxWxC (uint8, uint16 or float in
+    [0, 1]) and tensors CxHxW / 1xCxHxW (float in [0, 1]).
+    """
+    if isinstance(img, torch.Tensor):
+        if not img.is_floating_point():
+            raise TypeError(f"tensor images must be float in [0, 1], got {img.dtype}; divide uint8 by 255")
+        if img.ndim == 3:
+            layout, t = "CHW", img[None]
+        elif img.ndim == 4:
+            if img.shape[0] != 1:
+                raise ValueError(f"adapt() takes one image (1xCxHxW); got a batch of {img.shape[0]}: loop over it")
+            layout, t = "NCHW", img
+        else:
+            raise ValueError(f"tensor image must be CxHxW or 1xCxHxW, got shape {tuple(img.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("image tensor contains NaN or infinite values")
+        fmt = ImageFormat("tensor", img.dtype, layout, int(t.shape[1]), img.device)
+        t = t.to(dtype=dtype, device=device if device is not None else img.device)
+    elif isinstance(img, np.ndarray):
+        a = img
+        if a.ndim == 2:
+            layout, a = "HW", a[:, :, None]
+        elif a.ndim == 3:
+            layout = "HWC"
+        else:
+            raise ValueError(f"numpy image must be HxW or HxWxC, got shape {a.shape}")
+        if a.dtype == np.uint8:
+            f = a.astype(np.float32) / 255.0
+        elif a.dtype == np.uint16:
+            f = a.astype(np.float32) / 65535.0
+        elif np.issubdtype(a.dtype, np.floating):
+            f = a.astype(np.float32)
+            if not np.isfinite(f).all():
+                raise ValueError("image contains NaN or infinite values")
+            if f.size and (np.nanmin(f) < -1e-3 or np.nanmax(f) > 1 + 1e-3):
+                raise ValueError(
+                    f"float image values span [{np.nanmin(f):.3g}, {np.nanmax(f):.3g}]; expected [0, 1] "
+                    "(divide 8-bit data by 255, or pass it as uint8)"
+                )
+        else:
+            raise TypeError(f"image dtype {a.dtype} is not supported: use uint8, uint16 or float in [0, 1]")
+        fmt = ImageFormat("numpy", a.dtype, layout, int(a.shape[2]))
+        t = torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))[None].to(dtype=dtype, device=device)
+    else:
+        raise TypeError(f"image must be a numpy array or a torch tensor, got {type(img).__name__}")
+
+    c = t.shape[1]
+    alpha = None
+    if c == channels:
+        pass
+    elif c == 4 and channels == 3:
+        t, alpha = t[:, :3], t[:, 3:]
+    elif c == 2 and channels == 3:  # gray + alpha
+        t, alpha = t[:, :1].expand(-1, 3, -1, -1), t[:, 1:]
+    elif c == 1 and channels == 3:
+        t = t.expand(-1, 3, -1, -1)
+    else:
+        raise ValueError(f"image has {c} channels but the network takes {channels}")
+    return t.contiguous(), alpha, fmt

@@ -1,0 +1,359 @@
+"""``MetaSR``: wrap any PyTorch SR network for MZSR-style test-time adaptation.
+
+``MetaSR(model, scale).adapt(lr_img, kernel, steps)`` takes a few self-supervised gradient
+steps on the LR image and its downscaled "son" (SPEC §5) and returns the SR image. The
+wrapped model is never modified: adaptation runs on a private copy of its parameters
+(``torch.func.functional_call``), so it is unchanged after ``adapt`` returns or fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .backprojection import back_project
+from .degrade import degrade, imresize
+from .imageio import ImageFormat, to_tensor
+from .kernels import KernelSpec, resolve_kernel
+from .schedules import Schedule, get_schedule
+
+__all__ = ["MetaSR", "Adaptation", "AdaptInfo", "AdaptStep", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class AdaptStep:
+    """What one adaptation step did: ``step`` (0-based), the L1 ``loss`` before it, its ``lr``."""
+
+    step: int
+    loss: float
+    lr: float
+
+
+@dataclass
+class AdaptInfo:
+    """Per-step losses and learning rates of one ``adapt`` call, and its wall time."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _infer_in_channels(model: nn.Module) -> int:
+    ch = getattr(model, "in_channels", None) or getattr(model, "num_in_ch", None)
+    if isinstance(ch, int):
+        return ch
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return 3
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast on ``device`` (GPUs; CPUs with AMX or AVX512-BF16)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = [getattr(cpu, "_is_amx_tile_supported", None), getattr(cpu, "_is_avx512_bf16_supported", None)]
+        return any(c is not None and c() for c in checks)
+    return False
+
+
+class Adaptation:
+    """One image's adaptation: fast weights, the LR son, and the SGD steps taken so far.
+
+    Made by :meth:`MetaSR.start`; ``step()`` takes one step, ``super_resolve()`` gives the
+    current SR tensor and ``result()`` the final image in the caller's format.
+    """
+
+    def __init__(
+        self,
+        owner: "MetaSR",
+        lr_img: np.ndarray | torch.Tensor,
+        kernel: KernelSpec,
+        schedule: Schedule,
+        *,
+        noise_std: float = 0.0,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.owner = owner
+        self.kernel = kernel
+        self.schedule = schedule
+        self.noise_std = float(noise_std)
+        self.augment = augment
+        self.generator = generator
+        self.info = AdaptInfo()
+        m = owner
+        x, alpha, fmt = to_tensor(lr_img, channels=m.in_channels, dtype=m.dtype, device=m.device)
+        self.lr: torch.Tensor = x
+        self.alpha = alpha
+        self.format: ImageFormat = fmt
+        h, w = x.shape[-2:]
+        s = m.scale
+        son_h, son_w = math.ceil(h / s), math.ceil(w / s)
+        if min(son_h, son_w) < 4:
+            need = int(math.ceil(4 * s))
+            raise ValueError(
+                f"LR image of {h}x{w} pixels is too small for scale {s:g}: adaptation trains on a "
+                f"{son_h}x{son_w} downscaled copy; give an image of at least {need}x{need}"
+            )
+        if kernel.kernel is not None and max(kernel.kernel.shape) > min(h, w):
+            raise ValueError(
+                f"kernel of size {kernel.kernel.shape} is larger than the {h}x{w} LR image; "
+                "crop the kernel or use a larger image"
+            )
+        self.out_shape = (math.ceil(h * s), math.ceil(w * s))
+        with torch.no_grad():
+            # resampling runs in float64 like the official numpy code; the network sees its own dtype
+            x64 = x.double()
+            son = degrade(x64, kernel.kernel, s, ds_method=kernel.ds_method)
+            if self.noise_std > 0:
+                son = son + self.noise_std * torch.randn(son.shape, generator=generator, dtype=son.dtype).to(son.device)
+            son = son.clamp(0, 1).to(m.dtype)  # the official code keeps the son in float32
+            self.son = son
+            # the network's input for the son, fixed across steps (SPEC §5: recomputed identically each step)
+            self.son_input = m._network_input(son.double(), (h, w)).to(m.dtype)
+            self.lr_input = m._network_input(x64, self.out_shape).to(m.dtype)
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in m._param_items()}
+        self.steps_done = 0
+        self._t0 = time.perf_counter()
+
+    def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
+        """The self-supervised loss ``mean |LR - f(son)|`` at the current weights, and its gradients."""
+        inp, target = self.son_input, self.lr
+        if self.augment:
+            from .augment import dihedral
+
+            mode = int(torch.randint(0, 8, (1,), generator=self.generator))
+            inp, target = dihedral(inp, mode), dihedral(target, mode)
+        out = self.owner._run(self.params, inp, tuple(target.shape[-2:]))
+        loss = F.l1_loss(out, target)
+        names = list(self.params)
+        grads = torch.autograd.grad(loss, [self.params[n] for n in names])
+        return float(loss.detach()), dict(zip(names, grads))
+
+    def step(self) -> AdaptStep:
+        """One plain SGD step on ``mean |LR - f(son)|`` with the schedule's learning rate."""
+        lr = float(self.schedule(self.steps_done))
+        loss, grads = self.gradients()
+        with torch.no_grad():
+            for n, g in grads.items():
+                self.params[n].sub_(g, alpha=lr)
+        rec = AdaptStep(self.steps_done, loss, lr)
+        self.info.losses.append(rec.loss)
+        self.info.lrs.append(lr)
+        self.steps_done += 1
+        return rec
+
+    @torch.no_grad()
+    def super_resolve(self, *, self_ensemble: bool = False, back_projection: int = 0) -> torch.Tensor:
+        """The SR image (1xCxsHxsW, clipped to [0, 1]) from the current fast weights."""
+        run = lambda inp: self.owner._run(self.params, inp, tuple(inp.shape[-2:]) if self.owner.upsample_input else None)
+        if self_ensemble:
+            from .augment import geometric_self_ensemble
+
+            sr = geometric_self_ensemble(run, self.lr_input, reduce="median")
+        else:
+            sr = run(self.lr_input)
+        sr = self.owner._fit(sr, self.out_shape).clamp(0, 1)
+        if back_projection:
+            sr = back_project(sr, self.lr, self.kernel.kernel, self.owner.scale, self.kernel.ds_method, int(back_projection))
+        return sr
+
+    def result(self, *, self_ensemble: bool = False, back_projection: int = 0) -> np.ndarray | torch.Tensor:
+        """The SR image in the input's format (numpy dtype/layout, or tensor)."""
+        sr = self.super_resolve(self_ensemble=self_ensemble, back_projection=back_projection)
+        alpha = None
+        if self.alpha is not None:
+            alpha = imresize(self.alpha, self.owner.scale, output_shape=self.out_shape)
+        self.info.seconds = time.perf_counter() - self._t0
+        return self.format.restore(sr, alpha)
+
+
+class MetaSR:
+    """Test-time adaptation wrapper around a pretrained (ideally meta-trained) SR network.
+
+    Args:
+        model: any ``nn.Module`` mapping an image batch to an SR batch, values in [0, 1].
+        scale: the SR factor.
+        upsample_input: whether the network takes the bicubic-upsampled image (MZSR, SRCNN,
+            VDSR) rather than the LR image (RCAN, EDSR, SwinIR). Defaults to the model's
+            ``upsample_input`` attribute, else ``False``.
+        schedule: default adaptation learning rate: a preset name (``mzsr_direct``,
+            ``mzsr_bicubic``, ``mzsr_multiscale``, ``mzsr_x4``), a number, or a callable.
+        precision: ``"fp32"`` (exact) or ``"bf16"`` (autocast + channels_last; fast on GPUs
+            and CPUs with AMX/AVX512-BF16).
+        device: where adaptation runs; defaults to the model's device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scale: float = 2,
+        *,
+        upsample_input: bool | None = None,
+        schedule: str | float | Schedule = "mzsr_direct",
+        precision: str = "fp32",
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not (isinstance(scale, (int, float)) and scale > 1):
+            raise ValueError(f"scale={scale!r}: MetaSR needs an upscaling factor > 1, e.g. 2 or 4")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}; use one of {PRECISIONS}")
+        self.model = model
+        self.scale = float(scale)
+        self.upsample_input = bool(getattr(model, "upsample_input", False) if upsample_input is None else upsample_input)
+        self.schedule = get_schedule(schedule)
+        self.precision = precision
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            raise ValueError("model has no parameters to adapt")
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = first.dtype if first.is_floating_point() else torch.float32
+        if self.device != first.device:
+            raise ValueError(f"model is on {first.device} but device={self.device}; move it with model.to(device)")
+        if precision == "bf16" and not bf16_supported(self.device):
+            warnings.warn(
+                f"bf16 autocast has no fast kernels on this {self.device.type} (no AMX/AVX512-BF16); it will run, slowly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.in_channels = _infer_in_channels(model)
+
+    # -- network plumbing -------------------------------------------------------------------
+    def _param_items(self) -> list[tuple[str, torch.Tensor]]:
+        items = [(n, p) for n, p in self.model.named_parameters()]
+        if self.precision == "bf16":
+            items = [(n, p.contiguous(memory_format=torch.channels_last) if p.ndim == 4 else p) for n, p in items]
+        return items
+
+    def _network_input(self, x: torch.Tensor, out_shape: tuple[int, int]) -> torch.Tensor:
+        inp = imresize(x, self.scale, output_shape=out_shape) if self.upsample_input else x
+        if self.precision == "bf16":
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        return inp
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _fit(self, y: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Crop a post-upsampling network's output to ``shape`` (e.g. an odd LR size)."""
+        h, w = shape
+        if y.shape[-2] < h or y.shape[-1] < w:
+            raise RuntimeError(
+                f"network output {tuple(y.shape[-2:])} is smaller than the expected {shape}; check `scale` "
+                "and `upsample_input` (True for networks that take the bicubic-upsampled image)"
+            )
+        return y[..., :h, :w]
+
+    def _run(self, params: dict[str, torch.Tensor], inp: torch.Tensor, out_shape: tuple[int, int] | None) -> torch.Tensor:
+        buffers = dict(self.model.named_buffers())
+        with _eval_mode(self.model), self._autocast():
+            y = functional_call(self.model, {**params, **buffers}, (inp,))
+        y = y.to(self.dtype)
+        return y if out_shape is None else self._fit(y, out_shape)
+
+    # -- public API ---------------------------------------------------------------------------
+    def start(
+        self,
+        lr_img: np.ndarray | torch.Tensor,
+        kernel: str | np.ndarray | torch.Tensor | KernelSpec | None = "gd2.0",
+        *,
+        schedule: str | float | Schedule | None = None,
+        lr: float | None = None,
+        ds_method: str | None = None,
+        noise_std: float = 0.0,
+        augment: bool = False,
+        seed: int | None = None,
+    ) -> Adaptation:
+        """Prepare the adaptation of one image (son, network inputs, fast weights)."""
+        spec = resolve_kernel(kernel, ds_method)
+        if lr is not None and schedule is not None:
+            raise ValueError("give either lr= (a constant) or schedule=, not both")
+        sched = get_schedule(lr) if lr is not None else (get_schedule(schedule) if schedule is not None else self.schedule)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        return Adaptation(self, lr_img, spec, sched, noise_std=noise_std, augment=augment, generator=gen)
+
+    def adapt(
+        self,
+        lr_img: np.ndarray | torch.Tensor,
+        kernel: str | np.ndarray | torch.Tensor | KernelSpec | None = "gd2.0",
+        steps: int = 1,
+        *,
+        lr: float | None = None,
+        schedule: str | float | Schedule | None = None,
+        ds_method: str | None = None,
+        back_projection: int | bool = False,
+        self_ensemble: bool = False,
+        augment: bool = False,
+        noise_std: float = 0.0,
+        seed: int | None = None,
+        callback: Callable[[AdaptStep], None] | None = None,
+        return_info: bool = False,
+    ):
+        """Adapt to ``lr_img`` with ``steps`` SGD steps and return its SR image.
+
+        Args:
+            lr_img: HxWx3 (or HxW, HxWx4) uint8/float numpy, or a CxHxW / 1xCxHxW float tensor.
+            kernel: the blur kernel that made ``lr_img``: a name (``gd2.0``...), a ``.mat``/``.npy``
+                path, an array, a :class:`KernelSpec`, or ``None``/``"bicubic"`` for bicubic.
+            steps: number of gradient steps (0 = plain inference).
+            lr / schedule: a constant learning rate, or a schedule (default: the wrapper's).
+            ds_method: ``"direct"`` or ``"bicubic"`` subsampling (default: the kernel's).
+            back_projection: back-projection iterations after SR (``True`` = 4, SPEC §7).
+            self_ensemble: median of the 8 flips/rotations of the input (ZSSR).
+            augment: a random flip/rotation of the (son, LR) pair at each step (ZSSR).
+            noise_std: Gaussian noise added to the son (ZSSR).
+            callback: called with an :class:`AdaptStep` after every step.
+            return_info: also return an :class:`AdaptInfo` (per-step losses, lrs, seconds).
+
+        Returns the SR image in the input's format; ``(sr, info)`` with ``return_info``.
+        """
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"steps={steps!r} must be a non-negative integer")
+        session = self.start(
+            lr_img, kernel, schedule=schedule, lr=lr, ds_method=ds_method, noise_std=noise_std, augment=augment, seed=seed
+        )
+        for _ in range(steps):
+            rec = session.step()
+            if callback is not None:
+                callback(rec)
+        bp = 4 if back_projection is True else int(back_projection)
+        sr = session.result(self_ensemble=self_ensemble, back_projection=bp)
+        return (sr, session.info) if return_info else sr
+
+    def super_resolve(self, lr_img: np.ndarray | torch.Tensor, **kwargs):
+        """SR without adaptation (0 steps)."""
+        return self.adapt(lr_img, None, 0, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"MetaSR({type(self.model).__name__}, scale={self.scale:g}, upsample_input={self.upsample_input}, "
+            f"precision={self.precision!r}, device={self.device})"
+        )

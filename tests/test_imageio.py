@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metasr_adapter.imageio import list_images, modcrop, read_image, to_tensor, write_image
+
+
+def test_png_roundtrip_rgb_gray_rgba(tmp_path, rng):
+    for shape in [(9, 7, 3), (9, 7), (9, 7, 4)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        p = write_image(tmp_path / f"x{len(shape)}{shape[-1]}.png", img)
+        assert np.array_equal(read_image(p), img)
+    assert not list(tmp_path.glob(".*.tmp")), "no temp files left behind"
+
+
+def test_write_float_and_tensor(tmp_path):
+    f = np.linspace(0, 1, 2 * 3 * 3).reshape(2, 3, 3)
+    p = write_image(tmp_path / "f.png", f)
+    assert np.array_equal(read_image(p), np.round(f * 255).astype(np.uint8))
+    t = torch.from_numpy(f).permute(2, 0, 1)[None]
+    assert np.array_equal(read_image(write_image(tmp_path / "t.png", t)), read_image(p))
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="decode"):
+        read_image(tmp_path / "bad.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        list_images(empty)
+    with pytest.raises(FileNotFoundError, match="folder"):
+        list_images(tmp_path / "missing")
+
+
+def test_modcrop():
+    assert modcrop(np.zeros((7, 9, 3)), 2).shape == (6, 8, 3)
+    assert modcrop(np.zeros((12, 13)), 4).shape == (12, 12)
+
+
+def test_to_tensor_and_restore_formats(rng):
+    u8 = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    t, alpha, fmt = to_tensor(u8)
+    assert t.shape == (1, 3, 5, 6) and alpha is None and t.dtype == torch.float32
+    assert np.array_equal(fmt.restore(t), u8)
+    gray = u8[:, :, 0]
+    t, _, fmt = to_tensor(gray)
+    assert t.shape == (1, 3, 5, 6)
+    assert np.array_equal(fmt.restore(t), gray)
+    rgba = rng.integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    t, alpha, fmt = to_tensor(rgba)
+    assert t.shape == (1, 3, 5, 6) and alpha.shape == (1, 1, 5, 6)
+    assert np.array_equal(fmt.restore(t, alpha), rgba)
+    chw = torch.rand(3, 5, 6, dtype=torch.float64)
+    t, _, fmt = to_tensor(chw)
+    out = fmt.restore(t)
+    assert out.shape == (3, 5, 6) and out.dtype == torch.float64
+    assert torch.allclose(out, chw, atol=1e-6)
+
+
+def test_to_tensor_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        to_tensor(np.full((4, 4, 3), 200.0))
+    with pytest.raises(ValueError, match="batch"):
+        to_tensor(torch.rand(2, 3, 4, 4))
+    with pytest.raises(TypeError, match="float"):
+        to_tensor(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        to_tensor(np.full((4, 4, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match="5 channels"):
+        to_tensor(np.zeros((4, 4, 5), np.uint8))
