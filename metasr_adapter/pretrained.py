@@ -75,11 +75,17 @@ def load_model(
 ) -> nn.Module:
     """Build ``arch`` and load ``weights`` (a path, a bundled weights name, or None for the default).
 
-    With no weights given and none bundled for ``arch``, the network keeps its random
-    initialisation and a warning says so.
+    ``.pth`` files saved with ``arch_kwargs`` metadata (``save_weights(model, path,
+    arch_kwargs={...})``) rebuild the network they were saved from. With no weights given and
+    none bundled for ``arch``, the network keeps its random initialisation and a warning says so.
     """
-    from .weights import load_weights
+    from .weights import load_weights, read_metadata
 
+    if isinstance(weights, str) and weights in BUNDLED_WEIGHTS:
+        weights = BUNDLED_WEIGHTS[weights].path
+    if weights is not None and not arch_kwargs:
+        # files written by save_weights(..., arch_kwargs={...}) say how to build their network
+        arch_kwargs = dict(read_metadata(weights).get("arch_kwargs") or {})
     model = get_model(arch, **arch_kwargs)
     if weights is None:
         info = default_weights(arch)
@@ -92,7 +98,6 @@ def load_model(
             )
             return model
         weights = info.path
-    elif isinstance(weights, str) and weights in BUNDLED_WEIGHTS:
-        weights = BUNDLED_WEIGHTS[weights].path
+        model = get_model(arch, **dict(read_metadata(weights).get("arch_kwargs") or {}))
     load_weights(model, weights, param_key=param_key, strict=strict)
     return model

@@ -243,3 +243,13 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
             pass
         raise
     return target
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The ``metadata`` dict saved by :func:`save_weights` (empty for other files and formats)."""
+    p = Path(path)
+    if p.suffix.lower() not in (".pth", ".pt") or not p.is_file():
+        return {}
+    obj = torch.load(p, map_location="cpu", weights_only=True)
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}

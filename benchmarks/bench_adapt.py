@@ -1,0 +1,102 @@
+"""Speed of ``MetaSR.adapt`` on Set5 baby (256x256 LR -> 512x512), fp32 vs bf16, side by side.
+
+    python benchmarks/bench_adapt.py [--lr PATH] [--weights W] [--repeats 3] [--steps 1,10]
+
+Reports the median wall time of the adaptation loop and of the whole call, the peak resident
+memory growth, and the speed ratio against the official TensorFlow code (SPEC §0: 0.445 s /
+3.90 s adaptation loop, 1.62 s / 5.16 s whole call, on a 2-core CPU). Without ``--lr`` a
+256x256 crop of the photo bundled with matplotlib stands in for baby.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metasr_adapter import MetaSR, MZSRNet
+from metasr_adapter.demo import bundled_photo
+from metasr_adapter.imageio import read_image
+from metasr_adapter.metasr import bf16_supported
+
+OFFICIAL = {1: (0.445, 1.62), 10: (3.90, 5.16)}  # steps -> (adaptation loop s, whole call s)
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_adapt(msr: MetaSR, lr: np.ndarray, steps: int, repeats: int) -> dict:
+    loops, calls = [], []
+    for _ in range(repeats + 1):  # first run warms up
+        t0 = time.perf_counter()
+        session = msr.start(lr, "gd2.0")
+        t1 = time.perf_counter()
+        for _ in range(steps):
+            session.step()
+        t2 = time.perf_counter()
+        session.result()
+        t3 = time.perf_counter()
+        loops.append(t2 - t1)
+        calls.append(t3 - t0)
+    return {"loop_s": statistics.median(loops[1:]), "call_s": statistics.median(calls[1:])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lr", default=None, help="LR image (default: a 256x256 crop of the bundled photo)")
+    ap.add_argument("--weights", default=None, help="weights for MZSRNet (speed does not depend on them)")
+    ap.add_argument("--steps", default="1,10")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lr = read_image(args.lr) if args.lr else bundled_photo()[100:356, 128:384]
+    net = MZSRNet()
+    if args.weights:
+        from metasr_adapter.weights import load_weights
+
+        load_weights(net, args.weights)
+    print(f"CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"fast bf16: {bf16_supported(torch.device('cpu'))}; LR {lr.shape[1]}x{lr.shape[0]}")
+    rows = []
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for prec in args.precisions.split(","):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            msr = MetaSR(net, 2, precision=prec)
+        for steps in [int(s) for s in args.steps.split(",")]:
+            r = time_adapt(msr, lr, steps, args.repeats)
+            r.update(precision=prec, steps=steps,
+                     peak_rss_mb=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
+            off = OFFICIAL.get(steps)
+            if off:
+                r["speedup_loop_vs_official"] = off[0] / r["loop_s"]
+                r["speedup_call_vs_official"] = off[1] / r["call_s"]
+            rows.append(r)
+            print(f"{prec:5s} {steps:3d} steps: loop {r['loop_s']:.3f} s, call {r['call_s']:.3f} s"
+                  + (f"  (official TF: {off[0]:.3f} / {off[1]:.2f} s -> x{r['speedup_loop_vs_official']:.2f} /"
+                     f" x{r['speedup_call_vs_official']:.2f})" if off else "")
+                  + f", peak RSS growth {r['peak_rss_mb']:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

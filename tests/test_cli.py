@@ -1,0 +1,131 @@
+"""The ``metasr`` command line, run in-process on small generated data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metasr_adapter import MZSRNet
+from metasr_adapter.cli import main
+from metasr_adapter.imageio import read_image, write_image
+from metasr_adapter.weights import save_weights
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    return save_weights(MZSRNet(width=8, depth=3), tmp_path / "tiny.pth")
+
+
+@pytest.fixture
+def folders(tmp_path, photo):
+    gt_dir = tmp_path / "gt"
+    for i, (t, l) in enumerate([(100, 100), (300, 200)]):
+        write_image(gt_dir / f"img{i}.png", photo[t : t + 64, l : l + 60])
+    return gt_dir
+
+
+def test_adapt_writes_the_sr_image(tmp_path, photo, weights, capsys):
+    lr = tmp_path / "lr.png"
+    write_image(lr, photo[:40, :50])
+    out = tmp_path / "sr.png"
+    assert main(["adapt", str(lr), "--weights", str(weights), "--arch", "mzsr", "--steps", "2", "-o", str(out)]) == 2
+    # weights saved without arch_kwargs don't fit the default 64-channel network: one clear line
+    err = capsys.readouterr().err
+    assert "do not fit MZSRNet" in err and "conv1.weight" in err and "Traceback" not in err
+    # with arch_kwargs metadata the network is rebuilt to fit
+    torch.manual_seed(0)
+    w2 = save_weights(MZSRNet(width=8, depth=3), tmp_path / "tiny2.pth", arch_kwargs={"width": 8, "depth": 3})
+    assert main(["adapt", str(lr), "--weights", str(w2), "--steps", "2", "-o", str(out)]) == 0
+    assert read_image(out).shape == (80, 100, 3)
+
+
+def test_adapt_and_eval_with_full_size_weights(tmp_path, photo, folders, capsys):
+    torch.manual_seed(0)
+    w = save_weights(MZSRNet(), tmp_path / "mzsr.pth")
+    lr = tmp_path / "lr.png"
+    write_image(lr, photo[:40, :50])
+    out = tmp_path / "sr.png"
+    assert main(["adapt", str(lr), "--weights", str(w), "--steps", "1", "-o", str(out)]) == 0
+    assert read_image(out).shape == (80, 100, 3)
+
+    js = tmp_path / "report.json"
+    code = main(["eval", "--gt-dir", str(folders), "--kernel", "gd2.0", "--weights", str(w), "--steps", "0,2",
+                 "--bicubic", "--json", str(js), "--save-dir", str(tmp_path / "sr")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "average" in text and "steps 2" in text and "bicubic" in text
+    report = json.loads(js.read_text())
+    assert report["columns"] == ["bicubic", "0", "2"]
+    assert [r["name"] for r in report["images"]] == ["img0", "img1"]
+    assert set(report["mean_psnr"]) == {"bicubic", "0", "2"}
+    assert (tmp_path / "sr" / "steps02" / "img1.png").is_file()
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    code = main(["adapt", str(tmp_path / "missing.png"), "--weights", str(tmp_path / "w.pth"), "-o", "x.png"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["eval", "--gt-dir", ".", "--steps", "a,b"])
+
+
+def test_demo_writes_png_and_prints_psnr_per_step(tmp_path, capsys):
+    torch.manual_seed(0)
+    w = save_weights(MZSRNet(), tmp_path / "mzsr.pth")
+    out = tmp_path / "demo.png"
+    big = read_image(__import__("matplotlib").get_data_path() + "/sample_data/grace_hopper.jpg")
+    img = tmp_path / "small.png"
+    write_image(img, big[150:278, 150:278])
+    assert main(["demo", "--weights", str(w), "--steps", "2", "--image", str(img), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    for label in ("bicubic", "step 0", "step 1", "step 2"):
+        assert label in text
+    assert read_image(out).ndim == 3
+
+
+@pytest.mark.shared
+def test_eval_reproduces_spec_numbers_for_one_step():
+    """SPEC §0 per-image Set5 g2.0 numbers with θ_T at 0 and 1 steps (10 steps: the slow test below)."""
+    from conftest import shared_path
+
+    from metasr_adapter import MetaSR
+    from metasr_adapter.evaluate import evaluate_folder
+    from metasr_adapter.pretrained import load_model
+
+    net = load_model("mzsr", str(shared_path("weights", "mzsr_official", "Pretrained.index")))
+    report = evaluate_folder(
+        MetaSR(net, 2, schedule="mzsr_direct"), shared_path("data", "set5"),
+        lr_dir=shared_path("data", "mzsr_g20", "Set5"), kernel=str(shared_path("data", "mzsr_g20", "kernel.mat")),
+        steps=[0, 1], progress=False,
+    )
+    expected = {"baby": (32.3547, 32.3595), "bird": (30.7035, 30.7057), "butterfly": (23.1813, 23.1935),
+                "head": (32.1827, 32.1881), "woman": (27.2574, 27.2636)}
+    for row in report.rows:
+        assert row.psnr[0] == pytest.approx(expected[row.name][0], abs=0.002), row.name
+        assert row.psnr[1] == pytest.approx(expected[row.name][1], abs=0.002), row.name
+    assert report.mean_psnr[0] == pytest.approx(29.1360, abs=0.001)
+    assert report.mean_psnr[1] == pytest.approx(29.1421, abs=0.001)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_cli_eval_reproduces_spec_section_0(tmp_path, capsys):
+    from conftest import shared_path
+
+    js = tmp_path / "r.json"
+    code = main(["eval", "--lr-dir", str(shared_path("data", "mzsr_g20", "Set5")), "--gt-dir", str(shared_path("data", "set5")),
+                 "--kernel", str(shared_path("data", "mzsr_g20", "kernel.mat")),
+                 "--weights", str(shared_path("weights", "mzsr_official", "Pretrained.index"))[: -len(".index")],
+                 "--steps", "0,1,10", "--schedule", "mzsr_direct", "--json", str(js)])
+    assert code == 0
+    r = json.loads(js.read_text())
+    assert r["mean_psnr"]["0"] == pytest.approx(29.1360, abs=0.001)
+    assert r["mean_psnr"]["1"] == pytest.approx(29.1421, abs=0.001)
+    assert r["mean_psnr"]["10"] == pytest.approx(29.1625, abs=0.001)
+    per_image = {"baby": 32.3703, "bird": 30.7254, "butterfly": 23.2282, "head": 32.2037, "woman": 27.2848}
+    for img in r["images"]:
+        assert img["psnr"]["10"] == pytest.approx(per_image[img["name"]], abs=0.002)
