@@ -20,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     "BUNDLED_WEIGHTS": "pretrained", "read_weights": "weights", "load_weights": "weights",
     "save_weights": "weights", "read_tf_checkpoint": "tf_checkpoint",
     # degradations and kernels
-    "imresize": "degrade", "blur": "degrade", "degrade": "degrade", "subsample_direct": "degrade",
+    "imresize": "degrade", "blur": "degrade", "subsample_direct": "degrade",
     "KernelSpec": "kernels", "named_kernel": "kernels", "resolve_kernel": "kernels", "load_kernel": "kernels",
     "anisotropic_gaussian": "kernels", "random_kernel": "kernels",
     # metrics, schedules, evaluation
