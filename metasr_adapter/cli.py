@@ -181,9 +181,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import bicubic_start_model, run_demo
+    from .pretrained import default_weights
 
-    msr = _load_metasr(args)
+    if args.weights is None and default_weights(args.arch) is None and args.arch == "mzsr":
+        from . import MetaSR
+
+        device = _setup(args)
+        print("note: no trained weights are bundled yet and --weights was not given; the demo adapts an untrained "
+              "MZSRNet whose last layer is zeroed, so it starts exactly at bicubic. Pass --weights for a trained one.")
+        schedule = args.lr if args.lr is not None else args.schedule
+        msr = MetaSR(bicubic_start_model().to(device), args.scale, schedule=schedule, precision=args.precision,
+                     device=device)
+    else:
+        msr = _load_metasr(args)
     return run_demo(msr, image=args.image, kernel=args.kernel, ds_method=args.ds_method, steps=args.steps,
                     output=args.output, back_projection=args.back_projection, self_ensemble=args.self_ensemble)
 

@@ -12,7 +12,20 @@ from .imageio import modcrop, read_image
 from .kernels import resolve_kernel
 from .metrics import psnr, to_uint8
 
-__all__ = ["bundled_photo", "run_demo", "side_by_side"]
+__all__ = ["bundled_photo", "bicubic_start_model", "run_demo", "side_by_side"]
+
+
+def bicubic_start_model(seed: int = 0) -> torch.nn.Module:
+    """An untrained MZSRNet whose last layer is zero: its output is exactly its (bicubic) input."""
+    from .adapters.mzsr import MZSRNet
+
+    net = MZSRNet()
+    net.reset_parameters(torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        last = getattr(net, f"conv{net.depth}")
+        last.weight.zero_()
+        last.bias.zero_()
+    return net
 
 
 def bundled_photo() -> np.ndarray:
@@ -23,7 +36,7 @@ def bundled_photo() -> np.ndarray:
 
 
 def side_by_side(panels: list[tuple[str, np.ndarray]], output: str | Path, crop: tuple[int, int, int] | None = None) -> Path:
-    """Save labelled images in a row (and a zoomed crop ``(top, left, size)`` below) as a PNG."""
+    """Save equally sized labelled images in a row (and a zoomed crop ``(top, left, size)`` below) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,9 +51,7 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], output: str | Path, crop:
         axes[0, j].set_title(title, fontsize=9)
         if crop:
             t, l, s = crop
-            f = img.shape[0] / panels[-1][1].shape[0]
-            tt, ll, ss = int(t * f), int(l * f), max(1, int(s * f))
-            axes[1, j].imshow(img[tt : tt + ss, ll : ll + ss], interpolation="nearest")
+            axes[1, j].imshow(img[t : t + s, l : l + s], interpolation="nearest")
         for ax in axes[:, j]:
             ax.set_xticks([])
             ax.set_yticks([])
