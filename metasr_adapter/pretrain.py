@@ -1,0 +1,123 @@
+"""Large-scale pretraining θ_T (SPEC §8): bicubic x2 pairs, L1 loss, Adam with a staircase rate.
+
+The official run used DIV2K's MATLAB-bicubic LR images; those are not available here, so the LR
+patches are made by the same operator (antialiased MATLAB-bicubic ``imresize`` of the whole
+modcropped HR image, rounded to uint8) — see :class:`~metasr_adapter.tasks.PatchPool`.
+
+Every batch is a pure function of ``(seed, step)`` (:class:`PairSampler`), so a resumed run sees
+exactly the batches an uninterrupted one would. The loop itself, with checkpoints, lives in
+:mod:`metasr_adapter.train`; this module provides its pieces.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .degrade import imresize
+from .tasks import PatchPool, _to_tensor, iteration_rng
+
+__all__ = ["PRETRAIN_STREAM", "staircase_lr", "PairSampler", "Pretrainer"]
+
+#: RNG stream id of pretraining batches (meta-training uses stream 0)
+PRETRAIN_STREAM = 1
+
+
+def staircase_lr(
+    step: int, base: float = 4e-4, decay_every: int = 100000, factor: float = 0.5, minimum: float = 1e-4
+) -> float:
+    """SPEC §8: ``max(base · factor^floor(step / decay_every), minimum)`` (4e-4 → 2e-4 at 100k → 1e-4)."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got {step}")
+    if decay_every < 1:
+        raise ValueError(f"decay_every must be >= 1; got {decay_every}")
+    return max(base * factor ** (step // decay_every), minimum)
+
+
+class PairSampler:
+    """Batches of (network input, HR) pairs for pretraining, from a pool built with ``lr_scale``.
+
+    ``sample_arrays(step)`` → ``{'x', 'y'}``: ``y`` the HR patches [B, 3, P, P]; ``x`` the LR patch
+    upsampled by bicubic ``imresize`` to P×P (SPEC §8) when ``upsample_input``, else the LR patch.
+    A pure function of ``(seed, step)``.
+    """
+
+    def __init__(
+        self,
+        pool: PatchPool,
+        batch_size: int = 32,
+        *,
+        seed: int = 0,
+        upsample_input: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not isinstance(pool, PatchPool) or pool.lr_scale is None:
+            raise ValueError("PairSampler needs a PatchPool built with lr_scale (e.g. lr_scale=2)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.pool = pool
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.upsample_input = bool(upsample_input)
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def sample_arrays(self, step: int) -> dict[str, torch.Tensor]:
+        rng = iteration_rng(self.seed, step, stream=PRETRAIN_STREAM)
+        index = self.pool.draw(rng, self.batch_size)
+        hr = _to_tensor(self.pool.hr_patches(index), self.dtype)
+        lr = _to_tensor(self.pool.lr_patches(index), self.dtype)
+        x = imresize(lr, float(self.pool.lr_scale), output_shape=hr.shape[-2:]) if self.upsample_input else lr
+        return {"x": x.contiguous(), "y": hr}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "pool": self.pool.fingerprint(), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+
+
+class Pretrainer:
+    """One pretraining step: mean L1 between ``model(x)`` and ``y``, Adam(β=(0.9, 0.999), ε=1e-8)
+    with the staircase rate of SPEC §8 set before every step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float = 4e-4,
+        decay_every: int = 100000,
+        decay_factor: float = 0.5,
+        lr_min: float = 1e-4,
+    ) -> None:
+        self.model = model
+        self.base_lr, self.decay_every, self.decay_factor, self.lr_min = lr, decay_every, decay_factor, lr_min
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+    def lr_at(self, step: int) -> float:
+        return staircase_lr(step, self.base_lr, self.decay_every, self.decay_factor, self.lr_min)
+
+    def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """Train on ``batch`` (``{'x', 'y'}``) as global step ``step``; returns loss and lr."""
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        device = next(self.model.parameters()).device
+        x, y = batch["x"].to(device), batch["y"].to(device)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.l1_loss(self.model(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower pretrain.lr")
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "lr": lr}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+

@@ -1,0 +1,392 @@
+"""Training recipes: a YAML file of named settings, checked against a fixed schema.
+
+``load_recipe(path, overrides)`` reads a recipe, applies ``--set a.b=value`` overrides (the value
+is parsed as YAML, so ``meta.iterations=10`` is an int and ``model.weights=null`` is None), fills
+in the defaults of :data:`SCHEMA`, checks every value's type and rejects unknown or misspelt keys
+with the list of valid keys and the closest match.
+
+Relative paths: a relative path written **in the recipe file** is resolved against the recipe
+file's folder (so a recipe works from any working directory); a relative path given **on the
+command line** (``--set``/``--out``) is resolved against the current working directory.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+__all__ = [
+    "Key",
+    "SCHEMA",
+    "HASH_EXCLUDE",
+    "load_recipe",
+    "parse_overrides",
+    "validate_recipe",
+    "default_recipe",
+    "recipe_keys",
+    "recipe_hash",
+    "recipe_diff",
+    "dump_recipe",
+]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe setting: default, accepted types, and what it means."""
+
+    default: Any
+    types: tuple[type, ...]
+    doc: str
+    nullable: bool = False
+    path: bool = False  # a filesystem path: relative values are resolved (see module docstring)
+    choices: tuple[Any, ...] | None = None
+    list_of: type | None = None  # for list values: the element type
+
+
+_NUM = (int, float)
+
+# The schema. Defaults follow the official MZSR code (SPEC sections in the docs); the shipped
+# recipes in recipes/*.yaml restate every constant with its SPEC section.
+SCHEMA: dict[str, Any] = {
+    "name": Key(None, (str,), "run name (used in titles and the default output folder)", nullable=True),
+    "seed": Key(0, (int,), "seed for model initialisation and every sampled batch (a batch = f(seed, step))"),
+    "device": Key("auto", (str,), "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'"),
+    "model": {
+        "name": Key("mzsr", (str,), "registered architecture (metasr_adapter.get_model)"),
+        "width": Key(64, (int,), "feature channels (SPEC §1: 64)"),
+        "depth": Key(8, (int,), "number of conv layers (SPEC §1: 8)"),
+        "scale": Key(2, (int,), "super-resolution factor evaluated and meta-trained for"),
+        "weights": Key(
+            None, (str,), "starting weights (e.g. the official θ_T); null = large-scale pretraining (SPEC §8)",
+            nullable=True, path=True,
+        ),
+    },
+    "data": {
+        "train_dir": Key(None, (str,), "folder of HR training images (PNG/JPG/BMP/TIF)", nullable=True, path=True),
+        "recursive": Key(True, (bool,), "also read images in sub-folders of train_dir"),
+        "patch_size": Key(64, (int,), "HR patch size for meta-training tasks (SPEC §3a: 64)"),
+        "stride": Key(120, (int,), "patch extraction stride (SPEC §3a: 120)"),
+        "grad_threshold": Key(-6.0, _NUM, "gradient-energy filter: keep log(mean energy + 1e-10) >= this (SPEC §3a)"),
+        "augment": Key(True, (bool,), "8 dihedral augmentations of every patch (SPEC §3a)"),
+        "scales": Key([2.0], (list,), "SCALE_LIST: one scale drawn per task (SPEC §3b)", list_of=float),
+        "kernel_size": Key(15, (int,), "random kernel size (SPEC §3c: 15 at every scale)"),
+        "kernel_k1_factor": Key(2.5, _NUM, "k1 = factor * scale: the largest variance (SPEC §3b/§3c: 2.5)"),
+        "ds_method": Key("direct", (str,), "subsampling after the blur (SPEC §2b)", choices=("direct", "bicubic")),
+        "noise_std": Key(0.0, _NUM, "std of Gaussian noise added to the LR (SPEC §3b: 0.0)"),
+        "num_workers": Key(1, (int,), "DataLoader worker processes generating tasks (0 = in the training process)"),
+        "cache_dir": Key(None, (str,), "folder for the on-disk patch-pool cache (null = memory only)",
+                         nullable=True, path=True),
+    },
+    "pretrain": {
+        "iterations": Key(500000, (int,), "large-scale pretraining steps (SPEC §8: released θ_T at 500,000)"),
+        "train_dir": Key(None, (str,), "HR images for pretraining (null = data.train_dir)", nullable=True, path=True),
+        "scale": Key(2, (int,), "bicubic scale of the pretraining pairs (SPEC §8: x2, used for every model)"),
+        "batch_size": Key(32, (int,), "SPEC §8: 32"),
+        "patch_size": Key(96, (int,), "HR patch size (SPEC §8: 96, LR 48)"),
+        "stride": Key(120, (int,), "patch stride (SPEC §8: 120)"),
+        "augment": Key(True, (bool,), "8 dihedral augmentations (SPEC §8: the released θ_T used 80k x 8)"),
+        "lr": Key(4e-4, _NUM, "Adam learning rate (SPEC §8: 4e-4)"),
+        "lr_decay_every": Key(100000, (int,), "staircase period (SPEC §8: 100,000)"),
+        "lr_decay_factor": Key(0.5, _NUM, "staircase factor (SPEC §8: 0.5)"),
+        "lr_min": Key(1e-4, _NUM, "learning-rate floor (SPEC §8: 1e-4)"),
+    },
+    "meta": {
+        "iterations": Key(60000, (int,), "meta-training iterations (SPEC §4: Directx2 60,000)"),
+        "meta_batch": Key(5, (int,), "tasks per meta-iteration (SPEC §4: META_BATCH_SIZE)"),
+        "task_batch": Key(4, (int,), "support (and query) pairs per task (SPEC §4: TASK_BATCH_SIZE)"),
+        "inner_steps": Key(5, (int,), "inner gradient steps (SPEC §4: TASK_ITER 5)"),
+        "inner_lr": Key(0.01, (float, int, list), "α, task learning rate (SPEC §4: 1e-2)", list_of=float),
+        "meta_lr": Key(1e-4, _NUM, "β, Adam meta learning rate (SPEC §4: 1e-4)"),
+        "first_order": Key(False, (bool,), "first-order MAML throughout (SPEC §4: False)"),
+        "second_order_from": Key(0, (int,), "first-order before this step, second order from it (SPEC §4: 0)"),
+        "loss_weighting": Key("mzsr", (str,), "query-loss weights (SPEC §4: 'mzsr' = uniform 0.2)",
+                              choices=("mzsr", "maml++", "last")),
+        "grad_clip": Key(None, _NUM, "meta-gradient norm clip (SPEC §4: none)", nullable=True),
+        "adapt_params": Key(None, (list,), "fnmatch patterns of adapted parameters (null = all)",
+                            nullable=True, list_of=str),
+        "backend": Key("functional", (str,), "MAML implementation", choices=("functional", "learn2learn")),
+        "precision": Key("fp32", (str,), "meta-training precision", choices=("fp32", "bf16")),
+        "task_batching": Key("loop", (str,), "tasks one after another ('loop', least memory) or all at once "
+                             "('vmap', functional backend)", choices=("loop", "vmap")),
+    },
+    "eval": {
+        "gt_dir": Key(None, (str,), "HR ground-truth folder (null = skip evaluation and the plot)",
+                      nullable=True, path=True),
+        "lr_dir": Key(None, (str,), "LR inputs (null = synthesise them from gt_dir with eval.kernel)",
+                      nullable=True, path=True),
+        "kernel": Key("gd2.0", (str,), "kernel name (gd0.2, gd2.0, gdani, gb1.3, bicubic) or a .mat/.npy path",
+                      path=True),
+        "ds_method": Key(None, (str,), "subsampling of the LR son (null = the kernel's own)", nullable=True,
+                         choices=("direct", "bicubic")),
+        "schedule": Key("mzsr_direct", (str,), "meta-test learning-rate schedule (SPEC §5)"),
+        "max_steps": Key(10, (int,), "PSNR is measured after 0..max_steps adaptation steps (paper Fig. 3)"),
+        "limit": Key(None, (int,), "evaluate only the first N images", nullable=True),
+        "evaluate_start": Key(True, (bool,), "also evaluate the starting weights (the plot's reference curve)"),
+    },
+    "output": {
+        "dir": Key(None, (str,), "run folder (null = runs/<recipe name>)", nullable=True, path=True),
+        "checkpoint_every": Key(2500, (int,), "meta steps between checkpoints (SPEC §4: SAVE_ITER 2500)"),
+        "pretrain_checkpoint_every": Key(10000, (int,), "pretraining steps between checkpoints (SPEC §8: 10k)"),
+        "log_every": Key(100, (int,), "steps between metrics-log lines (SPEC §4: PRINT_ITER 100)"),
+        "progress": Key(True, (bool,), "show tqdm progress bars"),
+    },
+}
+
+# Keys that may differ between a run and its resumption (they do not change the result).
+HASH_EXCLUDE = ("output", "data.num_workers", "data.cache_dir", "device")
+
+# eval.kernel values that are names, not paths
+_KERNEL_WORDS = ("bicubic", "cubic", "none")
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, Key)
+
+
+def recipe_keys(schema: Mapping[str, Any] = SCHEMA, prefix: str = "") -> list[str]:
+    """Every valid dotted key, e.g. ``['device', 'eval.gt_dir', ...]``."""
+    out: list[str] = []
+    for name, spec in schema.items():
+        dotted = f"{prefix}{name}"
+        if _is_key(spec):
+            out.append(dotted)
+        else:
+            out.extend(recipe_keys(spec, dotted + "."))
+    return sorted(out)
+
+
+def default_recipe(schema: Mapping[str, Any] = SCHEMA) -> dict[str, Any]:
+    """The schema's defaults as a nested dict."""
+    return {
+        name: copy.deepcopy(spec.default) if _is_key(spec) else default_recipe(spec) for name, spec in schema.items()
+    }
+
+
+def _unknown_key_error(key: str, where: str, valid: Iterable[str]) -> ValueError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    level = f"under {where!r}" if where else "at the top level"
+    return ValueError(f"unknown recipe key {'.'.join(filter(None, [where, key]))!r}.{hint} "
+                      f"Valid keys {level}: {', '.join(valid)}")
+
+
+def _coerce(value: Any, spec: Key, dotted: str) -> Any:
+    """Check (and gently convert) one value against its Key."""
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ValueError(f"recipe key {dotted!r} may not be null; expected {_type_names(spec)} "
+                         f"(default {spec.default!r})")
+    if isinstance(value, str) and any(t in (int, float) for t in spec.types) and str not in spec.types:
+        # PyYAML reads '1e-4' (no dot) as a string: accept numeric strings for numeric keys
+        try:
+            value = int(value) if int in spec.types and value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) and bool not in spec.types:
+        raise TypeError(f"recipe key {dotted!r} = {value!r}: expected {_type_names(spec)}, not a boolean")
+    if isinstance(value, int) and not isinstance(value, bool) and float in spec.types and int not in spec.types:
+        value = float(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, spec.types):
+        raise TypeError(f"recipe key {dotted!r} = {value!r} has type {type(value).__name__}; "
+                        f"expected {_type_names(spec)} (default {spec.default!r})")
+    if isinstance(value, list) and spec.list_of is not None:
+        items = []
+        for v in value:
+            if isinstance(v, str) and spec.list_of is float:
+                try:
+                    v = float(v)
+                except ValueError:
+                    pass
+            if spec.list_of is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, spec.list_of) or isinstance(v, bool):
+                raise TypeError(f"recipe key {dotted!r}: item {v!r} is not a {spec.list_of.__name__}")
+            items.append(v)
+        value = items
+    if spec.choices is not None and value not in spec.choices:
+        raise ValueError(f"recipe key {dotted!r} = {value!r}; choose one of {list(spec.choices)}")
+    return value
+
+
+def _type_names(spec: Key) -> str:
+    names = [t.__name__ for t in spec.types]
+    if spec.list_of is not None:
+        names = [f"list[{spec.list_of.__name__}]" if n == "list" else n for n in names]
+    return " or ".join(names) + (" or null" if spec.nullable else "")
+
+
+def _looks_like_path(spec: Key, dotted: str, value: str) -> bool:
+    if dotted == "eval.kernel":  # a kernel name or a file
+        return value.lower().endswith((".mat", ".npy")) or os.sep in value or "/" in value
+    return True
+
+
+def validate_recipe(
+    recipe: Mapping[str, Any],
+    *,
+    base_dir: str | os.PathLike | None = None,
+    schema: Mapping[str, Any] = SCHEMA,
+    _prefix: str = "",
+) -> dict[str, Any]:
+    """Return a complete, checked copy of ``recipe`` (defaults filled in, relative paths made
+    absolute against ``base_dir`` or the working directory)."""
+    if not isinstance(recipe, Mapping):
+        raise TypeError(f"recipe section {_prefix.rstrip('.') or '<top>'!r} must be a mapping, "
+                        f"got {type(recipe).__name__}")
+    unknown = [k for k in recipe if k not in schema]
+    if unknown:
+        raise _unknown_key_error(str(unknown[0]), _prefix.rstrip("."), schema.keys())
+    out: dict[str, Any] = {}
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    for name, spec in schema.items():
+        dotted = f"{_prefix}{name}"
+        if _is_key(spec):
+            value = _coerce(recipe[name], spec, dotted) if name in recipe else copy.deepcopy(spec.default)
+            if spec.path and isinstance(value, str) and value and _looks_like_path(spec, dotted, value):
+                p = Path(os.path.expanduser(value))
+                value = str(p if p.is_absolute() else (base / p).resolve())
+            out[name] = value
+        else:
+            sub = recipe.get(name, {})
+            if sub is None:
+                sub = {}
+            out[name] = validate_recipe(sub, base_dir=base, schema=spec, _prefix=dotted + ".")
+    return out
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
+    """``['meta.iterations=10']`` → ``[(['meta', 'iterations'], 10)]`` (values parsed as YAML)."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value, e.g. meta.iterations=10")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override {item!r}: empty key; use dotted names such as meta.iterations=10")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def _apply_override(tree: dict[str, Any], parts: list[str], value: Any, schema: Mapping[str, Any]) -> None:
+    node, spec_node, where = tree, schema, ""
+    for i, part in enumerate(parts):
+        if part not in spec_node:
+            raise _unknown_key_error(part, where, spec_node.keys())
+        spec = spec_node[part]
+        last = i == len(parts) - 1
+        if _is_key(spec):
+            if not last:
+                raise ValueError(f"recipe key {'.'.join(parts[: i + 1])!r} is a value, not a section")
+            node[part] = value
+            return
+        if last:
+            raise ValueError(f"recipe key {'.'.join(parts)!r} is a section; set one of its keys: "
+                             f"{', '.join(sorted(spec))}")
+        node = node.setdefault(part, {})
+        spec_node, where = spec, ".".join(parts[: i + 1])
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read ``path`` (YAML; None = defaults only), apply ``key=value`` overrides, validate.
+
+    Relative paths in the file resolve against the file's folder; relative paths in overrides
+    resolve against the working directory.
+    """
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file not found: {path}")
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"recipe {path} must be a YAML mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+        base_dir = path.resolve().parent
+        if raw.get("name") is None:
+            raw = {**raw, "name": path.stem}
+    # file values (paths relative to the recipe folder)
+    recipe = validate_recipe(raw, base_dir=base_dir)
+    # overrides (paths relative to the working directory)
+    parsed = parse_overrides(overrides)
+    if parsed:
+        over: dict[str, Any] = {}
+        for parts, value in parsed:
+            _apply_override(over, parts, value, SCHEMA)
+        over_checked = _validate_partial(over, SCHEMA, "")
+        _deep_update(recipe, over_checked)
+    return recipe
+
+
+def _validate_partial(tree: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in tree.items():
+        spec = schema[name]
+        dotted = f"{prefix}{name}"
+        if _is_key(spec):
+            v = _coerce(value, spec, dotted)
+            if spec.path and isinstance(v, str) and v and _looks_like_path(spec, dotted, v):
+                v = str(Path(os.path.expanduser(v)).resolve())
+            out[name] = v
+        else:
+            out[name] = _validate_partial(value, spec, dotted + ".")
+    return out
+
+
+def _deep_update(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _excluded(key: str, exclude: Iterable[str]) -> bool:
+    return any(key == e or key.startswith(e + ".") for e in exclude)
+
+
+def recipe_hash(recipe: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUDE) -> str:
+    """sha256 of the settings that change the result (``exclude``: output folder, workers...)."""
+    flat = {k: v for k, v in _flatten(recipe).items() if not _excluded(k, exclude)}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def recipe_diff(a: Mapping[str, Any], b: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUDE) -> list[str]:
+    """Dotted keys whose values differ between two recipes (ignoring ``exclude``)."""
+    fa, fb = _flatten(a), _flatten(b)
+    keys = sorted(set(fa) | set(fb))
+    return [k for k in keys if not _excluded(k, exclude) and fa.get(k, "<missing>") != fb.get(k, "<missing>")]
+
+
+def dump_recipe(recipe: Mapping[str, Any]) -> str:
+    """The resolved recipe as YAML text."""
+    return yaml.safe_dump(json.loads(json.dumps(recipe)), sort_keys=False)

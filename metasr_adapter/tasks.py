@@ -1,0 +1,467 @@
+"""MZSR's meta-training tasks (SPEC §3): HR patch pool, random kernels, support/query sets.
+
+* :class:`PatchPool` — the HR patches of a folder of images: ``patch_size`` crops at ``stride``,
+  kept when their gradient energy passes the filter (SPEC §3a), each usable in the 8 dihedral
+  orientations. Built lazily on first use (one image at a time), kept in memory, optionally
+  cached on disk. With ``lr_scale`` it also stores the aligned bicubic LR patches used by the
+  large-scale pretraining (SPEC §8).
+* :class:`TaskSampler` — one meta-batch (SPEC §3b) as a pure function of ``(seed, iteration)``:
+  a resumed run regenerates exactly the batches an uninterrupted run would have seen, whichever
+  process (or DataLoader worker) makes them.
+* :func:`task_loader` — a ``DataLoader`` that makes the batches of iterations ``start..stop-1``
+  in worker processes, so task generation overlaps training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .degrade import degrade, imresize
+from .imageio import IMAGE_EXTENSIONS, read_image
+from .kernels import DS_METHODS, random_kernel
+
+__all__ = [
+    "GRAD_THRESHOLD",
+    "gradient_energy",
+    "dihedral",
+    "find_images",
+    "PatchPool",
+    "TaskSampler",
+    "TaskDataset",
+    "task_loader",
+    "iteration_rng",
+]
+
+#: SPEC §3a: a patch is kept when log(mean gradient energy + 1e-10) >= -6.0
+GRAD_THRESHOLD = -6.0
+_POOL_VERSION = 1
+
+
+def gradient_energy(patch: np.ndarray) -> float:
+    """SPEC §3a's filter value of one uint8 HxWxC patch:
+    ``log(mean((p[:-1,:-1]-p[1:,:-1])² + (p[:-1,:-1]-p[:-1,1:])²) + 1e-10)`` with ``p = patch/255``
+    in float64, the mean over all (H-1)(W-1)C elements."""
+    p = patch.astype(np.float64) / 255.0
+    dy = p[:-1, :-1] - p[1:, :-1]
+    dx = p[:-1, :-1] - p[:-1, 1:]
+    return float(np.log(np.mean(dy**2 + dx**2) + 1e-10))
+
+
+def dihedral(img: np.ndarray, mode: int) -> np.ndarray:
+    """SPEC §3a augmentation ``mode`` 0..7 of an HxW(xC) array: ``rot90`` (counter-clockwise)
+    ``mode // 2`` times, then ``flipud`` when ``mode`` is odd."""
+    if not 0 <= int(mode) <= 7:
+        raise ValueError(f"augmentation mode must be 0..7; got {mode}")
+    out = np.rot90(img, int(mode) // 2)
+    return np.flipud(out) if mode % 2 else out
+
+
+def find_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` (PNG/JPG/BMP/TIF/WebP), sorted by relative path."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"training-image folder not found: {root} (set data.train_dir to a folder of images)")
+    if not root.is_dir():
+        raise ValueError(f"training-image path {root} is not a folder; give a folder of PNG/JPG images")
+    it = root.rglob("*") if recursive else root.iterdir()
+    files = sorted((p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        where = "under" if recursive else "directly in"
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) {where} {root}"
+                         + ("" if recursive else "; images in sub-folders need recursive=True"))
+    return files
+
+
+def _as_rgb_uint8(img: np.ndarray, path: Path) -> np.ndarray:
+    if img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
+    if img.dtype != np.uint8:
+        raise ValueError(f"{path}: unsupported image dtype {img.dtype}; use 8-bit images")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 2:  # gray + alpha
+        img = np.repeat(img[:, :, :1], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    return np.ascontiguousarray(img)
+
+
+def iteration_rng(seed: int, iteration: int, stream: int = 0) -> np.random.RandomState:
+    """The RandomState that makes batch ``iteration`` of a run seeded ``seed`` (``stream`` keeps
+    pretraining and meta-training draws apart). A pure function of its arguments."""
+    if iteration < 0:
+        raise ValueError(f"iteration must be >= 0; got {iteration}")
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(stream), int(iteration)])
+    return np.random.RandomState(np.random.MT19937(ss))
+
+
+class PatchPool:
+    """HR patches of the images in ``root`` (SPEC §3a), extracted lazily and cached.
+
+    Args:
+        root: folder of images (grayscale is repeated to RGB, alpha dropped).
+        patch_size / stride / grad_threshold: SPEC §3a (64 / 120 / -6.0).
+        augment: each kept patch enters the pool in the 8 dihedral orientations (SPEC §3a).
+        recursive: also read sub-folders.
+        lr_scale: also store the aligned LR patch of each HR patch: the whole image (modcropped
+            by the scale) is downscaled with antialiased MATLAB bicubic and rounded to uint8, like
+            DIV2K's official LR images (SPEC §8; those files are not used here), and the LR patch
+            is ``lr[i//s : i//s + P//s, j//s : j//s + P//s]``.
+        cache_dir: folder for an on-disk copy of the pool (keyed by file list, sizes, mtimes and
+            settings); ``None`` keeps it in memory only.
+        progress: tqdm bar while building.
+
+    Images smaller than ``patch_size`` give no patch and are skipped with one warning; a folder
+    with no usable patch raises ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        patch_size: int = 64,
+        stride: int = 120,
+        grad_threshold: float = GRAD_THRESHOLD,
+        augment: bool = True,
+        recursive: bool = True,
+        lr_scale: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+    ) -> None:
+        if patch_size < 2 or stride < 1:
+            raise ValueError(f"patch_size={patch_size}, stride={stride}: need patch_size >= 2 and stride >= 1")
+        if lr_scale is not None and (lr_scale < 1 or patch_size % lr_scale):
+            raise ValueError(f"patch_size={patch_size} must be a multiple of lr_scale={lr_scale}")
+        self.root = Path(root)
+        self.files = find_images(self.root, recursive)
+        self.patch_size = int(patch_size)
+        self.stride = int(stride)
+        self.grad_threshold = float(grad_threshold)
+        self.augment = bool(augment)
+        self.lr_scale = None if lr_scale is None else int(lr_scale)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.progress = progress
+        self._hr: np.ndarray | None = None
+        self._lr: np.ndarray | None = None
+        self._origin: np.ndarray | None = None
+
+    # -- identity --------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """Hash of the file list (names, sizes, mtimes) and the extraction settings."""
+        h = hashlib.sha256()
+        settings = [_POOL_VERSION, self.patch_size, self.stride, self.grad_threshold, self.lr_scale]
+        h.update(json.dumps(settings).encode())
+        for f in self.files:
+            st = f.stat()
+            h.update(f"{f.relative_to(self.root).as_posix()}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+        return h.hexdigest()[:20]
+
+    # -- building --------------------------------------------------------------------------
+    def _extract(self, img: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]:
+        ps, st = self.patch_size, self.stride
+        hr_list, lr_list, pos = [], [], []
+        lr_img = None
+        if self.lr_scale is not None:
+            s = self.lr_scale
+            img = img[: img.shape[0] - img.shape[0] % s, : img.shape[1] - img.shape[1] % s]
+            x = torch.from_numpy(img.transpose(2, 0, 1).astype(np.float64) / 255.0)[None]
+            lr_t = imresize(x, 1.0 / s)
+            lr_img = np.round(lr_t.clamp(0, 1)[0].numpy().transpose(1, 2, 0) * 255.0).astype(np.uint8)
+        h, w = img.shape[:2]
+        for i in range(0, h - ps + 1, st):
+            for j in range(0, w - ps + 1, st):
+                p = img[i : i + ps, j : j + ps]
+                if gradient_energy(p) >= self.grad_threshold:
+                    hr_list.append(p)
+                    pos.append((i, j))
+                    if lr_img is not None:
+                        s, q = self.lr_scale, ps // self.lr_scale
+                        lr_list.append(lr_img[i // s : i // s + q, j // s : j // s + q])
+        return hr_list, lr_list, pos
+
+    def build(self) -> "PatchPool":
+        """Extract the patches now (otherwise done on first use)."""
+        if self._hr is not None:
+            return self
+        cache = None
+        if self.cache_dir is not None:
+            tag = "pairs" if self.lr_scale else "hr"
+            cache = self.cache_dir / f"patchpool_{tag}_{self.fingerprint()}.npz"
+            if cache.is_file():
+                with np.load(cache, allow_pickle=False) as data:
+                    self._hr = data["hr"]
+                    self._lr = data["lr"] if "lr" in data else None
+                    self._origin = data["origin"]
+                return self
+        from tqdm.auto import tqdm
+
+        hr_all, lr_all, origin = [], [], []
+        small = []
+        for k, f in enumerate(tqdm(self.files, desc="patch pool", unit="img", disable=not self.progress)):
+            img = _as_rgb_uint8(read_image(f), f)
+            if min(img.shape[:2]) < self.patch_size:
+                small.append(f.name)
+                continue
+            hr, lr, pos = self._extract(img)
+            hr_all.extend(hr)
+            lr_all.extend(lr)
+            origin.extend((k, i, j) for i, j in pos)
+        if small:
+            warnings.warn(f"{len(small)} image(s) smaller than the {self.patch_size}x{self.patch_size} patch were "
+                          f"skipped (e.g. {small[0]})", UserWarning, stacklevel=2)
+        if not hr_all:
+            raise ValueError(
+                f"no usable {self.patch_size}x{self.patch_size} patch in {len(self.files)} image(s) under {self.root}: "
+                + ("every image is smaller than the patch; use larger images or a smaller patch size"
+                   if len(small) == len(self.files) else
+                   f"all patches fail the gradient-energy filter (>= {self.grad_threshold}); use textured images")
+            )
+        self._hr = np.ascontiguousarray(np.stack(hr_all))
+        self._lr = np.ascontiguousarray(np.stack(lr_all)) if self.lr_scale is not None else None
+        self._origin = np.asarray(origin, dtype=np.int64)
+        if cache is not None:
+            from .atomic import atomic_write
+
+            arrays = {"hr": self._hr, "origin": self._origin}
+            if self._lr is not None:
+                arrays["lr"] = self._lr
+
+            def _write(tmp: str) -> None:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **arrays)
+
+            atomic_write(cache, _write)
+        return self
+
+    # -- access ----------------------------------------------------------------------------
+    @property
+    def num_patches(self) -> int:
+        """Distinct (unaugmented) patches that passed the filter."""
+        return int(self.build()._hr.shape[0])
+
+    def __len__(self) -> int:
+        """Pool entries: patches × 8 orientations with ``augment``."""
+        return self.num_patches * (8 if self.augment else 1)
+
+    def _split(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"pool index out of range 0..{len(self) - 1}")
+        return (index // 8, index % 8) if self.augment else (index, np.zeros_like(index))
+
+    def hr_patches(self, index: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 [N, P, P, 3] patches for pool entries ``index`` (orientation applied)."""
+        self.build()
+        n, m = self._split(np.asarray(index))
+        return np.stack([dihedral(self._hr[a], b) for a, b in zip(n, m)]) if n.size else self._hr[:0]
+
+    def lr_patches(self, index: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 [N, P/s, P/s, 3] LR patches aligned with :meth:`hr_patches` (needs ``lr_scale``)."""
+        self.build()
+        if self._lr is None:
+            raise ValueError("this pool has no LR patches; build it with lr_scale=2 (pretraining pairs)")
+        n, m = self._split(np.asarray(index))
+        return np.stack([dihedral(self._lr[a], b) for a, b in zip(n, m)]) if n.size else self._lr[:0]
+
+    def origin(self, index: int) -> tuple[Path, int, int, int]:
+        """(image file, row, column, orientation) of pool entry ``index``."""
+        self.build()
+        n, m = self._split(np.asarray([index]))
+        k, i, j = self._origin[n[0]]
+        return self.files[int(k)], int(i), int(j), int(m[0])
+
+    def draw(self, rng: np.random.RandomState, count: int) -> np.ndarray:
+        """``count`` pool indices, without repetition when the pool is large enough."""
+        size = len(self)
+        return rng.choice(size, size=count, replace=size < count)
+
+    def __repr__(self) -> str:
+        n = "unbuilt" if self._hr is None else f"{self.num_patches} patches"
+        return (f"PatchPool({str(self.root)!r}, {len(self.files)} images, {n}, patch={self.patch_size}, "
+                f"stride={self.stride}, augment={self.augment}, lr_scale={self.lr_scale})")
+
+
+def _to_tensor(patches: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [N, H, W, C] → float [N, C, H, W] in [0, 1] (computed in float32 like the official /255)."""
+    t = torch.from_numpy(np.ascontiguousarray(patches.transpose(0, 3, 1, 2))).to(torch.float32) / 255.0
+    return t.to(dtype)
+
+
+class TaskSampler:
+    """MZSR meta-batches (SPEC §3b) from a :class:`PatchPool`.
+
+    Per task: a scale from ``scales``; one kernel ``random_kernel(k1=k1_factor·scale, kernel_size)``;
+    ``2·task_batch`` HR patches; LR = blur + ``ds_method`` subsampling; ``+ noise_std·randn`` (drawn
+    even when 0, like the official code) and clip to [0, 1]; network input = bicubic upsampling of
+    the LR back to the HR size when ``upsample_input`` (pre-upsampling networks such as MZSR), else
+    the LR itself. The first ``task_batch`` pairs are the support set, the next the query set.
+
+    ``sample(iteration)`` depends only on ``(seed, iteration)``, so the sampler's whole state is
+    its seed (:meth:`state_dict`). The degradations run batched in torch over all tasks at once.
+    """
+
+    def __init__(
+        self,
+        pool: PatchPool,
+        *,
+        meta_batch: int = 5,
+        task_batch: int = 4,
+        scales: Sequence[float] = (2.0,),
+        kernel_size: int = 15,
+        k1_factor: float = 2.5,
+        ds_method: str = "direct",
+        noise_std: float = 0.0,
+        upsample_input: bool = True,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not isinstance(pool, PatchPool):
+            raise TypeError(f"pool must be a PatchPool; got {type(pool).__name__}")
+        if meta_batch < 1 or task_batch < 1:
+            raise ValueError(f"meta_batch={meta_batch}, task_batch={task_batch}: both must be >= 1")
+        if ds_method not in DS_METHODS:
+            raise ValueError(f"ds_method must be one of {DS_METHODS}; got {ds_method!r}")
+        scales = [float(s) for s in scales]
+        if not scales or min(scales) < 1:
+            raise ValueError(f"scales={scales}: give up-scaling factors >= 1, e.g. [2.0]")
+        if noise_std < 0:
+            raise ValueError(f"noise_std={noise_std} must be >= 0")
+        self.pool = pool
+        self.meta_batch = int(meta_batch)
+        self.task_batch = int(task_batch)
+        self.scales = scales
+        self.kernel_size = int(kernel_size)
+        self.k1_factor = float(k1_factor)
+        self.ds_method = ds_method
+        self.noise_std = float(noise_std)
+        self.upsample_input = bool(upsample_input)
+        self.seed = int(seed)
+        self.dtype = dtype
+        if len(set(scales)) > 1 and not self.upsample_input:
+            raise ValueError("several scales need upsample_input=True: LR sizes differ between tasks and "
+                             "cannot be stacked into one batch")
+
+    def _draw(self, iteration: int) -> tuple[np.ndarray, list[float], np.ndarray, list[np.ndarray]]:
+        """All random draws of one meta-batch, in the official order (SPEC §3b)."""
+        rng = iteration_rng(self.seed, iteration)
+        mb, tb, ps = self.meta_batch, self.task_batch, self.pool.patch_size
+        index = self.pool.draw(rng, 2 * tb * mb)
+        scales, kernels, noise = [], [], []
+        for _ in range(mb):
+            s = float(rng.choice(self.scales))
+            scales.append(s)
+            kernels.append(random_kernel(self.k1_factor * s, self.kernel_size, rng))
+            lh = int(math.ceil(ps * (1.0 / s)))  # LR size as the official fix_scale_and_size computes it
+            for _ in range(2 * tb):
+                noise.append(rng.randn(lh, lh, 3))
+        return index, scales, np.stack(kernels), noise
+
+    @torch.no_grad()
+    def sample_arrays(self, iteration: int) -> dict[str, torch.Tensor]:
+        """Meta-batch ``iteration`` as a dict of tensors: ``x``/``y`` [MB, 2·TB, C, H, W] (network
+        input / HR target; support = ``[:, :TB]``) and ``kernels`` [MB, k, k]."""
+        mb, tb = self.meta_batch, self.task_batch
+        index, scales, kernels, noise = self._draw(iteration)
+        hr = _to_tensor(self.pool.hr_patches(index), self.dtype)  # [MB*2TB, C, P, P], task-major
+        ps = hr.shape[-1]
+        ktens = torch.from_numpy(kernels).to(self.dtype)
+        inputs: list[torch.Tensor | None] = [None] * mb
+        for s in sorted(set(scales)):
+            tasks = [t for t in range(mb) if scales[t] == s]
+            rows = torch.tensor([t * 2 * tb + r for t in tasks for r in range(2 * tb)])
+            per_sample_k = ktens[tasks].repeat_interleave(2 * tb, dim=0)
+            lr = degrade(hr[rows], per_sample_k, s, self.ds_method)
+            nz = np.stack([noise[int(r)] for r in rows]).transpose(0, 3, 1, 2)
+            lr = (lr + torch.from_numpy(np.ascontiguousarray(nz)).to(self.dtype) * self.noise_std).clamp(0, 1)
+            x = imresize(lr, s, output_shape=(ps, ps)) if self.upsample_input else lr
+            for n, t in enumerate(tasks):
+                inputs[t] = x[n * 2 * tb : (n + 1) * 2 * tb]
+        x = torch.stack(inputs)  # type: ignore[arg-type]
+        y = hr.view(mb, 2 * tb, *hr.shape[1:])
+        return {"x": x.contiguous(), "y": y.contiguous(), "kernels": ktens}
+
+    def to_task_batch(self, arrays: dict[str, torch.Tensor]):
+        """Split :meth:`sample_arrays` output into a :class:`~metasr_adapter.meta.TaskBatch`."""
+        from .meta import TaskBatch
+
+        tb = self.task_batch
+        x, y = arrays["x"], arrays["y"]
+        return TaskBatch(support_x=x[:, :tb], support_y=y[:, :tb], query_x=x[:, tb:], query_y=y[:, tb:],
+                         kernels=arrays.get("kernels"))
+
+    def sample(self, iteration: int):
+        """Meta-batch ``iteration`` as a :class:`~metasr_adapter.meta.TaskBatch` [MB, TB, C, H, W]."""
+        return self.to_task_batch(self.sample_arrays(iteration))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to regenerate the batch stream (it is a function of seed and step)."""
+        return {"seed": self.seed, "pool": self.pool.fingerprint(), "meta_batch": self.meta_batch,
+                "task_batch": self.task_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        if state.get("pool") not in (None, self.pool.fingerprint()):
+            warnings.warn("the training images changed since the checkpoint was written; resumed batches will "
+                          "differ from the original run's", UserWarning, stacklevel=2)
+
+
+class TaskDataset(Dataset):
+    """Map-style view of iterations ``start..stop-1`` of a sampler (item = ``sampler.sample_arrays``)."""
+
+    def __init__(self, sampler: Any, start: int, stop: int) -> None:
+        if not 0 <= start <= stop:
+            raise ValueError(f"need 0 <= start <= stop; got start={start}, stop={stop}")
+        self.sampler, self.start, self.stop = sampler, int(start), int(stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.sampler.sample_arrays(self.start + i)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the training process and die on SIGTERM."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def task_loader(
+    sampler: Any, start: int, stop: int, num_workers: int = 1, prefetch_factor: int = 2
+) -> Iterator[Any]:
+    """Yield the batches of iterations ``start..stop-1`` in order, made in ``num_workers`` worker
+    processes (0 = in this process). Items are ``sampler.to_task_batch(arrays)`` when the sampler
+    has that method, else the raw dict."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers={num_workers} must be >= 0")
+    if hasattr(sampler, "pool"):
+        sampler.pool.build()  # build once here; forked workers share it
+    ds = TaskDataset(sampler, start, stop)
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": False, "worker_init_fn": _worker_init}
+    # a private generator: creating the loader must not consume the global torch RNG (exact resume)
+    loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity,
+                        generator=torch.Generator().manual_seed(0), **kwargs)
+    convert = getattr(sampler, "to_task_batch", _identity)
+    for arrays in loader:
+        yield convert(arrays)

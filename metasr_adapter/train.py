@@ -1,0 +1,662 @@
+"""``metasr train``: pretrain → meta-train → evaluate, driven by a recipe (see :mod:`.recipes`).
+
+Stages (each resumable):
+
+1. **pretrain** — large-scale bicubic pretraining (SPEC §8); skipped when ``model.weights`` gives
+   starting weights or ``pretrain.iterations`` is 0. Its result is saved as ``start_weights.pth``.
+2. **meta** — MZSR meta-transfer learning (SPEC §3, §4) with :class:`~metasr_adapter.meta.MetaLearner`;
+   tasks come from :class:`~metasr_adapter.tasks.TaskSampler` through DataLoader workers. The result
+   is ``meta_trained.pth``.
+3. **eval** — mean PSNR after 0..``eval.max_steps`` adaptation steps for the starting weights and the
+   meta-trained weights (``eval.json``), plotted as ``psnr_vs_steps.png`` (the paper's Fig. 3).
+
+The run folder also holds ``recipe.yaml`` (the resolved recipe), ``metrics.jsonl`` (one JSON line per
+logged step) and ``checkpoint.pt``, written atomically every ``output.checkpoint_every`` steps, at the
+end of each stage and on Ctrl-C / SIGTERM (the step in progress finishes first). ``resume=True``
+continues from it and ends with exactly the weights of an uninterrupted run: every batch is a
+function of ``(seed, step)`` and the checkpoint holds the model, optimiser and RNG states.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import atomic_save, atomic_write_text
+from .recipes import dump_recipe, load_recipe, recipe_diff, recipe_hash, validate_recipe
+
+__all__ = [
+    "STAGES",
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "PLOT_NAME",
+    "run_training",
+    "build_model",
+    "add_train_arguments",
+    "run_train_cli",
+    "MetricsLog",
+]
+
+STAGES = ("pretrain", "meta", "eval", "done")
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+PLOT_NAME = "psnr_vs_steps.png"
+START_WEIGHTS = "start_weights.pth"
+FINAL_WEIGHTS = "meta_trained.pth"
+EVAL_NAME = "eval.json"
+_CHECKPOINT_FORMAT = 1
+#: testing hook: "STAGE:STEP" makes the process SIGKILL itself right after completing that step
+#: (after that step's checkpoint, if any); "STAGE:STEP:raise" raises instead
+KILL_ENV = "METASR_TRAIN_KILL_AFTER"
+
+
+# ----------------------------------------------------------------------------------------------
+# small pieces
+# ----------------------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or device=auto")
+    return dev
+
+
+def build_model(recipe: Mapping[str, Any]) -> nn.Module:
+    """The recipe's network with its initialisation drawn from ``seed`` (weights not loaded)."""
+    from .adapters import get_model
+
+    m = recipe["model"]
+    kwargs = {"width": m["width"], "depth": m["depth"]} if m["name"].lower() == "mzsr" else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe["seed"])
+        return get_model(m["name"], **kwargs)
+
+
+def _rng_state() -> dict[str, Any]:
+    """torch / numpy / python RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_state(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_state(v) for v in obj)
+    return obj
+
+
+class MetricsLog:
+    """Append-only JSONL log; :meth:`truncate` drops lines past a checkpoint (no duplicates on resume)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=False) + "\n")
+            fh.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def truncate(self, stage: str, step: int) -> int:
+        """Keep only records at or before (``stage``, ``step``); returns how many were dropped."""
+        limit = (STAGES.index(stage), step)
+        records = self.read()
+        keep = [r for r in records
+                if r.get("stage") in STAGES and (STAGES.index(r["stage"]), int(r.get("step", 0))) <= limit]
+        dropped = len(records) - len(keep)
+        if self.path.is_file():
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        return dropped
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (a second Ctrl-C stops at once)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after a checkpoint was saved because of Ctrl-C or SIGTERM."""
+
+    def __init__(self, stage: str, step: int, checkpoint: Path, signal_name: str) -> None:
+        super().__init__(f"{signal_name}: stopped during {stage} after step {step}; checkpoint {checkpoint}")
+        self.stage, self.step, self.checkpoint = stage, step, checkpoint
+
+
+def _close(it: Any) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()  # shuts DataLoader workers down now, not at garbage collection
+
+
+def _maybe_kill(stage: str, step: int) -> None:
+    """Testing hook (``KILL_ENV``): ``STAGE:STEP`` SIGKILLs this process after that step;
+    ``STAGE:STEP:raise`` raises a RuntimeError instead (a crash without any saving)."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[:2] == [stage, str(step)]:
+        if parts[2:] == ["raise"]:
+            raise RuntimeError(f"simulated crash after {stage} step {step} ({KILL_ENV}={spec})")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------
+class _Run:
+    def __init__(self, recipe: dict[str, Any], out_dir: Path, resume: bool) -> None:
+        self.recipe = recipe
+        self.out = out_dir
+        self.resume = resume
+        self.ckpt_path = out_dir / CHECKPOINT_NAME
+        self.log = MetricsLog(out_dir / METRICS_NAME)
+        self.hash = recipe_hash(recipe)
+        self.device = _device(recipe["device"])
+        self.progress = bool(recipe["output"]["progress"])
+        self.stop = _StopRequest()
+        self.model: nn.Module | None = None
+        self.stage_seconds: dict[str, float] = {}
+        self.pool_cache: dict[tuple, Any] = {}
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save(self, stage: str, step: int, extra: Mapping[str, Any] | None = None, elapsed: float = 0.0) -> Path:
+        assert self.model is not None
+        ckpt = {
+            "format": _CHECKPOINT_FORMAT,
+            "stage": stage,
+            "step": int(step),
+            "model": _cpu_state(self.model.state_dict()),
+            "rng": _rng_state(),
+            "recipe": self.recipe,
+            "recipe_hash": self.hash,
+            "elapsed": float(elapsed),
+            "stage_seconds": dict(self.stage_seconds),
+            "saved_at": time.time(),
+        }
+        if extra:
+            ckpt.update(_cpu_state(dict(extra)))
+        return atomic_save(ckpt, self.ckpt_path)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.ckpt_path.is_file():
+            return None
+        ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.ckpt_path} has checkpoint format {ckpt.get('format')!r}; "
+                             f"this version writes {_CHECKPOINT_FORMAT}")
+        if ckpt["recipe_hash"] != self.hash:
+            diff = recipe_diff(ckpt["recipe"], self.recipe)
+            raise ValueError(
+                f"cannot resume {self.ckpt_path}: it was written by a different recipe; differing keys: "
+                + ", ".join(f"{k} (checkpoint {_get(ckpt['recipe'], k)!r}, now {_get(self.recipe, k)!r})"
+                            for k in diff)
+                + ". Use the original settings or a new --out folder"
+            )
+        return ckpt
+
+    # -- data --------------------------------------------------------------------------------
+    def _pool(self, root: str, patch_size: int, stride: int, augment: bool, lr_scale: int | None):
+        from .tasks import PatchPool
+
+        d = self.recipe["data"]
+        key = (root, patch_size, stride, augment, lr_scale)
+        if key not in self.pool_cache:
+            self.pool_cache[key] = PatchPool(
+                root, patch_size=patch_size, stride=stride, grad_threshold=d["grad_threshold"], augment=augment,
+                recursive=d["recursive"], lr_scale=lr_scale, cache_dir=d["cache_dir"], progress=self.progress,
+            ).build()
+        return self.pool_cache[key]
+
+    def _train_dir(self, key: str | None) -> str:
+        path = key or self.recipe["data"]["train_dir"]
+        if path is None:
+            raise ValueError("data.train_dir is not set: give a folder of training images "
+                             "(--set data.train_dir=PATH)")
+        return path
+
+    def _loader(self, sampler: Any, start: int, stop: int) -> Iterator[Any]:
+        from .tasks import task_loader
+
+        return task_loader(sampler, start, stop, num_workers=self.recipe["data"]["num_workers"])
+
+    # -- loop ------------------------------------------------------------------------------------
+    def _loop(
+        self,
+        stage: str,
+        start: int,
+        total: int,
+        batches: Iterator[Any],
+        step_fn,
+        extra_state,
+        every: int,
+        elapsed0: float,
+    ) -> None:
+        """Run steps ``start..total-1`` with logging, periodic checkpoints and clean interrupts."""
+        from tqdm.auto import tqdm
+
+        log_every = max(1, self.recipe["output"]["log_every"])
+        every = max(1, every)
+        t0 = time.perf_counter() - elapsed0
+        done = start
+        last_saved = start
+        in_step = False
+        bar = tqdm(total=total, initial=start, desc=stage, unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            for step in range(start, total):
+                batch = next(batches)
+                in_step = True
+                info = step_fn(batch, step)
+                done = step + 1
+                in_step = False
+                if done % log_every == 0 or done == total:
+                    self.log.write({"stage": stage, "step": done, **info,
+                                    "seconds": round(time.perf_counter() - t0, 3), "time": time.time()})
+                bar.update(1)
+                loss_key = "meta_loss" if "meta_loss" in info else "loss"
+                if loss_key in info:
+                    bar.set_postfix({loss_key: f"{info[loss_key]:.5f}"}, refresh=False)
+                if done % every == 0 or done == total:
+                    self.save(stage, done, extra_state(), time.perf_counter() - t0)
+                    last_saved = done
+                _maybe_kill(stage, done)
+                if self.stop.requested:
+                    break
+        except BaseException as exc:
+            bar.close()
+            _close(batches)
+            # a stop request between steps (e.g. Ctrl-C also reached the DataLoader workers): save, stop
+            if self.stop.requested and not in_step:
+                if done != last_saved:
+                    self.save(stage, done, extra_state(), time.perf_counter() - t0)
+                raise TrainingInterrupted(stage, done, self.ckpt_path, self.stop.requested) from exc
+            raise
+        bar.close()
+        _close(batches)
+        if self.stop.requested:
+            if done != last_saved:
+                self.save(stage, done, extra_state(), time.perf_counter() - t0)
+            raise TrainingInterrupted(stage, done, self.ckpt_path, self.stop.requested)
+        self.stage_seconds[stage] = time.perf_counter() - t0
+
+    # -- stages ----------------------------------------------------------------------------------
+    def stage_pretrain(self, ckpt: dict[str, Any] | None) -> None:
+        from .pretrain import PairSampler, Pretrainer
+        from .weights import load_weights, save_weights
+
+        r, p = self.recipe, self.recipe["pretrain"]
+        assert self.model is not None
+        if r["model"]["weights"] is not None or p["iterations"] == 0:
+            if r["model"]["weights"] is not None:
+                load_weights(self.model, r["model"]["weights"])
+                source = f"loaded from {r['model']['weights']}"
+            else:
+                source = "random initialisation (pretrain.iterations = 0)"
+            save_weights(self.model, self.out / START_WEIGHTS, source=source)
+            self.log.write({"stage": "pretrain", "step": 0, "skipped": True, "source": source, "time": time.time()})
+            return
+        start, elapsed = 0, 0.0
+        trainer = Pretrainer(self.model, lr=p["lr"], decay_every=p["lr_decay_every"],
+                             decay_factor=p["lr_decay_factor"], lr_min=p["lr_min"])
+        if ckpt is not None and ckpt["stage"] == "pretrain":
+            start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+            if "pretrainer" in ckpt:
+                trainer.load_state_dict(ckpt["pretrainer"])
+        pool = self._pool(self._train_dir(p["train_dir"]), p["patch_size"], p["stride"], p["augment"], p["scale"])
+        sampler = PairSampler(pool, p["batch_size"], seed=r["seed"],
+                              upsample_input=bool(getattr(self.model, "upsample_input", False)))
+
+        def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+            return trainer.step(batch, step)
+
+        if start < p["iterations"]:
+            self._loop("pretrain", start, p["iterations"], self._loader(sampler, start, p["iterations"]), step_fn,
+                       lambda: {"pretrainer": trainer.state_dict(), "sampler": sampler.state_dict()},
+                       r["output"]["pretrain_checkpoint_every"], elapsed)
+        save_weights(self.model, self.out / START_WEIGHTS, source=f"pretrained {p['iterations']} steps (SPEC §8)")
+
+    def stage_meta(self, ckpt: dict[str, Any] | None) -> None:
+        from .meta import MAMLConfig, MetaLearner
+        from .tasks import TaskSampler
+        from .weights import save_weights
+
+        r, m, d = self.recipe, self.recipe["meta"], self.recipe["data"]
+        assert self.model is not None
+        cfg = MAMLConfig(
+            inner_steps=m["inner_steps"], inner_lr=m["inner_lr"], first_order=m["first_order"], meta_lr=m["meta_lr"],
+            loss_weighting=m["loss_weighting"], grad_clip=m["grad_clip"], adapt_params=m["adapt_params"],
+            backend=m["backend"], precision=m["precision"], task_batching=m["task_batching"],
+        )
+        learner = MetaLearner(self.model, cfg)
+        start, elapsed = 0, 0.0
+        if ckpt is not None and ckpt["stage"] == "meta":
+            start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
+            if "learner" in ckpt:
+                learner.load_state_dict(ckpt["learner"])
+        total = m["iterations"]
+        if start < total:
+            pool = self._pool(self._train_dir(None), d["patch_size"], d["stride"], d["augment"], None)
+            sampler = TaskSampler(
+                pool, meta_batch=m["meta_batch"], task_batch=m["task_batch"], scales=d["scales"],
+                kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"], ds_method=d["ds_method"],
+                noise_std=d["noise_std"], upsample_input=bool(getattr(self.model, "upsample_input", False)),
+                seed=r["seed"],
+            )
+            always_first = bool(m["first_order"])
+
+            def step_fn(batch: Any, step: int) -> dict[str, Any]:
+                # SPEC §4: first order before `second_order_from`, second order from then on
+                learner.config.first_order = always_first or step < m["second_order_from"]
+                info = learner.meta_step(batch.to(self.device), step)
+                return {k: (float(v) if isinstance(v, (int, float)) else [float(x) for x in v])
+                        for k, v in info.items() if isinstance(v, (int, float, list, tuple))}
+
+            self._loop("meta", start, total, self._loader(sampler, start, total), step_fn,
+                       lambda: {"learner": learner.state_dict(), "sampler": sampler.state_dict()},
+                       r["output"]["checkpoint_every"], elapsed)
+        save_weights(self.model, self.out / FINAL_WEIGHTS, source=f"meta-trained {total} iterations",
+                     recipe=r.get("name"))
+
+    def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool) -> dict[str, Any]:
+        from .evaluate import evaluate_folder
+        from .metasr import MetaSR
+
+        e = self.recipe["eval"]
+        msr = MetaSR(model, float(self.recipe["model"]["scale"]), schedule=e["schedule"], device=self.device)
+        kernel = e["kernel"]
+        report = evaluate_folder(
+            msr, e["gt_dir"], lr_dir=e["lr_dir"], kernel=kernel, steps=list(range(e["max_steps"] + 1)),
+            ds_method=e["ds_method"], include_bicubic=include_bicubic, progress=self.progress, limit=e["limit"],
+        )
+        out = report.to_dict()
+        out["label"] = label
+        return out
+
+    def stage_eval(self) -> dict[str, Any] | None:
+        from .weights import load_weights
+
+        e = self.recipe["eval"]
+        if e["gt_dir"] is None:
+            warnings.warn("eval.gt_dir is not set: skipping evaluation and the PSNR-vs-steps plot", UserWarning,
+                          stacklevel=2)
+            return None
+        assert self.model is not None
+        t0 = time.perf_counter()
+        results: dict[str, Any] = {}
+        if e["evaluate_start"]:
+            start_model = build_model(self.recipe).to(self.device)
+            load_weights(start_model, self.out / START_WEIGHTS)
+            results["start"] = self._evaluate(start_model, "starting point", include_bicubic=False)
+        results["meta_trained"] = self._evaluate(self.model, "meta-trained", include_bicubic=True)
+        atomic_write_text(self.out / EVAL_NAME, json.dumps(results, indent=2) + "\n")
+        curves = {}
+        names = {"start": "starting point", "meta_trained": "meta-trained"}
+        for key in ("start", "meta_trained"):
+            if key in results:
+                mp = results[key]["mean_psnr"]
+                curves[names[key]] = {int(k): v for k, v in mp.items() if k.isdigit()}
+                self.log.write({"stage": "eval", "step": e["max_steps"], "model": key,
+                                "mean_psnr": {k: v for k, v in mp.items()}, "time": time.time()})
+        baseline = results["meta_trained"]["mean_psnr"].get("bicubic")
+        from .plots import psnr_vs_steps
+
+        title = f"{self.recipe.get('name') or 'run'}: mean PSNR on {Path(e['gt_dir']).name} ({_kernel_label(e['kernel'])})"
+        psnr_vs_steps(curves, self.out / PLOT_NAME, title=title, baseline=baseline)
+        self.stage_seconds["eval"] = time.perf_counter() - t0
+        return results
+
+    # -- driver ------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt = None
+        if self.ckpt_path.is_file():
+            if not self.resume:
+                raise ValueError(f"{self.out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it "
+                                 "or choose another --out folder")
+            ckpt = self.load_checkpoint()
+        elif self.resume:
+            warnings.warn(f"--resume: no checkpoint in {self.out}; starting from the beginning", UserWarning,
+                          stacklevel=2)
+        if ckpt is None and self.log.path.exists():
+            self.log.path.unlink()  # a run that died before its first checkpoint
+        atomic_write_text(self.out / "recipe.yaml", dump_recipe(self.recipe))
+
+        self.model = build_model(self.recipe)
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            _set_rng_state(ckpt["rng"])
+            self.stage_seconds.update(ckpt.get("stage_seconds", {}))
+            self.log.truncate(ckpt["stage"], int(ckpt["step"]))
+            stage = ckpt["stage"]
+        else:
+            seed = self.recipe["seed"]
+            torch.manual_seed(seed)
+            np.random.seed(seed & 0xFFFFFFFF)
+            random.seed(seed)
+            stage = "pretrain"
+        self.model.to(self.device)
+
+        results = None
+        with self.stop:  # training stages: Ctrl-C / SIGTERM finish the step, save, stop
+            if stage == "pretrain":
+                self.stage_pretrain(ckpt)
+                stage, ckpt = "meta", None
+                self.save("meta", 0)
+            if stage == "meta":
+                self.stage_meta(ckpt)
+                stage, ckpt = "eval", None
+                self.save("eval", self.recipe["meta"]["iterations"])
+        # evaluation restarts from scratch on resume, so plain signal handling is fine here
+        if stage == "eval":
+            results = self.stage_eval()
+            self.save("done", self.recipe["meta"]["iterations"])
+        elif stage == "done" and (self.out / EVAL_NAME).is_file():
+            results = json.loads((self.out / EVAL_NAME).read_text())
+        return self.summary(results)
+
+    def summary(self, results: dict[str, Any] | None) -> dict[str, Any]:
+        def curve(key: str) -> dict[int, float] | None:
+            if not results or key not in results:
+                return None
+            return {int(k): v for k, v in results[key]["mean_psnr"].items() if k.isdigit()}
+
+        plot = self.out / PLOT_NAME
+        return {
+            "out_dir": str(self.out),
+            "checkpoint": str(self.ckpt_path),
+            "metrics_log": str(self.log.path),
+            "plot": str(plot) if plot.is_file() and results else None,
+            "start_weights": str(self.out / START_WEIGHTS),
+            "final_weights": str(self.out / FINAL_WEIGHTS),
+            "eval": None if not results else str(self.out / EVAL_NAME),
+            "psnr_start": curve("start"),
+            "psnr_meta_trained": curve("meta_trained"),
+            "psnr_bicubic": (results or {}).get("meta_trained", {}).get("mean_psnr", {}).get("bicubic"),
+            "stage_seconds": dict(self.stage_seconds),
+        }
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return "<missing>"
+        node = node[part]
+    return node
+
+
+def _kernel_label(kernel: str) -> str:
+    return Path(kernel).name if ("/" in kernel or os.sep in kernel) else kernel
+
+
+def run_training(
+    recipe: Mapping[str, Any] | str | os.PathLike,
+    resume: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run (or resume) a recipe: pretrain → meta-train → eval. Returns a summary dict (paths,
+    per-step mean PSNR of the starting point and the meta-trained model, seconds per stage).
+
+    ``recipe``: a recipe file path (``overrides`` apply) or an already loaded recipe dict.
+    ``out_dir``: the run folder (default: the recipe's ``output.dir``, else ``runs/<name>``).
+    Raises :class:`TrainingInterrupted` (a KeyboardInterrupt) after saving a checkpoint when
+    stopped by Ctrl-C or SIGTERM.
+    """
+    if isinstance(recipe, (str, os.PathLike)):
+        rec = load_recipe(recipe, overrides)
+    else:
+        if overrides:
+            raise ValueError("overrides apply to a recipe file; edit the dict directly instead")
+        rec = validate_recipe(recipe)
+    if out_dir is not None:
+        out = Path(out_dir).resolve()
+    elif rec["output"]["dir"] is not None:
+        out = Path(rec["output"]["dir"])
+    else:
+        out = Path("runs", rec.get("name") or "run").resolve()
+    rec["output"]["dir"] = str(out)
+    return _Run(rec, out, resume).run()
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``metasr train RECIPE [--set key=value ...] [--resume] [--out DIR]``."""
+    parser.add_argument("recipe", nargs="?", default=None,
+                        help="recipe YAML (e.g. recipes/mzsr_x2.yaml); optional with --resume --out DIR")
+    parser.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override recipe keys, e.g. --set meta.iterations=100 data.num_workers=2 "
+                             "(values are YAML; relative paths resolve against the working directory)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the output folder from its last checkpoint")
+    parser.add_argument("--out", default=None, help="run folder (default: the recipe's output.dir)")
+    parser.add_argument("--show", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return parser
+
+
+def run_train_cli(args: argparse.Namespace) -> int:
+    """Entry point of ``metasr train`` (after :func:`add_train_arguments`)."""
+    overrides = [item for group in (args.overrides or []) for item in group]
+    recipe_path = args.recipe
+    if recipe_path is None:  # `--set k=v RECIPE`: argparse hands the recipe to --set
+        files = [o for o in overrides if "=" not in o and o.lower().endswith((".yaml", ".yml"))]
+        if len(files) == 1:
+            recipe_path = files[0]
+            overrides.remove(recipe_path)
+    if recipe_path is None:
+        if not (args.resume and args.out):
+            raise ValueError("give a RECIPE file (or --resume --out DIR to continue a run with its saved recipe)")
+        recipe_path = Path(args.out) / "recipe.yaml"
+    recipe = load_recipe(recipe_path, overrides)
+    if args.show:
+        print(dump_recipe(recipe), end="")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        summary = run_training(recipe, resume=args.resume, out_dir=args.out)
+    except TrainingInterrupted as exc:
+        print(f"\nmetasr train: {exc}. Continue with --resume.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nmetasr train: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
+        return 130
+    print(_format_summary(summary))
+    return 0
+
+
+def _format_summary(s: Mapping[str, Any]) -> str:
+    lines = [f"run folder:   {s['out_dir']}", f"checkpoint:   {s['checkpoint']}", f"metrics log:  {s['metrics_log']}"]
+    if s.get("plot"):
+        lines.append(f"plot:         {s['plot']}")
+    start, meta = s.get("psnr_start"), s.get("psnr_meta_trained")
+    if meta:
+        steps = sorted(meta)
+        lines.append("mean PSNR (dB) after k adaptation steps:")
+        lines.append("  k       " + "".join(f"{k:>8d}" for k in steps))
+        if start:
+            lines.append("  start   " + "".join(f"{start.get(k, math.nan):8.3f}" for k in steps))
+        lines.append("  meta    " + "".join(f"{meta[k]:8.3f}" for k in steps))
+        if s.get("psnr_bicubic") is not None:
+            lines.append(f"  bicubic {s['psnr_bicubic']:8.3f}")
+    secs = s.get("stage_seconds") or {}
+    if secs:
+        lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in secs.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _p = add_train_arguments(argparse.ArgumentParser(prog="metasr train"))
+    sys.exit(run_train_cli(_p.parse_args()))

@@ -1,0 +1,141 @@
+"""Recipes: the shipped YAML files carry SPEC's constants; overrides, validation, paths, hashing."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metasr_adapter.recipes import (
+    SCHEMA,
+    default_recipe,
+    load_recipe,
+    recipe_diff,
+    recipe_hash,
+    recipe_keys,
+    validate_recipe,
+)
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SHIPPED = ["mzsr_x2.yaml", "mzsr_bicubic_x2.yaml", "mzsr_x4.yaml"]
+
+
+def _flat_keys(tree: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in tree.items():
+        out |= _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return out
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_recipes_name_every_key_with_a_comment(name: str) -> None:
+    text = (RECIPES / name).read_text()
+    raw = yaml.safe_load(text)
+    assert _flat_keys(raw) == set(recipe_keys()), "a shipped recipe must spell out every setting"
+    # every numeric constant is commented with its SPEC section (or the paper)
+    for line in text.splitlines():
+        m = re.match(r"\s*(\w+):\s*([-+0-9.e\[\]]+)\s*(#.*)?$", line)
+        if m and m.group(1) not in ("seed", "limit", "num_workers"):
+            assert m.group(3) and ("SPEC" in m.group(3) or "paper" in m.group(3)), line
+    load_recipe(RECIPES / name)  # valid
+
+
+def test_directx2_recipe_is_the_released_configuration() -> None:
+    r = load_recipe(RECIPES / "mzsr_x2.yaml")
+    m, d = r["meta"], r["data"]
+    # SPEC §4 table (released Directx2 [graph]) and §3
+    assert (m["meta_batch"], m["task_batch"], m["iterations"]) == (5, 4, 60000)
+    assert (m["inner_steps"], m["inner_lr"], m["meta_lr"]) == (5, 0.01, 1e-4)
+    assert m["first_order"] is False and m["second_order_from"] == 0 and m["loss_weighting"] == "mzsr"
+    assert (d["patch_size"], d["stride"], d["grad_threshold"], d["kernel_size"], d["kernel_k1_factor"]) == (
+        64, 120, -6.0, 15, 2.5)
+    assert d["ds_method"] == "direct" and d["scales"] == [2.0] and d["noise_std"] == 0.0
+    assert r["eval"]["schedule"] == "mzsr_direct" and r["model"]["scale"] == 2
+    p = r["pretrain"]  # SPEC §8
+    assert (p["batch_size"], p["patch_size"], p["lr"], p["lr_decay_every"], p["lr_decay_factor"], p["lr_min"]) == (
+        32, 96, 4e-4, 100000, 0.5, 1e-4)
+    assert r["model"]["weights"] is None and p["iterations"] > 0  # pretraining from scratch by default
+
+
+def test_bicubic_and_x4_recipes() -> None:
+    b = load_recipe(RECIPES / "mzsr_bicubic_x2.yaml")
+    assert b["data"]["ds_method"] == "bicubic" and b["meta"]["meta_batch"] == 4 and b["meta"]["task_batch"] == 8
+    assert b["eval"]["schedule"] == "mzsr_bicubic" and b["eval"]["kernel"] == "gb1.3"
+    x4 = load_recipe(RECIPES / "mzsr_x4.yaml")
+    assert x4["data"]["scales"] == [4.0] and x4["model"]["scale"] == 4 and x4["meta"]["iterations"] == 77500
+    assert x4["eval"]["schedule"] == "mzsr_x4" and x4["data"]["kernel_size"] == 15
+
+
+def test_overrides_are_parsed_as_yaml_and_typed() -> None:
+    r = load_recipe(RECIPES / "mzsr_x2.yaml", [
+        "meta.iterations=10", "meta.meta_lr=1e-3", "model.weights=null", "data.scales=[2.0, 4]",
+        "output.progress=false", "meta.inner_lr=[0.02, 0.01]", "eval.limit=2",
+    ])
+    assert r["meta"]["iterations"] == 10 and isinstance(r["meta"]["iterations"], int)
+    assert r["meta"]["meta_lr"] == 1e-3 and isinstance(r["meta"]["meta_lr"], float)  # PyYAML reads 1e-3 as str
+    assert r["model"]["weights"] is None
+    assert r["data"]["scales"] == [2.0, 4.0]
+    assert r["output"]["progress"] is False and r["meta"]["inner_lr"] == [0.02, 0.01] and r["eval"]["limit"] == 2
+
+
+def test_unknown_keys_are_rejected_with_valid_keys_and_a_suggestion(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as exc:
+        load_recipe(RECIPES / "mzsr_x2.yaml", ["meta.iteratons=5"])
+    msg = str(exc.value)
+    assert "meta.iteratons" in msg and "Did you mean 'iterations'" in msg and "meta_batch" in msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modle:\n  width: 8\n")
+    with pytest.raises(ValueError, match=r"'modle'.*Did you mean 'model'.*Valid keys at the top level"):
+        load_recipe(bad)
+    bad.write_text("data:\n  patchsize: 8\n")
+    with pytest.raises(ValueError, match=r"data.patchsize.*'patch_size'"):
+        load_recipe(bad)
+    with pytest.raises(ValueError, match="is a section"):
+        load_recipe(None, ["meta=3"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_recipe(None, ["meta.iterations"])
+
+
+def test_bad_values_are_rejected() -> None:
+    with pytest.raises(TypeError, match=r"meta.iterations.*expected int"):
+        load_recipe(None, ["meta.iterations=lots"])
+    with pytest.raises(TypeError, match="boolean"):
+        load_recipe(None, ["meta.iterations=true"])
+    with pytest.raises(ValueError, match="choose one of"):
+        load_recipe(None, ["data.ds_method=nearest"])
+    with pytest.raises(ValueError, match="may not be null"):
+        load_recipe(None, ["meta.meta_batch=null"])
+    with pytest.raises(TypeError, match="not a float"):
+        load_recipe(None, ["data.scales=[two]"])
+    with pytest.raises(FileNotFoundError):
+        load_recipe("does/not/exist.yaml")
+
+
+def test_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    f = folder / "r.yaml"
+    f.write_text("data:\n  train_dir: ../images\neval:\n  kernel: gd2.0\n  gt_dir: gt\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = load_recipe(f)
+    assert r["data"]["train_dir"] == str((tmp_path / "images").resolve())  # against the recipe's folder
+    assert r["eval"]["gt_dir"] == str((folder / "gt").resolve())
+    assert r["eval"]["kernel"] == "gd2.0"  # a name, not a path
+    assert r["name"] == "r"
+    r2 = load_recipe(f, ["data.train_dir=imgs", "eval.kernel=k/kernel.mat"])
+    assert r2["data"]["train_dir"] == str((elsewhere / "imgs").resolve())  # overrides: against the CWD
+    assert r2["eval"]["kernel"] == str((elsewhere / "k" / "kernel.mat").resolve())
+
+
+def test_defaults_and_hash() -> None:
+    d = validate_recipe({})
+    assert d == validate_recipe(default_recipe())
+    assert set(recipe_keys()) == _flat_keys(d)
+    assert recipe_hash(d) == recipe_hash(load_recipe(None, ["output.dir=/tmp/x", "data.num_workers=3"]))
+    other = load_recipe(None, ["meta.iterations=7", "seed=1"])
+    assert recipe_hash(other) != recipe_hash(d)
+    assert recipe_diff(d, other) == ["meta.iterations", "seed"]
+    assert "meta" in SCHEMA and "iterations" in SCHEMA["meta"]

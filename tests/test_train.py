@@ -1,0 +1,259 @@
+"""`metasr train`: end to end on a tiny budget, checkpoints, exact resume after SIGKILL, pretraining."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from metasr_adapter.pretrain import PairSampler, Pretrainer, staircase_lr
+from metasr_adapter.tasks import PatchPool
+from metasr_adapter.train import KILL_ENV, MetricsLog, TrainingInterrupted, run_training
+
+pytestmark = pytest.mark.filterwarnings("ignore:eval.gt_dir is not set")
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "mzsr_x2.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors on a shared 2-core machine: one torch thread is much faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _write(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(img[:, :, ::-1]))
+
+
+@pytest.fixture
+def data(tmp_path: Path, photo: np.ndarray) -> dict[str, Path]:
+    """Training images and evaluation GT cut from the bundled photo (no ../shared needed)."""
+    train, gt = tmp_path / "train", tmp_path / "gt"
+    _write(train / "a.png", photo[:260, :250])
+    _write(train / "b.png", photo[200:460, 250:512])
+    _write(train / "c.png", photo[380:600, :300])
+    _write(gt / "g1.png", photo[100:196, 180:276])
+    _write(gt / "g2.png", photo[300:396, 60:156])
+    return {"train": train, "gt": gt}
+
+
+def _tiny(data: dict[str, Path], **extra: object) -> list[str]:
+    """A tiny budget: small network, a few steps of everything, no bars."""
+    settings = {
+        "device": "cpu",
+        "model.width": 8, "model.depth": 3,
+        "data.train_dir": data["train"], "data.patch_size": 32, "data.num_workers": 0,
+        "pretrain.iterations": 5, "pretrain.batch_size": 4, "pretrain.patch_size": 32,
+        "meta.iterations": 6, "meta.meta_batch": 2, "meta.task_batch": 1,
+        "eval.gt_dir": data["gt"], "eval.lr_dir": "null", "eval.kernel": "gd2.0", "eval.max_steps": 10,
+        "output.checkpoint_every": 2, "output.pretrain_checkpoint_every": 2, "output.log_every": 1,
+        "output.progress": "false",
+    }
+    settings.update(extra)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def _train_cmd(out: Path, overrides: list[str], resume: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "metasr_adapter.cli", "train", str(RECIPE), "--out", str(out), "--set", *overrides]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _run(cmd: list[str], kill_after: str | None = None, timeout: float = 170) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", METASR_SHARED="/nonexistent")
+    env.pop(KILL_ENV, None)
+    if kill_after:
+        env[KILL_ENV] = kill_after
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["params"]
+
+
+def test_cli_train_end_to_end_tiny_budget(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    res = _run(_train_cmd(out, _tiny(data)))
+    seconds = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert seconds < 180
+    for name in ("checkpoint.pt", "metrics.jsonl", "psnr_vs_steps.png", "eval.json", "recipe.yaml",
+                 "start_weights.pth", "meta_trained.pth"):
+        assert (out / name).is_file(), name
+    png = cv2.imread(str(out / "psnr_vs_steps.png"))
+    assert png is not None and png.shape[0] > 200 and png.shape[1] > 300
+    ev = json.loads((out / "eval.json").read_text())
+    for key in ("start", "meta_trained"):
+        psnr = ev[key]["mean_psnr"]
+        assert [int(k) for k in psnr if k.isdigit()] == list(range(11))
+        assert all(5 < v < 60 for v in psnr.values())
+    assert "bicubic" in ev["meta_trained"]["mean_psnr"]
+    recs = MetricsLog(out / "metrics.jsonl").read()
+    meta_steps = [r["step"] for r in recs if r["stage"] == "meta"]
+    assert meta_steps == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in recs if r["stage"] == "pretrain"] == [1, 2, 3, 4, 5]
+    assert all(np.isfinite(r["meta_loss"]) for r in recs if r["stage"] == "meta")
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["stage"] == "done"
+    assert "mean PSNR" in res.stdout
+
+
+def _strip(recs: list[dict]) -> list[tuple]:
+    return [(r["stage"], r["step"], r.get("loss"), r.get("meta_loss")) for r in recs]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    for name in ("start_weights.pth", "meta_trained.pth"):
+        pa, pb = _params(a / name), _params(b / name)
+        assert pa.keys() == pb.keys()
+        for k in pa:
+            assert torch.equal(pa[k], pb[k]), (name, k)
+    # the log has no duplicates and the same losses, bit for bit
+    assert _strip(MetricsLog(a / "metrics.jsonl").read()) == _strip(MetricsLog(b / "metrics.jsonl").read())
+
+
+@pytest.fixture
+def resume_setup(data: dict[str, Path], tmp_path: Path):
+    """Settings of the resume tests and an uninterrupted reference run (in this process)."""
+    from metasr_adapter.recipes import load_recipe
+
+    over = _tiny(data, **{"eval.gt_dir": "null", "data.num_workers": 1, "meta.iterations": 7})
+    ref = tmp_path / "uninterrupted"
+    run_training(load_recipe(RECIPE, over), out_dir=ref)
+    return over, ref
+
+
+def test_resume_after_crashes_in_both_stages_gives_identical_weights(
+    resume_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metasr_adapter.recipes import load_recipe
+
+    over, ref = resume_setup
+    run = tmp_path / "crashed"
+    rec = load_recipe(RECIPE, over)
+    monkeypatch.setenv(KILL_ENV, "pretrain:3:raise")  # checkpoint at 2, crash after step 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(rec, out_dir=run)
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert (ck["stage"], ck["step"]) == ("pretrain", 2)
+    assert [r["step"] for r in MetricsLog(run / "metrics.jsonl").read()] == [1, 2, 3]
+    monkeypatch.setenv(KILL_ENV, "meta:5:raise")  # checkpoint at 4, crash after step 5
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(rec, out_dir=run, resume=True)
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert (ck["stage"], ck["step"]) == ("meta", 4)
+    monkeypatch.delenv(KILL_ENV)
+    run_training(rec, out_dir=run, resume=True)
+    _assert_same_run(ref, run)
+
+
+def test_resume_after_sigkill_gives_identical_weights(resume_setup, tmp_path: Path) -> None:
+    """A real process killed with SIGKILL mid-meta-training, then ``metasr train --resume``."""
+    over, ref = resume_setup
+    run = tmp_path / "killed"
+    res = _run(_train_cmd(run, over), kill_after="meta:5")  # checkpoint at 4, killed after step 5
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert (ck["stage"], ck["step"]) == ("meta", 4)
+    assert [r["step"] for r in MetricsLog(run / "metrics.jsonl").read() if r["stage"] == "meta"] == [1, 2, 3, 4, 5]
+    from metasr_adapter.cli import main
+
+    assert main(["train", str(RECIPE), "--out", str(run), "--resume", "--set", *over]) == 0
+    _assert_same_run(ref, run)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_checks_the_recipe(data: dict[str, Path], tmp_path: Path) -> None:
+    from metasr_adapter.recipes import load_recipe
+
+    out = tmp_path / "run"
+    rec = load_recipe(RECIPE, _tiny(data, **{"pretrain.iterations": 0, "meta.iterations": 100000,
+                                              "output.checkpoint_every": 100000, "eval.gt_dir": "null"}))
+
+    def stop_soon() -> None:
+        deadline = time.time() + 60
+        log = out / "metrics.jsonl"
+        while time.time() < deadline:  # wait until meta-training is under way
+            if log.is_file() and '"stage": "meta"' in log.read_text():
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_soon, daemon=True).start()
+    with pytest.raises(TrainingInterrupted) as exc:
+        run_training(rec, out_dir=out)
+    ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ck["stage"] == "meta" and ck["step"] == exc.value.step >= 1
+    last = [r for r in MetricsLog(out / "metrics.jsonl").read() if r["stage"] == "meta"][-1]
+    assert last["step"] == ck["step"]
+
+    with pytest.raises(ValueError, match="--resume"):
+        run_training(rec, out_dir=out)
+    changed = load_recipe(RECIPE, _tiny(data, **{"pretrain.iterations": 0, "meta.iterations": 100000,
+                                                  "output.checkpoint_every": 100000, "eval.gt_dir": "null",
+                                                  "seed": 5, "meta.task_batch": 2}))
+    with pytest.raises(ValueError, match=r"different recipe.*meta.task_batch.*seed"):
+        run_training(changed, out_dir=out, resume=True)
+
+
+def test_cli_rejects_unknown_recipe_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    from metasr_adapter.cli import main
+
+    assert main(["train", str(RECIPE), "--set", "meta.iteratoins=3"]) == 2
+    err = capsys.readouterr().err
+    assert "meta.iteratoins" in err and "iterations" in err and "meta_batch" in err
+    # the recipe may also follow --set (argparse hands it to --set)
+    assert main(["train", "--set", "meta.iterations=3", str(RECIPE), "--show"]) == 0
+    assert "iterations: 3" in capsys.readouterr().out
+
+
+def test_metrics_log_truncate(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path / "m.jsonl")
+    for st, k in [("pretrain", 1), ("pretrain", 2), ("meta", 1), ("meta", 2), ("meta", 3), ("eval", 3)]:
+        log.write({"stage": st, "step": k})
+    with open(log.path, "a") as fh:
+        fh.write('{"stage": "meta", "st')  # a line cut by a kill
+    assert log.truncate("meta", 2) == 2
+    assert [(r["stage"], r["step"]) for r in log.read()] == [("pretrain", 1), ("pretrain", 2), ("meta", 1), ("meta", 2)]
+
+
+def test_staircase_learning_rate_spec8() -> None:
+    assert staircase_lr(0) == 4e-4 and staircase_lr(99_999) == 4e-4
+    assert staircase_lr(100_000) == 2e-4 and staircase_lr(199_999) == 2e-4
+    assert staircase_lr(200_000) == 1e-4 and staircase_lr(499_999) == 1e-4  # floor 1e-4
+
+
+def test_pretraining_pairs_and_steps(data: dict[str, Path]) -> None:
+    from metasr_adapter.adapters.mzsr import MZSRNet
+    from metasr_adapter.degrade import imresize
+
+    pool = PatchPool(data["train"], patch_size=96, stride=120, lr_scale=2).build()
+    s = PairSampler(pool, batch_size=3, seed=1)
+    b = s.sample_arrays(0)
+    assert b["x"].shape == b["y"].shape == (3, 3, 96, 96)
+    assert torch.equal(s.sample_arrays(0)["y"], b["y"]) and not torch.equal(s.sample_arrays(1)["y"], b["y"])
+    # the network input is the bicubic x2 upsampling of the stored LR patch (SPEC §8)
+    assert b["x"].dtype == torch.float32 and float((b["x"] - b["y"]).abs().mean()) < 0.1
+    torch.manual_seed(0)
+    net = MZSRNet(width=8, depth=3)
+    tr = Pretrainer(net, lr=1e-3)
+    first = tr.step(b, 0)["loss"]
+    for k in range(1, 30):
+        info = tr.step(b, k)
+    assert info["lr"] == 1e-3 and info["loss"] < first
+    lr_only = PairSampler(pool, batch_size=2, seed=1, upsample_input=False).sample_arrays(0)
+    assert lr_only["x"].shape == (2, 3, 48, 48)
+    torch.testing.assert_close(imresize(lr_only["x"], 2.0), PairSampler(pool, 2, seed=1).sample_arrays(0)["x"])
