@@ -169,18 +169,29 @@ class Adaptation:
 
     @torch.no_grad()
     def super_resolve(self, *, self_ensemble: bool = False, back_projection: int = 0) -> torch.Tensor:
-        """The SR image (1xCxsHxsW, clipped to [0, 1]) from the current fast weights."""
-        run = lambda inp: self.owner._run(self.params, inp, tuple(inp.shape[-2:]) if self.owner.upsample_input else None)
-        if self_ensemble:
-            from .augment import geometric_self_ensemble
+        """The SR image (1xCxsHxsW, clipped to [0, 1]) from the current fast weights.
 
-            sr = geometric_self_ensemble(run, self.lr_input, reduce="median")
-        else:
-            sr = run(self.lr_input)
-        sr = self.owner._fit(sr, self.out_shape).clamp(0, 1)
-        if back_projection:
-            sr = back_project(sr, self.lr, self.kernel.kernel, self.owner.scale, self.kernel.ds_method, int(back_projection))
-        return sr
+        With ``self_ensemble`` the network runs on the 8 flips/rotations of the input; as in ZSSR,
+        each de-transformed output is back-projected (when ``back_projection`` > 0), their
+        median is taken, and the median is back-projected once more.
+        """
+        owner = self.owner
+        run = lambda inp: owner._run(self.params, inp, tuple(inp.shape[-2:]) if owner.upsample_input else None)
+
+        def finish(y: torch.Tensor) -> torch.Tensor:
+            y = owner._fit(y, self.out_shape).clamp(0, 1)
+            if back_projection:
+                y = back_project(y, self.lr, self.kernel.kernel, owner.scale, self.kernel.ds_method, int(back_projection))
+            return y
+
+        if not self_ensemble:
+            return finish(run(self.lr_input))
+        from .augment import geometric_self_ensemble
+
+        fit = lambda y: owner._fit(y, self.out_shape) if not owner.upsample_input else y
+        sr = geometric_self_ensemble(lambda inp: run(inp), self.lr_input, reduce="median",
+                                     post=lambda y: finish(fit(y)))
+        return finish(sr)
 
     def result(self, *, self_ensemble: bool = False, back_projection: int = 0) -> np.ndarray | torch.Tensor:
         """The SR image in the input's format (numpy dtype/layout, or tensor)."""

@@ -228,3 +228,29 @@ def test_official_meta_test_intermediates_on_butterfly():
     losses += [session.step().loss for _ in range(9)]
     np.testing.assert_allclose(losses, ref["losses10"], rtol=1e-5)
     np.testing.assert_allclose(hwc(session.super_resolve()), np.clip(ref["sr_after10"], 0, 1), atol=1e-5)
+
+
+def test_self_ensemble_is_the_median_of_the_eight_transforms(small_lr):
+    from metasr_adapter.augment import dihedral, inverse_dihedral
+
+    net = tiny_net()
+    msr = MetaSR(net, 2)
+    out = msr.adapt(small_lr, "gd2.0", steps=0, self_ensemble=True)
+    x = torch.from_numpy(small_lr).permute(2, 0, 1)[None].float() / 255
+    up = imresize(x.double(), 2, output_shape=(96, 112)).float()
+    with torch.no_grad():
+        outs = torch.stack([inverse_dihedral(net(dihedral(up, m)), m).clamp(0, 1) for m in range(8)])
+    med = outs.sort(dim=0).values[3:5].mean(dim=0)  # np.median of 8 values: mean of the middle two
+    expect = np.round(med[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert np.abs(out.astype(int) - expect.astype(int)).max() <= 1
+    assert not np.array_equal(out, msr.adapt(small_lr, "gd2.0", steps=0))
+
+
+def test_augment_and_noise_are_seeded(small_lr):
+    msr = MetaSR(tiny_net(), 2)
+    a = msr.adapt(small_lr, "gd2.0", steps=3, augment=True, noise_std=0.01, seed=1)
+    b = msr.adapt(small_lr, "gd2.0", steps=3, augment=True, noise_std=0.01, seed=1)
+    c = msr.adapt(small_lr, "gd2.0", steps=3, augment=True, noise_std=0.01, seed=2)
+    plain = msr.adapt(small_lr, "gd2.0", steps=3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, plain)
