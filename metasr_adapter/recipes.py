@@ -140,7 +140,10 @@ SCHEMA: dict[str, Any] = {
 }
 
 # Keys that may differ between a run and its resumption (they do not change the result).
-HASH_EXCLUDE = ("output", "data.num_workers", "data.cache_dir", "device")
+# meta.iterations may change too (train longer, or stop early): every batch depends only on
+# (seed, step), so the steps already taken are the same either way; train.py checks that the
+# checkpoint is not already past the new count.
+HASH_EXCLUDE = ("output", "data.num_workers", "data.cache_dir", "device", "meta.iterations")
 
 # eval.kernel values that are names, not paths
 _KERNEL_WORDS = ("bicubic", "cubic", "none")

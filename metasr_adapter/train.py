@@ -253,14 +253,24 @@ class _Run:
         if ckpt.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"{self.ckpt_path} has checkpoint format {ckpt.get('format')!r}; "
                              f"this version writes {_CHECKPOINT_FORMAT}")
-        if ckpt["recipe_hash"] != self.hash:
-            diff = recipe_diff(ckpt["recipe"], self.recipe)
+        diff = recipe_diff(ckpt["recipe"], self.recipe)
+        if diff:
             raise ValueError(
                 f"cannot resume {self.ckpt_path}: it was written by a different recipe; differing keys: "
                 + ", ".join(f"{k} (checkpoint {_get(ckpt['recipe'], k)!r}, now {_get(self.recipe, k)!r})"
                             for k in diff)
                 + ". Use the original settings or a new --out folder"
             )
+        was, now = ckpt["recipe"]["meta"]["iterations"], self.recipe["meta"]["iterations"]
+        if now != was:
+            past_meta = ckpt["stage"] in ("eval", "done") or (ckpt["stage"] == "meta" and ckpt["step"] > now)
+            if past_meta:
+                raise ValueError(
+                    f"cannot resume {self.ckpt_path} with meta.iterations={now}: the run already took "
+                    f"{ckpt['step'] if ckpt['stage'] == 'meta' else was} meta-iterations; use a new --out folder"
+                )
+            # from here on the run follows the new count
+            ckpt["recipe"] = self.recipe
         return ckpt
 
     # -- data --------------------------------------------------------------------------------

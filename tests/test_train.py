@@ -161,6 +161,24 @@ def test_resume_after_crashes_in_both_stages_gives_identical_weights(
     _assert_same_run(ref, run)
 
 
+def test_resume_may_change_meta_iterations(resume_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run planned for 100 iterations, crashed after 5 and resumed with 7, equals a 7-iteration run."""
+    from metasr_adapter.recipes import load_recipe
+
+    over, ref = resume_setup
+    run = tmp_path / "shortened"
+    monkeypatch.setenv(KILL_ENV, "meta:5:raise")  # checkpoint at 4
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(load_recipe(RECIPE, [*over, "meta.iterations=100"]), out_dir=run)
+    monkeypatch.delenv(KILL_ENV)
+    with pytest.raises(ValueError, match="already took 4"):
+        run_training(load_recipe(RECIPE, [*over, "meta.iterations=3"]), out_dir=run, resume=True)
+    run_training(load_recipe(RECIPE, over), out_dir=run, resume=True)
+    _assert_same_run(ref, run)
+    with pytest.raises(ValueError, match="already took"):
+        run_training(load_recipe(RECIPE, [*over, "meta.iterations=9"]), out_dir=run, resume=True)
+
+
 def test_resume_after_sigkill_gives_identical_weights(resume_setup, tmp_path: Path) -> None:
     """A real process killed with SIGKILL mid-meta-training, then ``metasr train --resume``."""
     over, ref = resume_setup
