@@ -1,0 +1,261 @@
+"""ZSSR benchmark: Set5/Set14 x2 in the 'ideal' setting, the official examples, and CPU speed.
+
+Ideal setting (ZSSR paper, Table 1): LR = MATLAB-bicubic downscaling of the modcropped HR,
+rounded to uint8; Y-PSNR with ``crop_border = scale`` (metasr_adapter.metrics.psnr).
+Paper: Set5 x2 37.37 dB, Set14 x2 33.00 dB.
+
+Examples::
+
+    # iterations per second on one image, fp32 and bf16 (a few iterations each)
+    python benchmarks/bench_zssr.py speed --iters 20 --bf16-iters 3
+    # full ZSSR on Set5, one thread, results written after every image
+    python benchmarks/bench_zssr.py ideal --sets set5 --json runs/zssr_bench/set5.json
+    # the official examples (random kernel with its kernel; bicubic LR with GT)
+    python benchmarks/bench_zssr.py examples --json runs/zssr_bench/examples.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PAPER_TABLE1_X2 = {"set5": 37.37, "set14": 33.00}
+
+
+def _ideal_lr(hr: np.ndarray, scale: float) -> np.ndarray:
+    """MATLAB-bicubic downscaling of a uint8 image, rounded back to uint8 (same layout)."""
+    from metasr_adapter.degrade import imresize
+
+    a = hr[:, :, None] if hr.ndim == 2 else hr
+    x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float64) / 255.0)[None]
+    lr = imresize(x, 1.0 / scale).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    out = np.round(lr * 255.0).astype(np.uint8)
+    return out[:, :, 0] if hr.ndim == 2 else out
+
+
+def _bicubic_up(lr: np.ndarray, scale: float, shape: tuple[int, int]) -> np.ndarray:
+    from metasr_adapter.degrade import imresize
+
+    a = lr[:, :, None] if lr.ndim == 2 else lr
+    x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float64) / 255.0)[None]
+    up = imresize(x, scale, output_shape=shape).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    out = np.round(up * 255.0).astype(np.uint8)
+    return out[:, :, 0] if lr.ndim == 2 else out
+
+
+def _environment(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _write(path: str | None, payload: dict[str, Any]) -> None:
+    if not path:
+        return
+    from metasr_adapter.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2, default=float))
+
+
+def _config(args: argparse.Namespace, preset: str | None = None, **extra: Any):
+    from metasr_adapter.zssr import ZSSRConfig
+
+    over: dict[str, Any] = {"precision": args.precision, "seed": args.seed, "device": "cpu"}
+    if args.iters is not None:
+        over["max_iters"] = args.iters
+    over.update(extra)
+    return ZSSRConfig.preset(preset or args.preset, **over)
+
+
+def _summary_of(info) -> dict[str, Any]:
+    st = info.stages
+    return {
+        "seconds": info.seconds, "iterations": info.iterations, "iters_per_second": info.iters_per_second,
+        "train_seconds": sum(s["train_seconds"] for s in st), "test_seconds": sum(s["test_seconds"] for s in st),
+        "lr_changes": [s["lr_changes"] for s in st], "stopped_by_policy": [s["stopped_by_policy"] for s in st],
+        "final_rec_mse": [s["rec_mse"][-1][1] if s["rec_mse"] else None for s in st],
+    }
+
+
+def cmd_ideal(args: argparse.Namespace) -> int:
+    from metasr_adapter.imageio import list_images, modcrop, read_image
+    from metasr_adapter.metrics import psnr
+    from metasr_adapter.zssr import ZSSR
+
+    scale = 2.0
+    border = int(scale)
+    dirs = {"set5": Path(args.set5_dir), "set14": Path(args.set14_dir)}
+    payload: dict[str, Any] = {"setting": "ideal x2 (MATLAB-bicubic LR, uint8)", "preset": args.preset,
+                               "config": _config(args).to_dict(), "environment": _environment(args), "sets": {}}
+    for name in args.sets:
+        files = list_images(dirs[name])
+        if args.names:
+            files = [f for f in files if f.stem in args.names]
+        files = files[: args.limit] if args.limit else files
+        rows: list[dict[str, Any]] = []
+        payload["sets"][name] = {"rows": rows, "paper_psnr": PAPER_TABLE1_X2[name], "complete": False,
+                                 "images_total": len(list_images(dirs[name]))}
+        for path in files:
+            hr = modcrop(read_image(path), scale)
+            if hr.ndim == 3 and hr.shape[2] == 4:
+                hr = hr[:, :, :3]
+            lr = _ideal_lr(hr, scale)
+            t0 = time.perf_counter()
+            sr, info = ZSSR(_config(args)).run(lr, None, scale, progress=not args.quiet, return_info=True)
+            wall = time.perf_counter() - t0
+            row = {"image": path.stem, "lr_shape": list(lr.shape), "psnr": psnr(sr, hr, crop_border=border),
+                   "bicubic_psnr": psnr(_bicubic_up(lr, scale, hr.shape[:2]), hr, crop_border=border),
+                   "wall_seconds": wall, **_summary_of(info)}
+            rows.append(row)
+            print(f"{name}/{path.stem}: ZSSR {row['psnr']:.2f} dB (bicubic {row['bicubic_psnr']:.2f}) "
+                  f"{row['iterations']} it in {wall:.0f} s ({row['iters_per_second']:.2f} it/s)", flush=True)
+            _finish_set(payload["sets"][name])
+            _write(args.json, payload)
+        payload["sets"][name]["complete"] = len(rows) == payload["sets"][name]["images_total"]
+        _write(args.json, payload)
+    for name, res in payload["sets"].items():
+        if res["rows"]:
+            print(f"{name}: {len(res['rows'])}/{res['images_total']} images, mean ZSSR {res['mean_psnr']:.2f} dB, "
+                  f"bicubic {res['mean_bicubic_psnr']:.2f} dB, paper {res['paper_psnr']:.2f} dB, "
+                  f"{res['mean_wall_seconds']:.0f} s/image")
+    return 0
+
+
+def _finish_set(res: dict[str, Any]) -> None:
+    rows = res["rows"]
+    res["mean_psnr"] = float(np.mean([r["psnr"] for r in rows]))
+    res["mean_bicubic_psnr"] = float(np.mean([r["bicubic_psnr"] for r in rows]))
+    res["mean_wall_seconds"] = float(np.mean([r["wall_seconds"] for r in rows]))
+    res["mean_iterations"] = float(np.mean([r["iterations"] for r in rows]))
+
+
+def cmd_examples(args: argparse.Namespace) -> int:
+    from metasr_adapter.imageio import read_image
+    from metasr_adapter.metrics import psnr
+    from metasr_adapter.zssr import ZSSR
+
+    root = Path(args.examples_dir)
+    payload: dict[str, Any] = {"environment": _environment(args), "examples": []}
+    jobs = [
+        ("kernel_example", root / "kernel_example" / "BSD100_100_lr_rand_ker_c_X2.png",
+         root / "kernel_example" / "BSD100_100_lr_rand_ker_c_X2_0.mat", None, "kernel"),
+        ("example_with_gt", root / "example_with_gt" / "bsd_001.png", None,
+         root / "example_with_gt" / "bsd_001_gt.png", "ideal_x2"),
+    ]
+    for name, lr_path, kernel, gt_path, preset in jobs:
+        if args.only and name not in args.only:
+            continue
+        lr = read_image(lr_path)
+        cfg = _config(args, preset)
+        t0 = time.perf_counter()
+        sr, info = ZSSR(cfg).run(lr, str(kernel) if kernel else None, 2, progress=not args.quiet, return_info=True)
+        wall = time.perf_counter() - t0
+        row: dict[str, Any] = {"example": name, "preset": preset, "lr": str(lr_path),
+                               "kernel": str(kernel) if kernel else None, "sr_shape": list(sr.shape),
+                               "wall_seconds": wall, **_summary_of(info)}
+        if gt_path is not None:
+            gt = read_image(gt_path)
+            row["psnr"] = psnr(sr, gt, crop_border=2)
+            row["bicubic_psnr"] = psnr(_bicubic_up(lr, 2.0, gt.shape[:2]), gt, crop_border=2)
+        if args.save_dir:
+            from metasr_adapter.imageio import write_image
+
+            write_image(Path(args.save_dir) / f"{name}_zssr.png", sr)
+        payload["examples"].append(row)
+        _write(args.json, payload)
+        extra = f", PSNR {row['psnr']:.2f} dB (bicubic {row['bicubic_psnr']:.2f})" if "psnr" in row else ""
+        print(f"{name}: {row['iterations']} it in {wall:.0f} s ({row['iters_per_second']:.2f} it/s){extra}", flush=True)
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from metasr_adapter.imageio import list_images, modcrop, read_image
+    from metasr_adapter.zssr import ZSSR, ZSSRConfig
+
+    path = [p for p in list_images(args.set5_dir) if p.stem == args.image][0]
+    lr = _ideal_lr(modcrop(read_image(path), 2), 2.0)
+    payload: dict[str, Any] = {"image": path.stem, "lr_shape": list(lr.shape), "environment": _environment(args),
+                               "runs": []}
+    for precision, iters in (("fp32", args.iters or 20), ("bf16", args.bf16_iters)):
+        if iters <= 0:
+            continue
+        # the training loop only: no self-ensemble / back-projection at the end, LR policy off
+        cfg = ZSSRConfig.preset(args.preset, precision=precision, max_iters=iters, lr_min_iters=10**9,
+                                self_ensemble=False, back_projection_iters=0, seed=args.seed, device="cpu")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _, info = ZSSR(cfg).run(lr, None, 2, progress=not args.quiet, return_info=True)
+        st = info.stages[0]
+        # whole training loop: includes the first (warm-up) iteration and the reconstruction test at it 0
+        per_it = st["train_seconds"] / st["iterations"]
+        row = {"precision": precision, "iterations": st["iterations"], "train_seconds": st["train_seconds"],
+               "iters_per_second": st["iters_per_second"], "seconds_per_iteration": per_it,
+               "estimated_seconds_for_3000_iters": 3000 * per_it}
+        payload["runs"].append(row)
+        print(f"{precision}: {row['iterations']} it, {row['iters_per_second']:.3f} it/s ({per_it:.3f} s/it; "
+              f"3000 it ≈ {3000 * per_it / 60:.1f} min)", flush=True)
+        _write(args.json, payload)
+    # the one-off final test of a full run (8-way ensemble + back-projection) at this image size
+    cfg = ZSSRConfig.preset(args.preset, max_iters=1, seed=args.seed, device="cpu", test_every=10**9)
+    _, info = ZSSR(cfg).run(lr, None, 2, progress=False, return_info=True)
+    payload["final_test_seconds_fp32"] = info.stages[0]["test_seconds"]
+    print(f"final test (8-way median + back-projection), fp32: {payload['final_test_seconds_fp32']:.1f} s", flush=True)
+    _write(args.json, payload)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--set5-dir", default=str(SHARED / "data" / "set5"))
+        q.add_argument("--set14-dir", default=str(SHARED / "data" / "set14"))
+        q.add_argument("--preset", default="ideal_x2")
+        q.add_argument("--iters", type=int, default=None, help="iteration cap per stage (default: the preset's, 3000)")
+        q.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+        q.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--json", default=None, help="write results here (rewritten after every image)")
+        q.add_argument("--quiet", action="store_true")
+
+    q = sub.add_parser("ideal", help="Set5/Set14 x2, ideal (bicubic) setting")
+    common(q)
+    q.add_argument("--sets", nargs="+", choices=["set5", "set14"], default=["set5", "set14"])
+    q.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    q.add_argument("--names", nargs="+", default=None, help="only these image names (stems)")
+    q.set_defaults(func=cmd_ideal)
+
+    q = sub.add_parser("examples", help="the official ZSSR examples in ../shared/data/zssr")
+    common(q)
+    q.add_argument("--examples-dir", default=str(SHARED / "data" / "zssr"))
+    q.add_argument("--only", nargs="+", default=None, choices=["kernel_example", "example_with_gt"])
+    q.add_argument("--save-dir", default=None)
+    q.set_defaults(func=cmd_examples)
+
+    q = sub.add_parser("speed", help="iterations per second on one Set5 image, fp32 and bf16")
+    common(q)
+    q.add_argument("--image", default="baby")
+    q.add_argument("--bf16-iters", type=int, default=3)
+    q.set_defaults(func=cmd_speed)
+
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

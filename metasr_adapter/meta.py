@@ -1,0 +1,681 @@
+"""Model-agnostic MAML meta-training for super-resolution networks (MZSR's meta-transfer step, SPEC §4).
+
+One meta-iteration, for each task ``t`` of a meta-batch:
+
+* ``N`` inner SGD steps on the support set: ``θ_{j+1} = θ_j - α_j ∇ L(f(support_x; θ_j), support_y)``
+  (only the parameters selected by ``adapt_params`` move; the others stay at θ);
+* the query loss ``Lq_t[j] = L(f(query_x; θ_{j+1}), query_y)`` after every inner step;
+* the meta-loss combines ``mean_t Lq_t[j]`` over the steps ``j`` with per-step weights
+  (:func:`query_loss_weights`); Adam takes one step on its gradient w.r.t. θ.
+
+With ``first_order=False`` the gradient flows through the inner gradients (full second-order
+MAML, MZSR's default). With ``first_order=True`` the inner gradients are constants
+(TF ``stop_gradient``, SPEC §4 ``stop_grad=True``), so the meta-gradient is the sum of the
+weighted query-loss gradients taken at the adapted weights (first-order MAML).
+
+Two interchangeable backends compute the same numbers: ``'functional'`` (built in, on
+:func:`torch.func.functional_call`; tasks one after another, or all at once with
+:func:`torch.func.vmap`) and ``'learn2learn'`` (``l2l.algorithms.MAML``, optional dependency).
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn import functional as F
+
+__all__ = [
+    "TaskBatch",
+    "MAMLConfig",
+    "MetaLearner",
+    "inner_adapt",
+    "functional_loss",
+    "mzsr_loss_weights",
+    "query_loss_weights",
+    "combine_query_losses",
+    "select_parameters",
+    "TFAdam",
+    "l1_loss",
+    "LOSS_WEIGHTINGS",
+    "BACKENDS",
+    "PRECISIONS",
+    "TASK_BATCHING",
+    "LEARN2LEARN_HINT",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+LOSS_WEIGHTINGS = ("mzsr", "maml++", "last")
+BACKENDS = ("functional", "learn2learn")
+PRECISIONS = ("fp32", "bf16")
+ADAM_VARIANTS = ("torch", "tf")
+TASK_BATCHING = ("loop", "vmap")
+#: MAML++ multi-step-loss annealing span of the official get_loss_weights (SPEC §4: decay = (1/N)/(10000/3))
+ANNEAL_SPAN = 10000.0 / 3.0
+
+LEARN2LEARN_HINT = (
+    "pip install learn2learn==0.2.0 (source-only: it needs Cython 3, `--no-build-isolation`, and "
+    "torchvision/gym/scipy/requests/tqdm at import time), or use backend='functional', which gives "
+    "the same results without an extra dependency"
+)
+
+
+def l1_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over all elements (TF ``absolute_difference``, SPEC §4)."""
+    return F.l1_loss(output, target, reduction="mean")
+
+
+# --------------------------------------------------------------------------------------------
+# Task batches and configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskBatch:
+    """A meta-batch of SR tasks, tensors ``[MB, TB, C, H, W]``.
+
+    ``support_x``/``query_x`` are the network inputs, ``support_y``/``query_y`` the targets (their
+    spatial size may differ from the inputs' for networks that upsample). ``kernels`` ``[MB, kh, kw]``
+    (optional) records the degradation of each task; the meta-learner does not use it.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    kernels: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        names = ("support_x", "support_y", "query_x", "query_y")
+        for name in names:
+            t = getattr(self, name)
+            if not isinstance(t, Tensor):
+                raise TypeError(f"TaskBatch.{name} is a {type(t).__name__}; expected a torch.Tensor "
+                                f"[MB, TB, C, H, W] (NHWC numpy arrays: use TaskBatch.from_numpy)")
+            if t.dim() != 5:
+                raise ValueError(f"TaskBatch.{name} has shape {tuple(t.shape)}; expected 5-D [MB, TB, C, H, W]")
+        mb = self.support_x.shape[0]
+        for name in names:
+            if getattr(self, name).shape[0] != mb:
+                raise ValueError(f"TaskBatch.{name} has meta-batch {getattr(self, name).shape[0]} but support_x has "
+                                 f"{mb}; every tensor needs the same first dimension")
+        for x, y in (("support_x", "support_y"), ("query_x", "query_y")):
+            if getattr(self, x).shape[1] != getattr(self, y).shape[1]:
+                raise ValueError(f"TaskBatch.{x} has {getattr(self, x).shape[1]} images per task but {y} has "
+                                 f"{getattr(self, y).shape[1]}; inputs and targets must pair up")
+        if self.kernels is not None:
+            if not isinstance(self.kernels, Tensor):
+                raise TypeError(f"TaskBatch.kernels is a {type(self.kernels).__name__}; expected a Tensor [MB, kh, kw] or None")
+            if self.kernels.shape[0] != mb:
+                raise ValueError(f"TaskBatch.kernels has {self.kernels.shape[0]} kernels for {mb} tasks")
+
+    @property
+    def meta_batch(self) -> int:
+        """Number of tasks ``MB``."""
+        return int(self.support_x.shape[0])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TaskBatch:
+        """Copy onto ``device`` (and the images to floating ``dtype``); a no-op when nothing changes."""
+        def mv(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+
+        k = None if self.kernels is None else self.kernels.to(device=device)
+        return TaskBatch(mv(self.support_x), mv(self.support_y), mv(self.query_x), mv(self.query_y), k)
+
+    def task(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(support_x, support_y, query_x, query_y)`` of task ``i``, each ``[TB, C, H, W]``."""
+        return self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i]
+
+    @classmethod
+    def from_numpy(cls, inputa: np.ndarray, labela: np.ndarray, inputb: np.ndarray, labelb: np.ndarray,
+                   kernels: np.ndarray | None = None) -> TaskBatch:
+        """From the official code's NHWC arrays ``[MB, TB, H, W, C]`` (``inputa`` = support input,
+        ``labela`` = support target, ``b`` = query) to NCHW float32 tensors."""
+        def conv(name: str, a: np.ndarray) -> Tensor:
+            a = np.asarray(a)
+            if a.ndim != 5:
+                raise ValueError(f"{name} has shape {a.shape}; expected [MB, TB, H, W, C]")
+            return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 1, 4, 2, 3), dtype=np.float32))
+
+        k = None if kernels is None else torch.from_numpy(np.asarray(kernels, dtype=np.float32).copy())
+        return cls(conv("inputa", inputa), conv("labela", labela), conv("inputb", inputb), conv("labelb", labelb), k)
+
+
+@dataclass
+class MAMLConfig:
+    """Meta-training settings; the defaults are the official MZSR values (SPEC §4).
+
+    * ``inner_lr``: one α for every inner step, or a list with one α per step.
+    * ``loss_weighting``: ``'mzsr'`` = the official ``get_loss_weights`` with its frozen global step
+      (uniform ``1/N``) and ``reduce_mean`` → ``(1/N²)·Σ_j mean_t Lq_t[j]`` (0.04·Σ for N=5);
+      ``'maml++'`` = the same weights annealed with the real meta-step (MAML++ multi-step loss, as
+      the official code would behave if its global step advanced), also ``reduce_mean``;
+      ``'last'`` = the final step's query loss only (plain MAML).
+    * ``grad_clip``: clip the meta-gradient's total L2 norm to this value (None = no clipping).
+    * ``adapt_params``: fnmatch patterns on parameter names (``'conv8.*'``); only the matching
+      parameters take inner steps. All trainable parameters get meta-gradients. None = all.
+    * ``backend``: ``'functional'`` (built in) or ``'learn2learn'``.
+    * ``precision``: ``'fp32'`` or ``'bf16'`` (autocast; losses in fp32).
+    * ``task_batching``: ``'loop'`` (tasks one after another, backward per task: least memory) or
+      ``'vmap'`` (all tasks at once with :func:`torch.func.vmap`; functional backend only).
+    * ``channels_last``: NHWC memory layout for the images; None = on CPU only (faster oneDNN convolutions).
+    * ``adam_variant``: ``'torch'`` = ``torch.optim.Adam`` (ε added to the bias-corrected sqrt(v̂));
+      ``'tf'`` = :class:`TFAdam`, TF1's ``AdamOptimizer`` arithmetic (ε added to the raw sqrt(v), i.e. an
+      effective ε/sqrt(1-β2^t): 31.6·ε at the first step). The two differ visibly only while many
+      |g| are below ~ε/sqrt(1-β2^t) — e.g. MZSR's first meta-steps, where most meta-gradient entries
+      are < 1e-6.
+    """
+
+    inner_steps: int = 5
+    inner_lr: float | list[float] = 0.01
+    first_order: bool = False
+    meta_lr: float = 1e-4
+    loss_weighting: str = "mzsr"
+    grad_clip: float | None = None
+    adapt_params: list[str] | None = None
+    backend: str = "functional"
+    precision: str = "fp32"
+    task_batching: str = "loop"
+    channels_last: bool | None = None
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    adam_variant: str = "torch"
+    anneal_span: float = ANNEAL_SPAN
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError/TypeError naming the first bad field."""
+        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) or self.inner_steps < 1:
+            raise ValueError(f"inner_steps={self.inner_steps!r}: needs an int >= 1")
+        self.inner_lrs()  # validates inner_lr
+        if not isinstance(self.first_order, bool):
+            raise TypeError(f"first_order={self.first_order!r}: needs True or False")
+        if not (isinstance(self.meta_lr, (int, float)) and self.meta_lr > 0):
+            raise ValueError(f"meta_lr={self.meta_lr!r}: needs a number > 0")
+        _choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        _choice("backend", self.backend, BACKENDS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("task_batching", self.task_batching, TASK_BATCHING)
+        _choice("adam_variant", self.adam_variant, ADAM_VARIANTS)
+        if self.task_batching == "vmap" and self.backend != "functional":
+            raise ValueError(f"task_batching='vmap' needs backend='functional' (got backend={self.backend!r}); "
+                             "use task_batching='loop' with learn2learn")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip={self.grad_clip!r}: needs a number > 0, or None for no clipping")
+        if self.adapt_params is not None:
+            if isinstance(self.adapt_params, str) or not all(isinstance(p, str) for p in self.adapt_params):
+                raise TypeError(f"adapt_params={self.adapt_params!r}: needs a list of fnmatch patterns, "
+                                f"e.g. ['conv8.*'] (or None for all parameters)")
+            if len(self.adapt_params) == 0:
+                raise ValueError("adapt_params=[] selects nothing to adapt; give patterns or None for all")
+        if self.channels_last not in (None, True, False):
+            raise TypeError(f"channels_last={self.channels_last!r}: needs True, False or None (auto)")
+        if not (self.adam_eps >= 0 and len(self.adam_betas) == 2):
+            raise ValueError(f"adam_eps={self.adam_eps!r}, adam_betas={self.adam_betas!r}: need eps >= 0 and two betas")
+        if not self.anneal_span > 0:
+            raise ValueError(f"anneal_span={self.anneal_span!r}: needs a number > 0")
+
+    def inner_lrs(self) -> list[float]:
+        """α for each inner step (length ``inner_steps``)."""
+        return _per_step_lrs(self.inner_lr, self.inner_steps)
+
+
+def _choice(name: str, value: Any, options: Sequence[str]) -> None:
+    if value not in options:
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(repr(o) for o in options)}")
+
+
+def _per_step_lrs(lr: float | Sequence[float], steps: int) -> list[float]:
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        return [float(lr)] * steps
+    if isinstance(lr, (list, tuple)) and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in lr):
+        if len(lr) != steps:
+            raise ValueError(f"inner_lr has {len(lr)} values for {steps} inner steps; give one α per step or a single number")
+        return [float(a) for a in lr]
+    raise TypeError(f"inner_lr={lr!r}: needs a number or a list of numbers (one per inner step)")
+
+
+class TFAdam(torch.optim.Optimizer):
+    """Adam with TF1 ``AdamOptimizer`` arithmetic (SPEC §4):
+    ``m ← β1·m + (1-β1)·g``, ``v ← β2·v + (1-β2)·g²``,
+    ``θ ← θ - lr·sqrt(1-β2^t)/(1-β1^t) · m/(sqrt(v) + ε)``."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if not lr > 0 or not eps >= 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"TFAdam(lr={lr}, betas={betas}, eps={eps}): need lr > 0, eps >= 0, 0 <= beta < 1")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = torch.zeros((), dtype=torch.float64)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] += 1
+                t = float(st["step"])
+                m, v = st["exp_avg"], st["exp_avg_sq"]
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                lr_t = group["lr"] * (1 - b2**t) ** 0.5 / (1 - b1**t)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-lr_t)
+        return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Query-loss weights (SPEC §4 get_loss_weights)
+# --------------------------------------------------------------------------------------------
+
+
+def mzsr_loss_weights(step: int | float, n_steps: int = 5, anneal: bool = False, *, span: float = ANNEAL_SPAN,
+                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """The official ``get_loss_weights`` (SPEC §4) as a ``[n_steps]`` tensor.
+
+    ``base = 1/N``, ``decay = base/span``, ``min_v = 0.03/N``; the first ``N-1`` weights are
+    ``max(base - s·decay, min_v)``, the last ``min(base + s·(N-1)·decay, 1 - (N-1)·min_v)``.
+    ``anneal=False`` freezes ``s = 0`` as the official code does (its global step never
+    advances): uniform ``1/N`` = 0.2 for N = 5. ``anneal=True`` uses ``s = step``.
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps={n_steps}: needs >= 1")
+    if anneal and step < 0:
+        raise ValueError(f"step={step}: the meta-step is >= 0")
+    s = float(step) if anneal else 0.0
+    base = 1.0 / n_steps
+    decay = base / span
+    min_v = 0.03 / n_steps
+    w = [max(base - s * decay, min_v)] * (n_steps - 1)
+    w.append(min(base + s * (n_steps - 1) * decay, 1.0 - (n_steps - 1) * min_v))
+    return torch.tensor(w, dtype=dtype, device=device)
+
+
+def query_loss_weights(mode: str, step: int, n_steps: int, *, span: float = ANNEAL_SPAN) -> tuple[Tensor, str]:
+    """``(weights [n_steps], reduction)`` of a ``loss_weighting`` mode; reduction 'mean' or 'sum'."""
+    _choice("loss_weighting", mode, LOSS_WEIGHTINGS)
+    if mode in ("mzsr", "maml++"):  # float64 here; cast to the losses' dtype when combined
+        return mzsr_loss_weights(step, n_steps, anneal=mode == "maml++", span=span, dtype=torch.float64), "mean"
+    w = torch.zeros(n_steps, dtype=torch.float64)
+    w[-1] = 1.0
+    return w, "sum"
+
+
+def combine_query_losses(query_losses: Tensor, weights: Tensor, reduction: str) -> Tensor:
+    """``reduce(query_losses · weights)`` over the last dimension (the inner steps).
+
+    Steps with weight 0 are left out of the sum (so no gradient work is spent on them).
+    """
+    if query_losses.shape[-1] != weights.shape[-1]:
+        raise ValueError(f"{query_losses.shape[-1]} query losses but {weights.shape[-1]} weights")
+    w = weights.to(query_losses)
+    keep = [j for j in range(w.shape[-1]) if float(w[j]) != 0.0]
+    total = (query_losses[..., keep] * w[keep]).sum(-1)
+    return total / w.shape[-1] if reduction == "mean" else total
+
+
+# --------------------------------------------------------------------------------------------
+# Functional pieces
+# --------------------------------------------------------------------------------------------
+
+
+def select_parameters(model: nn.Module, patterns: Sequence[str] | None) -> list[str]:
+    """Names of the trainable parameters matching any fnmatch pattern (None = all trainable).
+
+    A pattern that matches no trainable parameter raises ValueError listing the names.
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters (all requires_grad=False)")
+    if patterns is None:
+        return names
+    if isinstance(patterns, str):
+        raise TypeError(f"patterns={patterns!r}: needs a list of fnmatch patterns, e.g. [{patterns!r}]")
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise ValueError(f"adapt_params pattern {pat!r} matches no trainable parameter of "
+                             f"{type(model).__name__}; names are: {shown}")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+
+
+def _autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def functional_loss(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
+                    loss_fn: LossFn = l1_loss, precision: str = "fp32") -> Tensor:
+    """``loss_fn(model(x; params), y)``; under bf16 autocast the network runs in bf16, the loss in fp32."""
+    with _autocast(precision, x.device.type):
+        out = functional_call(model, dict(params), (x,))
+    return loss_fn(out.to(y.dtype), y)
+
+
+def inner_adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, steps: int,
+                lr: float | Sequence[float], *, create_graph: bool, loss_fn: LossFn = l1_loss,
+                adapt: Sequence[str] | None = None, precision: str = "fp32",
+                return_losses: bool = False) -> list[dict[str, Tensor]] | tuple[list[dict[str, Tensor]], list[Tensor]]:
+    """``steps`` SGD steps ``θ_{j+1} = θ_j - α_j ∇_θ loss_fn(model(x; θ_j), y)`` on the names in ``adapt``.
+
+    ``params``: name → tensor (e.g. ``dict(model.named_parameters())``); names left out of the dict
+    are taken from the module. ``lr``: one α or one per step. ``create_graph=True`` keeps the inner
+    gradients differentiable (second order); ``False`` treats them as constants (first order) while the
+    returned weights still depend on ``params``. Returns the parameter dicts after steps 1..``steps``
+    (and, with ``return_losses``, the support losses at θ_0..θ_{steps-1}).
+    """
+    lrs = _per_step_lrs(lr, steps)
+    fast = dict(params)
+    names = [n for n, p in fast.items() if p.is_floating_point()] if adapt is None else list(adapt)
+    missing = [n for n in names if n not in fast]
+    if missing:
+        raise ValueError(f"adapt names {missing} are not in params; params has {sorted(fast)[:8]}...")
+    for n in names:  # e.g. detached weights at test time: gradients are still needed for the steps
+        if not fast[n].requires_grad:
+            fast[n] = fast[n].detach().requires_grad_(True)
+    trajectory: list[dict[str, Tensor]] = []
+    losses: list[Tensor] = []
+    with torch.enable_grad():  # the steps need gradients even when called under torch.no_grad()
+        for alpha in lrs:
+            loss = functional_loss(model, fast, x, y, loss_fn=loss_fn, precision=precision)
+            grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=create_graph, allow_unused=True)
+            fast = dict(fast)
+            for n, g in zip(names, grads):
+                if g is not None:  # a parameter the loss does not use keeps its value
+                    fast[n] = fast[n] - alpha * g
+            trajectory.append(fast)
+            losses.append(loss)
+    return (trajectory, losses) if return_losses else trajectory
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: for a slice of tasks, the support loss at θ [m] and the query losses after each inner
+# step [m, N], differentiable w.r.t. the model's parameters.
+# --------------------------------------------------------------------------------------------
+
+
+class _Backend:
+    """Internal interface of a MAML implementation."""
+
+    #: tasks per backward pass in MetaLearner.meta_step (None = all at once)
+    chunk: int | None = 1
+
+    def __init__(self, model: nn.Module, adapt: list[str], loss_fn: LossFn) -> None:
+        self.model = model
+        self.adapt = adapt
+        self.loss_fn = loss_fn
+
+    def task_losses(self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor, lrs: list[float], *, first_order: bool,
+                    precision: str, need_graph: list[bool]) -> tuple[Tensor, Tensor]:
+        """Inputs ``[m, TB, C, H, W]``; returns support losses ``[m]`` and query losses ``[m, N]``."""
+        raise NotImplementedError
+
+
+class _LoopBackend(_Backend):
+    """Built in: tasks one after another, inner steps with :func:`inner_adapt`."""
+
+    chunk = 1
+
+    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph):
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        sup, qry = [], []
+        for t in range(xa.shape[0]):
+            traj, sl = inner_adapt(self.model, params, xa[t], ya[t], len(lrs), lrs, create_graph=not first_order,
+                                   loss_fn=self.loss_fn, adapt=self.adapt, precision=precision, return_losses=True)
+            q = []
+            for fast, g in zip(traj, need_graph):
+                with contextlib.nullcontext() if g else torch.no_grad():
+                    q.append(functional_loss(self.model, fast, xb[t], yb[t], loss_fn=self.loss_fn, precision=precision))
+            sup.append(sl[0])
+            qry.append(torch.stack(q))
+        return torch.stack(sup), torch.stack(qry)
+
+
+class _VmapBackend(_Backend):
+    """Built in: all tasks at once, ``vmap`` over the task dimension with ``torch.func`` inner gradients
+    (convolutions with per-task weights become grouped convolutions)."""
+
+    chunk = None
+
+    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph):
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        adapted = {n: params[n] for n in self.adapt}
+        fixed = {n: p for n, p in params.items() if n not in adapted}
+        model, loss_fn = self.model, self.loss_fn
+
+        def loss_at(ad: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            return functional_loss(model, {**fixed, **ad}, x, y, loss_fn=loss_fn, precision=precision)
+
+        step_grad = grad_and_value(loss_at)
+
+        def one_task(ad, xs, ys, xq, yq):
+            fast, qs, s0 = ad, [], None
+            for alpha in lrs:
+                g, loss = step_grad(fast, xs, ys)
+                if s0 is None:
+                    s0 = loss
+                if first_order:
+                    g = {k: v.detach() for k, v in g.items()}
+                fast = {k: fast[k] - alpha * g[k] for k in fast}
+                qs.append(loss_at(fast, xq, yq))
+            return s0, torch.stack(qs)
+
+        sup, qry = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(adapted, xa, ya, xb, yb)
+        if not all(need_graph):  # zero-weight steps: values for logging only
+            qry = torch.stack([q if g else q.detach() for q, g in zip(qry.unbind(1), need_graph)], 1)
+        return sup, qry
+
+
+def _import_learn2learn():
+    try:
+        import learn2learn as l2l
+    except ImportError as e:
+        raise ImportError(f"MAMLConfig(backend='learn2learn') needs learn2learn, which cannot be imported here "
+                          f"({e}). {LEARN2LEARN_HINT}") from e
+    return l2l
+
+
+class _L2LBackend(_Backend):
+    """learn2learn's ``l2l.algorithms.MAML``: ``clone()`` per task, ``adapt()`` per inner step
+    (``maml_update`` with per-parameter gradients when only some parameters are adapted)."""
+
+    chunk = 1
+
+    def __init__(self, model: nn.Module, adapt: list[str], loss_fn: LossFn) -> None:
+        super().__init__(model, adapt, loss_fn)
+        self.l2l = _import_learn2learn()
+        self.maml = self.l2l.algorithms.MAML(model, lr=0.0, first_order=False, allow_unused=True, allow_nograd=True)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.adapt_all = set(adapt) == set(trainable)
+
+    def _loss(self, learner: nn.Module, x: Tensor, y: Tensor, precision: str) -> Tensor:
+        with _autocast(precision, x.device.type):
+            out = learner(x)
+        return self.loss_fn(out.to(y.dtype), y)
+
+    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph):
+        adapt = set(self.adapt)
+        sup, qry = [], []
+        for t in range(xa.shape[0]):
+            learner = self.maml.clone()
+            q, s0 = [], None
+            for alpha, g in zip(lrs, need_graph):
+                loss = self._loss(learner, xa[t], ya[t], precision)
+                if s0 is None:
+                    s0 = loss
+                if self.adapt_all:
+                    learner.lr = alpha
+                    learner.adapt(loss, first_order=first_order)
+                else:
+                    named = list(learner.module.named_parameters())
+                    sel = [p for n, p in named if n in adapt]
+                    grads = iter(torch.autograd.grad(loss, sel, create_graph=not first_order,
+                                                     retain_graph=not first_order, allow_unused=True))
+                    full = [next(grads) if n in adapt else None for n, _ in named]
+                    self.l2l.algorithms.maml.maml_update(learner.module, alpha, full)
+                with contextlib.nullcontext() if g else torch.no_grad():
+                    q.append(self._loss(learner, xb[t], yb[t], precision))
+            sup.append(s0)
+            qry.append(torch.stack(q))
+        return torch.stack(sup), torch.stack(qry)
+
+
+def _make_backend(config: MAMLConfig, model: nn.Module, adapt: list[str], loss_fn: LossFn) -> _Backend:
+    if config.backend == "learn2learn":
+        return _L2LBackend(model, adapt, loss_fn)
+    if config.task_batching == "vmap":
+        return _VmapBackend(model, adapt, loss_fn)
+    return _LoopBackend(model, adapt, loss_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# The meta-learner
+# --------------------------------------------------------------------------------------------
+
+
+class MetaLearner:
+    """MAML meta-training of any ``nn.Module`` that maps an image batch to an image batch.
+
+    ``meta_loss(batch, step)`` builds the differentiable meta-objective; ``meta_step(batch, step)``
+    runs one full meta-iteration (zero grads, backward, optional clipping, Adam) and returns floats.
+    The config is read at every call, so e.g. ``learner.config.first_order`` may change between steps
+    (a first-order warm-up); backend, task batching, Adam variant, patterns and the loss are fixed at
+    construction, and ``meta_lr`` sets the optimiser's initial rate (change it, or attach a scheduler,
+    on ``learner.optimizer``).
+    """
+
+    def __init__(self, model: nn.Module, config: MAMLConfig | None = None, *, loss_fn: LossFn = l1_loss) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
+        self.model = model
+        self.config = config if config is not None else MAMLConfig()
+        self.config.validate()
+        self.loss_fn = loss_fn
+        self.adapt_names = select_parameters(model, self.config.adapt_params)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        adam = TFAdam if self.config.adam_variant == "tf" else torch.optim.Adam
+        self.optimizer = adam(self.params, lr=self.config.meta_lr, betas=tuple(self.config.adam_betas),
+                              eps=self.config.adam_eps)
+        self._backend = _make_backend(self.config, model, self.adapt_names, loss_fn)
+        self._backend_key = (self.config.backend, self.config.task_batching, self.config.adam_variant)
+        self.iteration = 0
+
+    # ---- helpers
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    def _prepare(self, batch: TaskBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"batch is a {type(batch).__name__}; expected a metasr_adapter.meta.TaskBatch")
+        cfg = self.config
+        cfg.validate()
+        if (cfg.backend, cfg.task_batching, cfg.adam_variant) != self._backend_key:
+            raise ValueError(f"config.backend/task_batching/adam_variant changed to "
+                             f"{(cfg.backend, cfg.task_batching, cfg.adam_variant)} after construction "
+                             f"{self._backend_key}; build a new MetaLearner")
+        b = batch.to(self.device)
+        tensors = [b.support_x, b.support_y, b.query_x, b.query_y]
+        cl = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cpu"
+        if cl and cfg.task_batching == "loop":
+            # [MB,TB,C,H,W] laid out so that every task's [TB,C,H,W] slice is NHWC
+            tensors = [t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for t in tensors]
+        return tuple(tensors)  # type: ignore[return-value]
+
+    def _weights(self, step: int) -> tuple[Tensor, str]:
+        cfg = self.config
+        return query_loss_weights(cfg.loss_weighting, step, cfg.inner_steps, span=cfg.anneal_span)
+
+    def _chunks(self, mb: int) -> Iterator[slice]:
+        size = self._backend.chunk or mb
+        for s in range(0, mb, size):
+            yield slice(s, min(s + size, mb))
+
+    def _losses(self, tensors: tuple[Tensor, ...], sl: slice, weights: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        xa, ya, xb, yb = (t[sl] for t in tensors)
+        return self._backend.task_losses(xa, ya, xb, yb, cfg.inner_lrs(), first_order=cfg.first_order,
+                                         precision=cfg.precision, need_graph=[float(w) != 0.0 for w in weights])
+
+    # ---- public API
+    def meta_loss(self, batch: TaskBatch, step: int = 0) -> tuple[Tensor, dict[str, Any]]:
+        """The meta-objective of ``batch`` (a scalar with a graph to the parameters) and an info dict of
+        floats: 'meta_loss', 'support_loss' (mean over tasks at θ, SPEC ``total_loss1``),
+        'query_losses' (per inner step, mean over tasks, SPEC ``total_losses2``), 'loss_weights'."""
+        tensors = self._prepare(batch)
+        weights, reduction = self._weights(step)
+        sup, qry = self._losses(tensors, slice(None), weights)
+        total = qry.mean(0)
+        loss = combine_query_losses(total, weights, reduction)
+        info = {"meta_loss": float(loss.detach()), "support_loss": float(sup.detach().mean()),
+                "query_losses": [float(v) for v in total.detach()], "loss_weights": [float(w) for w in weights]}
+        return loss, info
+
+    def meta_gradient(self, batch: TaskBatch, step: int = 0) -> dict[str, Any]:
+        """Accumulate the meta-gradient of ``batch`` into ``.grad`` (zeroed first), one backward pass
+        per chunk of tasks; returns the same info as :meth:`meta_loss` (without clipping or Adam)."""
+        tensors = self._prepare(batch)
+        weights, reduction = self._weights(step)
+        mb = tensors[0].shape[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        sups, qrys = [], []
+        for sl in self._chunks(mb):
+            sup, qry = self._losses(tensors, sl, weights)
+            part = combine_query_losses(qry, weights, reduction).sum() / mb
+            if part.requires_grad:
+                part.backward()
+            sups.append(sup.detach())
+            qrys.append(qry.detach())
+        total = torch.cat(qrys).mean(0)
+        return {"meta_loss": float(combine_query_losses(total, weights, reduction)),
+                "support_loss": float(torch.cat(sups).mean()),
+                "query_losses": [float(v) for v in total], "loss_weights": [float(w) for w in weights]}
+
+    def meta_step(self, batch: TaskBatch, step: int | None = None) -> dict[str, Any]:
+        """One meta-iteration: meta-gradient, optional norm clipping, one Adam step.
+
+        ``step`` is the meta-iteration index used by ``loss_weighting='maml++'`` (default: the
+        learner's own counter). Returns floats: 'meta_loss', 'support_loss', 'query_losses' (list),
+        'grad_norm' (before clipping), 'loss_weights' (list).
+        """
+        step = self.iteration if step is None else int(step)
+        info = self.meta_gradient(batch, step)
+        if self.config.grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(self.params, float(self.config.grad_clip))
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]  # None: the meta-loss does not reach it
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
+        self.optimizer.step()
+        self.iteration += 1
+        info["grad_norm"] = float(norm)
+        return info
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model weights, Adam state, the iteration counter and the config (for reference)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "iteration": self.iteration, "config": asdict(self.config)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (model, Adam state, iteration counter)."""
+        missing = [k for k in ("model", "optimizer") if k not in state]
+        if missing:
+            raise KeyError(f"MetaLearner state is missing {missing}; expected the output of MetaLearner.state_dict()")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state.get("iteration", 0))

@@ -1,0 +1,819 @@
+"""Zero-Shot SR (Shocher, Cohen & Irani, CVPR 2018) in PyTorch.
+
+An image-specific network is trained from scratch on the LR image alone: "HR fathers" are the
+LR image and downscaled copies of it (picked with probability growing with their size), "LR
+sons" are the fathers degraded by the given kernel (or bicubic), and the network learns to map
+the bicubic-upsampled son back to its father. Training uses random 128×128 crops, random
+rotations/flips, optional noise on the sons, an L1 loss with Adam from 1e-3, and ZSSR's
+linear-fit learning-rate policy (:mod:`metasr_adapter.lr_policy`). The trained network is then
+applied to the LR image itself, with the 8-way geometric self-ensemble (median) and iterative
+back-projection. Scale factors can be gradual: each stage's output joins the fathers.
+
+Differences from the official TensorFlow code, all deliberate:
+
+* fathers are a fixed pyramid of downscaled copies sampled ∝ area (the paper's description),
+  rather than the official random affine warps (random scale/shear/angle with bicubic warping);
+* the default network is :class:`~metasr_adapter.adapters.mzsr.MZSRNet` (8 layers, 64 channels,
+  global residual) with ZSSR's initialisation (normal, variance 0.1/fan_in); the official net has
+  no biases, so the biases are kept at zero and not trained (``train_bias=False``);
+* crops never exceed the image (the official warp pads small images with black);
+* the kernel centring uses the pixel-grid geometry of the later official ``kernel_shift``
+  (correct for even-sized kernels too) and renormalises the shifted kernel to sum 1.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .augment import AXIS_PRESERVING_MODES, DIHEDRAL_MODES, REDUCTIONS, dihedral, geometric_self_ensemble, random_crop
+from .backprojection import back_project
+from .degrade import degrade, imresize
+from .lr_policy import LinearFitLRPolicy
+
+__all__ = [
+    "ZSSRConfig",
+    "ZSSR",
+    "ZSSRStep",
+    "ZSSRInfo",
+    "PRESETS",
+    "kernel_shift",
+    "resolve_zssr_kernel",
+    "father_probabilities",
+    "zssr_super_resolve",
+    "add_zssr_arguments",
+    "run_zssr_cli",
+    "zssr_main",
+]
+
+PRECISIONS = ("fp32", "bf16")
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ZSSRConfig:
+    """Settings of one ZSSR run; defaults are the official 'ideal x2' configuration.
+
+    Scale factors are cumulative, relative to the LR input, and either a number or a pair
+    ``(vertical, horizontal)``. ``scale_factors=None`` means one jump to the ``scale`` given to
+    :meth:`ZSSR.run`; otherwise the last entry must equal that scale.
+    """
+
+    # gradual SR
+    scale_factors: list[Any] | None = None
+    back_projection_iters: int | list[int] = 10  # per stage (an int applies to every stage)
+    init_net_for_each_sf: bool = False
+    # network
+    width: int = 64
+    depth: int = 8
+    init_variance: float = 0.1
+    train_bias: bool = False
+    # optimisation and the learning-rate policy
+    max_iters: int = 3000
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 9e-6
+    lr_check_every: int = 60
+    lr_fit_range: int = 256
+    lr_min_iters: int = 256
+    lr_change_ratio: float = 1.5
+    lr_factor: float = 10.0
+    test_every: int = 50
+    # training examples
+    crop_size: int = 128
+    father_min_scale: float = 0.5
+    father_levels: int = 6
+    allow_rotation: bool = True
+    noise_std: float = 0.0
+    kernel_shift: bool = True
+    # output
+    self_ensemble: bool = True
+    ensemble_reduce: str = "median"
+    # runtime
+    precision: str = "fp32"
+    seed: int | None = 0
+    device: str | None = None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "ZSSRConfig":
+        """A named configuration (see :data:`PRESETS`), with keyword overrides."""
+        key = str(name).strip().lower().replace("-", "_")
+        if key not in PRESETS:
+            raise ValueError(f"unknown ZSSR preset {name!r}; choose one of {', '.join(PRESETS)}")
+        cfg = replace(cls(), **copy.deepcopy(PRESETS[key]))
+        return replace(cfg, **overrides) if overrides else cfg
+
+    def replace(self, **changes: Any) -> "ZSSRConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> "ZSSRConfig":
+        """Raise ValueError naming the first bad setting; returns self."""
+        ints = {"max_iters": 1, "crop_size": 4, "father_levels": 1, "width": 1, "depth": 2,
+                "lr_check_every": 1, "lr_fit_range": 1, "lr_min_iters": 0, "test_every": 1}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ValueError(f"ZSSRConfig.{name}={v!r} must be an integer >= {low}")
+        if not (0 < self.father_min_scale <= 1):
+            raise ValueError(f"ZSSRConfig.father_min_scale={self.father_min_scale!r} must be in (0, 1]")
+        if not (self.learning_rate > 0 and self.min_learning_rate >= 0):
+            raise ValueError("ZSSRConfig.learning_rate must be > 0 and min_learning_rate >= 0")
+        if not self.noise_std >= 0:
+            raise ValueError(f"ZSSRConfig.noise_std={self.noise_std!r} must be >= 0 (e.g. 0.0125 for real images)")
+        if not self.init_variance > 0:
+            raise ValueError(f"ZSSRConfig.init_variance={self.init_variance!r} must be > 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"ZSSRConfig.precision={self.precision!r}; use one of {PRECISIONS}")
+        if self.ensemble_reduce not in REDUCTIONS:
+            raise ValueError(f"ZSSRConfig.ensemble_reduce={self.ensemble_reduce!r}; use one of {REDUCTIONS}")
+        bp = self.back_projection_iters
+        bps = bp if isinstance(bp, (list, tuple)) else [bp]
+        if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 0 for b in bps):
+            raise ValueError(f"ZSSRConfig.back_projection_iters={bp!r} must be non-negative ints")
+        if self.scale_factors is not None:
+            if not self.scale_factors:
+                raise ValueError("ZSSRConfig.scale_factors is empty; use None for one jump to the requested scale")
+            for sf in self.scale_factors:
+                _pair(sf, "scale factor")
+            if isinstance(bp, (list, tuple)) and len(bp) != len(self.scale_factors):
+                raise ValueError(
+                    f"back_projection_iters has {len(bp)} entries but there are {len(self.scale_factors)} "
+                    "scale factors; give one per stage or a single int"
+                )
+        return self
+
+
+#: Named settings, following the official example configurations.
+PRESETS: dict[str, dict[str, Any]] = {
+    # one jump, bicubic kernel: ZSSR's X2_ONE_JUMP_IDEAL_CONF (the defaults)
+    "ideal_x2": {},
+    # six gradual jumps, anisotropic ones included: X2_GRADUAL_IDEAL_CONF
+    "gradual_x2": {
+        "scale_factors": [(1.0, 1.5), (1.5, 1.0), (1.5, 1.5), (1.5, 2.0), (2.0, 1.5), (2.0, 2.0)],
+        "back_projection_iters": [6, 6, 8, 10, 10, 12],
+    },
+    # a given (possibly non-symmetric) kernel: X2_GIVEN_KERNEL_CONF
+    "kernel": {"self_ensemble": False, "allow_rotation": False, "back_projection_iters": 2},
+    # real images, kernel + mild unknown noise: X2_REAL_CONF
+    "real": {
+        "self_ensemble": False, "allow_rotation": False, "back_projection_iters": 0,
+        "noise_std": 0.0125, "father_min_scale": 0.75,
+    },
+    # a few seconds on a CPU: for tests and smoke runs, not for quality
+    "fast": {
+        "max_iters": 40, "crop_size": 48, "test_every": 10, "lr_check_every": 10, "lr_fit_range": 40,
+        "lr_min_iters": 20, "back_projection_iters": 2, "father_levels": 3,
+    },
+}
+
+
+def _pair(sf: Any, what: str = "scale") -> tuple[float, float]:
+    if isinstance(sf, (int, float, np.integer, np.floating)) and not isinstance(sf, bool):
+        pair = (float(sf), float(sf))
+    elif isinstance(sf, (list, tuple)) and len(sf) == 2:
+        pair = (float(sf[0]), float(sf[1]))
+    else:
+        raise ValueError(f"{what} {sf!r} must be a number or a pair (vertical, horizontal)")
+    if not all(math.isfinite(v) and v >= 1 for v in pair):
+        raise ValueError(f"{what} {sf!r} must be >= 1 (an upscaling factor, relative to the LR input)")
+    return pair
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+# ----------------------------------------------------------------------------------------------
+def kernel_shift(kernel: Any, scale: Any) -> np.ndarray:
+    """Centre a blur kernel for ZSSR's direct subsampling so the LR grid matches bicubic's.
+
+    Direct subsampling keeps HR pixel ``s·j`` as LR pixel ``j``, and correlation is centred at
+    index ``k // 2``. Bicubic resizing puts LR pixel ``j`` at HR position ``s·j + (s - 1)/2``.
+    So the kernel's centre of mass is moved (spline interpolation, order 3, as the official code)
+    to ``k // 2 + (s - 1)/2`` per axis, after zero-padding by ``ceil(max |shift|) + 1`` so nothing
+    is cut off. The result is renormalised to sum 1.
+
+    ``scale`` is the up factor (2 for x2), a number or ``(vertical, horizontal)``.
+    """
+    from scipy import ndimage
+
+    k = np.array(kernel, dtype=np.float64)
+    if k.ndim != 2 or k.size == 0:
+        raise ValueError(f"kernel must be a non-empty 2-D array; got shape {k.shape}")
+    total = k.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError(f"kernel must have a positive, finite sum; got {total}")
+    sh, sw = _pair(scale)
+    centre = np.array(ndimage.center_of_mass(k))
+    target = np.array([k.shape[0] // 2 + (sh - 1) / 2, k.shape[1] // 2 + (sw - 1) / 2])
+    shift = target - centre
+    pad = int(math.ceil(float(np.max(np.abs(shift))))) + 1
+    padded = np.pad(k, pad, mode="constant")
+    out = ndimage.shift(padded, shift, order=3, mode="constant", cval=0.0)
+    return out / out.sum()
+
+
+def father_probabilities(sizes: Sequence[tuple[int, int]], input_size: tuple[int, int]) -> np.ndarray:
+    """Sampling probabilities of HR fathers of ``sizes`` (h, w) for an LR input of ``input_size``.
+
+    A father's weight is its area relative to the input, ``r = (h·w)/(H·W)``, for fathers no larger
+    than the input (the paper: proportional to size), and ``1/r`` for the larger, synthesised
+    ones (the closer to the input's size, the likelier). Normalised to sum 1.
+    """
+    area_in = float(input_size[0] * input_size[1])
+    if area_in <= 0 or not sizes:
+        raise ValueError("father_probabilities needs a non-empty list of sizes and a positive input size")
+    ratios = np.array([h * w / area_in for h, w in sizes], dtype=np.float64)
+    weights = np.where(ratios <= 1.0, ratios, 1.0 / ratios)
+    return weights / weights.sum()
+
+
+def _init_zssr_net(net: nn.Module, variance: float, train_bias: bool, generator: torch.Generator) -> None:
+    """ZSSR's initialisation: weights ~ N(0, variance / fan_in), zero biases (frozen unless ``train_bias``)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                w = torch.empty(m.weight.shape, dtype=torch.float32)
+                w.normal_(0.0, math.sqrt(variance / fan_in), generator=generator)
+                m.weight.copy_(w.to(m.weight))
+                if m.bias is not None:
+                    m.bias.zero_()
+                    m.bias.requires_grad_(train_bias)
+
+
+@dataclass
+class ZSSRStep:
+    """One training iteration: stage index and scale, iteration, L1 loss, learning rate used,
+    and the reconstruction MSE when it was measured this iteration (else None)."""
+
+    stage: int
+    scale: tuple[float, float]
+    iteration: int
+    loss: float
+    lr: float
+    rec_mse: float | None = None
+
+
+@dataclass
+class ZSSRInfo:
+    """What a run did, per stage (``stages``: dicts) and in total (``seconds``)."""
+
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def iterations(self) -> int:
+        return int(sum(s["iterations"] for s in self.stages))
+
+    @property
+    def iters_per_second(self) -> float:
+        t = sum(s["train_seconds"] for s in self.stages)
+        return self.iterations / t if t > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stages": self.stages, "seconds": self.seconds, "iterations": self.iterations,
+                "iters_per_second": self.iters_per_second}
+
+
+class _Father:
+    """An HR father image (1xCxhxw) and its size."""
+
+    __slots__ = ("image", "size")
+
+    def __init__(self, image: Tensor) -> None:
+        self.image = image
+        self.size = (int(image.shape[-2]), int(image.shape[-1]))
+
+
+def _read_kernel_array(spec: Any) -> np.ndarray | None:
+    """The raw array of a kernel given as a .mat/.npy path or an array/tensor; None for other forms."""
+    if isinstance(spec, Tensor):
+        return spec.detach().cpu().double().numpy()
+    if isinstance(spec, np.ndarray):
+        return np.asarray(spec, dtype=np.float64)
+    if isinstance(spec, (str, os.PathLike)) and os.path.isfile(spec):
+        suffix = os.path.splitext(str(spec))[1].lower()
+        if suffix == ".mat":
+            import scipy.io
+
+            data = scipy.io.loadmat(str(spec))
+            for key in ("kernel", "Kernel"):
+                if key in data:
+                    return np.asarray(data[key], dtype=np.float64)
+        elif suffix == ".npy":
+            return np.asarray(np.load(spec, allow_pickle=False), dtype=np.float64)
+    return None
+
+
+def resolve_zssr_kernel(spec: Any) -> Any:
+    """:func:`~metasr_adapter.kernels.resolve_kernel`, but also accepting estimated kernels with
+    small negative entries (like the official ``real_example/charlie_0.mat``), which the official
+    ZSSR uses as they are. Such kernels are checked here (2-D, finite, positive sum), rescaled to
+    sum 1 and returned with a warning; everything else goes through ``resolve_kernel``.
+    """
+    from .kernels import KernelSpec, resolve_kernel
+
+    raw = None if isinstance(spec, KernelSpec) else _read_kernel_array(spec)
+    if raw is None or not np.any(raw < 0):
+        return resolve_kernel(spec)
+    if raw.ndim != 2 or raw.size == 0 or not np.all(np.isfinite(raw)):
+        raise ValueError(f"kernel must be a finite 2-D array; got shape {raw.shape}")
+    total = float(raw.sum())
+    if total <= 0:
+        raise ValueError(f"kernel sums to {total:.4g}; a blur kernel needs a positive sum")
+    warnings.warn(
+        f"kernel has negative entries (min {raw.min():.3g}, total {raw[raw < 0].sum():.3g}); using it as given, "
+        "as the official ZSSR does with estimated kernels",
+        UserWarning,
+        stacklevel=3,
+    )
+    name = os.path.basename(str(spec)) if isinstance(spec, (str, os.PathLike)) else None
+    return _PermissiveKernel(kernel=raw / total, ds_method="direct", name=name)
+
+
+@dataclass(frozen=True, eq=False)
+class _PermissiveKernel:
+    """A kernel that :class:`~metasr_adapter.kernels.KernelSpec` would reject (negative entries)."""
+
+    kernel: np.ndarray
+    ds_method: str = "direct"
+    name: str | None = None
+
+
+def _is_kernel_list(kernel: Any) -> bool:
+    """True for a list/tuple of kernels (one per stage), False for one kernel given as nested numbers."""
+    if not isinstance(kernel, (list, tuple)) or not kernel:
+        return False
+    from .kernels import KernelSpec
+
+    return all(k is None or isinstance(k, (str, os.PathLike, np.ndarray, Tensor, KernelSpec)) for k in kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# the algorithm
+# ----------------------------------------------------------------------------------------------
+class ZSSR:
+    """Zero-shot SR of one image at a time.
+
+    Args:
+        config: a :class:`ZSSRConfig` (default: the 'ideal_x2' settings).
+        model: the network to train. Default: a fresh 8-layer, 64-channel MZSRNet with ZSSR's
+            initialisation. Any SR module works: one that takes the bicubic-upsampled image
+            (``model.upsample_input = True``, like MZSRNet) or one that upsamples itself by the
+            (integer) scale. The given module is copied, never changed; the trained copy is
+            ``self.net`` after :meth:`run`.
+    """
+
+    def __init__(self, config: ZSSRConfig | None = None, model: nn.Module | None = None) -> None:
+        self.config = (config if config is not None else ZSSRConfig()).validate()
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self._given_model = model
+        self.net: nn.Module | None = None
+        self.info: ZSSRInfo | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        if self.config.device is not None:
+            return torch.device(self.config.device)
+        if self._given_model is not None:
+            p = next(iter(self._given_model.parameters()), None)
+            if p is not None:
+                return p.device
+        return torch.device("cpu")
+
+    def _fresh_net(self, generator: torch.Generator, device: torch.device) -> nn.Module:
+        cfg = self.config
+        if self._given_model is None:
+            from .adapters.mzsr import MZSRNet
+
+            net: nn.Module = MZSRNet(channels=3, width=cfg.width, depth=cfg.depth)
+            _init_zssr_net(net, cfg.init_variance, cfg.train_bias, generator)
+        else:
+            net = copy.deepcopy(self._given_model)
+            for p in net.parameters():
+                p.requires_grad_(True)
+        net = net.to(device)
+        if cfg.precision == "bf16":
+            net = net.to(memory_format=torch.channels_last)
+        net.train()
+        return net
+
+    def _autocast(self, device: torch.device):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- network plumbing -------------------------------------------------------------------
+    def _forward(self, net: nn.Module, son: Tensor, sf: tuple[float, float], out_hw: tuple[int, int]) -> Tensor:
+        """Network output for a son (or the LR image), at ``out_hw``."""
+        upsample = bool(getattr(net, "upsample_input", True))
+        inp = imresize(son, sf, output_shape=out_hw) if upsample else son
+        if self.config.precision == "bf16":
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        with self._autocast(inp.device):
+            out = net(inp)
+        out = out.float()
+        if out.shape[-2] < out_hw[0] or out.shape[-1] < out_hw[1]:
+            raise RuntimeError(
+                f"network output {tuple(out.shape[-2:])} is smaller than the target {out_hw}: a network that "
+                "upsamples by itself must be built for this scale (or set model.upsample_input = True)"
+            )
+        return out[..., : out_hw[0], : out_hw[1]]
+
+    def _son(self, father: Tensor, sf: tuple[float, float], kernel: np.ndarray | None, ds_method: str,
+             generator: torch.Generator) -> Tensor:
+        son = degrade(father, kernel, sf, ds_method=ds_method)
+        if self.config.noise_std > 0:
+            noise = torch.randn(son.shape, generator=generator, dtype=torch.float32)
+            son = son + self.config.noise_std * noise.to(son)
+        return son.clamp(0, 1)
+
+    # -- main entry -------------------------------------------------------------------------
+    def run(
+        self,
+        lr_img: np.ndarray | Tensor,
+        kernel: Any = None,
+        scale: Any = 2,
+        *,
+        progress: bool = True,
+        callback: Callable[[ZSSRStep], None] | None = None,
+        return_info: bool = False,
+    ):
+        """Super-resolve ``lr_img`` by ``scale``, training a network on the image itself.
+
+        Args:
+            lr_img: HxWx3 (or HxW, HxWx4) uint8/float numpy, or a CxHxW / 1xCxHxW float tensor.
+            kernel: the downscaling kernel: ``None``/``'bicubic'`` (the ideal case), a kernel name,
+                a ``.mat`` (key ``Kernel`` or ``kernel``) / ``.npy`` path, an array, a
+                :class:`~metasr_adapter.kernels.KernelSpec`, or a list of these, one per stage.
+                A single kernel is used for the stages at the final scale; earlier gradual
+                stages then use bicubic.
+            scale: the SR factor, a number or (vertical, horizontal).
+            progress: show a tqdm bar per stage.
+            callback: called with a :class:`ZSSRStep` after every iteration.
+            return_info: also return a :class:`ZSSRInfo`.
+
+        Returns the SR image in the input's format, or ``(sr, info)``.
+        """
+        from .imageio import to_tensor
+
+        cfg = self.config
+        t_start = time.perf_counter()
+        final = _pair(scale, "scale")
+        stages = [_pair(s, "scale factor") for s in cfg.scale_factors] if cfg.scale_factors is not None else [final]
+        if stages[-1] != final:
+            raise ValueError(
+                f"the last scale factor {stages[-1]} of the config differs from scale={scale!r}; "
+                f"use a preset for this scale or set scale_factors=None"
+            )
+        if max(final) <= 1:
+            raise ValueError(f"scale={scale!r}: ZSSR needs an upscaling factor > 1, e.g. 2")
+        bps = cfg.back_projection_iters
+        bps = list(bps) if isinstance(bps, (list, tuple)) else [int(bps)] * len(stages)
+        if len(bps) != len(stages):
+            raise ValueError(f"back_projection_iters has {len(bps)} entries for {len(stages)} stages")
+
+        # kernels per stage
+        if _is_kernel_list(kernel):
+            if len(kernel) != len(stages):
+                raise ValueError(f"{len(kernel)} kernels given for {len(stages)} stages; give one per stage or one")
+            specs = [resolve_zssr_kernel(k) for k in kernel]
+        else:
+            spec = resolve_zssr_kernel(kernel)
+            bicubic = resolve_zssr_kernel(None)
+            specs = [spec if st == final else bicubic for st in stages]
+        stage_kernels: list[np.ndarray | None] = []
+        for st, spec in zip(stages, specs):
+            k = spec.kernel
+            if k is not None and cfg.kernel_shift and spec.ds_method == "direct":
+                k = kernel_shift(k, st)
+            stage_kernels.append(None if k is None else np.asarray(k))
+
+        device = self._device()
+        x, alpha, fmt = to_tensor(lr_img, channels=3, device=device)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        smallest = min(h, w) * cfg.father_min_scale / max(max(s) for s in stages)
+        if smallest < 3:
+            raise ValueError(
+                f"LR image of {h}x{w} pixels is too small for ZSSR at scale {scale}: its smallest training son "
+                f"would be under 3 pixels; give a larger image or raise father_min_scale"
+            )
+        if cfg.precision == "bf16":
+            from .metasr import bf16_supported
+
+            if not bf16_supported(device):
+                warnings.warn(
+                    f"bf16 autocast has no fast kernels on this {device.type} (no AMX/AVX512-BF16); "
+                    "it will run, very slowly — use precision='fp32'",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+        seed = cfg.seed
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        net = self._fresh_net(gen, device)
+        initial_state = copy.deepcopy(net.state_dict()) if cfg.init_net_for_each_sf else None
+        optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.learning_rate)
+
+        # HR fathers: the input and a pyramid of downscaled copies; gradual outputs join later
+        fathers: list[_Father] = [_Father(x)]
+        for sigma in np.linspace(1.0, cfg.father_min_scale, cfg.father_levels)[1:]:
+            out_hw = (max(1, int(round(h * sigma))), max(1, int(round(w * sigma))))
+            if out_hw != (h, w):
+                fathers.append(_Father(imresize(x, float(sigma), output_shape=out_hw).clamp(0, 1)))
+
+        info = ZSSRInfo()
+        sr = x
+        for stage, (sf, k, bp) in enumerate(zip(stages, stage_kernels, bps)):
+            ds_method = specs[stage].ds_method if k is not None else "bicubic"
+            if stage > 0 and initial_state is not None:
+                net.load_state_dict(initial_state)
+                optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.learning_rate)
+            stage_info = self._train_stage(
+                net, optimizer, fathers, x, sf, k, ds_method, rng, gen, stage, len(stages), progress, callback
+            )
+            t0 = time.perf_counter()
+            sr = self._final_test(net, x, sf, k, ds_method, bp)
+            stage_info["test_seconds"] = time.perf_counter() - t0
+            stage_info["back_projection_iters"] = bp
+            info.stages.append(stage_info)
+            if stage < len(stages) - 1:
+                fathers.append(_Father(sr))
+        self.net = net
+        info.seconds = time.perf_counter() - t_start
+        self.info = info
+        if alpha is not None:
+            alpha = imresize(alpha, final, output_shape=tuple(sr.shape[-2:]))
+        out = fmt.restore(sr, alpha)
+        return (out, info) if return_info else out
+
+    # -- training ---------------------------------------------------------------------------
+    def _train_stage(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        fathers: list[_Father],
+        x: Tensor,
+        sf: tuple[float, float],
+        kernel: np.ndarray | None,
+        ds_method: str,
+        rng: np.random.Generator,
+        gen: torch.Generator,
+        stage: int,
+        n_stages: int,
+        progress: bool,
+        callback: Callable[[ZSSRStep], None] | None,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        # a father must leave a son of at least 2 pixels per side at this stage's scale
+        usable = [f for f in fathers if min(f.size[0] / sf[0], f.size[1] / sf[1]) >= 2]
+        probs = father_probabilities([f.size for f in usable], (h, w))
+        isotropic = sf[0] == sf[1]
+        modes = DIHEDRAL_MODES if isotropic else AXIS_PRESERVING_MODES
+        policy = LinearFitLRPolicy(
+            initial_lr=cfg.learning_rate, min_lr=cfg.min_learning_rate, check_every=cfg.lr_check_every,
+            fit_range=cfg.lr_fit_range, min_iters=cfg.lr_min_iters, ratio=cfg.lr_change_ratio, factor=cfg.lr_factor,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = policy.lr
+        losses: list[float] = []
+        rec: list[tuple[int, float]] = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            label = f"x{sf[0]:g}" if isotropic else f"x{sf[0]:g},{sf[1]:g}"
+            desc = f"zssr {label}" + (f" [{stage + 1}/{n_stages}]" if n_stages > 1 else "")
+            bar = tqdm(total=cfg.max_iters, desc=desc, unit="it", leave=True)
+        t0 = time.perf_counter()
+        iters = 0
+        try:
+            for it in range(cfg.max_iters):
+                lr_now = policy.lr
+                father = usable[int(rng.choice(len(usable), p=probs))].image
+                crop, _ = random_crop(father, cfg.crop_size, rng)
+                if cfg.allow_rotation:
+                    crop = dihedral(crop, int(modes[int(rng.integers(len(modes)))]))
+                crop = crop.contiguous()
+                with torch.no_grad():
+                    son = self._son(crop, sf, kernel, ds_method, gen)
+                out = self._forward(net, son, sf, (int(crop.shape[-2]), int(crop.shape[-1])))
+                loss = F.l1_loss(out, crop)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"ZSSR training diverged at iteration {it} (loss {loss_value})")
+                losses.append(loss_value)
+                rec_mse = None
+                if it % cfg.test_every == 0:
+                    rec_mse = self._reconstruction_mse(net, x, sf, kernel, ds_method, gen)
+                    rec.append((it, rec_mse))
+                    policy.observe(rec_mse, it)
+                new_lr = policy.step()
+                iters = it + 1
+                if bar is not None:
+                    bar.update(1)
+                    if it % 10 == 0 or policy.done:
+                        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.0e}")
+                if callback is not None:
+                    callback(ZSSRStep(stage, sf, it, loss_value, lr_now, rec_mse))
+                if policy.done:
+                    break
+                if new_lr != lr_now:
+                    for group in optimizer.param_groups:
+                        group["lr"] = new_lr
+        finally:
+            if bar is not None:
+                bar.close()
+        train_seconds = time.perf_counter() - t0
+        return {
+            "scale": list(sf),
+            "iterations": iters,
+            "train_seconds": train_seconds,
+            "iters_per_second": iters / train_seconds if train_seconds > 0 else float("nan"),
+            "lr_changes": policy.changes[1:],
+            "final_lr": policy.lr,
+            "stopped_by_policy": policy.done,
+            "losses": losses,
+            "rec_mse": rec,
+        }
+
+    @torch.no_grad()
+    def _reconstruction_mse(self, net: nn.Module, x: Tensor, sf: tuple[float, float], kernel: np.ndarray | None,
+                            ds_method: str, gen: torch.Generator) -> float:
+        """MSE between the LR image and the network's reconstruction of it from its own son."""
+        son = self._son(x, sf, kernel, ds_method, gen)
+        out = self._forward(net, son, sf, (int(x.shape[-2]), int(x.shape[-1]))).clamp(0, 1)
+        return float(F.mse_loss(out, x))
+
+    @torch.no_grad()
+    def _final_test(self, net: nn.Module, x: Tensor, sf: tuple[float, float], kernel: np.ndarray | None,
+                    ds_method: str, bp_iters: int) -> Tensor:
+        """Self-ensemble (median of the flips/rotations, each back-projected) and a final back-projection."""
+        cfg = self.config
+        isotropic = sf[0] == sf[1]
+        if cfg.self_ensemble:
+            modes: Sequence[int] = DIHEDRAL_MODES if isotropic else AXIS_PRESERVING_MODES
+        else:
+            modes = (0,)
+
+        def apply(inp: Tensor) -> Tensor:
+            out_hw = (math.ceil(inp.shape[-2] * sf[0]), math.ceil(inp.shape[-1] * sf[1]))
+            return self._forward(net, inp, sf, out_hw).clamp(0, 1)
+
+        def bp(y: Tensor) -> Tensor:
+            return back_project(y, x, kernel, sf, ds_method=ds_method, iters=bp_iters) if bp_iters else y
+
+        was_training = net.training
+        net.eval()
+        try:
+            sr = geometric_self_ensemble(apply, x, modes, cfg.ensemble_reduce, post=bp)
+        finally:
+            net.train(was_training)
+        return bp(sr)
+
+
+# ----------------------------------------------------------------------------------------------
+# functional entry points (evaluation, CLI)
+# ----------------------------------------------------------------------------------------------
+def _default_preset(kernel: Any) -> str:
+    if kernel is None:
+        return "ideal_x2"
+    if isinstance(kernel, str) and kernel.strip().lower() in ("bicubic", "cubic"):
+        return "ideal_x2"
+    spec_kernel = getattr(kernel, "kernel", kernel)
+    return "ideal_x2" if spec_kernel is None else "kernel"
+
+
+def zssr_super_resolve(
+    lr_img: np.ndarray | Tensor,
+    kernel: Any = None,
+    scale: Any = 2,
+    config: ZSSRConfig | None = None,
+    *,
+    model: nn.Module | None = None,
+    progress: bool = False,
+) -> np.ndarray | Tensor:
+    """Run ZSSR on one image; returns the SR image in the input's format (uint8 in → uint8 out).
+
+    ``config=None`` picks the 'kernel' preset when a blur kernel is given, else 'ideal_x2'.
+    """
+    if config is None:
+        config = ZSSRConfig.preset(_default_preset(kernel))
+    return ZSSR(config, model).run(lr_img, kernel, scale, progress=progress)
+
+
+def add_zssr_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``metasr zssr`` arguments to ``parser``."""
+    parser.add_argument("lr_image", help="the LR image to super-resolve")
+    parser.add_argument("--kernel", default=None,
+                        help="downscaling kernel: a .mat (key 'Kernel'/'kernel') or .npy file, a name (gd2.0...), "
+                             "or 'bicubic' (default: bicubic, the ideal case)")
+    parser.add_argument("--scale", type=float, default=2.0, help="SR factor (default 2)")
+    parser.add_argument("-o", "--output", required=True, help="SR image to write")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="settings: ideal_x2, gradual_x2, kernel, real, fast "
+                             "(default: kernel when --kernel is given, else ideal_x2)")
+    parser.add_argument("--iters", type=int, default=None, help="iteration cap per scale stage (default 3000)")
+    parser.add_argument("--noise", type=float, default=None, help="std of the noise added to the LR sons (0-1 scale)")
+    parser.add_argument("--back-projection", type=int, default=None, metavar="N",
+                        help="back-projection iterations (default: the preset's)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                        help="bf16 = autocast + channels_last (only fast on GPUs and CPUs with AMX/AVX512-BF16)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--gt", default=None, help="ground-truth HR image: print the Y-PSNR of the result")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    if not any(a.dest == "threads" for a in parser._actions):
+        parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_zssr_cli(args: argparse.Namespace) -> int:
+    """Run ``metasr zssr`` with parsed ``args``; returns the exit code."""
+    from .imageio import read_image, write_image
+    from .metrics import psnr
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(int(args.threads))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    preset = args.preset or _default_preset(args.kernel)
+    overrides: dict[str, Any] = {"precision": args.precision, "seed": args.seed, "device": device}
+    if args.iters is not None:
+        overrides["max_iters"] = args.iters
+    if args.noise is not None:
+        overrides["noise_std"] = args.noise
+    if args.back_projection is not None:
+        overrides["back_projection_iters"] = args.back_projection
+    cfg = ZSSRConfig.preset(preset, **overrides)
+    lr_img = read_image(args.lr_image)
+    gt = read_image(args.gt) if args.gt else None
+    sr, info = ZSSR(cfg).run(lr_img, args.kernel, args.scale, progress=not args.quiet, return_info=True)
+    out = write_image(args.output, sr)
+    per_stage = ", ".join(f"x{s['scale'][0]:g}: {s['iterations']} it" for s in info.stages)
+    print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) with preset {preset!r} in {info.seconds:.1f} s "
+          f"({per_stage}; {info.iters_per_second:.2f} it/s)")
+    if gt is not None:
+        sr_cmp, gt_cmp = _match_gt(sr, gt)
+        border = int(math.ceil(max(_pair(args.scale))))
+        value = psnr(sr_cmp, gt_cmp, crop_border=border)
+        base = psnr(_match_gt(_bicubic_baseline(lr_img, args.scale, sr.shape[:2]), gt)[0], gt_cmp, crop_border=border)
+        print(f"PSNR vs GT (Y, shave {border}): ZSSR {value:.2f} dB, bicubic {base:.2f} dB")
+    return 0
+
+
+def _match_gt(sr: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop SR and GT to their common top-left extent (GT sizes often are not multiples of the scale)."""
+    if gt.ndim == 3 and gt.shape[2] == 4:
+        gt = gt[:, :, :3]
+    if sr.ndim != gt.ndim:
+        raise ValueError(f"SR is {sr.shape} but GT is {gt.shape}: give an RGB GT for an RGB image (or both gray)")
+    hh, ww = min(sr.shape[0], gt.shape[0]), min(sr.shape[1], gt.shape[1])
+    if abs(sr.shape[0] - gt.shape[0]) > 4 or abs(sr.shape[1] - gt.shape[1]) > 4:
+        raise ValueError(f"SR size {sr.shape[:2]} and GT size {gt.shape[:2]} differ by more than the scale allows")
+    return sr[:hh, :ww], gt[:hh, :ww]
+
+
+def _bicubic_baseline(lr_img: np.ndarray, scale: Any, out_hw: tuple[int, int]) -> np.ndarray:
+    """MATLAB-bicubic upsampling of ``lr_img`` to ``out_hw``, in the input's format."""
+    from .imageio import to_tensor
+
+    x, alpha, fmt = to_tensor(lr_img, channels=3)
+    up = imresize(x, _pair(scale), output_shape=out_hw).clamp(0, 1)
+    return fmt.restore(up, None if alpha is None else imresize(alpha, _pair(scale), output_shape=out_hw))
+
+
+def zssr_main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone ``metasr zssr`` (``python -m metasr_adapter.zssr LR.png -o SR.png``)."""
+    parser = add_zssr_arguments(argparse.ArgumentParser(prog="metasr zssr", description=__doc__.split("\n")[0]))
+    args = parser.parse_args(argv)
+    try:
+        return run_zssr_cli(args)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"metasr zssr: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(zssr_main())
