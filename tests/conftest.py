@@ -34,3 +34,14 @@ def photo() -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert img is not None, path
     return np.ascontiguousarray(img[:, :, ::-1])
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread: tiny tensors on a shared 2-core machine are much faster so."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

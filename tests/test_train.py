@@ -19,19 +19,12 @@ from metasr_adapter.pretrain import PairSampler, Pretrainer, staircase_lr
 from metasr_adapter.tasks import PatchPool
 from metasr_adapter.train import KILL_ENV, MetricsLog, TrainingInterrupted, run_training
 
-pytestmark = pytest.mark.filterwarnings("ignore:eval.gt_dir is not set")
+pytestmark = [pytest.mark.filterwarnings("ignore:eval.gt_dir is not set"), pytest.mark.usefixtures("one_torch_thread")]
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "mzsr_x2.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one torch thread is much faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _write(path: Path, img: np.ndarray) -> None:

@@ -22,13 +22,7 @@ from metasr_adapter.zssr import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CPU is shared: one torch thread keeps these small runs fast and predictable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _crop(photo: np.ndarray, size: int, top: int = 200, left: int = 200) -> np.ndarray:
