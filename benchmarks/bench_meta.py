@@ -19,8 +19,9 @@ alike, and prints the medians. The official TF code takes 16–21 s per second-o
 5, task-batch 4 on a 2-core CPU (SPEC §0/§4).
 
 The machine's load changes absolute times a lot; compare rows of one run (the ratio column), and watch the
-1-minute load average printed with the table. With other processes on the cores, ``--threads 1`` can be much
-faster than 2 OpenMP threads (their barriers wait for a core).
+1-minute load average printed with the table. When other processes share the cores, run with
+``OMP_WAIT_POLICY=PASSIVE`` (or ``--threads 1``): by default the OpenMP threads spin at every barrier
+waiting for a descheduled partner, which made 2 threads 2-3x slower than 1 thread on a loaded 2-core machine.
 """
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = photo_tasks(args.meta_batch, args.task_batch, args.size, args.seed)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, meta-batch {args.meta_batch}, "
           f"task-batch {args.task_batch}, {args.size}x{args.size}, {args.inner_steps} inner steps, "
-          f"{args.iters} timed iterations each; load before: {os.getloadavg()[0]:.2f}", flush=True)
+          f"{args.iters} timed iterations each; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+          f"load before: {os.getloadavg()[0]:.2f}", flush=True)
 
     # reference meta-gradient: fp32, second order, loop, NCHW
     ref_model = make_model(args.weights, args.seed)
