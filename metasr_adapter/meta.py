@@ -16,6 +16,12 @@ weighted query-loss gradients taken at the adapted weights (first-order MAML).
 Two interchangeable backends compute the same numbers: ``'functional'`` (built in, on
 :func:`torch.func.functional_call`; tasks one after another, or all at once with
 :func:`torch.func.vmap`) and ``'learn2learn'`` (``l2l.algorithms.MAML``, optional dependency).
+
+Speed on CPU (benchmarks/bench_meta.py): >90 % of a meta-iteration is oneDNN convolutions (forward,
+backward, and the double backward of second order), so the fastest exact path is the plain one:
+tasks in a loop, NCHW, fp32. vmap (grouped convolutions), channels_last and bf16 were all slower on
+a 2-core AVX2 CPU. When the cores are shared with other processes, set ``OMP_WAIT_POLICY=PASSIVE``
+in the environment (before Python starts): spinning OpenMP threads otherwise cost a factor 2-3.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ __all__ = [
     "LOSS_WEIGHTINGS",
     "BACKENDS",
     "PRECISIONS",
+    "ADAM_VARIANTS",
     "TASK_BATCHING",
     "LEARN2LEARN_HINT",
 ]
@@ -161,7 +168,10 @@ class MAMLConfig:
     * ``adapt_params``: fnmatch patterns on parameter names (``'conv8.*'``); only the matching
       parameters take inner steps. All trainable parameters get meta-gradients. None = all.
     * ``backend``: ``'functional'`` (built in) or ``'learn2learn'``.
-    * ``precision``: ``'fp32'`` or ``'bf16'`` (autocast; losses in fp32).
+    * ``precision``: ``'fp32'`` or ``'bf16'`` (autocast: the network in bf16, losses in fp32). Measured on
+      the 2-core AVX2 CPU here (no native bf16 instructions), bf16 made MZSR meta-iterations 14-40x
+      slower than fp32 (channels_last is the less slow bf16 layout) and moved the meta-gradient by ~19 %
+      (θ_T, photo tasks); it is for hardware with bf16 units (AVX512-BF16/AMX CPUs, GPUs).
     * ``task_batching``: ``'loop'`` (tasks one after another, backward per task: least memory) or
       ``'vmap'`` (all tasks at once with :func:`torch.func.vmap`; functional backend only).
     * ``channels_last``: NHWC (channels_last) memory layout for the images (loop batching). Measured on

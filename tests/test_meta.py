@@ -3,7 +3,6 @@ model, finite differences on a small nonlinear net, loss weights, per-step α, p
 clipping, resuming, and the backends against each other."""
 from __future__ import annotations
 
-import io
 import json
 import sys
 
@@ -481,7 +480,7 @@ def test_bf16_close_to_fp32():
     g32, _ = learner_grad(_same_init(lambda: TinyConvNet(width=16), 10), batch, inner_steps=2)
     g16, info = learner_grad(_same_init(lambda: TinyConvNet(width=16), 10), batch, inner_steps=2, precision="bf16")
     err = rel(g16.numpy(), g32.numpy())
-    assert 1e-5 < err < 0.15, err  # it did run in bf16, and stays close
+    assert 1e-5 < err < 0.05, err  # it did run in bf16 (~0.5 % here), and stays close
     assert all(np.isfinite(info["query_losses"]))
 
 
