@@ -12,6 +12,10 @@ Examples::
     python benchmarks/bench_zssr.py ideal --sets set5 --json runs/zssr_bench/set5.json
     # the official examples (random kernel with its kernel; bicubic LR with GT)
     python benchmarks/bench_zssr.py examples --json runs/zssr_bench/examples.json
+    # Set14 on two cores: two one-thread shards side by side, then one result file
+    python benchmarks/bench_zssr.py ideal --sets set14 --names barbara monarch ... --json a.json &
+    python benchmarks/bench_zssr.py ideal --sets set14 --names ppt3 lenna ... --json b.json
+    python benchmarks/bench_zssr.py merge a.json b.json --json set14.json
 """
 from __future__ import annotations
 
@@ -140,6 +144,34 @@ def _finish_set(res: dict[str, Any]) -> None:
     res["mean_iterations"] = float(np.mean([r["iterations"] for r in rows]))
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Combine the result files of several ``ideal`` shards into one (rows by set, means recomputed)."""
+    parts = [json.loads(Path(f).read_text()) for f in args.parts]
+    merged: dict[str, Any] = {k: parts[0][k] for k in ("setting", "preset", "config")}
+    merged["environment"] = [p["environment"] for p in parts]
+    merged["sets"] = {}
+    for part in parts:
+        if part["config"] != merged["config"]:
+            raise SystemExit(f"shards ran with different ZSSR configs: {part['config']} vs {merged['config']}")
+        for name, res in part["sets"].items():
+            out = merged["sets"].setdefault(name, {"rows": [], "paper_psnr": res["paper_psnr"],
+                                                   "images_total": res["images_total"]})
+            seen = {r["image"] for r in out["rows"]}
+            dup = seen & {r["image"] for r in res["rows"]}
+            if dup:
+                raise SystemExit(f"{name}: images {sorted(dup)} appear in more than one shard")
+            out["rows"].extend(res["rows"])
+    for name, res in merged["sets"].items():
+        res["rows"].sort(key=lambda r: r["image"])
+        _finish_set(res)
+        res["complete"] = len(res["rows"]) == res["images_total"]
+        print(f"{name}: {len(res['rows'])}/{res['images_total']} images, mean ZSSR {res['mean_psnr']:.2f} dB, "
+              f"bicubic {res['mean_bicubic_psnr']:.2f} dB, paper {res['paper_psnr']:.2f} dB, "
+              f"{res['mean_wall_seconds']:.0f} s/image")
+    _write(args.json, merged)
+    return 0
+
+
 def cmd_examples(args: argparse.Namespace) -> int:
     from metasr_adapter.imageio import read_image
     from metasr_adapter.metrics import psnr
@@ -245,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--only", nargs="+", default=None, choices=["kernel_example", "example_with_gt"])
     q.add_argument("--save-dir", default=None)
     q.set_defaults(func=cmd_examples)
+
+    q = sub.add_parser("merge", help="combine the JSON files of several 'ideal' shards (e.g. run with --names)")
+    q.add_argument("parts", nargs="+", help="result files written by 'ideal --json'")
+    q.add_argument("--json", default=None, help="write the merged results here")
+    q.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    q.set_defaults(func=cmd_merge)
 
     q = sub.add_parser("speed", help="iterations per second on one Set5 image, fp32 and bf16")
     common(q)

@@ -76,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-border", type=int, default=None, help="pixels shaved before scoring (default: the scale)")
     p.add_argument("--bicubic", action="store_true", help="also score plain bicubic upsampling")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--zssr-preset", default=None, help="ZSSR preset for --method zssr")
+    p.add_argument("--zssr-preset", default=None,
+                   help="ZSSR preset for --method zssr (default: kernel when --kernel is a blur kernel, else ideal_x2)")
+    p.add_argument("--zssr-kernel-shift", action="store_true",
+                   help="centre the kernel as the official ZSSR does (for LR images made by ZSSR's own imresize; "
+                        "off for LR made by this package or MZSR's test sets)")
     p.add_argument("--zssr-iters", type=int, default=None, help="ZSSR iteration cap for --method zssr")
     p.add_argument("--json", default=None, help="write the full report as JSON")
     p.add_argument("--save-dir", default=None, help="write the SR images here")
@@ -163,10 +167,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         _setup(args)
         msr, scale = None, args.scale
-        zcfg = ZSSRConfig.preset(args.zssr_preset) if args.zssr_preset else ZSSRConfig()
+        from .kernels import resolve_kernel
+        from .zssr import default_preset
+
+        preset = args.zssr_preset or default_preset(resolve_kernel(args.kernel, args.ds_method))
+        zcfg = ZSSRConfig.preset(preset, kernel_shift=args.zssr_kernel_shift, precision=args.precision)
         if args.zssr_iters is not None:
             zcfg.max_iters = args.zssr_iters
-        zcfg.precision = args.precision
     report = evaluate_folder(
         msr, args.gt_dir, lr_dir=args.lr_dir, kernel=args.kernel, steps=args.steps, schedule=None,
         ds_method=args.ds_method, crop_border=args.crop_border, include_bicubic=args.bicubic,

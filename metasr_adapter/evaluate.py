@@ -125,7 +125,9 @@ def evaluate_folder(
 
     ``method='metasr'`` adapts ``metasr`` (a :class:`~metasr_adapter.MetaSR`) once per image and
     scores the SR after each count in ``steps``; ``method='zssr'`` runs ZSSR per image
-    (``metasr`` may be None, give ``scale``). Without ``lr_dir`` the LR images are synthesised
+    (``metasr`` may be None, give ``scale``) with ``zssr_config``; None = the 'kernel' preset for a blur
+    kernel, else 'ideal_x2', both with ``kernel_shift=False`` (the LR images made by
+    :func:`~metasr_adapter.degrade.degrade` need no centring). Without ``lr_dir`` the LR images are synthesised
     from the GT with ``kernel``. PSNR/SSIM on Y, shaving ``crop_border`` (default: the scale).
     """
     if method not in ("metasr", "zssr"):
@@ -144,6 +146,13 @@ def evaluate_folder(
     if method == "metasr" and (not steps or steps[0] < 0):
         raise ValueError(f"steps={steps} must be non-negative step counts, e.g. 0,1,10")
     columns: list[Column] = (["bicubic"] if include_bicubic else []) + (steps if method == "metasr" else ["zssr"])
+    zcfg = zssr_config
+    if method == "zssr" and zcfg is None:
+        from .zssr import ZSSRConfig, default_preset
+
+        # LR images made by this package's degrade (synthesised here, or MZSR's test sets) are
+        # aligned with the kernel as given, so ZSSR's kernel centring stays off
+        zcfg = ZSSRConfig.preset(default_preset(spec), kernel_shift=False)
     rows: list[ImageResult] = []
     bar = tqdm(range(len(gts)), desc=f"eval {method}", unit="img", disable=not progress)
     for i in bar:
@@ -172,7 +181,7 @@ def evaluate_folder(
         else:
             from .zssr import zssr_super_resolve
 
-            sr = zssr_super_resolve(lr_img, spec, s, zssr_config)
+            sr = zssr_super_resolve(lr_img, spec, s, zcfg)
             row.psnr["zssr"], row.ssim["zssr"] = _score(sr, gt, crop)
             if save_dir is not None:
                 write_image(Path(save_dir) / "zssr" / f"{gt_path.stem}.png", sr)
@@ -186,4 +195,6 @@ def evaluate_folder(
         "scale": s, "crop_border": crop, "steps": steps if method == "metasr" else None,
         "back_projection": back_projection, "self_ensemble": self_ensemble,
     }
+    if method == "zssr":
+        settings["zssr_config"] = zcfg.to_dict()
     return EvalReport(rows, columns, settings)

@@ -697,7 +697,8 @@ class ZSSR:
 # ----------------------------------------------------------------------------------------------
 # functional entry points (evaluation, CLI)
 # ----------------------------------------------------------------------------------------------
-def _default_preset(kernel: Any) -> str:
+def default_preset(kernel: Any) -> str:
+    """The preset ZSSR uses for ``kernel``: 'kernel' for a blur kernel, 'ideal_x2' for None/bicubic."""
     if kernel is None:
         return "ideal_x2"
     if isinstance(kernel, str) and kernel.strip().lower() in ("bicubic", "cubic"):
@@ -720,7 +721,7 @@ def zssr_super_resolve(
     ``config=None`` picks the 'kernel' preset when a blur kernel is given, else 'ideal_x2'.
     """
     if config is None:
-        config = ZSSRConfig.preset(_default_preset(kernel))
+        config = ZSSRConfig.preset(default_preset(kernel))
     return ZSSR(config, model).run(lr_img, kernel, scale, progress=progress)
 
 
@@ -758,7 +759,7 @@ def run_zssr_cli(args: argparse.Namespace) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(int(args.threads))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    preset = args.preset or _default_preset(args.kernel)
+    preset = args.preset or default_preset(args.kernel)
     overrides: dict[str, Any] = {"precision": args.precision, "seed": args.seed, "device": device}
     if args.iters is not None:
         overrides["max_iters"] = args.iters

@@ -129,3 +129,24 @@ def test_cli_eval_reproduces_spec_section_0(tmp_path, capsys):
     per_image = {"baby": 32.3703, "bird": 30.7254, "butterfly": 23.2282, "head": 32.2037, "woman": 27.2848}
     for img in r["images"]:
         assert img["psnr"]["10"] == pytest.approx(per_image[img["name"]], abs=0.002)
+
+
+def test_eval_zssr_picks_the_kernel_preset_without_centring(tmp_path, folders, capsys):
+    # a blur kernel selects ZSSR's 'kernel' preset; LR synthesised by degrade() needs no kernel centring
+    out = tmp_path / "zssr.json"
+    rc = main(["eval", "--method", "zssr", "--gt-dir", str(folders), "--kernel", "gd2.0", "--zssr-iters", "2",
+               "--bicubic", "--json", str(out), "--threads", "1"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    cfg = report["settings"]["zssr_config"]
+    assert cfg["max_iters"] == 2 and cfg["kernel_shift"] is False
+    assert cfg["self_ensemble"] is False and cfg["back_projection_iters"] == 2  # the 'kernel' preset
+    assert len(report["images"]) == 2
+    assert all(np.isfinite(img["psnr"]["zssr"]) for img in report["images"])
+    assert "zssr" in capsys.readouterr().out
+    # bicubic LR and an explicit preset / centring are honoured
+    rc = main(["eval", "--method", "zssr", "--gt-dir", str(folders), "--kernel", "bicubic", "--zssr-preset", "fast",
+               "--zssr-iters", "1", "--zssr-kernel-shift", "--limit", "1", "--json", str(out), "--threads", "1"])
+    assert rc == 0
+    cfg = json.loads(out.read_text())["settings"]["zssr_config"]
+    assert cfg["kernel_shift"] is True and cfg["crop_size"] == 48 and cfg["max_iters"] == 1
