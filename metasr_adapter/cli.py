@@ -19,11 +19,43 @@ def _steps_list(text: str) -> list[int]:
     return steps
 
 
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}; e.g. '{{\"num_block\": 16}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_block\": 16}}'; got {text!r}")
+    return value
+
+
+def _arch_defaults(arch: str, scale: float) -> dict:
+    """``{'scale': N}`` for architectures built for one SR factor (RCAN, IDN), else nothing."""
+    import inspect
+
+    from .adapters import get_model_factory
+
+    try:
+        params = inspect.signature(get_model_factory(arch)).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "scale" not in params:
+        return {}
+    if float(scale) != int(scale):
+        raise ValueError(f"--scale {scale:g}: the {arch} network upsamples by an integer factor; use 2, 3 or 4")
+    return {"scale": int(scale)}
+
+
 def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--weights", required=weights_required, default=None,
                    help="weights: a TensorFlow checkpoint prefix, .pth/.pt or .npz"
                         + ("" if weights_required else " (default: the project's bundled weights)"))
-    p.add_argument("--arch", default="mzsr", help="network architecture name (see metasr_adapter.list_models())")
+    p.add_argument("--arch", default="mzsr", help="network architecture: mzsr, rcan, idn... (metasr_adapter.list_models())")
+    p.add_argument("--arch-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help='constructor arguments of the architecture, e.g. \'{"num_block": 16}\' for a BasicSR RCAN '
+                        "(default: those saved with the weights; the SR factor comes from --scale)")
     p.add_argument("--param-key", default="auto", help="key inside .pth files: params, params_ema or auto")
     p.add_argument("--scale", type=float, default=2.0, help="SR factor (default 2)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -131,7 +163,8 @@ def _load_metasr(args: argparse.Namespace):
     from .pretrained import load_model
 
     device = _setup(args)
-    model = load_model(args.arch, args.weights, param_key=args.param_key).to(device)
+    model = load_model(args.arch, args.weights, param_key=args.param_key,
+                       arch_defaults=_arch_defaults(args.arch, args.scale), **(args.arch_kwargs or {})).to(device)
     schedule = args.lr if getattr(args, "lr", None) is not None else args.schedule
     return MetaSR(model, args.scale, schedule=schedule, precision=args.precision, device=device)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -71,21 +71,22 @@ def load_model(
     *,
     param_key: str = "auto",
     strict: bool = True,
+    arch_defaults: Mapping[str, Any] | None = None,
     **arch_kwargs: Any,
 ) -> nn.Module:
     """Build ``arch`` and load ``weights`` (a path, a bundled weights name, or None for the default).
 
-    ``.pth`` files saved with ``arch_kwargs`` metadata (``save_weights(model, path,
-    arch_kwargs={...})``) rebuild the network they were saved from. With no weights given and
-    none bundled for ``arch``, the network keeps its random initialisation and a warning says so.
+    The network's constructor arguments are, by priority: ``arch_kwargs``; the ``arch_kwargs``
+    metadata of ``.pth`` files written by ``save_weights(model, path, arch_kwargs={...})``;
+    ``arch_defaults`` (e.g. ``{'scale': 4}`` from a command line). With no weights given and none
+    bundled for ``arch``, the network keeps its random initialisation and a warning says so.
     """
     from .weights import load_weights, read_metadata
 
     if isinstance(weights, str) and weights in BUNDLED_WEIGHTS:
         weights = BUNDLED_WEIGHTS[weights].path
-    if weights is not None and not arch_kwargs:
-        # files written by save_weights(..., arch_kwargs={...}) say how to build their network
-        arch_kwargs = dict(read_metadata(weights).get("arch_kwargs") or {})
+    saved = dict(read_metadata(weights).get("arch_kwargs") or {}) if weights is not None else {}
+    arch_kwargs = {**dict(arch_defaults or {}), **saved, **arch_kwargs}
     model = get_model(arch, **arch_kwargs)
     if weights is None:
         info = default_weights(arch)

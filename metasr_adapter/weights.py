@@ -152,7 +152,8 @@ def load_weights(model: nn.Module, path: PathLike | Mapping[str, torch.Tensor], 
                  strict: bool = True) -> nn.Module:
     """Load weights (a path in any accepted form, or a state dict) into ``model``; returns ``model``.
 
-    ``strict=True`` raises :class:`WeightsMismatchError` listing missing keys, unexpected keys and
+    A model with a ``convert_state_dict(state)`` method gets the chance to rename foreign key layouts
+    first. ``strict=True`` raises :class:`WeightsMismatchError` listing missing keys, unexpected keys and
     shape mismatches; ``strict=False`` loads the keys whose shapes match and warns about the rest.
     """
     if isinstance(path, Mapping):
@@ -160,6 +161,10 @@ def load_weights(model: nn.Module, path: PathLike | Mapping[str, torch.Tensor], 
     else:
         state, source = read_weights(path, param_key=param_key), os.fspath(path)
     own = model.state_dict()
+    convert = getattr(model, "convert_state_dict", None)
+    if callable(convert) and any(k not in own for k in state):
+        # the architecture knows other layouts of its weights (e.g. RCAN's authors' key names)
+        state = dict(convert(state))
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [(k, tuple(own[k].shape), tuple(state[k].shape)) for k in own

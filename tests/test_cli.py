@@ -150,3 +150,26 @@ def test_eval_zssr_picks_the_kernel_preset_without_centring(tmp_path, folders, c
     assert rc == 0
     cfg = json.loads(out.read_text())["settings"]["zssr_config"]
     assert cfg["kernel_shift"] is True and cfg["crop_size"] == 48 and cfg["max_iters"] == 1
+
+
+def test_adapt_wraps_a_basicsr_rcan_checkpoint(tmp_path, photo, capsys):
+    from metasr_adapter.adapters.rcan import RCAN
+
+    torch.manual_seed(0)
+    net = RCAN(scale=2, num_feat=16, num_group=1, num_block=2, squeeze_factor=4)
+    ckpt = tmp_path / "RCAN_x2_basicsr.pth"
+    torch.save({"params_ema": net.state_dict()}, ckpt)  # a BasicSR-style file: no metadata
+    write_image(tmp_path / "lr.png", photo[:30, :40])
+    args = ["adapt", str(tmp_path / "lr.png"), "--arch", "rcan", "--weights", str(ckpt), "--param-key",
+            "params_ema", "--kernel", "bicubic", "--steps", "1", "-o", str(tmp_path / "sr.png")]
+    # without the architecture's settings the default (paper-size) RCAN does not fit: one clear line
+    assert main(args) == 2
+    assert "do not fit RCAN" in capsys.readouterr().err
+    kw = '{"num_feat": 16, "num_group": 1, "num_block": 2, "squeeze_factor": 4}'
+    assert main(args + ["--arch-kwargs", kw]) == 0
+    assert read_image(tmp_path / "sr.png").shape == (60, 80, 3)
+    assert main(args + ["--arch-kwargs", kw, "--scale", "2.5"]) == 2
+    assert "integer factor" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args + ["--arch-kwargs", "{num_feat: 16}"])
+    assert "not valid JSON" in capsys.readouterr().err

@@ -10,11 +10,13 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["register_model", "get_model", "list_models"]
+__all__ = ["register_model", "get_model", "get_model_factory", "list_models"]
 
 # name -> "module:attribute" (imported on first use) or a factory callable
 _REGISTRY: dict[str, str | Callable[..., nn.Module]] = {
     "mzsr": "metasr_adapter.adapters.mzsr:MZSRNet",
+    "rcan": "metasr_adapter.adapters.rcan:RCAN",
+    "idn": "metasr_adapter.adapters.idn:IDN",
 }
 
 
@@ -31,8 +33,8 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered architecture by name (weights are loaded separately)."""
+def get_model_factory(name: str) -> Callable[..., nn.Module]:
+    """The class or callable registered under ``name`` (imported now if it was registered lazily)."""
     key = name.lower()
     if key not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -40,4 +42,9 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     if isinstance(factory, str):
         module_name, _, attr = factory.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
-    return factory(**kwargs)
+    return factory
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered architecture by name (weights are loaded separately)."""
+    return get_model_factory(name)(**kwargs)
