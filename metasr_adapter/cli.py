@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
 __all__ = ["main", "build_parser"]
@@ -73,6 +72,8 @@ def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", default="mzsr_direct",
                    help="adaptation LR schedule: mzsr_direct, mzsr_bicubic, mzsr_multiscale, mzsr_x4")
     g.add_argument("--lr", type=float, default=None, help="constant adaptation learning rate instead of a schedule")
+    p.add_argument("--loss", choices=["l1", "l2"], default="l1",
+                   help="self-supervised adaptation loss: l1 (MZSR, the default) or l2 (MLSR)")
     p.add_argument("--back-projection", type=int, default=0, metavar="N", help="back-projection iterations (0 = off)")
     p.add_argument("--self-ensemble", action="store_true", help="median over the 8 flips/rotations")
 
@@ -119,28 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("zssr", help="zero-shot SR: train an image-specific network on the LR image itself")
-    try:
-        from .zssr import add_zssr_arguments, run_zssr_cli
-    except ImportError as exc:  # pragma: no cover - only while the module is missing
-        p.set_defaults(func=lambda a: _missing("zssr", exc))
-    else:
-        add_zssr_arguments(p)
-        p.set_defaults(func=run_zssr_cli)
+    from .zssr import add_zssr_arguments, run_zssr_cli
+
+    add_zssr_arguments(p)
+    p.set_defaults(func=run_zssr_cli)
 
     p = sub.add_parser("train", help="pretrain -> meta-train -> evaluate, driven by a recipe YAML")
-    try:
-        from .train import add_train_arguments, run_train_cli
-    except ImportError as exc:  # pragma: no cover
-        p.set_defaults(func=lambda a: _missing("train", exc))
-    else:
-        add_train_arguments(p)
-        p.set_defaults(func=run_train_cli)
+    from .train import add_train_arguments, run_train_cli
+
+    add_train_arguments(p)
+    p.set_defaults(func=run_train_cli)
     return parser
-
-
-def _missing(name: str, exc: Exception) -> int:
-    print(f"metasr {name}: unavailable ({exc})", file=sys.stderr)
-    return 2
 
 
 def _version() -> str:
@@ -166,7 +156,8 @@ def _load_metasr(args: argparse.Namespace):
     model = load_model(args.arch, args.weights, param_key=args.param_key,
                        arch_defaults=_arch_defaults(args.arch, args.scale), **(args.arch_kwargs or {})).to(device)
     schedule = args.lr if getattr(args, "lr", None) is not None else args.schedule
-    return MetaSR(model, args.scale, schedule=schedule, precision=args.precision, device=device)
+    return MetaSR(model, args.scale, schedule=schedule, precision=args.precision, device=device,
+                  loss=getattr(args, "loss", "l1"))
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:

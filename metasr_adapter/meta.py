@@ -48,6 +48,9 @@ __all__ = [
     "select_parameters",
     "TFAdam",
     "l1_loss",
+    "l2_loss",
+    "LOSSES",
+    "get_loss",
     "LOSS_WEIGHTINGS",
     "BACKENDS",
     "PRECISIONS",
@@ -76,6 +79,25 @@ LEARN2LEARN_HINT = (
 def l1_loss(output: Tensor, target: Tensor) -> Tensor:
     """Mean absolute error over all elements (TF ``absolute_difference``, SPEC §4)."""
     return F.l1_loss(output, target, reduction="mean")
+
+
+def l2_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over all elements (MLSR's loss)."""
+    return F.mse_loss(output, target, reduction="mean")
+
+
+#: losses by name, for recipes and ``MetaSR(loss=...)``: 'l1' (MZSR, ZSSR) and 'l2' (MLSR)
+LOSSES: dict[str, LossFn] = {"l1": l1_loss, "l2": l2_loss}
+
+
+def get_loss(loss: str | LossFn) -> LossFn:
+    """A loss function from its name in :data:`LOSSES`, or a callable ``loss(output, target)`` as is."""
+    if callable(loss):
+        return loss
+    key = str(loss).strip().lower()
+    if key not in LOSSES:
+        raise ValueError(f"loss={loss!r}; use one of {sorted(LOSSES)} or a callable loss(output, target)")
+    return LOSSES[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,13 +594,13 @@ class MetaLearner:
     on ``learner.optimizer``).
     """
 
-    def __init__(self, model: nn.Module, config: MAMLConfig | None = None, *, loss_fn: LossFn = l1_loss) -> None:
+    def __init__(self, model: nn.Module, config: MAMLConfig | None = None, *, loss_fn: str | LossFn = l1_loss) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
         self.model = model
         self.config = config if config is not None else MAMLConfig()
         self.config.validate()
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn = get_loss(loss_fn)
         self.adapt_names = select_parameters(model, self.config.adapt_params)
         self.params = [p for p in model.parameters() if p.requires_grad]
         adam = TFAdam if self.config.adam_variant == "tf" else torch.optim.Adam

@@ -16,7 +16,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -149,7 +148,7 @@ class Adaptation:
             mode = int(torch.randint(0, 8, (1,), generator=self.generator))
             inp, target = dihedral(inp, mode), dihedral(target, mode)
         out = self.owner._run(self.params, inp, tuple(target.shape[-2:]))
-        loss = F.l1_loss(out, target)
+        loss = self.owner.loss_fn(out, target)
         names = list(self.params)
         grads = torch.autograd.grad(loss, [self.params[n] for n in names])
         return float(loss.detach()), dict(zip(names, grads))
@@ -217,6 +216,8 @@ class MetaSR:
         precision: ``"fp32"`` (exact) or ``"bf16"`` (autocast + channels_last; fast on GPUs
             and CPUs with AMX/AVX512-BF16).
         device: where adaptation runs; defaults to the model's device.
+        loss: the self-supervised loss between ``f(son)`` and the LR image: ``'l1'`` (MZSR, ZSSR;
+            the default), ``'l2'`` (MLSR) or a callable ``loss(output, target)``.
     """
 
     def __init__(
@@ -228,9 +229,13 @@ class MetaSR:
         schedule: str | float | Schedule = "mzsr_direct",
         precision: str = "fp32",
         device: str | torch.device | None = None,
+        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "l1",
     ) -> None:
+        from .meta import get_loss
+
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.loss_fn = get_loss(loss)
         if not (isinstance(scale, (int, float)) and scale > 1):
             raise ValueError(f"scale={scale!r}: MetaSR needs an upscaling factor > 1, e.g. 2 or 4")
         if precision not in PRECISIONS:

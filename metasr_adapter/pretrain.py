@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .degrade import imresize
 from .tasks import PatchPool, _to_tensor, iteration_rng
@@ -80,8 +79,9 @@ class PairSampler:
 
 
 class Pretrainer:
-    """One pretraining step: mean L1 between ``model(x)`` and ``y``, Adam(β=(0.9, 0.999), ε=1e-8)
-    with the staircase rate of SPEC §8 set before every step."""
+    """One pretraining step: mean L1 (SPEC §8; ``loss='l2'`` for MLSR's networks) between
+    ``model(x)`` and ``y``, Adam(β=(0.9, 0.999), ε=1e-8) with the staircase rate of SPEC §8 set
+    before every step."""
 
     def __init__(
         self,
@@ -91,8 +91,12 @@ class Pretrainer:
         decay_every: int = 100000,
         decay_factor: float = 0.5,
         lr_min: float = 1e-4,
+        loss: str = "l1",
     ) -> None:
+        from .meta import get_loss
+
         self.model = model
+        self.loss_fn = get_loss(loss)
         self.base_lr, self.decay_every, self.decay_factor, self.lr_min = lr, decay_every, decay_factor, lr_min
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
@@ -108,7 +112,7 @@ class Pretrainer:
         x, y = batch["x"].to(device), batch["y"].to(device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.l1_loss(self.model(x), y)
+        loss = self.loss_fn(self.model(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower pretrain.lr")
         loss.backward()

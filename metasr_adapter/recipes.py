@@ -62,7 +62,10 @@ SCHEMA: dict[str, Any] = {
         "name": Key("mzsr", (str,), "registered architecture (metasr_adapter.get_model)"),
         "width": Key(64, (int,), "feature channels (SPEC §1: 64)"),
         "depth": Key(8, (int,), "number of conv layers (SPEC §1: 8)"),
-        "scale": Key(2, (int,), "super-resolution factor evaluated and meta-trained for"),
+        "scale": Key(2, (int,), "super-resolution factor evaluated and meta-trained for (also given to "
+                     "architectures built for one factor, e.g. rcan, idn)"),
+        "arch_kwargs": Key({}, (dict,), "further constructor arguments of the architecture (e.g. {num_block: 16} "
+                           "for a BasicSR RCAN); mzsr takes width/depth from the keys above"),
         "weights": Key(
             None, (str,), "starting weights (e.g. the official θ_T); null = large-scale pretraining (SPEC §8)",
             nullable=True, path=True,
@@ -75,6 +78,12 @@ SCHEMA: dict[str, Any] = {
         "stride": Key(120, (int,), "patch extraction stride (SPEC §3a: 120)"),
         "grad_threshold": Key(-6.0, _NUM, "gradient-energy filter: keep log(mean energy + 1e-10) >= this (SPEC §3a)"),
         "augment": Key(True, (bool,), "8 dihedral augmentations of every patch (SPEC §3a)"),
+        "tasks": Key("mzsr", (str,), "task construction: 'mzsr' = support and query are different (LR, HR) "
+                     "patch pairs of one kernel (SPEC §3b); 'mlsr' = support (LR↓ → LR) and query (LR → HR) of "
+                     "the same patch (MLSR, Park et al. 2020, Algorithm 1)", choices=("mzsr", "mlsr")),
+        "kernel": Key("random", (str,), "degradation of the tasks: 'random' = one random Gaussian kernel per task "
+                      "(SPEC §3c) then ds_method; 'bicubic' = MATLAB bicubic (MLSR's main setting; tasks=mlsr "
+                      "only)", choices=("random", "bicubic")),
         "scales": Key([2.0], (list,), "SCALE_LIST: one scale drawn per task (SPEC §3b)", list_of=float),
         "kernel_size": Key(15, (int,), "random kernel size (SPEC §3c: 15 at every scale)"),
         "kernel_k1_factor": Key(2.5, _NUM, "k1 = factor * scale: the largest variance (SPEC §3b/§3c: 2.5)"),
@@ -96,6 +105,7 @@ SCHEMA: dict[str, Any] = {
         "lr_decay_every": Key(100000, (int,), "staircase period (SPEC §8: 100,000)"),
         "lr_decay_factor": Key(0.5, _NUM, "staircase factor (SPEC §8: 0.5)"),
         "lr_min": Key(1e-4, _NUM, "learning-rate floor (SPEC §8: 1e-4)"),
+        "loss": Key("l1", (str,), "pretraining loss (SPEC §8: 'l1'; MLSR: 'l2')", choices=("l1", "l2")),
     },
     "meta": {
         "iterations": Key(60000, (int,), "meta-training iterations (SPEC §4: Directx2 60,000)"),
@@ -108,6 +118,8 @@ SCHEMA: dict[str, Any] = {
         "second_order_from": Key(0, (int,), "first-order before this step, second order from it (SPEC §4: 0)"),
         "loss_weighting": Key("mzsr", (str,), "query-loss weights (SPEC §4: 'mzsr' = uniform 0.2)",
                               choices=("mzsr", "maml++", "last")),
+        "loss": Key("l1", (str,), "loss of the inner steps, the meta-objective and test-time adaptation "
+                    "(SPEC §4: 'l1'; MLSR: 'l2')", choices=("l1", "l2")),
         "grad_clip": Key(None, _NUM, "meta-gradient norm clip (SPEC §4: none)", nullable=True),
         "adapt_params": Key(None, (list,), "fnmatch patterns of adapted parameters (null = all)",
                             nullable=True, list_of=str),
@@ -125,7 +137,8 @@ SCHEMA: dict[str, Any] = {
                       path=True),
         "ds_method": Key(None, (str,), "subsampling of the LR son (null = the kernel's own)", nullable=True,
                          choices=("direct", "bicubic")),
-        "schedule": Key("mzsr_direct", (str,), "meta-test learning-rate schedule (SPEC §5)"),
+        "schedule": Key("mzsr_direct", (str, float, int), "meta-test learning-rate schedule: a preset name "
+                        "(SPEC §5) or a constant learning rate"),
         "max_steps": Key(10, (int,), "PSNR is measured after 0..max_steps adaptation steps (paper Fig. 3)"),
         "limit": Key(None, (int,), "evaluate only the first N images", nullable=True),
         "evaluate_start": Key(True, (bool,), "also evaluate the starting weights (the plot's reference curve)"),
@@ -265,7 +278,19 @@ def validate_recipe(
             if sub is None:
                 sub = {}
             out[name] = validate_recipe(sub, base_dir=base, schema=spec, _prefix=dotted + ".")
+    if not _prefix and schema is SCHEMA:
+        _check_combinations(out)
     return out
+
+
+def _check_combinations(r: Mapping[str, Any]) -> None:
+    """Settings that are valid alone but not together."""
+    d = r["data"]
+    if d["tasks"] == "mzsr" and d["kernel"] == "bicubic":
+        raise ValueError("data.kernel='bicubic' needs data.tasks='mlsr': MZSR tasks are built from random kernels "
+                         "(SPEC §3b); set data.tasks=mlsr or data.kernel=random")
+    if d["tasks"] == "mlsr" and len(d["scales"]) != 1:
+        raise ValueError(f"data.tasks='mlsr' uses one scale; data.scales={d['scales']}. Give one, e.g. [2.0]")
 
 
 def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
@@ -383,11 +408,22 @@ def recipe_hash(recipe: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUDE
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _schema_default(dotted: str) -> Any:
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return "<missing>"
+        node = node[part]
+    return node.default if isinstance(node, Key) else "<missing>"
+
+
 def recipe_diff(a: Mapping[str, Any], b: Mapping[str, Any], exclude: Iterable[str] = HASH_EXCLUDE) -> list[str]:
-    """Dotted keys whose values differ between two recipes (ignoring ``exclude``)."""
+    """Dotted keys whose values differ between two recipes (ignoring ``exclude``). A key one recipe
+    lacks (written before the key existed) counts as its schema default."""
     fa, fb = _flatten(a), _flatten(b)
     keys = sorted(set(fa) | set(fb))
-    return [k for k in keys if not _excluded(k, exclude) and fa.get(k, "<missing>") != fb.get(k, "<missing>")]
+    return [k for k in keys if not _excluded(k, exclude)
+            and fa.get(k, _schema_default(k)) != fb.get(k, _schema_default(k))]
 
 
 def dump_recipe(recipe: Mapping[str, Any]) -> str:

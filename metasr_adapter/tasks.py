@@ -8,6 +8,8 @@
 * :class:`TaskSampler` — one meta-batch (SPEC §3b) as a pure function of ``(seed, iteration)``:
   a resumed run regenerates exactly the batches an uninterrupted run would have seen, whichever
   process (or DataLoader worker) makes them.
+* :class:`MLSRTaskSampler` — MLSR's tasks (Park et al., ECCV 2020): each task is one HR patch;
+  support = (LR↓ → LR), the LR and its own downscaled son, and query = (LR → HR).
 * :func:`task_loader` — a ``DataLoader`` that makes the batches of iterations ``start..stop-1``
   in worker processes, so task generation overlaps training.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "find_images",
     "PatchPool",
     "TaskSampler",
+    "MLSRTaskSampler",
     "TaskDataset",
     "task_loader",
     "iteration_rng",
@@ -406,6 +409,115 @@ class TaskSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to regenerate the batch stream (it is a function of seed and step)."""
+        return {"seed": self.seed, "pool": self.pool.fingerprint(), "meta_batch": self.meta_batch,
+                "task_batch": self.task_batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        if state.get("pool") not in (None, self.pool.fingerprint()):
+            warnings.warn("the training images changed since the checkpoint was written; resumed batches will "
+                          "differ from the original run's", UserWarning, stacklevel=2)
+
+
+class MLSRTaskSampler:
+    """MLSR meta-batches (Park et al., ECCV 2020, Algorithm 1) from a :class:`PatchPool`.
+
+    A task is ``task_batch`` HR patches (MLSR: one 512x512 patch, a mini-batch of 16 tasks). Its LR
+    is the HR degraded by the task's kernel; its son ``LR↓`` is the LR degraded again by the same
+    kernel. The inner steps learn ``LR↓ → LR`` (support, what test-time adaptation can see) and
+    the meta-loss scores ``LR → HR`` (query). ``kernel='bicubic'`` is MLSR's main setting (MATLAB
+    bicubic both times); ``'random'`` draws one random Gaussian kernel per task (SPEC §3c sampler,
+    ``k1 = k1_factor·scale``) followed by ``ds_method`` subsampling, for the paper's non-bicubic
+    experiments. The patch size must be divisible by ``scale²``.
+
+    Like :class:`TaskSampler`, batch ``iteration`` is a pure function of ``(seed, iteration)``.
+    """
+
+    KERNELS = ("bicubic", "random")
+
+    def __init__(
+        self,
+        pool: PatchPool,
+        *,
+        meta_batch: int = 16,
+        task_batch: int = 1,
+        scale: float = 2.0,
+        kernel: str = "bicubic",
+        kernel_size: int = 15,
+        k1_factor: float = 2.5,
+        ds_method: str = "direct",
+        upsample_input: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not isinstance(pool, PatchPool):
+            raise TypeError(f"pool must be a PatchPool; got {type(pool).__name__}")
+        if meta_batch < 1 or task_batch < 1:
+            raise ValueError(f"meta_batch={meta_batch}, task_batch={task_batch}: both must be >= 1")
+        if kernel not in self.KERNELS:
+            raise ValueError(f"kernel={kernel!r}; choose one of {self.KERNELS}")
+        if ds_method not in DS_METHODS:
+            raise ValueError(f"ds_method must be one of {DS_METHODS}; got {ds_method!r}")
+        s = float(scale)
+        if s != int(s) or s < 2:
+            raise ValueError(f"scale={scale!r}: MLSR tasks need an integer factor >= 2")
+        ps = pool.patch_size
+        if ps % int(s) ** 2:
+            raise ValueError(f"patch_size={ps} is not divisible by scale² = {int(s) ** 2}: the son of the LR "
+                             f"would not be a whole image; use e.g. patch_size={ps - ps % int(s) ** 2}")
+        self.pool = pool
+        self.meta_batch, self.task_batch = int(meta_batch), int(task_batch)
+        self.scale, self.kernel = s, kernel
+        self.kernel_size, self.k1_factor, self.ds_method = int(kernel_size), float(k1_factor), ds_method
+        self.upsample_input = bool(upsample_input)
+        self.seed = int(seed)
+        self.dtype = dtype
+
+    def _down(self, x: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
+        if k is None:
+            return imresize(x, 1.0 / self.scale).clamp(0, 1)
+        return degrade(x, k, self.scale, self.ds_method).clamp(0, 1)
+
+    def _input(self, lr: torch.Tensor) -> torch.Tensor:
+        if not self.upsample_input:
+            return lr
+        h, w = lr.shape[-2:]
+        return imresize(lr, self.scale, output_shape=(int(h * self.scale), int(w * self.scale)))
+
+    @torch.no_grad()
+    def sample_arrays(self, iteration: int) -> dict[str, torch.Tensor]:
+        """Meta-batch ``iteration``: ``support_x``/``support_y``/``query_x``/``query_y`` [MB, TB, C, H, W]
+        (and ``kernels`` [MB, k, k] with ``kernel='random'``)."""
+        mb, tb = self.meta_batch, self.task_batch
+        rng = iteration_rng(self.seed, iteration)
+        index = self.pool.draw(rng, mb * tb)
+        hr = _to_tensor(self.pool.hr_patches(index), self.dtype)  # [MB*TB, C, P, P], task-major
+        out: dict[str, torch.Tensor] = {}
+        if self.kernel == "random":
+            ks = np.stack([random_kernel(self.k1_factor * self.scale, self.kernel_size, rng) for _ in range(mb)])
+            ktens = torch.from_numpy(ks).to(self.dtype)
+            per_sample = ktens.repeat_interleave(tb, dim=0)
+            out["kernels"] = ktens
+        else:
+            per_sample = None
+        lr = self._down(hr, per_sample)
+        son = self._down(lr, per_sample)
+        pairs = {"support_x": self._input(son), "support_y": lr, "query_x": self._input(lr), "query_y": hr}
+        out.update({k: v.reshape(mb, tb, *v.shape[1:]) for k, v in pairs.items()})
+        return {k: v.contiguous() for k, v in out.items()}
+
+    def to_task_batch(self, arrays: dict[str, torch.Tensor]):
+        """:meth:`sample_arrays` output as a :class:`~metasr_adapter.meta.TaskBatch`."""
+        from .meta import TaskBatch
+
+        return TaskBatch(support_x=arrays["support_x"], support_y=arrays["support_y"], query_x=arrays["query_x"],
+                         query_y=arrays["query_y"], kernels=arrays.get("kernels"))
+
+    def sample(self, iteration: int):
+        """Meta-batch ``iteration`` as a :class:`~metasr_adapter.meta.TaskBatch`."""
+        return self.to_task_batch(self.sample_arrays(iteration))
+
+    def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "pool": self.pool.fingerprint(), "meta_batch": self.meta_batch,
                 "task_batch": self.task_batch}
 

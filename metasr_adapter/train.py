@@ -74,15 +74,31 @@ def _device(name: str) -> torch.device:
     return dev
 
 
+def model_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of the recipe's network (saved with its weights as ``arch_kwargs``)."""
+    import inspect
+
+    from .adapters import get_model_factory
+
+    m = recipe["model"]
+    kwargs: dict[str, Any] = {"width": m["width"], "depth": m["depth"]} if m["name"].lower() == "mzsr" else {}
+    try:
+        takes_scale = "scale" in inspect.signature(get_model_factory(m["name"])).parameters
+    except (TypeError, ValueError):
+        takes_scale = False
+    if takes_scale:  # networks built for one SR factor (RCAN, IDN)
+        kwargs["scale"] = int(m["scale"])
+    kwargs.update(m.get("arch_kwargs") or {})
+    return kwargs
+
+
 def build_model(recipe: Mapping[str, Any]) -> nn.Module:
     """The recipe's network with its initialisation drawn from ``seed`` (weights not loaded)."""
     from .adapters import get_model
 
-    m = recipe["model"]
-    kwargs = {"width": m["width"], "depth": m["depth"]} if m["name"].lower() == "mzsr" else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
-        return get_model(m["name"], **kwargs)
+        return get_model(recipe["model"]["name"], **model_kwargs(recipe))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -371,12 +387,12 @@ class _Run:
                 source = f"loaded from {r['model']['weights']}"
             else:
                 source = "random initialisation (pretrain.iterations = 0)"
-            save_weights(self.model, self.out / START_WEIGHTS, source=source)
+            save_weights(self.model, self.out / START_WEIGHTS, source=source, **self._arch_meta())
             self.log.write({"stage": "pretrain", "step": 0, "skipped": True, "source": source, "time": time.time()})
             return
         start, elapsed = 0, 0.0
         trainer = Pretrainer(self.model, lr=p["lr"], decay_every=p["lr_decay_every"],
-                             decay_factor=p["lr_decay_factor"], lr_min=p["lr_min"])
+                             decay_factor=p["lr_decay_factor"], lr_min=p["lr_min"], loss=p["loss"])
         if ckpt is not None and ckpt["stage"] == "pretrain":
             start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
             if "pretrainer" in ckpt:
@@ -392,11 +408,12 @@ class _Run:
             self._loop("pretrain", start, p["iterations"], self._loader(sampler, start, p["iterations"]), step_fn,
                        lambda: {"pretrainer": trainer.state_dict(), "sampler": sampler.state_dict()},
                        r["output"]["pretrain_checkpoint_every"], elapsed)
-        save_weights(self.model, self.out / START_WEIGHTS, source=f"pretrained {p['iterations']} steps (SPEC §8)")
+        save_weights(self.model, self.out / START_WEIGHTS, source=f"pretrained {p['iterations']} steps (SPEC §8)",
+                     **self._arch_meta())
 
     def stage_meta(self, ckpt: dict[str, Any] | None) -> None:
         from .meta import MAMLConfig, MetaLearner
-        from .tasks import TaskSampler
+        from .tasks import MLSRTaskSampler, TaskSampler
         from .weights import save_weights
 
         r, m, d = self.recipe, self.recipe["meta"], self.recipe["data"]
@@ -406,7 +423,7 @@ class _Run:
             loss_weighting=m["loss_weighting"], grad_clip=m["grad_clip"], adapt_params=m["adapt_params"],
             backend=m["backend"], precision=m["precision"], task_batching=m["task_batching"],
         )
-        learner = MetaLearner(self.model, cfg)
+        learner = MetaLearner(self.model, cfg, loss_fn=m["loss"])
         start, elapsed = 0, 0.0
         if ckpt is not None and ckpt["stage"] == "meta":
             start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
@@ -415,12 +432,22 @@ class _Run:
         total = m["iterations"]
         if start < total:
             pool = self._pool(self._train_dir(None), d["patch_size"], d["stride"], d["augment"], None)
-            sampler = TaskSampler(
-                pool, meta_batch=m["meta_batch"], task_batch=m["task_batch"], scales=d["scales"],
-                kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"], ds_method=d["ds_method"],
-                noise_std=d["noise_std"], upsample_input=bool(getattr(self.model, "upsample_input", False)),
-                seed=r["seed"],
-            )
+            upsample_input = bool(getattr(self.model, "upsample_input", False))
+            sampler: Any
+            if d["tasks"] == "mlsr":
+                if d["noise_std"]:
+                    raise ValueError(f"data.noise_std={d['noise_std']}: MLSR tasks add no noise; set it to 0")
+                sampler = MLSRTaskSampler(
+                    pool, meta_batch=m["meta_batch"], task_batch=m["task_batch"], scale=d["scales"][0],
+                    kernel=d["kernel"], kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"],
+                    ds_method=d["ds_method"], upsample_input=upsample_input, seed=r["seed"],
+                )
+            else:
+                sampler = TaskSampler(
+                    pool, meta_batch=m["meta_batch"], task_batch=m["task_batch"], scales=d["scales"],
+                    kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"], ds_method=d["ds_method"],
+                    noise_std=d["noise_std"], upsample_input=upsample_input, seed=r["seed"],
+                )
             always_first = bool(m["first_order"])
 
             def step_fn(batch: Any, step: int) -> dict[str, Any]:
@@ -433,15 +460,20 @@ class _Run:
             self._loop("meta", start, total, self._loader(sampler, start, total), step_fn,
                        lambda: {"learner": learner.state_dict(), "sampler": sampler.state_dict()},
                        r["output"]["checkpoint_every"], elapsed)
-        save_weights(self.model, self.out / FINAL_WEIGHTS, source=f"meta-trained {total} iterations",
+        save_weights(self.model, self.out / FINAL_WEIGHTS, source=f"meta-trained {total} iterations", **self._arch_meta(),
                      recipe=r.get("name"))
+
+    def _arch_meta(self) -> dict[str, Any]:
+        """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
+        return {"arch": self.recipe["model"]["name"], "arch_kwargs": model_kwargs(self.recipe)}
 
     def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool) -> dict[str, Any]:
         from .evaluate import evaluate_folder
         from .metasr import MetaSR
 
         e = self.recipe["eval"]
-        msr = MetaSR(model, float(self.recipe["model"]["scale"]), schedule=e["schedule"], device=self.device)
+        msr = MetaSR(model, float(self.recipe["model"]["scale"]), schedule=e["schedule"], device=self.device,
+                     loss=self.recipe["meta"]["loss"])
         kernel = e["kernel"]
         report = evaluate_folder(
             msr, e["gt_dir"], lr_dir=e["lr_dir"], kernel=kernel, steps=list(range(e["max_steps"] + 1)),

@@ -177,3 +177,24 @@ def test_lr_input_networks_adapt_and_load(tmp_path, photo, arch, kwargs):
     assert len(info.losses) == 2 and np.isfinite(info.losses).all()
     assert not np.array_equal(sr0, sr2)  # the steps changed the output
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model itself is not
+
+
+def test_adaptation_loss_can_be_l2(photo):
+    # a zeroed last layer makes MZSRNet the bicubic upsampling of its input, so the first loss is
+    # known by hand: the mean (absolute | squared) error between bicubic(son) and the LR image
+    from metasr_adapter import MZSRNet
+    from metasr_adapter.degrade import imresize
+
+    net = MZSRNet(width=8, depth=3)
+    with torch.no_grad():
+        net.conv3.weight.zero_()
+        net.conv3.bias.zero_()
+    lr = photo[40:72, 60:100]
+    x = torch.from_numpy(lr.transpose(2, 0, 1)[None].astype(np.float64) / 255.0)
+    up = imresize(imresize(x, 0.5), 2.0, output_shape=x.shape[-2:]).float()
+    err = up - x.float()
+    for loss, expected in (("l1", err.abs().mean()), ("l2", (err ** 2).mean())):
+        _, info = MetaSR(net, 2, loss=loss).adapt(lr, "bicubic", steps=1, return_info=True)
+        assert info.losses[0] == pytest.approx(float(expected), rel=1e-4), loss
+    with pytest.raises(ValueError, match="loss='huber'"):
+        MetaSR(net, 2, loss="huber")

@@ -18,13 +18,13 @@ from metasr_adapter.recipes import (
 )
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-SHIPPED = ["mzsr_x2.yaml", "mzsr_bicubic_x2.yaml", "mzsr_x4.yaml"]
+SHIPPED = ["mzsr_x2.yaml", "mzsr_bicubic_x2.yaml", "mzsr_x4.yaml", "mlsr_idn_x2.yaml"]
 
 
 def _flat_keys(tree: dict, prefix: str = "") -> set[str]:
     out: set[str] = set()
     for k, v in tree.items():
-        out |= _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+        out |= _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}"}
     return out
 
 
@@ -65,6 +65,33 @@ def test_bicubic_and_x4_recipes() -> None:
     x4 = load_recipe(RECIPES / "mzsr_x4.yaml")
     assert x4["data"]["scales"] == [4.0] and x4["model"]["scale"] == 4 and x4["meta"]["iterations"] == 77500
     assert x4["eval"]["schedule"] == "mzsr_x4" and x4["data"]["kernel_size"] == 15
+
+
+def test_mlsr_recipe_carries_the_papers_settings() -> None:
+    r = load_recipe(RECIPES / "mlsr_idn_x2.yaml")
+    m, d = r["meta"], r["data"]
+    # MLSR paper §3.2/§4: first-order MAML, 5 inner steps, α 1e-5, β 1e-6, 16 tasks, 512 patches, L2
+    assert (m["first_order"], m["inner_steps"], m["inner_lr"], m["meta_lr"]) == (True, 5, 1e-5, 1e-6)
+    assert (m["meta_batch"], m["task_batch"], m["loss"], m["loss_weighting"]) == (16, 1, "l2", "last")
+    assert (d["tasks"], d["kernel"], d["patch_size"]) == ("mlsr", "bicubic", 512)
+    assert r["model"]["name"] == "idn" and r["pretrain"]["loss"] == "l2"
+    assert r["eval"]["schedule"] == 1e-5 and r["eval"]["kernel"] == "bicubic"
+
+
+def test_task_settings_that_do_not_combine_are_rejected() -> None:
+    with pytest.raises(ValueError, match="data.kernel='bicubic' needs data.tasks='mlsr'"):
+        validate_recipe({"data": {"kernel": "bicubic"}})
+    with pytest.raises(ValueError, match="uses one scale"):
+        validate_recipe({"data": {"tasks": "mlsr", "scales": [2.0, 4.0]}})
+
+
+def test_old_checkpoints_lacking_new_keys_match_their_defaults() -> None:
+    new = default_recipe()
+    old = default_recipe()
+    del old["meta"]["loss"], old["data"]["tasks"]
+    assert recipe_diff(old, new) == []
+    new["meta"]["loss"] = "l2"
+    assert recipe_diff(old, new) == ["meta.loss"]
 
 
 def test_overrides_are_parsed_as_yaml_and_typed() -> None:

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from metasr_adapter.kernels import random_kernel
 from metasr_adapter.tasks import (
+    MLSRTaskSampler,
     PatchPool,
     TaskSampler,
     dihedral,
@@ -256,3 +257,56 @@ def test_loader_yields_the_same_batches_in_order(pool: PatchPool, workers: int) 
         ref = s.sample(3 + k)
         torch.testing.assert_close(b.support_x, ref.support_x, rtol=0, atol=1e-6)
         assert torch.equal(b.query_y, ref.query_y)
+
+
+# ------------------------------------------------------------------------------------------
+# MLSR tasks: support = (LR↓ → LR), query = (LR → HR) from the same patch
+# ------------------------------------------------------------------------------------------
+def test_mlsr_bicubic_tasks_are_the_patch_its_lr_and_its_son(pool: PatchPool) -> None:
+    from metasr_adapter.degrade import imresize
+
+    mb, tb, seed, it = 3, 2, 5, 4
+    batch = MLSRTaskSampler(pool, meta_batch=mb, task_batch=tb, seed=seed).sample(it)
+    assert batch.query_y.shape == (mb, tb, 3, 64, 64) and batch.query_x.shape == (mb, tb, 3, 32, 32)
+    assert batch.support_y.shape == (mb, tb, 3, 32, 32) and batch.support_x.shape == (mb, tb, 3, 16, 16)
+    assert batch.kernels is None
+    # the same draws by hand: patches, MATLAB-bicubic LR, and the LR's own bicubic son
+    index = iteration_rng(seed, it).choice(len(pool), size=mb * tb, replace=False)
+    hr = torch.from_numpy(pool.hr_patches(index).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+    lr = imresize(hr, 0.5).clamp(0, 1)
+    son = imresize(lr, 0.5).clamp(0, 1)
+    assert torch.equal(batch.query_y.reshape(-1, 3, 64, 64), hr)
+    torch.testing.assert_close(batch.query_x.reshape(-1, 3, 32, 32), lr)
+    torch.testing.assert_close(batch.support_y.reshape(-1, 3, 32, 32), lr)  # the support target is the query input
+    torch.testing.assert_close(batch.support_x.reshape(-1, 3, 16, 16), son)
+    # a pure function of (seed, iteration)
+    again = MLSRTaskSampler(pool, meta_batch=mb, task_batch=tb, seed=seed).sample(it)
+    assert torch.equal(again.support_x, batch.support_x)
+
+
+def test_mlsr_random_kernels_and_pre_upsampling(pool: PatchPool) -> None:
+    from metasr_adapter.degrade import degrade, imresize
+
+    s = MLSRTaskSampler(pool, meta_batch=2, task_batch=1, kernel="random", kernel_size=9, upsample_input=True, seed=2)
+    b = s.sample(0)
+    assert b.kernels.shape == (2, 9, 9)
+    lr = b.support_y[:, 0]
+    hr = b.query_y[:, 0]
+    for t in range(2):  # one kernel per task, used for both the LR and its son
+        torch.testing.assert_close(lr[t : t + 1], degrade(hr[t : t + 1], b.kernels[t], 2, "direct").clamp(0, 1))
+    son = torch.cat([degrade(lr[t : t + 1], b.kernels[t], 2, "direct").clamp(0, 1) for t in range(2)])
+    # pre-upsampling networks get the bicubic-upsampled son / LR at the target's size
+    assert b.support_x.shape == b.support_y.shape and b.query_x.shape == b.query_y.shape
+    torch.testing.assert_close(b.support_x[:, 0], imresize(son, 2.0, output_shape=(32, 32)))
+    with pytest.raises(ValueError, match="patch_size=64 is not divisible by scale² = 9"):
+        MLSRTaskSampler(pool, scale=3)
+    with pytest.raises(ValueError, match="kernel='gaussian'"):
+        MLSRTaskSampler(pool, kernel="gaussian")
+    with pytest.raises(ValueError, match="integer factor"):
+        MLSRTaskSampler(pool, scale=1.5)
+
+
+def test_mlsr_loader_matches_sample(pool: PatchPool) -> None:
+    s = MLSRTaskSampler(pool, meta_batch=2, task_batch=1, seed=1)
+    got = list(task_loader(s, 0, 2, num_workers=0))
+    assert torch.equal(got[1].support_x, s.sample(1).support_x)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import shared_path
 from metasr_adapter.adapters.mzsr import MZSRNet
