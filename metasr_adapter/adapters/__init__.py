@@ -17,6 +17,8 @@ _REGISTRY: dict[str, str | Callable[..., nn.Module]] = {
     "mzsr": "metasr_adapter.adapters.mzsr:MZSRNet",
     "rcan": "metasr_adapter.adapters.rcan:RCAN",
     "idn": "metasr_adapter.adapters.idn:IDN",
+    # any BasicSR architecture: get_model("basicsr", type="RCAN", upscale=2, ...) (needs basicsr)
+    "basicsr": "metasr_adapter.integrations.basicsr:build_basicsr_network",
 }
 
 
