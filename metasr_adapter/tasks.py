@@ -419,7 +419,7 @@ class TaskSampler:
                           "differ from the original run's", UserWarning, stacklevel=2)
 
 
-class MLSRTaskSampler:
+class MLSRTaskSampler(TaskSampler):
     """MLSR meta-batches (Park et al., ECCV 2020, Algorithm 1) from a :class:`PatchPool`.
 
     A task is ``task_batch`` HR patches (MLSR: one 512x512 patch, a mini-batch of 16 tasks). Its LR
@@ -430,7 +430,8 @@ class MLSRTaskSampler:
     ``k1 = k1_factor·scale``) followed by ``ds_method`` subsampling, for the paper's non-bicubic
     experiments. The patch size must be divisible by ``scale²``.
 
-    Like :class:`TaskSampler`, batch ``iteration`` is a pure function of ``(seed, iteration)``.
+    Like :class:`TaskSampler` (whose ``sample``/``state_dict``/``load_state_dict`` it inherits; it
+    builds its tasks itself), batch ``iteration`` is a pure function of ``(seed, iteration)``.
     """
 
     KERNELS = ("bicubic", "random")
@@ -512,20 +513,6 @@ class MLSRTaskSampler:
 
         return TaskBatch(support_x=arrays["support_x"], support_y=arrays["support_y"], query_x=arrays["query_x"],
                          query_y=arrays["query_y"], kernels=arrays.get("kernels"))
-
-    def sample(self, iteration: int):
-        """Meta-batch ``iteration`` as a :class:`~metasr_adapter.meta.TaskBatch`."""
-        return self.to_task_batch(self.sample_arrays(iteration))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "pool": self.pool.fingerprint(), "meta_batch": self.meta_batch,
-                "task_batch": self.task_batch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        if state.get("pool") not in (None, self.pool.fingerprint()):
-            warnings.warn("the training images changed since the checkpoint was written; resumed batches will "
-                          "differ from the original run's", UserWarning, stacklevel=2)
 
 
 class TaskDataset(Dataset):
