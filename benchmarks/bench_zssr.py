@@ -144,6 +144,26 @@ def _finish_set(res: dict[str, Any]) -> None:
     res["mean_iterations"] = float(np.mean([r["iterations"] for r in rows]))
 
 
+def plot_sets(payload: dict[str, Any], path: str) -> None:
+    """Per-image Y-PSNR gain of ZSSR over bicubic, one panel per set, with the set means."""
+    from matplotlib.figure import Figure
+
+    sets = [(n, r) for n, r in payload["sets"].items() if r["rows"]]
+    fig = Figure(figsize=(4 + 0.55 * sum(len(r["rows"]) for _, r in sets), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(sets), squeeze=False, width_ratios=[len(r["rows"]) for _, r in sets])[0]
+    for ax, (name, res) in zip(axes, sets):
+        names = [r["image"] for r in res["rows"]]
+        gains = [r["psnr"] - r["bicubic_psnr"] for r in res["rows"]]
+        ax.bar(range(len(names)), gains, color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_title(f"{name} x2 ideal: ZSSR {res['mean_psnr']:.2f} dB (paper {res['paper_psnr']:.2f}), "
+                     f"bicubic {res['mean_bicubic_psnr']:.2f}", fontsize=9)
+        ax.set_ylabel("ZSSR − bicubic, Y-PSNR (dB)")
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     """Combine the result files of several ``ideal`` shards into one (rows by set, means recomputed)."""
     parts = [json.loads(Path(f).read_text()) for f in args.parts]
@@ -169,6 +189,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
               f"bicubic {res['mean_bicubic_psnr']:.2f} dB, paper {res['paper_psnr']:.2f} dB, "
               f"{res['mean_wall_seconds']:.0f} s/image")
     _write(args.json, merged)
+    if args.plot:
+        plot_sets(merged, args.plot)
     return 0
 
 
@@ -281,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("merge", help="combine the JSON files of several 'ideal' shards (e.g. run with --names)")
     q.add_argument("parts", nargs="+", help="result files written by 'ideal --json'")
     q.add_argument("--json", default=None, help="write the merged results here")
+    q.add_argument("--plot", default=None, help="also draw the per-image gains over bicubic (PNG)")
     q.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     q.set_defaults(func=cmd_merge)
 
