@@ -30,23 +30,6 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _arch_defaults(arch: str, scale: float) -> dict:
-    """``{'scale': N}`` for architectures built for one SR factor (RCAN, IDN), else nothing."""
-    import inspect
-
-    from .adapters import get_model_factory
-
-    try:
-        params = inspect.signature(get_model_factory(arch)).parameters
-    except (TypeError, ValueError):
-        return {}
-    if "scale" not in params:
-        return {}
-    if float(scale) != int(scale):
-        raise ValueError(f"--scale {scale:g}: the {arch} network upsamples by an integer factor; use 2, 3 or 4")
-    return {"scale": int(scale)}
-
-
 def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--weights", required=weights_required, default=None,
                    help="weights: a TensorFlow checkpoint prefix, .pth/.pt or .npz"
@@ -150,11 +133,12 @@ def _setup(args: argparse.Namespace):
 
 def _load_metasr(args: argparse.Namespace):
     from . import MetaSR
+    from .adapters import scale_kwargs
     from .pretrained import load_model
 
     device = _setup(args)
     model = load_model(args.arch, args.weights, param_key=args.param_key,
-                       arch_defaults=_arch_defaults(args.arch, args.scale), **(args.arch_kwargs or {})).to(device)
+                       arch_defaults=scale_kwargs(args.arch, args.scale), **(args.arch_kwargs or {})).to(device)
     schedule = args.lr if getattr(args, "lr", None) is not None else args.schedule
     return MetaSR(model, args.scale, schedule=schedule, precision=args.precision, device=device,
                   loss=getattr(args, "loss", "l1"))

@@ -76,18 +76,11 @@ def _device(name: str) -> torch.device:
 
 def model_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments of the recipe's network (saved with its weights as ``arch_kwargs``)."""
-    import inspect
-
-    from .adapters import get_model_factory
+    from .adapters import scale_kwargs
 
     m = recipe["model"]
     kwargs: dict[str, Any] = {"width": m["width"], "depth": m["depth"]} if m["name"].lower() == "mzsr" else {}
-    try:
-        takes_scale = "scale" in inspect.signature(get_model_factory(m["name"])).parameters
-    except (TypeError, ValueError):
-        takes_scale = False
-    if takes_scale:  # networks built for one SR factor (RCAN, IDN)
-        kwargs["scale"] = int(m["scale"])
+    kwargs.update(scale_kwargs(m["name"], m["scale"]))  # networks built for one SR factor (RCAN, IDN)
     kwargs.update(m.get("arch_kwargs") or {})
     return kwargs
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["register_model", "get_model", "get_model_factory", "list_models"]
+__all__ = ["register_model", "get_model", "get_model_factory", "list_models", "scale_kwargs"]
 
 # name -> "module:attribute" (imported on first use) or a factory callable
 _REGISTRY: dict[str, str | Callable[..., nn.Module]] = {
@@ -50,3 +50,19 @@ def get_model_factory(name: str) -> Callable[..., nn.Module]:
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered architecture by name (weights are loaded separately)."""
     return get_model_factory(name)(**kwargs)
+
+
+def scale_kwargs(name: str, scale: float) -> dict[str, int]:
+    """``{'scale': N}`` for architectures built for one SR factor (a ``scale`` constructor argument,
+    e.g. RCAN, IDN), ``{}`` for the others (MZSR works at any factor)."""
+    import inspect
+
+    try:
+        params = inspect.signature(get_model_factory(name)).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "scale" not in params:
+        return {}
+    if float(scale) != int(scale):
+        raise ValueError(f"scale {scale:g}: the {name} network upsamples by an integer factor; use 2, 3 or 4")
+    return {"scale": int(scale)}
