@@ -16,7 +16,7 @@ _EXPORTS: dict[str, str] = {
     "MetaSR": "metasr", "Adaptation": "metasr", "AdaptInfo": "metasr", "AdaptStep": "metasr",
     # networks and weights
     "get_model": "adapters", "list_models": "adapters", "register_model": "adapters",
-    "MZSRNet": "adapters.mzsr", "load_model": "pretrained", "WeightsInfo": "pretrained",
+    "MZSRNet": "adapters.mzsr", "RCAN": "adapters.rcan", "IDN": "adapters.idn", "load_model": "pretrained", "WeightsInfo": "pretrained",
     "BUNDLED_WEIGHTS": "pretrained", "read_weights": "weights", "load_weights": "weights",
     "save_weights": "weights", "read_tf_checkpoint": "tf_checkpoint",
     # degradations and kernels
@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate_folder": "evaluate", "read_image": "imageio", "write_image": "imageio",
     # meta-training
     "MetaLearner": "meta", "MAMLConfig": "meta", "TaskBatch": "meta", "TaskSampler": "tasks",
+    "MLSRTaskSampler": "tasks", "PatchPool": "tasks", "get_loss": "meta",
     # zero-shot SR
     "ZSSR": "zssr", "ZSSRConfig": "zssr",
 }
