@@ -334,3 +334,18 @@ def test_cli_runs_on_the_official_kernel_example(tmp_path):
     assert rc == 0
     h, w = read_image(lr_path).shape[:2]
     assert read_image(tmp_path / "sr.png").shape == (2 * h, 2 * w, 3)
+
+
+@pytest.mark.shared
+def test_cli_runs_on_the_official_real_example(tmp_path):
+    # a real photo with its estimated kernel (small negative entries, used as given) and the 'real' preset
+    from metasr_adapter.imageio import read_image
+
+    folder = shared_path("data", "zssr", "real_example")
+    lr_path = folder / "charlie.png"
+    with pytest.warns(UserWarning, match="negative entries"):
+        rc = zssr_main([str(lr_path), "--kernel", str(folder / "charlie_0.mat"), "--preset", "real", "-o",
+                        str(tmp_path / "sr.png"), "--iters", "2", "--quiet", "--device", "cpu"])
+    assert rc == 0
+    h, w = read_image(lr_path).shape[:2]
+    assert read_image(tmp_path / "sr.png").shape == (2 * h, 2 * w, 3)
