@@ -301,6 +301,15 @@ def _to_tensor(patches: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype)
 
 
+def _check_sampler_args(pool: Any, meta_batch: int, task_batch: int, ds_method: str) -> None:
+    if not isinstance(pool, PatchPool):
+        raise TypeError(f"pool must be a PatchPool; got {type(pool).__name__}")
+    if meta_batch < 1 or task_batch < 1:
+        raise ValueError(f"meta_batch={meta_batch}, task_batch={task_batch}: both must be >= 1")
+    if ds_method not in DS_METHODS:
+        raise ValueError(f"ds_method must be one of {DS_METHODS}; got {ds_method!r}")
+
+
 class TaskSampler:
     """MZSR meta-batches (SPEC §3b) from a :class:`PatchPool`.
 
@@ -329,12 +338,7 @@ class TaskSampler:
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not isinstance(pool, PatchPool):
-            raise TypeError(f"pool must be a PatchPool; got {type(pool).__name__}")
-        if meta_batch < 1 or task_batch < 1:
-            raise ValueError(f"meta_batch={meta_batch}, task_batch={task_batch}: both must be >= 1")
-        if ds_method not in DS_METHODS:
-            raise ValueError(f"ds_method must be one of {DS_METHODS}; got {ds_method!r}")
+        _check_sampler_args(pool, meta_batch, task_batch, ds_method)
         scales = [float(s) for s in scales]
         if not scales or min(scales) < 1:
             raise ValueError(f"scales={scales}: give up-scaling factors >= 1, e.g. [2.0]")
@@ -451,14 +455,9 @@ class MLSRTaskSampler(TaskSampler):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not isinstance(pool, PatchPool):
-            raise TypeError(f"pool must be a PatchPool; got {type(pool).__name__}")
-        if meta_batch < 1 or task_batch < 1:
-            raise ValueError(f"meta_batch={meta_batch}, task_batch={task_batch}: both must be >= 1")
+        _check_sampler_args(pool, meta_batch, task_batch, ds_method)
         if kernel not in self.KERNELS:
             raise ValueError(f"kernel={kernel!r}; choose one of {self.KERNELS}")
-        if ds_method not in DS_METHODS:
-            raise ValueError(f"ds_method must be one of {DS_METHODS}; got {ds_method!r}")
         s = float(scale)
         if s != int(s) or s < 2:
             raise ValueError(f"scale={scale!r}: MLSR tasks need an integer factor >= 2")
