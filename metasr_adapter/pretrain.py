@@ -1,4 +1,14 @@
-"""Large-scale pretraining θ_T (SPEC §8): bicubic x2 pairs, L1 loss, Adam with a staircase rate.
+"""Supervised pretraining of the starting point of meta-training.
+
+Two kinds of training pairs:
+
+* ``degradation='bicubic'`` — MZSR's large-scale pretraining θ_T (SPEC §8): bicubic x2 pairs
+  (:class:`PairSampler`), L1 loss, Adam with a staircase rate.
+* ``degradation='kernel'`` — pairs from the meta-training task distribution itself (one random
+  Gaussian kernel per group of patches, then the task's subsampling; :class:`KernelPairSampler`).
+  On a CPU budget this is the cheaper road to a good starting point for MAML: the network learns
+  the degradations it will later adapt to, before the (3-4x more expensive per patch)
+  meta-iterations refine it.
 
 The official run used DIV2K's MATLAB-bicubic LR images; those are not available here, so the LR
 patches are made by the same operator (antialiased MATLAB-bicubic ``imresize`` of the whole
@@ -10,18 +20,22 @@ exactly the batches an uninterrupted one would. The loop itself, with checkpoint
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .degrade import imresize
-from .tasks import PatchPool, _to_tensor, iteration_rng
+from .tasks import PatchPool, TaskSampler, _to_tensor, iteration_rng
 
-__all__ = ["PRETRAIN_STREAM", "staircase_lr", "PairSampler", "Pretrainer"]
+__all__ = ["PRETRAIN_STREAM", "LR_SCHEDULES", "staircase_lr", "cosine_lr", "PairSampler", "KernelPairSampler",
+           "Pretrainer"]
 
 #: RNG stream id of pretraining batches (meta-training uses stream 0)
 PRETRAIN_STREAM = 1
+#: learning-rate schedules of :class:`Pretrainer`
+LR_SCHEDULES = ("staircase", "cosine")
 
 
 def staircase_lr(
@@ -33,6 +47,16 @@ def staircase_lr(
     if decay_every < 1:
         raise ValueError(f"decay_every must be >= 1; got {decay_every}")
     return max(base * factor ** (step // decay_every), minimum)
+
+
+def cosine_lr(step: int, base: float, total: int, minimum: float) -> float:
+    """Half-cosine from ``base`` at step 0 to ``minimum`` at step ``total`` (and after)."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got {step}")
+    if total < 1:
+        raise ValueError(f"total must be >= 1; got {total}")
+    t = min(step, total) / total
+    return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * t))
 
 
 class PairSampler:
@@ -78,10 +102,66 @@ class PairSampler:
         self.seed = int(state["seed"])
 
 
+class KernelPairSampler:
+    """Pretraining batches drawn from MZSR's task distribution (SPEC §3b/§3c), flattened to pairs.
+
+    Batch ``step`` holds ``kernels`` groups of ``batch_size / kernels`` patches; each group is
+    blurred by its own random Gaussian kernel and subsampled by ``ds_method`` (a
+    :class:`~metasr_adapter.tasks.TaskSampler` meta-batch, on the pretraining RNG stream).
+    ``sample_arrays(step)`` → ``{'x', 'y'}`` of shape [B, C, H, W]; a pure function of ``(seed, step)``.
+    """
+
+    def __init__(
+        self,
+        pool: PatchPool,
+        batch_size: int = 32,
+        *,
+        kernels: int = 8,
+        scales: Sequence[float] = (2.0,),
+        kernel_size: int = 15,
+        k1_factor: float = 2.5,
+        ds_method: str = "direct",
+        noise_std: float = 0.0,
+        upsample_input: bool = True,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if kernels < 1 or batch_size < 1 or batch_size % kernels:
+            raise ValueError(f"batch_size={batch_size} must be a positive multiple of kernels={kernels} "
+                             f"(each kernel blurs batch_size / kernels patches), e.g. batch_size={max(1, kernels) * 4}")
+        per_kernel = batch_size // kernels
+        if per_kernel % 2:
+            raise ValueError(f"batch_size / kernels = {per_kernel} must be even (a task has support and query "
+                             f"halves); e.g. batch_size={kernels * (per_kernel + 1)}")
+        self.batch_size = int(batch_size)
+        self.tasks = TaskSampler(pool, meta_batch=kernels, task_batch=per_kernel // 2, scales=scales,
+                                 kernel_size=kernel_size, k1_factor=k1_factor, ds_method=ds_method,
+                                 noise_std=noise_std, upsample_input=upsample_input, seed=seed, dtype=dtype,
+                                 stream=PRETRAIN_STREAM)
+        self.pool = pool
+
+    @property
+    def seed(self) -> int:
+        return self.tasks.seed
+
+    @torch.no_grad()
+    def sample_arrays(self, step: int) -> dict[str, torch.Tensor]:
+        arrays = self.tasks.sample_arrays(step)
+        x, y = arrays["x"], arrays["y"]
+        return {"x": x.reshape(-1, *x.shape[2:]).contiguous(), "y": y.reshape(-1, *y.shape[2:]).contiguous()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.tasks.state_dict(), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tasks.load_state_dict(state)
+
+
 class Pretrainer:
     """One pretraining step: mean L1 (SPEC §8; ``loss='l2'`` for MLSR's networks) between
-    ``model(x)`` and ``y``, Adam(β=(0.9, 0.999), ε=1e-8) with the staircase rate of SPEC §8 set
-    before every step."""
+    ``model(x)`` and ``y``, Adam(β=(0.9, 0.999), ε=1e-8) with the rate set before every step:
+    SPEC §8's staircase (``schedule='staircase'``), or a half-cosine from ``lr`` to ``lr_min`` over
+    ``total`` steps (``schedule='cosine'``, for short budgets)."""
 
     def __init__(
         self,
@@ -92,15 +172,25 @@ class Pretrainer:
         decay_factor: float = 0.5,
         lr_min: float = 1e-4,
         loss: str = "l1",
+        schedule: str = "staircase",
+        total: int | None = None,
     ) -> None:
         from .meta import get_loss
 
+        if schedule not in LR_SCHEDULES:
+            raise ValueError(f"schedule={schedule!r}; choose one of {LR_SCHEDULES}")
+        if schedule == "cosine" and (total is None or total < 1):
+            raise ValueError(f"schedule='cosine' needs total >= 1 (the number of steps); got {total}")
+        self.schedule, self.total = schedule, total
         self.model = model
         self.loss_fn = get_loss(loss)
         self.base_lr, self.decay_every, self.decay_factor, self.lr_min = lr, decay_every, decay_factor, lr_min
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
     def lr_at(self, step: int) -> float:
+        if self.schedule == "cosine":
+            assert self.total is not None
+            return cosine_lr(step, self.base_lr, self.total, self.lr_min)
         return staircase_lr(step, self.base_lr, self.decay_every, self.decay_factor, self.lr_min)
 
     def step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:

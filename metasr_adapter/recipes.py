@@ -95,6 +95,13 @@ SCHEMA: dict[str, Any] = {
     },
     "pretrain": {
         "iterations": Key(500000, (int,), "large-scale pretraining steps (SPEC §8: released θ_T at 500,000)"),
+        "degradation": Key("bicubic", (str,), "training pairs: 'bicubic' = bicubic LR (SPEC §8); 'kernel' = the "
+                           "meta-training task distribution (data.kernel_size, kernel_k1_factor, ds_method, scales, "
+                           "noise_std), one random kernel per pretrain.kernels group", choices=("bicubic", "kernel")),
+        "kernels": Key(8, (int,), "degradation='kernel': random kernels per batch (batch_size / kernels patches "
+                       "each; must be even)"),
+        "schedule": Key("staircase", (str,), "learning rate: 'staircase' (SPEC §8) or 'cosine' from lr to lr_min "
+                        "over pretrain.iterations", choices=("staircase", "cosine")),
         "train_dir": Key(None, (str,), "HR images for pretraining (null = data.train_dir)", nullable=True, path=True),
         "scale": Key(2, (int,), "bicubic scale of the pretraining pairs (SPEC §8: x2, used for every model)"),
         "batch_size": Key(32, (int,), "SPEC §8: 32"),
@@ -106,6 +113,8 @@ SCHEMA: dict[str, Any] = {
         "lr_decay_factor": Key(0.5, _NUM, "staircase factor (SPEC §8: 0.5)"),
         "lr_min": Key(1e-4, _NUM, "learning-rate floor (SPEC §8: 1e-4)"),
         "loss": Key("l1", (str,), "pretraining loss (SPEC §8: 'l1'; MLSR: 'l2')", choices=("l1", "l2")),
+        "probe_every": Key(0, (int,), "evaluate the weights every N pretraining steps into metrics.jsonl (mean "
+                           "PSNR after eval.probe_steps; 0 = off); probe time is not counted as training time"),
     },
     "meta": {
         "iterations": Key(60000, (int,), "meta-training iterations (SPEC §4: Directx2 60,000)"),
@@ -123,10 +132,18 @@ SCHEMA: dict[str, Any] = {
         "grad_clip": Key(None, _NUM, "meta-gradient norm clip (SPEC §4: none)", nullable=True),
         "adapt_params": Key(None, (list,), "fnmatch patterns of adapted parameters (null = all)",
                             nullable=True, list_of=str),
+        "probe_every": Key(0, (int,), "evaluate the weights every N meta-iterations into metrics.jsonl (see "
+                           "pretrain.probe_every)"),
         "backend": Key("functional", (str,), "MAML implementation", choices=("functional", "learn2learn")),
         "precision": Key("fp32", (str,), "meta-training precision", choices=("fp32", "bf16")),
         "task_batching": Key("loop", (str,), "tasks one after another ('loop', least memory) or all at once "
                              "('vmap', functional backend)", choices=("loop", "vmap")),
+        "channels_last": Key(False, (bool,), "NHWC image layout in meta-training (measured slower in fp32 on "
+                             "AVX2 CPUs; see MAMLConfig)"),
+        "adam_variant": Key("torch", (str,), "meta-optimiser arithmetic: 'torch' (torch.optim.Adam) or 'tf' "
+                            "(TF1 AdamOptimizer, the official code's)", choices=("torch", "tf")),
+        "anneal_span": Key(10000.0 / 3.0, _NUM, "loss_weighting='maml++': meta-steps over which the query-loss "
+                           "weights anneal to the last step"),
     },
     "eval": {
         "gt_dir": Key(None, (str,), "HR ground-truth folder (null = skip evaluation and the plot)",
@@ -142,6 +159,8 @@ SCHEMA: dict[str, Any] = {
         "max_steps": Key(10, (int,), "PSNR is measured after 0..max_steps adaptation steps (paper Fig. 3)"),
         "limit": Key(None, (int,), "evaluate only the first N images", nullable=True),
         "evaluate_start": Key(True, (bool,), "also evaluate the starting weights (the plot's reference curve)"),
+        "probe_steps": Key([0, 1, 10], (list,), "adaptation step counts scored by the in-training probes",
+                           list_of=int),
     },
     "output": {
         "dir": Key(None, (str,), "run folder (null = runs/<recipe name>)", nullable=True, path=True),
@@ -152,11 +171,13 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-# Keys that may differ between a run and its resumption (they do not change the result).
+# Keys that may differ between a run and its resumption (they do not change the trained weights;
+# evaluation settings may change, e.g. to point eval.gt_dir at another copy of the data).
 # meta.iterations may change too (train longer, or stop early): every batch depends only on
 # (seed, step), so the steps already taken are the same either way; train.py checks that the
 # checkpoint is not already past the new count.
-HASH_EXCLUDE = ("output", "data.num_workers", "data.cache_dir", "device", "meta.iterations")
+HASH_EXCLUDE = ("output", "data.num_workers", "data.cache_dir", "device", "meta.iterations", "eval",
+                "pretrain.probe_every", "meta.probe_every")
 
 # eval.kernel values that are names, not paths
 _KERNEL_WORDS = ("bicubic", "cubic", "none")

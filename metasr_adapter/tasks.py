@@ -321,6 +321,8 @@ class TaskSampler:
 
     ``sample(iteration)`` depends only on ``(seed, iteration)``, so the sampler's whole state is
     its seed (:meth:`state_dict`). The degradations run batched in torch over all tasks at once.
+    ``stream`` separates independent batch streams of one seed (pretraining on these tasks uses
+    :data:`~metasr_adapter.pretrain.PRETRAIN_STREAM`).
     """
 
     def __init__(
@@ -337,6 +339,7 @@ class TaskSampler:
         upsample_input: bool = True,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        stream: int = 0,
     ) -> None:
         _check_sampler_args(pool, meta_batch, task_batch, ds_method)
         scales = [float(s) for s in scales]
@@ -355,13 +358,14 @@ class TaskSampler:
         self.upsample_input = bool(upsample_input)
         self.seed = int(seed)
         self.dtype = dtype
+        self.stream = int(stream)
         if len(set(scales)) > 1 and not self.upsample_input:
             raise ValueError("several scales need upsample_input=True: LR sizes differ between tasks and "
                              "cannot be stacked into one batch")
 
     def _draw(self, iteration: int) -> tuple[np.ndarray, list[float], np.ndarray, list[np.ndarray]]:
         """All random draws of one meta-batch, in the official order (SPEC §3b)."""
-        rng = iteration_rng(self.seed, iteration)
+        rng = iteration_rng(self.seed, iteration, self.stream)
         mb, tb, ps = self.meta_batch, self.task_batch, self.pool.patch_size
         index = self.pool.draw(rng, 2 * tb * mb)
         scales, kernels, noise = [], [], []
@@ -472,6 +476,7 @@ class MLSRTaskSampler(TaskSampler):
         self.upsample_input = bool(upsample_input)
         self.seed = int(seed)
         self.dtype = dtype
+        self.stream = 0
 
     def _down(self, x: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
         if k is None:
@@ -489,7 +494,7 @@ class MLSRTaskSampler(TaskSampler):
         """Meta-batch ``iteration``: ``support_x``/``support_y``/``query_x``/``query_y`` [MB, TB, C, H, W]
         (and ``kernels`` [MB, k, k] with ``kernel='random'``)."""
         mb, tb = self.meta_batch, self.task_batch
-        rng = iteration_rng(self.seed, iteration)
+        rng = iteration_rng(self.seed, iteration, self.stream)
         index = self.pool.draw(rng, mb * tb)
         hr = _to_tensor(self.pool.hr_patches(index), self.dtype)  # [MB*TB, C, P, P], task-major
         out: dict[str, torch.Tensor] = {}

@@ -323,8 +323,12 @@ class _Run:
         from tqdm.auto import tqdm
 
         log_every = max(1, self.recipe["output"]["log_every"])
+        probe_every = self.recipe[stage]["probe_every"]
         every = max(1, every)
         t0 = time.perf_counter() - elapsed0
+        # training seconds of the stages before this one (the x axis of PSNR against CPU time)
+        before = sum(v for k, v in self.stage_seconds.items() if k in STAGES and STAGES.index(k) < STAGES.index(stage))
+        threads = torch.get_num_threads()
         done = start
         last_saved = start
         in_step = False
@@ -338,8 +342,15 @@ class _Run:
                 done = step + 1
                 in_step = False
                 if done % log_every == 0 or done == total:
-                    self.log.write({"stage": stage, "step": done, **info,
-                                    "seconds": round(time.perf_counter() - t0, 3), "time": time.time()})
+                    secs = time.perf_counter() - t0
+                    self.log.write({"stage": stage, "step": done, **info, "seconds": round(secs, 3),
+                                    "run_seconds": round(before + secs, 3), "threads": threads, "time": time.time()})
+                if probe_every > 0 and (done % probe_every == 0 or done == total):
+                    p0 = time.perf_counter()
+                    secs = p0 - t0
+                    self.log.write({"stage": stage, "step": done, "probe": self._probe(),
+                                    "run_seconds": round(before + secs, 3), "threads": threads, "time": time.time()})
+                    t0 += time.perf_counter() - p0  # probe time is not training time
                 bar.update(1)
                 loss_key = "meta_loss" if "meta_loss" in info else "loss"
                 if loss_key in info:
@@ -369,7 +380,7 @@ class _Run:
 
     # -- stages ----------------------------------------------------------------------------------
     def stage_pretrain(self, ckpt: dict[str, Any] | None) -> None:
-        from .pretrain import PairSampler, Pretrainer
+        from .pretrain import KernelPairSampler, PairSampler, Pretrainer
         from .weights import load_weights, save_weights
 
         r, p = self.recipe, self.recipe["pretrain"]
@@ -385,14 +396,27 @@ class _Run:
             return
         start, elapsed = 0, 0.0
         trainer = Pretrainer(self.model, lr=p["lr"], decay_every=p["lr_decay_every"],
-                             decay_factor=p["lr_decay_factor"], lr_min=p["lr_min"], loss=p["loss"])
+                             decay_factor=p["lr_decay_factor"], lr_min=p["lr_min"], loss=p["loss"],
+                             schedule=p["schedule"], total=p["iterations"])
         if ckpt is not None and ckpt["stage"] == "pretrain":
             start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
             if "pretrainer" in ckpt:
                 trainer.load_state_dict(ckpt["pretrainer"])
-        pool = self._pool(self._train_dir(p["train_dir"]), p["patch_size"], p["stride"], p["augment"], p["scale"])
-        sampler = PairSampler(pool, p["batch_size"], seed=r["seed"],
-                              upsample_input=bool(getattr(self.model, "upsample_input", False)))
+        upsample_input = bool(getattr(self.model, "upsample_input", False))
+        sampler: Any
+        if p["degradation"] == "kernel":
+            d = r["data"]
+            pool = self._pool(self._train_dir(p["train_dir"]), p["patch_size"], p["stride"], p["augment"], None)
+            sampler = KernelPairSampler(
+                pool, p["batch_size"], kernels=p["kernels"], scales=d["scales"], kernel_size=d["kernel_size"],
+                k1_factor=d["kernel_k1_factor"], ds_method=d["ds_method"], noise_std=d["noise_std"],
+                upsample_input=upsample_input, seed=r["seed"],
+            )
+        else:
+            pool = self._pool(self._train_dir(p["train_dir"]), p["patch_size"], p["stride"], p["augment"], p["scale"])
+            sampler = PairSampler(pool, p["batch_size"], seed=r["seed"], upsample_input=upsample_input)
+        if ckpt is not None and ckpt["stage"] == "pretrain" and "sampler" in ckpt:
+            sampler.load_state_dict(ckpt["sampler"])
 
         def step_fn(batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
             return trainer.step(batch, step)
@@ -401,7 +425,8 @@ class _Run:
             self._loop("pretrain", start, p["iterations"], self._loader(sampler, start, p["iterations"]), step_fn,
                        lambda: {"pretrainer": trainer.state_dict(), "sampler": sampler.state_dict()},
                        r["output"]["pretrain_checkpoint_every"], elapsed)
-        save_weights(self.model, self.out / START_WEIGHTS, source=f"pretrained {p['iterations']} steps (SPEC §8)",
+        how = "bicubic pairs, SPEC §8" if p["degradation"] == "bicubic" else "random-kernel pairs"
+        save_weights(self.model, self.out / START_WEIGHTS, source=f"pretrained {p['iterations']} steps ({how})",
                      **self._arch_meta())
 
     def stage_meta(self, ckpt: dict[str, Any] | None) -> None:
@@ -415,6 +440,7 @@ class _Run:
             inner_steps=m["inner_steps"], inner_lr=m["inner_lr"], first_order=m["first_order"], meta_lr=m["meta_lr"],
             loss_weighting=m["loss_weighting"], grad_clip=m["grad_clip"], adapt_params=m["adapt_params"],
             backend=m["backend"], precision=m["precision"], task_batching=m["task_batching"],
+            channels_last=m["channels_last"], adam_variant=m["adam_variant"], anneal_span=float(m["anneal_span"]),
         )
         learner = MetaLearner(self.model, cfg, loss_fn=m["loss"])
         start, elapsed = 0, 0.0
@@ -441,6 +467,8 @@ class _Run:
                     kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"], ds_method=d["ds_method"],
                     noise_std=d["noise_std"], upsample_input=upsample_input, seed=r["seed"],
                 )
+            if ckpt is not None and ckpt["stage"] == "meta" and "sampler" in ckpt:
+                sampler.load_state_dict(ckpt["sampler"])
             always_first = bool(m["first_order"])
 
             def step_fn(batch: Any, step: int) -> dict[str, Any]:
@@ -460,7 +488,8 @@ class _Run:
         """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
         return {"arch": self.recipe["model"]["name"], "arch_kwargs": model_kwargs(self.recipe)}
 
-    def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool) -> dict[str, Any]:
+    def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool,
+                  steps: Sequence[int] | None = None) -> dict[str, Any]:
         from .evaluate import evaluate_folder
         from .metasr import MetaSR
 
@@ -469,12 +498,33 @@ class _Run:
                      loss=self.recipe["meta"]["loss"])
         kernel = e["kernel"]
         report = evaluate_folder(
-            msr, e["gt_dir"], lr_dir=e["lr_dir"], kernel=kernel, steps=list(range(e["max_steps"] + 1)),
+            msr, e["gt_dir"], lr_dir=e["lr_dir"], kernel=kernel,
+            steps=list(range(e["max_steps"] + 1)) if steps is None else list(steps),
             ds_method=e["ds_method"], include_bicubic=include_bicubic, progress=self.progress, limit=e["limit"],
         )
         out = report.to_dict()
         out["label"] = label
         return out
+
+    def _probe(self) -> dict[str, float] | None:
+        """Mean PSNR of the current weights after ``eval.probe_steps`` adaptation steps (None without
+        ``eval.gt_dir``). Runs on a copy, so the training state is untouched."""
+        import copy
+
+        e = self.recipe["eval"]
+        if e["gt_dir"] is None:
+            return None
+        assert self.model is not None
+        was_training = self.model.training
+        model = copy.deepcopy(self.model).eval()
+        saved = self.progress
+        self.progress = False
+        try:
+            report = self._evaluate(model, "probe", include_bicubic=False, steps=e["probe_steps"])
+        finally:
+            self.progress = saved
+            self.model.train(was_training)
+        return {str(k): round(float(v), 4) for k, v in report["mean_psnr"].items()}
 
     def stage_eval(self) -> dict[str, Any] | None:
         from .weights import load_weights

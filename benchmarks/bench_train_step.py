@@ -1,0 +1,190 @@
+"""Cost of one training step on this machine: supervised pretraining, first- and second-order MAML.
+
+    python benchmarks/bench_train_step.py                       # 1 process x 2 threads, then 2 processes x 1 thread
+    python benchmarks/bench_train_step.py --layouts 1x2 --iters 5 --json out.json
+    python benchmarks/bench_train_step.py --configs sup:32:64,fo:5:4,so:5:4 --channels-last both
+
+Each configuration is ``kind:a:b``:
+
+* ``sup:B:P`` — one :class:`~metasr_adapter.pretrain.Pretrainer` step on ``B`` patches of ``P``² from
+  :class:`~metasr_adapter.pretrain.KernelPairSampler` (8 random kernels per batch, direct subsampling);
+* ``fo:MB:TB`` / ``so:MB:TB`` — one first-/second-order :class:`~metasr_adapter.meta.MetaLearner`
+  meta-iteration on a :class:`~metasr_adapter.tasks.TaskSampler` meta-batch (64² patches, 5 inner steps).
+
+The work of each step is counted once with ``torch.utils.flop_counter.FlopCounterMode`` (every aten op,
+double-backward included), and achieved GFLOP/s are reported against this CPU's measured fp32 peak: a
+2048² fp32 matmul at the same thread count. Training patches come from ``--train-dir`` (default
+``../shared/data/train``, the first ``--images`` images) or, without it, crops of a photo that ships with
+matplotlib. Layout ``1xT`` runs one process with T threads; ``Nx1`` runs N one-thread processes at
+once and reports the aggregate throughput (steps/s summed over processes). Medians of ``--iters``
+timed steps after one warm-up; configurations run round-robin so that load drift hits all alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRAIN = ROOT.parent / "shared" / "data" / "train"
+
+
+def matmul_gflops(threads: int, size: int = 2048, reps: int = 5) -> float:
+    """Median GFLOP/s of a ``size``² fp32 matmul with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def _pool(train_dir: Path | None, images: int, patch: int):
+    import tempfile
+
+    import cv2
+    import matplotlib
+    import numpy as np
+
+    from metasr_adapter.tasks import PatchPool, find_images
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_pool_"))
+    if train_dir is not None and train_dir.is_dir():
+        for i, f in enumerate(find_images(train_dir)[:images]):
+            os.symlink(f.resolve(), folder / f"{i:04d}{f.suffix}")
+    else:
+        img = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+        cv2.imwrite(str(folder / "photo.png"), np.ascontiguousarray(img))
+    return PatchPool(folder, patch_size=patch, stride=max(16, patch // 2), progress=False).build()
+
+
+def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool):
+    """A zero-argument callable running one training step, and a batch-maker for the FLOP count."""
+    from metasr_adapter.adapters.mzsr import MZSRNet
+    from metasr_adapter.meta import MAMLConfig, MetaLearner
+    from metasr_adapter.pretrain import KernelPairSampler, Pretrainer
+    from metasr_adapter.tasks import TaskSampler
+
+    torch.manual_seed(0)
+    model = MZSRNet()
+    if kind == "sup":
+        pool = _pool(*pool_args, b)
+        sampler = KernelPairSampler(pool, a, kernels=8 if a % 16 == 0 else a // 2, seed=0)
+        trainer = Pretrainer(model, lr=1e-4)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        counter = iter(range(10**9))
+
+        def step() -> None:
+            batch = sampler.sample_arrays(next(counter))
+            if channels_last:
+                batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+            trainer.step(batch, 0)
+
+        return step
+    pool = _pool(*pool_args, 64)
+    sampler = TaskSampler(pool, meta_batch=a, task_batch=b, seed=0)
+    cfg = MAMLConfig(first_order=(kind == "fo"), channels_last=channels_last)
+    learner = MetaLearner(model, cfg)
+    counter = iter(range(10**9))
+
+    def meta() -> None:
+        learner.meta_step(sampler.sample(next(counter)), 0)
+
+    return meta
+
+
+def count_flops(step) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    return float(fc.get_total_flops())
+
+
+def run_worker(args: argparse.Namespace) -> dict:
+    """Time every configuration in this process (``args.threads`` threads)."""
+    torch.set_num_threads(args.threads)
+    pool_args = (Path(args.train_dir) if args.train_dir else None, args.images)
+    rows = {}
+    steps = {}
+    for spec in args.configs.split(","):
+        kind, a, b = spec.split(":")
+        for cl in ([False, True] if args.channels_last == "both" else [args.channels_last == "on"]):
+            name = f"{spec}{':cl' if cl else ''}"
+            steps[name] = build_step(kind, int(a), int(b), pool_args, cl)
+            steps[name]()  # warm-up
+            rows[name] = {"flops": count_flops(steps[name]), "times": []}
+    deadline = time.perf_counter() + args.max_seconds
+    for _ in range(args.iters):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            step()
+            rows[name]["times"].append(time.perf_counter() - t)
+        if time.perf_counter() > deadline:
+            break
+    peak = matmul_gflops(args.threads)
+    out = {}
+    for name, r in rows.items():
+        med = statistics.median(r["times"])
+        out[name] = {"seconds": med, "gflop": r["flops"] / 1e9, "gflops_per_s": r["flops"] / med / 1e9,
+                     "n": len(r["times"])}
+    return {"threads": args.threads, "matmul_gflops": peak, "rows": out}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", default="sup:32:64,fo:5:4,so:5:4")
+    ap.add_argument("--layouts", default="1x2,2x1", help="PROCESSESxTHREADS, comma separated")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--max-seconds", type=float, default=300, help="stop timing a layout after this long")
+    ap.add_argument("--channels-last", choices=("off", "on", "both"), default="off")
+    ap.add_argument("--train-dir", default=str(DEFAULT_TRAIN) if DEFAULT_TRAIN.is_dir() else None)
+    ap.add_argument("--images", type=int, default=20, help="training images used for the patch pool")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return 0
+    results = {}
+    for layout in args.layouts.split(","):
+        procs, threads = (int(v) for v in layout.split("x"))
+        cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--configs", args.configs,
+               "--iters", str(args.iters), "--max-seconds", str(args.max_seconds), "--channels-last",
+               args.channels_last, "--images", str(args.images)]
+        if args.train_dir:
+            cmd += ["--train-dir", args.train_dir]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        running = [subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True) for _ in range(procs)]
+        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in running]
+        results[layout] = outs
+    print(f"{'config':<16}{'layout':>8}{'s/step':>10}{'GFLOP':>9}{'GFLOP/s':>10}{'peak':>8}{'%peak':>7}{'steps/s (all procs)':>22}")
+    for layout, outs in results.items():
+        for name in outs[0]["rows"]:
+            secs = statistics.median(o["rows"][name]["seconds"] for o in outs)
+            gflop = outs[0]["rows"][name]["gflop"]
+            rate = sum(o["rows"][name]["gflops_per_s"] for o in outs)
+            peak = sum(o["matmul_gflops"] for o in outs)
+            thr = sum(1.0 / o["rows"][name]["seconds"] for o in outs)
+            print(f"{name:<16}{layout:>8}{secs:>10.3f}{gflop:>9.1f}{rate:>10.1f}{peak:>8.1f}{100 * rate / peak:>6.0f}%"
+                  f"{thr:>22.3f}")
+    print(f"load average: {os.getloadavg()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "load": os.getloadavg()}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
