@@ -20,7 +20,7 @@ machine it runs on:
       0.2, reduce_mean), Adam 1e-4; tasks mapped with ``tf.map_fn``; second order, or first
       order with ``tf.stop_gradient`` on the inner gradients.
 * ``--framework torch`` (run it with the project's venv): the same measurements with
-  ``MetaSR(MZSRNet(), 2).start(lr, 'gd2.0')`` + ``.step()`` / ``.super_resolve()`` and
+  ``MetaSR(MZSRNet(), 2).start(lr, 'gd2.0')`` + ``.step()`` / ``.sr_tensor()`` and
   ``metasr_adapter.meta.MetaLearner.meta_step`` (skipped if that module is missing).
 * ``--framework both``: runs tf and torch as alternating subprocesses (tf, torch, tf, torch, ...)
   for ``--rounds`` rounds, so machine load hits both alike, and prints per-measurement medians
@@ -304,7 +304,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             results[name] = timed(loop, args.repeats, setup=start)
         elif name == "sr_512":
             start()
-            results[name] = timed(lambda: holder["s"].super_resolve(), args.repeats)
+            results[name] = timed(lambda: holder["s"].sr_tensor(), args.repeats)
 
     meta = [m for m in which if m.startswith("meta_")]
     if meta:

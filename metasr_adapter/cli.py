@@ -32,14 +32,15 @@ def _json_object(text: str) -> dict:
 
 def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--weights", required=weights_required, default=None,
-                   help="weights: a TensorFlow checkpoint prefix, .pth/.pt or .npz"
-                        + ("" if weights_required else " (default: the project's bundled weights)"))
+                   help="weights: a bundled name (mzsr_x2_direct, mzsr_x2_bicubic), a TensorFlow checkpoint prefix, "
+                        ".pth/.pt or .npz; 'random' for an untrained network"
+                        + ("" if weights_required else " (default: the bundled weights that match the kernel)"))
     p.add_argument("--arch", default="mzsr", help="network architecture: mzsr, rcan, idn... (metasr_adapter.list_models())")
     p.add_argument("--arch-kwargs", type=_json_object, default=None, metavar="JSON",
                    help='constructor arguments of the architecture, e.g. \'{"num_block": 16}\' for a BasicSR RCAN '
                         "(default: those saved with the weights; the SR factor comes from --scale)")
     p.add_argument("--param-key", default="auto", help="key inside .pth files: params, params_ema or auto")
-    p.add_argument("--scale", type=float, default=2.0, help="SR factor (default 2)")
+    p.add_argument("--scale", type=float, default=None, help="SR factor (default: the weights' own, else 2)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 = autocast + channels_last (fast on GPUs and CPUs with AMX)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
@@ -52,11 +53,12 @@ def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ds-method", choices=["direct", "bicubic"], default=None,
                    help="subsampling after the blur (default: the named kernel's, else direct)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--schedule", default="mzsr_direct",
-                   help="adaptation LR schedule: mzsr_direct, mzsr_bicubic, mzsr_multiscale, mzsr_x4")
+    g.add_argument("--schedule", default=None,
+                   help="adaptation LR schedule: mzsr_direct, mzsr_bicubic, mzsr_multiscale, mzsr_x4 "
+                        "(default: the one the weights were meta-trained for, else mzsr_direct)")
     g.add_argument("--lr", type=float, default=None, help="constant adaptation learning rate instead of a schedule")
-    p.add_argument("--loss", choices=["l1", "l2"], default="l1",
-                   help="self-supervised adaptation loss: l1 (MZSR, the default) or l2 (MLSR)")
+    p.add_argument("--loss", choices=["l1", "l2"], default=None,
+                   help="self-supervised adaptation loss: l1 (MZSR) or l2 (MLSR) (default: the weights' own, else l1)")
     p.add_argument("--back-projection", type=int, default=0, metavar="N", help="back-projection iterations (0 = off)")
     p.add_argument("--self-ensemble", action="store_true", help="median over the 8 flips/rotations")
 
@@ -131,17 +133,55 @@ def _setup(args: argparse.Namespace):
     return torch.device(device)
 
 
+def _choose_weights(args: argparse.Namespace) -> tuple[str, dict]:
+    """The weights to load (``--weights``, or the bundled ones that fit the kernel) and their metadata
+    (scale, ds_method, schedule, loss; empty for files that carry none)."""
+    from .kernels import resolve_kernel
+    from .pretrained import BUNDLED_WEIGHTS, default_weights, list_weights
+    from .weights import read_metadata
+
+    weights = args.weights
+    if weights is None:
+        try:
+            ds = resolve_kernel(args.kernel, args.ds_method).ds_method
+        except (ValueError, FileNotFoundError):
+            ds = args.ds_method  # the kernel's own error comes later, with its context
+        info = default_weights(args.arch, scale=args.scale, ds_method=ds)
+        if info is None:
+            have = ", ".join(list_weights()) or "none"
+            raise ValueError(f"no bundled weights for --arch {args.arch}"
+                             + (f" at --scale {args.scale:g}" if args.scale else "")
+                             + f" (bundled: {have}); pass --weights PATH, or --weights random for an untrained network")
+        weights = info.name
+    if weights in BUNDLED_WEIGHTS:
+        info = BUNDLED_WEIGHTS[weights]
+        return weights, {"scale": info.scale, "ds_method": info.ds_method, "schedule": info.schedule, "loss": info.loss}
+    if weights == "random":
+        return weights, {}
+    return weights, read_metadata(weights)
+
+
 def _load_metasr(args: argparse.Namespace):
     from . import MetaSR
     from .adapters import scale_kwargs
     from .pretrained import load_model
 
     device = _setup(args)
-    model = load_model(args.arch, args.weights, param_key=args.param_key,
-                       arch_defaults=scale_kwargs(args.arch, args.scale), **(args.arch_kwargs or {})).to(device)
-    schedule = args.lr if getattr(args, "lr", None) is not None else args.schedule
-    return MetaSR(model, args.scale, schedule=schedule, precision=args.precision, device=device,
-                  loss=getattr(args, "loss", "l1"))
+    weights, meta = _choose_weights(args)
+    trained_scale = meta.get("scale")
+    if args.scale is not None and trained_scale is not None and float(trained_scale) != float(args.scale):
+        raise ValueError(f"--scale {args.scale:g} but the weights {weights!r} were trained for x{float(trained_scale):g}; "
+                         f"use --scale {float(trained_scale):g} or weights trained for x{args.scale:g}")
+    scale = float(args.scale if args.scale is not None else trained_scale or 2.0)
+    args.scale = scale
+    model = load_model(args.arch, weights, param_key=args.param_key,
+                       arch_defaults=scale_kwargs(args.arch, scale), **(args.arch_kwargs or {})).to(device)
+    if getattr(args, "lr", None) is not None:
+        schedule = args.lr
+    else:
+        schedule = getattr(args, "schedule", None) or meta.get("schedule") or "mzsr_direct"
+    loss = getattr(args, "loss", None) or meta.get("loss") or "l1"
+    return MetaSR(model, scale, schedule=schedule, precision=args.precision, device=device, loss=loss)
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
@@ -174,7 +214,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from .zssr import ZSSRConfig
 
         _setup(args)
-        msr, scale = None, args.scale
+        msr, scale = None, args.scale or 2.0
         from .kernels import resolve_kernel
         from .zssr import default_preset
 
@@ -196,20 +236,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import bicubic_start_model, run_demo
-    from .pretrained import default_weights
+    from .demo import run_demo
 
-    if args.weights is None and default_weights(args.arch) is None and args.arch == "mzsr":
-        from . import MetaSR
-
-        device = _setup(args)
-        print("note: no trained weights are bundled yet and --weights was not given; the demo adapts an untrained "
-              "MZSRNet whose last layer is zeroed, so it starts exactly at bicubic. Pass --weights for a trained one.")
-        schedule = args.lr if args.lr is not None else args.schedule
-        msr = MetaSR(bicubic_start_model().to(device), args.scale, schedule=schedule, precision=args.precision,
-                     device=device)
-    else:
-        msr = _load_metasr(args)
+    msr = _load_metasr(args)
     return run_demo(msr, image=args.image, kernel=args.kernel, ds_method=args.ds_method, steps=args.steps,
                     output=args.output, back_projection=args.back_projection, self_ensemble=args.self_ensemble)
 

@@ -12,20 +12,7 @@ from .imageio import modcrop, read_image
 from .kernels import resolve_kernel
 from .metrics import psnr, to_uint8
 
-__all__ = ["bundled_photo", "bicubic_start_model", "run_demo", "side_by_side"]
-
-
-def bicubic_start_model(seed: int = 0) -> torch.nn.Module:
-    """An untrained MZSRNet whose last layer is zero: its output is exactly its (bicubic) input."""
-    from .adapters.mzsr import MZSRNet
-
-    net = MZSRNet()
-    net.reset_parameters(torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        last = getattr(net, f"conv{net.depth}")
-        last.weight.zero_()
-        last.bias.zero_()
-    return net
+__all__ = ["bundled_photo", "run_demo", "side_by_side"]
 
 
 def bundled_photo() -> np.ndarray:

@@ -368,14 +368,17 @@ def combine_query_losses(query_losses: Tensor, weights: Tensor, reduction: str) 
 # --------------------------------------------------------------------------------------------
 
 
-def select_parameters(model: nn.Module, patterns: Sequence[str] | None) -> list[str]:
-    """Names of the trainable parameters matching any fnmatch pattern (None = all trainable).
+def select_parameters(model: nn.Module, patterns: Sequence[str] | None, *, include_frozen: bool = False) -> list[str]:
+    """Names of the parameters that adapt: the trainable ones matching any fnmatch pattern (None = all
+    trainable). This one rule serves meta-training's inner steps and test-time adaptation alike.
 
-    A pattern that matches no trainable parameter raises ValueError listing the names.
+    ``include_frozen`` lets patterns also name ``requires_grad=False`` parameters (the caller asks for
+    them explicitly). A pattern that matches nothing raises ValueError listing the names.
     """
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, p in model.named_parameters() if p.requires_grad or include_frozen]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters (all requires_grad=False)")
+        raise ValueError(f"{type(model).__name__} has no trainable parameters (all requires_grad=False); "
+                         "pass adapt_params=['*'] to adapt them anyway")
     if patterns is None:
         return names
     if isinstance(patterns, str):

@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from .backprojection import back_project
 from .degrade import degrade, imresize
+from .devices import resolve_device, same_device
 from .imageio import ImageFormat, to_tensor
 from .kernels import KernelSpec, resolve_kernel
 from .schedules import Schedule, get_schedule
@@ -68,6 +69,13 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def _grad_mode() -> Iterator[None]:
+    """Autograd on, also inside ``torch.no_grad()`` and ``torch.inference_mode()`` blocks."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast is fast on ``device`` (GPUs; CPUs with AMX or AVX512-BF16)."""
     if device.type == "cuda":
@@ -82,8 +90,8 @@ def bf16_supported(device: torch.device) -> bool:
 class Adaptation:
     """One image's adaptation: fast weights, the LR son, and the SGD steps taken so far.
 
-    Made by :meth:`MetaSR.start`; ``step()`` takes one step, ``super_resolve()`` gives the
-    current SR tensor and ``result()`` the final image in the caller's format.
+    Made by :meth:`MetaSR.start`; ``step()`` takes one step, ``sr_tensor()`` gives the
+    current SR tensor and ``result()`` the SR image in the caller's format.
     """
 
     def __init__(
@@ -105,8 +113,16 @@ class Adaptation:
         self.generator = generator
         self.info = AdaptInfo()
         m = owner
+        with _grad_mode():
+            self._prepare(lr_img, kernel, generator)
+
+    def _prepare(self, lr_img: np.ndarray | torch.Tensor, kernel: KernelSpec, generator: torch.Generator | None) -> None:
+        m = self.owner
         x, alpha, fmt = to_tensor(lr_img, channels=m.in_channels, dtype=m.dtype, device=m.device)
-        self.lr: torch.Tensor = x
+        if x.is_inference():  # made under torch.inference_mode(): autograd cannot use it
+            x = x.clone()
+        #: the LR image as a 1xCxHxW tensor (the adaptation target)
+        self.lr_image: torch.Tensor = x
         self.alpha = alpha
         self.format: ImageFormat = fmt
         h, w = x.shape[-2:]
@@ -135,52 +151,66 @@ class Adaptation:
             # the network's input for the son, fixed across steps (SPEC §5: recomputed identically each step)
             self.son_input = m._network_input(son.double(), (h, w)).to(m.dtype)
             self.lr_input = m._network_input(x64, self.out_shape).to(m.dtype)
-        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in m._param_items()}
+        # the adapted parameters get private copies; the others are passed to the network as they are
+        self.params = {k: v.detach().clone().requires_grad_(k in m.adapt_names) for k, v in m._param_items()}
         self.steps_done = 0
         self._t0 = time.perf_counter()
 
     def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
         """The self-supervised loss ``mean |LR - f(son)|`` at the current weights, and its gradients."""
-        inp, target = self.son_input, self.lr
+        inp, target = self.son_input, self.lr_image
         if self.augment:
             from .augment import dihedral
 
             mode = int(torch.randint(0, 8, (1,), generator=self.generator))
             inp, target = dihedral(inp, mode), dihedral(target, mode)
-        out = self.owner._run(self.params, inp, tuple(target.shape[-2:]))
-        loss = self.owner.loss_fn(out, target)
-        names = list(self.params)
-        grads = torch.autograd.grad(loss, [self.params[n] for n in names])
-        return float(loss.detach()), dict(zip(names, grads))
+        names = self.owner.adapt_names
+        with _grad_mode():  # pipelines call adapt under torch.no_grad() / torch.inference_mode()
+            out = self.owner._run(self.params, inp, tuple(target.shape[-2:]))
+            loss = self.owner.loss_fn(out, target)
+            grads = torch.autograd.grad(loss, [self.params[n] for n in names], allow_unused=True)
+        return float(loss.detach()), {n: g for n, g in zip(names, grads) if g is not None}
 
     def step(self) -> AdaptStep:
         """One plain SGD step on ``mean |LR - f(son)|`` with the schedule's learning rate."""
         lr = float(self.schedule(self.steps_done))
         loss, grads = self.gradients()
-        with torch.no_grad():
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"adaptation step {self.steps_done}: the loss is {loss} (learning rate {lr:g}); the weights or the "
+                "input are not finite, or an earlier step diverged; lower the learning rate (lr=/--lr, schedule=)")
+        with _grad_mode(), torch.no_grad():
             for n, g in grads.items():
                 self.params[n].sub_(g, alpha=lr)
+        if not all(bool(torch.isfinite(self.params[n]).all()) for n in grads):
+            raise FloatingPointError(
+                f"adaptation step {self.steps_done} made the weights non-finite (learning rate {lr:g}, loss "
+                f"{loss:.4g}); lower the learning rate (lr=/--lr, schedule=)")
         rec = AdaptStep(self.steps_done, loss, lr)
         self.info.losses.append(rec.loss)
         self.info.lrs.append(lr)
         self.steps_done += 1
         return rec
 
-    @torch.no_grad()
-    def super_resolve(self, *, self_ensemble: bool = False, back_projection: int = 0) -> torch.Tensor:
-        """The SR image (1xCxsHxsW, clipped to [0, 1]) from the current fast weights.
+    def sr_tensor(self, *, self_ensemble: bool = False, back_projection: int = 0) -> torch.Tensor:
+        """The SR image as a 1xCxsHxsW tensor clipped to [0, 1], from the current fast weights
+        (:meth:`result` gives it in the caller's format).
 
         With ``self_ensemble`` the network runs on the 8 flips/rotations of the input; as in ZSSR,
         each de-transformed output is back-projected (when ``back_projection`` > 0), their
         median is taken, and the median is back-projected once more.
         """
+        with torch.inference_mode(False), torch.no_grad():  # normal tensors out, also inside inference_mode
+            return self._sr_tensor(self_ensemble=self_ensemble, back_projection=back_projection)
+
+    def _sr_tensor(self, *, self_ensemble: bool, back_projection: int) -> torch.Tensor:
         owner = self.owner
         run = lambda inp: owner._run(self.params, inp, tuple(inp.shape[-2:]) if owner.upsample_input else None)
 
         def finish(y: torch.Tensor) -> torch.Tensor:
             y = owner._fit(y, self.out_shape).clamp(0, 1)
             if back_projection:
-                y = back_project(y, self.lr, self.kernel.kernel, owner.scale, self.kernel.ds_method, int(back_projection))
+                y = back_project(y, self.lr_image, self.kernel.kernel, owner.scale, self.kernel.ds_method, int(back_projection))
             return y
 
         if not self_ensemble:
@@ -194,7 +224,7 @@ class Adaptation:
 
     def result(self, *, self_ensemble: bool = False, back_projection: int = 0) -> np.ndarray | torch.Tensor:
         """The SR image in the input's format (numpy dtype/layout, or tensor)."""
-        sr = self.super_resolve(self_ensemble=self_ensemble, back_projection=back_projection)
+        sr = self.sr_tensor(self_ensemble=self_ensemble, back_projection=back_projection)
         alpha = None
         if self.alpha is not None:
             alpha = imresize(self.alpha, self.owner.scale, output_shape=self.out_shape)
@@ -218,6 +248,9 @@ class MetaSR:
         device: where adaptation runs; defaults to the model's device.
         loss: the self-supervised loss between ``f(son)`` and the LR image: ``'l1'`` (MZSR, ZSSR;
             the default), ``'l2'`` (MLSR) or a callable ``loss(output, target)``.
+        adapt_params: fnmatch patterns of the parameters adaptation may change (meta-training's
+            ``adapt_params``; saved weights carry it). None = every parameter with
+            ``requires_grad=True``: frozen parameters stay frozen unless patterns name them.
     """
 
     def __init__(
@@ -230,8 +263,9 @@ class MetaSR:
         precision: str = "fp32",
         device: str | torch.device | None = None,
         loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "l1",
+        adapt_params: Sequence[str] | None = None,
     ) -> None:
-        from .meta import get_loss
+        from .meta import get_loss, select_parameters
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -248,10 +282,14 @@ class MetaSR:
         first = next(iter(model.parameters()), None)
         if first is None:
             raise ValueError("model has no parameters to adapt")
-        self.device = torch.device(device) if device is not None else first.device
+        self.device = resolve_device(device) if device is not None else first.device
         self.dtype = first.dtype if first.is_floating_point() else torch.float32
-        if self.device != first.device:
-            raise ValueError(f"model is on {first.device} but device={self.device}; move it with model.to(device)")
+        if not same_device(self.device, first.device):
+            raise ValueError(f"model is on {first.device} but device={str(device)!r}; move it with model.to(device)")
+        self.device = first.device
+        #: names of the parameters that adaptation changes (the same rule as meta-training's adapt_params)
+        self.adapt_params = None if adapt_params is None else list(adapt_params)
+        self.adapt_names = select_parameters(model, self.adapt_params, include_frozen=adapt_params is not None)
         if precision == "bf16" and not bf16_supported(self.device):
             warnings.warn(
                 f"bf16 autocast has no fast kernels on this {self.device.type} (no AMX/AVX512-BF16); it will run, slowly",
@@ -262,6 +300,7 @@ class MetaSR:
 
     # -- network plumbing -------------------------------------------------------------------
     def _param_items(self) -> list[tuple[str, torch.Tensor]]:
+        """Every parameter (adapted or not): the network runs on this full dict."""
         items = [(n, p) for n, p in self.model.named_parameters()]
         if self.precision == "bf16":
             items = [(n, p.contiguous(memory_format=torch.channels_last) if p.ndim == 4 else p) for n, p in items]
@@ -279,12 +318,17 @@ class MetaSR:
         return contextlib.nullcontext()
 
     def _fit(self, y: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-        """Crop a post-upsampling network's output to ``shape`` (e.g. an odd LR size)."""
+        """A network output of the expected ``shape``, allowing only the rounding of an odd size: a
+        post-upsampling network makes ``scale·floor(h)`` rows where ``ceil(scale·h)`` are expected
+        (non-integer scales), never more than ``ceil(scale) - 1`` extra. Anything else raises."""
         h, w = shape
-        if y.shape[-2] < h or y.shape[-1] < w:
-            raise RuntimeError(
-                f"network output {tuple(y.shape[-2:])} is smaller than the expected {shape}; check `scale` "
-                "and `upsample_input` (True for networks that take the bicubic-upsampled image)"
+        slack = max(0, math.ceil(self.scale) - 1)
+        oh, ow = y.shape[-2:]
+        if not (h <= oh <= h + slack and w <= ow <= w + slack):
+            raise ValueError(
+                f"network output is {oh}x{ow} but x{self.scale:g} SR of this input is {h}x{w}; check scale="
+                f"{self.scale:g} (the factor the network was built for) and upsample_input={self.upsample_input} "
+                "(True for networks that take the bicubic-upsampled image, False for those that upsample themselves)"
             )
         return y[..., :h, :w]
 

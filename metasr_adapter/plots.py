@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["psnr_vs_steps"]
+__all__ = ["psnr_vs_steps", "read_probes", "psnr_vs_cpu_hours"]
 
 
 def psnr_vs_steps(
@@ -54,3 +54,71 @@ def psnr_vs_steps(
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
+
+
+def read_probes(metrics_jsonl: str | os.PathLike) -> list[dict]:
+    """The in-training probe records of a run's ``metrics.jsonl``, each with ``cpu_hours`` added
+    (training seconds × threads / 3600; probe time excluded), in training order."""
+    import json
+
+    out = []
+    for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if isinstance(rec, dict) and rec.get("probe"):
+            rec["cpu_hours"] = float(rec["run_seconds"]) * int(rec.get("threads", 1)) / 3600.0
+            out.append(rec)
+    return out
+
+
+def psnr_vs_cpu_hours(
+    runs: Mapping[str, str | os.PathLike],
+    path: str | os.PathLike,
+    *,
+    steps: tuple[int, ...] = (0, 1, 10),
+    title: str | None = None,
+    baseline: float | None = None,
+) -> Path:
+    """PSNR after ``steps`` adaptation steps against CPU-hours of training, one colour per run
+    (``runs``: label → ``metrics.jsonl``), one line style per step count; a dotted vertical line marks
+    where each run's meta stage begins."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from .atomic import atomic_write
+
+    if not runs:
+        raise ValueError("runs is empty: give {label: path/to/metrics.jsonl}")
+    styles = ["-", "--", ":", "-."]
+    fig = Figure(figsize=(7.0, 4.6), dpi=120)
+    ax = fig.add_subplot(1, 1, 1)
+    for n, (label, metrics) in enumerate(runs.items()):
+        probes = read_probes(metrics)
+        if not probes:
+            raise ValueError(f"{metrics} holds no probe records: train with pretrain.probe_every / meta.probe_every > 0")
+        colour = f"C{n}"
+        for j, k in enumerate(steps):
+            pts = [(p["cpu_hours"], p["probe"][str(k)]) for p in probes if str(k) in p["probe"]]
+            if pts:
+                ax.plot(*zip(*pts), styles[j % len(styles)], color=colour, marker="o", markersize=3, linewidth=1.4,
+                        label=f"{label}, {k} step{'s' if k != 1 else ''}")
+        meta = [p["cpu_hours"] for p in probes if p["stage"] == "meta"]
+        pre = [p["cpu_hours"] for p in probes if p["stage"] == "pretrain"]
+        if meta and pre:
+            ax.axvline(max(pre), color=colour, linestyle=":", linewidth=0.8, alpha=0.6)
+    if baseline is not None:
+        ax.axhline(float(baseline), color="0.5", linestyle="--", linewidth=1.0, label="bicubic")
+    ax.set_xlabel("training CPU-hours (wall hours × threads)")
+    ax.set_ylabel("mean PSNR (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    return out

@@ -1,11 +1,15 @@
 """Building a network with its weights: ``load_model(arch, weights)``, and the project's own weights.
 
-Bundled weights live in ``metasr_adapter/weights/`` and are described by :class:`WeightsInfo`
-(architecture, scale, how they were trained, what they score), in the spirit of
-torchvision's weights enums.
+Bundled weights live in ``metasr_adapter/weights/``: ``NAME.pth`` (written by
+:func:`~metasr_adapter.weights.save_weights`), ``NAME.json`` (a :class:`WeightsInfo`: architecture,
+scale, degradation, schedule, lineage and measured scores, in the spirit of torchvision's weights
+enums) and ``NAME.md`` (the model card). Every bundled file was trained here from random
+initialisation by the project's own recipes (see each model card).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +19,15 @@ from torch import nn
 
 from .adapters import get_model
 
-__all__ = ["WeightsInfo", "BUNDLED_WEIGHTS", "default_weights", "load_model"]
+__all__ = ["WeightsInfo", "BUNDLED_WEIGHTS", "WEIGHTS_DIR", "default_weights", "get_weights", "list_weights",
+           "load_model", "load_pretrained"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """Metadata of a bundled weights file."""
+    """Metadata of a bundled weights file (its ``NAME.json`` sidecar)."""
 
     name: str
     arch: str
@@ -31,11 +36,27 @@ class WeightsInfo:
     ds_method: str
     schedule: str
     description: str
-    metrics: dict[str, float] = field(default_factory=dict)
+    loss: str = "l1"
+    sha256: str | None = None
+    lineage: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
         return WEIGHTS_DIR / self.filename
+
+    @property
+    def model_card(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.md"
+
+    def verify(self) -> None:
+        """Raise ValueError when the file's sha256 differs from the sidecar's (a damaged install)."""
+        if self.sha256 is None:
+            return
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        if digest != self.sha256:
+            raise ValueError(f"bundled weights {self.path} have sha256 {digest[:12]}…, expected {self.sha256[:12]}…: "
+                             "the file is damaged; reinstall metasr_adapter")
 
 
 BUNDLED_WEIGHTS: dict[str, WeightsInfo] = {}
@@ -43,13 +64,10 @@ BUNDLED_WEIGHTS: dict[str, WeightsInfo] = {}
 
 def _register_bundled() -> None:
     """Register the weights files that ship with the package (each has a JSON sidecar)."""
-    import json
-
     if not WEIGHTS_DIR.is_dir():
         return
     for meta in sorted(WEIGHTS_DIR.glob("*.json")):
-        info = json.loads(meta.read_text())
-        w = WeightsInfo(**info)
+        w = WeightsInfo(**json.loads(meta.read_text(encoding="utf-8")))
         if w.path.is_file():
             BUNDLED_WEIGHTS[w.name] = w
 
@@ -57,12 +75,30 @@ def _register_bundled() -> None:
 _register_bundled()
 
 
-def default_weights(arch: str = "mzsr") -> WeightsInfo | None:
-    """The first bundled weights for ``arch``, or None when the project ships none for it."""
-    for w in BUNDLED_WEIGHTS.values():
-        if w.arch == arch:
+def list_weights(arch: str | None = None) -> list[str]:
+    """Names of the bundled weights (for ``arch`` only, when given)."""
+    return [n for n, w in BUNDLED_WEIGHTS.items() if arch is None or w.arch == arch]
+
+
+def get_weights(name: str) -> WeightsInfo:
+    """The :class:`WeightsInfo` of bundled weights ``name``; KeyError naming the choices otherwise."""
+    if name not in BUNDLED_WEIGHTS:
+        have = ", ".join(BUNDLED_WEIGHTS) or "none (this install ships no weights)"
+        raise KeyError(f"no bundled weights named {name!r}; bundled: {have}")
+    return BUNDLED_WEIGHTS[name]
+
+
+def default_weights(arch: str = "mzsr", *, scale: float | None = None, ds_method: str | None = None) -> WeightsInfo | None:
+    """The bundled weights for ``arch`` that fit ``scale`` and ``ds_method`` (None = any), or None.
+
+    Weights trained for the requested subsampling are preferred; with no match for it, the first
+    weights of the right architecture and scale are returned.
+    """
+    fits = [w for w in BUNDLED_WEIGHTS.values() if w.arch == arch and (scale is None or float(w.scale) == float(scale))]
+    for w in fits:
+        if ds_method is None or w.ds_method == ds_method:
             return w
-    return None
+    return fits[0] if fits else None
 
 
 def load_model(
@@ -74,31 +110,54 @@ def load_model(
     arch_defaults: Mapping[str, Any] | None = None,
     **arch_kwargs: Any,
 ) -> nn.Module:
-    """Build ``arch`` and load ``weights`` (a path, a bundled weights name, or None for the default).
+    """Build ``arch`` and load ``weights``: a path, a bundled weights name (``'mzsr_x2_direct'``), or
+    None for the bundled default of ``arch``.
 
     The network's constructor arguments are, by priority: ``arch_kwargs``; the ``arch_kwargs``
     metadata of ``.pth`` files written by ``save_weights(model, path, arch_kwargs={...})``;
     ``arch_defaults`` (e.g. ``{'scale': 4}`` from a command line). With no weights given and none
-    bundled for ``arch``, the network keeps its random initialisation and a warning says so.
+    bundled for ``arch``, ValueError says how to give some; ``weights='random'`` asks for the
+    random initialisation explicitly.
     """
     from .weights import load_weights, read_metadata
 
-    if isinstance(weights, str) and weights in BUNDLED_WEIGHTS:
-        weights = BUNDLED_WEIGHTS[weights].path
-    saved = dict(read_metadata(weights).get("arch_kwargs") or {}) if weights is not None else {}
-    arch_kwargs = {**dict(arch_defaults or {}), **saved, **arch_kwargs}
-    model = get_model(arch, **arch_kwargs)
+    if isinstance(weights, str) and weights == "random":
+        return get_model(arch, **{**dict(arch_defaults or {}), **arch_kwargs})
     if weights is None:
         info = default_weights(arch)
         if info is None:
-            warnings.warn(
-                f"no weights given and none bundled for {arch!r}: the network is randomly initialised; "
-                "pass --weights / weights=PATH for meaningful results",
-                UserWarning,
-                stacklevel=2,
-            )
-            return model
+            raise ValueError(f"no weights given and none bundled for {arch!r}: pass weights=PATH (--weights PATH), "
+                             "or weights='random' for an untrained network")
+        weights = info.name
+    if isinstance(weights, str) and weights in BUNDLED_WEIGHTS:
+        info = BUNDLED_WEIGHTS[weights]
+        if info.arch != arch:
+            raise ValueError(f"bundled weights {weights!r} are for arch {info.arch!r}, not {arch!r}; "
+                             f"use arch={info.arch!r}")
+        info.verify()
         weights = info.path
-        model = get_model(arch, **dict(read_metadata(weights).get("arch_kwargs") or {}))
+    saved = dict(read_metadata(weights).get("arch_kwargs") or {})
+    model = get_model(arch, **{**dict(arch_defaults or {}), **saved, **arch_kwargs})
     load_weights(model, weights, param_key=param_key, strict=strict)
     return model
+
+
+def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = None, device: Any = None,
+                    **metasr_kwargs: Any):
+    """A ready :class:`~metasr_adapter.metasr.MetaSR` with bundled weights ``name`` and the scale,
+    test-time schedule and loss they were meta-trained for.
+
+    ``name=None`` picks the bundled MZSR x2 weights for ``kernel_ds_method`` (``'direct'`` by default;
+    ``'bicubic'`` for g^b kernels). ``metasr_kwargs`` override the wrapper's settings.
+    """
+    from .metasr import MetaSR
+
+    if name is None:
+        info = default_weights("mzsr", scale=2.0, ds_method=kernel_ds_method or "direct")
+        if info is None:
+            raise ValueError("this install ships no bundled weights; build MetaSR(load_model(arch, PATH), scale) instead")
+    else:
+        info = get_weights(name)
+    model = load_model(info.arch, info.name)
+    kwargs = {"schedule": info.schedule, "loss": info.loss, "device": device, **metasr_kwargs}
+    return MetaSR(model, info.scale, **kwargs)

@@ -56,6 +56,7 @@ PLOT_NAME = "psnr_vs_steps.png"
 START_WEIGHTS = "start_weights.pth"
 FINAL_WEIGHTS = "meta_trained.pth"
 EVAL_NAME = "eval.json"
+RUN_INFO_NAME = "run_info.json"
 _CHECKPOINT_FORMAT = 1
 #: testing hook: "STAGE:STEP" makes the process SIGKILL itself right after completing that step
 #: (after that step's checkpoint, if any); "STAGE:STEP:raise" raises instead
@@ -72,6 +73,35 @@ def _device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or device=auto")
     return dev
+
+
+def environment_info() -> dict[str, Any]:
+    """Where code runs: the git commit of this package (when it is a checkout), CPU, threads, torch."""
+    import platform
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip() or None
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"commit": commit, "dirty": dirty, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version()}
 
 
 def model_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
@@ -486,7 +516,9 @@ class _Run:
 
     def _arch_meta(self) -> dict[str, Any]:
         """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
-        return {"arch": self.recipe["model"]["name"], "arch_kwargs": model_kwargs(self.recipe)}
+        r = self.recipe
+        return {"arch": r["model"]["name"], "arch_kwargs": model_kwargs(r), "scale": float(r["model"]["scale"]),
+                "ds_method": r["data"]["ds_method"], "schedule": r["eval"]["schedule"], "loss": r["meta"]["loss"]}
 
     def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool,
                   steps: Sequence[int] | None = None) -> dict[str, Any]:
@@ -574,6 +606,7 @@ class _Run:
         if ckpt is None and self.log.path.exists():
             self.log.path.unlink()  # a run that died before its first checkpoint
         atomic_write_text(self.out / "recipe.yaml", dump_recipe(self.recipe))
+        self._record_session(resumed_from=None if ckpt is None else (ckpt["stage"], int(ckpt["step"])))
 
         self.model = build_model(self.recipe)
         if ckpt is not None:
@@ -607,6 +640,13 @@ class _Run:
         elif stage == "done" and (self.out / EVAL_NAME).is_file():
             results = json.loads((self.out / EVAL_NAME).read_text())
         return self.summary(results)
+
+    def _record_session(self, resumed_from: tuple[str, int] | None) -> None:
+        """Append this session's lineage (code commit, machine, threads) to ``run_info.json``."""
+        path = self.out / RUN_INFO_NAME
+        info = json.loads(path.read_text()) if path.is_file() and resumed_from is not None else {"sessions": []}
+        info["sessions"].append({**environment_info(), "resumed_from": resumed_from, "started": time.time()})
+        atomic_write_text(path, json.dumps(info, indent=2) + "\n")
 
     def summary(self, results: dict[str, Any] | None) -> dict[str, Any]:
         def curve(key: str) -> dict[int, float] | None:

@@ -211,7 +211,7 @@ def test_official_meta_test_intermediates_on_butterfly():
     np.testing.assert_allclose(hwc(session.son), ref["lr_son"], atol=2e-6)
     np.testing.assert_allclose(hwc(session.son_input), ref["ilr_son"], atol=2e-6)
     np.testing.assert_allclose(hwc(session.lr_input), ref["ilr"], atol=2e-6)
-    np.testing.assert_allclose(hwc(session.super_resolve()), np.clip(ref["sr_init"], 0, 1), atol=2e-6)
+    np.testing.assert_allclose(hwc(session.sr_tensor()), np.clip(ref["sr_init"], 0, 1), atol=2e-6)
     loss, grads = session.gradients()
     assert loss == pytest.approx(float(ref["losses10"][0]), rel=1e-6)
     # The L1 gradient is sign(f(son) - LR): float32 round-off flips the sign at a few pixels
@@ -224,10 +224,10 @@ def test_official_meta_test_intermediates_on_butterfly():
         rb = ref[f"grad0/MODEL/conv{k}/bias"]
         assert np.linalg.norm(grads[f"conv{k}.bias"].numpy() - rb) / np.linalg.norm(rb) < 5e-4, k
     losses = [session.step().loss]
-    np.testing.assert_allclose(hwc(session.super_resolve()), np.clip(ref["sr_after1"], 0, 1), atol=1e-5)
+    np.testing.assert_allclose(hwc(session.sr_tensor()), np.clip(ref["sr_after1"], 0, 1), atol=1e-5)
     losses += [session.step().loss for _ in range(9)]
     np.testing.assert_allclose(losses, ref["losses10"], rtol=1e-5)
-    np.testing.assert_allclose(hwc(session.super_resolve()), np.clip(ref["sr_after10"], 0, 1), atol=1e-5)
+    np.testing.assert_allclose(hwc(session.sr_tensor()), np.clip(ref["sr_after10"], 0, 1), atol=1e-5)
 
 
 def test_self_ensemble_is_the_median_of_the_eight_transforms(small_lr):

@@ -1,0 +1,51 @@
+"""Device spellings: one parser and one comparison for ``'cpu'``, ``'cuda'``, ``'cuda:1'``, ``torch.device``.
+
+``torch.device('cuda') != torch.device('cuda:0')`` although both name the same GPU once the index is
+resolved; every device check in this package goes through :func:`same_device`.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["resolve_device", "same_device"]
+
+
+def resolve_device(spec: str | torch.device | None = None) -> torch.device:
+    """``spec`` as a ``torch.device`` with its index resolved (``'cuda'`` → ``cuda:<current>``).
+
+    ``None`` or ``'auto'`` = CUDA when available, else CPU. Raises ValueError naming the value and
+    the fix for an unknown spelling or a CUDA device this machine does not have.
+    """
+    if spec is None or spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = spec if isinstance(spec, torch.device) else torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {spec!r} is not a device name; use cpu, cuda, cuda:N or auto") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(spec)!r} needs CUDA, which this machine (or this torch build) lacks; "
+                             "use device cpu or auto")
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(spec)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return torch.device("cuda", index)
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    return dev
+
+
+def _key(dev: torch.device) -> tuple[str, int]:
+    if dev.type == "cpu":
+        return ("cpu", 0)
+    if dev.index is None and dev.type == "cuda" and torch.cuda.is_available():
+        return (dev.type, torch.cuda.current_device())
+    return (dev.type, 0 if dev.index is None else dev.index)
+
+
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """Whether ``a`` and ``b`` name the same device (type and resolved index; ``cpu`` == ``cpu:0``)."""
+    da = a if isinstance(a, torch.device) else torch.device(a)
+    db = b if isinstance(b, torch.device) else torch.device(b)
+    return _key(da) == _key(db)
