@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from metasr_adapter import MetaSR, MZSRNet
-from metasr_adapter.demo import bundled_photo
-from metasr_adapter.imageio import read_image
-from metasr_adapter.metasr import bf16_supported
+from metasr_adapter.cli.demo import bundled_photo
+from metasr_adapter.ops.imageio import read_image
+from metasr_adapter.precision import bf16_supported
 
 OFFICIAL = {1: (0.445, 1.62), 10: (3.90, 5.16)}  # steps -> (adaptation loop s, whole call s)
 
@@ -70,7 +70,7 @@ def main() -> None:
     lr = read_image(args.lr) if args.lr else bundled_photo()[100:356, 128:384]
     net = MZSRNet()
     if args.weights:
-        from metasr_adapter.weights import load_weights
+        from metasr_adapter.io.weights import load_weights
 
         load_weights(net, args.weights)
     print(f"CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "

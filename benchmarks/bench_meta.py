@@ -1,4 +1,4 @@
-"""Seconds per MAML meta-iteration of :class:`metasr_adapter.meta.MetaLearner`, side by side in one process.
+"""Seconds per MAML meta-iteration of :class:`metasr_adapter.meta.learner.MetaLearner`, side by side in one process.
 
     python benchmarks/bench_meta.py                         # MZSR: meta-batch 5, task-batch 4, 64x64, 5 steps
     python benchmarks/bench_meta.py --threads 1 --iters 3 --configs "so:fp32:loop:nchw,so:fp32:loop:cl"
@@ -38,7 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from metasr_adapter.adapters.mzsr import MZSRNet, mzsr_state_dict_from_tf
-from metasr_adapter.meta import MAMLConfig, MetaLearner, TaskBatch
+from metasr_adapter.meta.learner import MAMLConfig, MetaLearner, TaskBatch
 
 DEFAULT_CONFIGS = (
     "so:fp32:loop:nchw,so:fp32:loop:cl,so:fp32:vmap:nchw,so:bf16:loop:cl,"

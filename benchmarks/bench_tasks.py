@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from metasr_adapter.tasks import PatchPool, TaskSampler, task_loader
+from metasr_adapter.meta.tasks import PatchPool, TaskSampler, task_loader
 
 
 def _photo_folder(folder: Path) -> Path:

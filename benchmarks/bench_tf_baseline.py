@@ -21,7 +21,7 @@ machine it runs on:
       order with ``tf.stop_gradient`` on the inner gradients.
 * ``--framework torch`` (run it with the project's venv): the same measurements with
   ``MetaSR(MZSRNet(), 2).start(lr, 'gd2.0')`` + ``.step()`` / ``.sr_tensor()`` and
-  ``metasr_adapter.meta.MetaLearner.meta_step`` (skipped if that module is missing).
+  ``metasr_adapter.meta.learner.MetaLearner.meta_step`` (skipped if that module is missing).
 * ``--framework both``: runs tf and torch as alternating subprocesses (tf, torch, tf, torch, ...)
   for ``--rounds`` rounds, so machine load hits both alike, and prints per-measurement medians
   over the rounds and the torch/TF time ratio (< 1: torch is faster). The 1-minute load average
@@ -282,7 +282,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
         m.load_state_dict(state)
         return m
 
-    from metasr_adapter.imageio import read_image
+    from metasr_adapter.ops.imageio import read_image
 
     lr_np, lr_src = lr_image(args.lr, read_image)
     msr = MetaSR(net(), 2)
@@ -309,10 +309,10 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
     meta = [m for m in which if m.startswith("meta_")]
     if meta:
         try:
-            from metasr_adapter.meta import MAMLConfig, MetaLearner, TaskBatch
+            from metasr_adapter.meta.learner import MAMLConfig, MetaLearner, TaskBatch
         except ImportError as e:
             for name in meta:
-                notes[name] = f"metasr_adapter.meta unavailable ({e})"
+                notes[name] = f"metasr_adapter.meta.learner unavailable ({e})"
         else:
             ia, la, ib, lb = (torch.from_numpy(a).permute(0, 1, 4, 2, 3).contiguous() for a in random_tasks())
             batch = TaskBatch(support_x=ia, support_y=la, query_x=ib, query_y=lb)

@@ -6,10 +6,10 @@
 
 Each configuration is ``kind:a:b``:
 
-* ``sup:B:P`` — one :class:`~metasr_adapter.pretrain.Pretrainer` step on ``B`` patches of ``P``² from
-  :class:`~metasr_adapter.pretrain.KernelPairSampler` (8 random kernels per batch, direct subsampling);
-* ``fo:MB:TB`` / ``so:MB:TB`` — one first-/second-order :class:`~metasr_adapter.meta.MetaLearner`
-  meta-iteration on a :class:`~metasr_adapter.tasks.TaskSampler` meta-batch (64² patches, 5 inner steps).
+* ``sup:B:P`` — one :class:`~metasr_adapter.meta.pretrain.Pretrainer` step on ``B`` patches of ``P``² from
+  :class:`~metasr_adapter.meta.pretrain.KernelPairSampler` (8 random kernels per batch, direct subsampling);
+* ``fo:MB:TB`` / ``so:MB:TB`` — one first-/second-order :class:`~metasr_adapter.meta.learner.MetaLearner`
+  meta-iteration on a :class:`~metasr_adapter.meta.tasks.TaskSampler` meta-batch (64² patches, 5 inner steps).
 
 The work of each step is counted once with ``torch.utils.flop_counter.FlopCounterMode`` (every aten op,
 double-backward included), and achieved GFLOP/s are reported against this CPU's measured fp32 peak: a
@@ -56,7 +56,7 @@ def _pool(train_dir: Path | None, images: int, patch: int):
     import matplotlib
     import numpy as np
 
-    from metasr_adapter.tasks import PatchPool, find_images
+    from metasr_adapter.meta.tasks import PatchPool, find_images
 
     folder = Path(tempfile.mkdtemp(prefix="bench_pool_"))
     if train_dir is not None and train_dir.is_dir():
@@ -71,9 +71,9 @@ def _pool(train_dir: Path | None, images: int, patch: int):
 def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool):
     """A zero-argument callable running one training step, and a batch-maker for the FLOP count."""
     from metasr_adapter.adapters.mzsr import MZSRNet
-    from metasr_adapter.meta import MAMLConfig, MetaLearner
-    from metasr_adapter.pretrain import KernelPairSampler, Pretrainer
-    from metasr_adapter.tasks import TaskSampler
+    from metasr_adapter.meta.learner import MAMLConfig, MetaLearner
+    from metasr_adapter.meta.pretrain import KernelPairSampler, Pretrainer
+    from metasr_adapter.meta.tasks import TaskSampler
 
     torch.manual_seed(0)
     model = MZSRNet()

@@ -1,7 +1,7 @@
 """ZSSR benchmark: Set5/Set14 x2 in the 'ideal' setting, the official examples, and CPU speed.
 
 Ideal setting (ZSSR paper, Table 1): LR = MATLAB-bicubic downscaling of the modcropped HR,
-rounded to uint8; Y-PSNR with ``crop_border = scale`` (metasr_adapter.metrics.psnr).
+rounded to uint8; Y-PSNR with ``crop_border = scale`` (metasr_adapter.ops.metrics.psnr).
 Paper: Set5 x2 37.37 dB, Set14 x2 33.00 dB.
 
 Examples::
@@ -37,7 +37,7 @@ PAPER_TABLE1_X2 = {"set5": 37.37, "set14": 33.00}
 
 def _ideal_lr(hr: np.ndarray, scale: float) -> np.ndarray:
     """MATLAB-bicubic downscaling of a uint8 image, rounded back to uint8 (same layout)."""
-    from metasr_adapter.degrade import imresize
+    from metasr_adapter.ops.degrade import imresize
 
     a = hr[:, :, None] if hr.ndim == 2 else hr
     x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float64) / 255.0)[None]
@@ -47,7 +47,7 @@ def _ideal_lr(hr: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _bicubic_up(lr: np.ndarray, scale: float, shape: tuple[int, int]) -> np.ndarray:
-    from metasr_adapter.degrade import imresize
+    from metasr_adapter.ops.degrade import imresize
 
     a = lr[:, :, None] if lr.ndim == 2 else lr
     x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float64) / 255.0)[None]
@@ -67,13 +67,13 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
 def _write(path: str | None, payload: dict[str, Any]) -> None:
     if not path:
         return
-    from metasr_adapter.atomic import atomic_write_text
+    from metasr_adapter.io.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2, default=float))
 
 
 def _config(args: argparse.Namespace, preset: str | None = None, **extra: Any):
-    from metasr_adapter.zssr import ZSSRConfig
+    from metasr_adapter.zssr.core import ZSSRConfig
 
     over: dict[str, Any] = {"precision": args.precision, "seed": args.seed, "device": "cpu"}
     if args.iters is not None:
@@ -93,9 +93,9 @@ def _summary_of(info) -> dict[str, Any]:
 
 
 def cmd_ideal(args: argparse.Namespace) -> int:
-    from metasr_adapter.imageio import list_images, modcrop, read_image
-    from metasr_adapter.metrics import psnr
-    from metasr_adapter.zssr import ZSSR
+    from metasr_adapter.ops.imageio import list_images, modcrop, read_image
+    from metasr_adapter.ops.metrics import psnr
+    from metasr_adapter.zssr.core import ZSSR
 
     scale = 2.0
     border = int(scale)
@@ -195,9 +195,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    from metasr_adapter.imageio import read_image
-    from metasr_adapter.metrics import psnr
-    from metasr_adapter.zssr import ZSSR
+    from metasr_adapter.ops.imageio import read_image
+    from metasr_adapter.ops.metrics import psnr
+    from metasr_adapter.zssr.core import ZSSR
 
     root = Path(args.examples_dir)
     payload: dict[str, Any] = {"environment": _environment(args), "examples": []}
@@ -223,7 +223,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
             row["psnr"] = psnr(sr, gt, crop_border=2)
             row["bicubic_psnr"] = psnr(_bicubic_up(lr, 2.0, gt.shape[:2]), gt, crop_border=2)
         if args.save_dir:
-            from metasr_adapter.imageio import write_image
+            from metasr_adapter.ops.imageio import write_image
 
             write_image(Path(args.save_dir) / f"{name}_zssr.png", sr)
         payload["examples"].append(row)
@@ -234,8 +234,8 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from metasr_adapter.imageio import list_images, modcrop, read_image
-    from metasr_adapter.zssr import ZSSR, ZSSRConfig
+    from metasr_adapter.ops.imageio import list_images, modcrop, read_image
+    from metasr_adapter.zssr.core import ZSSR, ZSSRConfig
 
     path = [p for p in list_images(args.set5_dir) if p.stem == args.image][0]
     lr = _ideal_lr(modcrop(read_image(path), 2), 2.0)

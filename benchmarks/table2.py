@@ -6,7 +6,7 @@
 
 For every set and each of the paper's x2 kernels — g^d_0.2, g^d_2.0, g^d_ani (blur, then direct
 subsampling) and g^b_1.3 (blur, then bicubic subsampling) — the LR image is synthesised from the HR
-image with :func:`metasr_adapter.evaluate.synthesize_lr` (uint8), then adapted with the test-time
+image with :func:`metasr_adapter.adapt.evaluate.synthesize_lr` (uint8), then adapted with the test-time
 schedule the weights were meta-trained for. Y-PSNR and SSIM (MATLAB conventions, shave 2) are scored
 after 0, 1 and 10 steps, next to bicubic interpolation. The g^d kernels use the direct-subsampling
 weights, g^b_1.3 the bicubic ones, as in the paper.
@@ -49,7 +49,7 @@ def _set_arg(text: str) -> tuple[str, Path]:
 
 
 def run_cell(msr, gt_dir: Path, kernel: str, limit: int | None, progress: bool) -> dict:
-    from metasr_adapter.evaluate import evaluate_folder
+    from metasr_adapter.adapt.evaluate import evaluate_folder
 
     t0 = time.perf_counter()
     report = evaluate_folder(msr, gt_dir, kernel=kernel, steps=STEPS, include_bicubic=True, limit=limit,
@@ -100,8 +100,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     from metasr_adapter import MetaSR
-    from metasr_adapter.pretrained import BUNDLED_WEIGHTS, load_model
-    from metasr_adapter.weights import read_metadata
+    from metasr_adapter.io.pretrained import BUNDLED_WEIGHTS, load_model
+    from metasr_adapter.io.weights import read_metadata
 
     def wrapper(weights: str, schedule: str | None, fallback: str) -> MetaSR:
         meta = ({"schedule": BUNDLED_WEIGHTS[weights].schedule} if weights in BUNDLED_WEIGHTS

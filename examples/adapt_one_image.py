@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from metasr_adapter import MetaSR, load_model, psnr, read_image, write_image
-from metasr_adapter.imageio import modcrop
+from metasr_adapter.ops.imageio import modcrop
 
 
 def main() -> None:

@@ -13,24 +13,27 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
     # wrapping and adapting
-    "MetaSR": "metasr", "Adaptation": "metasr", "AdaptInfo": "metasr", "AdaptStep": "metasr",
+    "MetaSR": "adapt.metasr", "Adaptation": "adapt.metasr", "AdaptInfo": "adapt.metasr", "AdaptStep": "adapt.metasr",
     # networks and weights
     "get_model": "adapters", "list_models": "adapters", "register_model": "adapters",
-    "MZSRNet": "adapters.mzsr", "RCAN": "adapters.rcan", "IDN": "adapters.idn", "load_model": "pretrained", "WeightsInfo": "pretrained",
-    "BUNDLED_WEIGHTS": "pretrained", "read_weights": "weights", "load_weights": "weights",
-    "save_weights": "weights", "read_tf_checkpoint": "tf_checkpoint",
+    "MZSRNet": "adapters.mzsr", "RCAN": "adapters.rcan", "IDN": "adapters.idn", "load_model": "io.pretrained", "WeightsInfo": "io.pretrained",
+    "BUNDLED_WEIGHTS": "io.pretrained", "load_pretrained": "io.pretrained", "list_weights": "io.pretrained",
+    "get_weights": "io.pretrained", "read_weights": "io.weights", "load_weights": "io.weights",
+    "save_weights": "io.weights", "read_tf_checkpoint": "io.tf_checkpoint",
     # degradations and kernels
-    "imresize": "degrade", "blur": "degrade", "subsample_direct": "degrade",
-    "KernelSpec": "kernels", "named_kernel": "kernels", "resolve_kernel": "kernels", "load_kernel": "kernels",
-    "anisotropic_gaussian": "kernels", "random_kernel": "kernels",
+    "imresize": "ops.degrade", "blur": "ops.degrade", "subsample_direct": "ops.degrade",
+    "KernelSpec": "ops.kernels", "named_kernel": "ops.kernels", "resolve_kernel": "ops.kernels", "load_kernel": "ops.kernels",
+    "anisotropic_gaussian": "ops.kernels", "random_kernel": "ops.kernels",
     # metrics, schedules, evaluation
-    "psnr": "metrics", "ssim": "metrics", "get_schedule": "schedules", "back_project": "backprojection",
-    "evaluate_folder": "evaluate", "read_image": "imageio", "write_image": "imageio",
+    "psnr": "ops.metrics", "ssim": "ops.metrics", "get_schedule": "adapt.schedules", "back_project": "ops.backprojection",
+    "evaluate_folder": "adapt.evaluate", "read_image": "ops.imageio", "write_image": "ops.imageio",
+    # devices and errors
+    "resolve_device": "devices", "same_device": "devices", "UserInputError": "errors",
     # meta-training
-    "MetaLearner": "meta", "MAMLConfig": "meta", "TaskBatch": "meta", "TaskSampler": "tasks",
-    "MLSRTaskSampler": "tasks", "PatchPool": "tasks", "get_loss": "meta",
+    "MetaLearner": "meta.learner", "MAMLConfig": "meta.learner", "TaskBatch": "meta.learner", "TaskSampler": "meta.tasks",
+    "MLSRTaskSampler": "meta.tasks", "PatchPool": "meta.tasks", "get_loss": "ops.losses",
     # zero-shot SR
-    "ZSSR": "zssr", "ZSSRConfig": "zssr",
+    "ZSSR": "zssr.core", "ZSSRConfig": "zssr.core",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -10,8 +10,8 @@ from metasr_adapter import MetaSR
 from metasr_adapter.adapters import get_model, list_models
 from metasr_adapter.adapters.idn import IDN
 from metasr_adapter.adapters.rcan import RCAN, rcan_state_dict_from_official
-from metasr_adapter.pretrained import load_model
-from metasr_adapter.weights import WeightsMismatchError, load_weights, save_weights
+from metasr_adapter.io.pretrained import load_model
+from metasr_adapter.io.weights import WeightsMismatchError, load_weights, save_weights
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -142,7 +142,7 @@ def test_idn_skip_path_is_bicubic():
         m.reconstruct.bias.zero_()
     x = torch.rand(1, 3, 9, 11)
     torch.testing.assert_close(m(x), F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False))
-    from metasr_adapter.degrade import imresize
+    from metasr_adapter.ops.degrade import imresize
 
     m.bicubic = "matlab"
     torch.testing.assert_close(m(x), imresize(x, 2.0))
@@ -183,7 +183,7 @@ def test_adaptation_loss_can_be_l2(photo):
     # a zeroed last layer makes MZSRNet the bicubic upsampling of its input, so the first loss is
     # known by hand: the mean (absolute | squared) error between bicubic(son) and the LR image
     from metasr_adapter import MZSRNet
-    from metasr_adapter.degrade import imresize
+    from metasr_adapter.ops.degrade import imresize
 
     net = MZSRNet(width=8, depth=3)
     with torch.no_grad():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from metasr_adapter.augment import (
+from metasr_adapter.ops.augment import (
     AXIS_PRESERVING_MODES,
     Dihedral,
     SelfEnsemble,
@@ -17,17 +17,17 @@ from metasr_adapter.augment import (
     random_crop_box,
 )
 
-# [[a, b], [c, d]] with a=1, b=2, c=3, d=4 under the 8 modes, written out by hand:
-# rot90 turns counter-clockwise (np.rot90), modes 4..7 add a left-right flip afterwards.
+# [[a, b], [c, d]] with a=1, b=2, c=3, d=4 under the 8 modes, written out by hand (SPEC §3a):
+# mode // 2 counter-clockwise quarter turns (np.rot90), then an up-down flip for odd modes.
 HAND_2X2 = {
     0: [[1, 2], [3, 4]],
-    1: [[2, 4], [1, 3]],
-    2: [[4, 3], [2, 1]],
-    3: [[3, 1], [4, 2]],
-    4: [[2, 1], [4, 3]],
-    5: [[4, 2], [3, 1]],
-    6: [[3, 4], [1, 2]],
-    7: [[1, 3], [2, 4]],
+    1: [[3, 4], [1, 2]],
+    2: [[2, 4], [1, 3]],
+    3: [[1, 3], [2, 4]],
+    4: [[4, 3], [2, 1]],
+    5: [[2, 1], [4, 3]],
+    6: [[3, 1], [4, 2]],
+    7: [[4, 2], [3, 1]],
 }
 
 
@@ -56,14 +56,15 @@ def test_dihedral_roundtrip_all_modes(rng):
         assert torch.equal(Dihedral(m, inverse=True)(Dihedral(m)(x)), x)
 
 
-def test_dihedral_matches_numpy_rot90_and_fliplr(rng):
-    a = rng.random((4, 6))
-    t = torch.from_numpy(a)[None, None]
+def test_dihedral_matches_numpy_rot90_and_flipud_on_tensors_and_arrays(rng):
+    a = rng.random((4, 6, 3))
+    t = torch.from_numpy(a).permute(2, 0, 1)[None]
     for m in range(8):
-        ref = np.rot90(a, m % 4)
-        if m >= 4:
-            ref = np.fliplr(ref)
-        np.testing.assert_array_equal(dihedral(t, m)[0, 0].numpy(), ref)
+        ref = np.rot90(a, m // 2)
+        if m % 2:
+            ref = np.flipud(ref)
+        np.testing.assert_array_equal(dihedral(t, m)[0].permute(1, 2, 0).numpy(), ref)
+        np.testing.assert_array_equal(dihedral(a, m, dims=(0, 1)), ref)  # the same function on HxWxC arrays
 
 
 @pytest.mark.parametrize("bad", [-1, 8, 1.5, True, "0"])

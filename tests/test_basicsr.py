@@ -12,7 +12,7 @@ from metasr_adapter import MetaSR
 from metasr_adapter.adapters import get_model
 from metasr_adapter.adapters.rcan import RCAN
 from metasr_adapter.integrations import basicsr as integ
-from metasr_adapter.weights import load_weights
+from metasr_adapter.io.weights import load_weights
 
 HAVE_BASICSR = importlib.util.find_spec("basicsr") is not None and importlib.util.find_spec("torchvision") is not None
 needs_basicsr = pytest.mark.skipif(not HAVE_BASICSR, reason="basicsr/torchvision not installed (CI stage 2 has them)")

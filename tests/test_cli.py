@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from metasr_adapter import MZSRNet
-from metasr_adapter.cli import main
-from metasr_adapter.imageio import read_image, write_image
-from metasr_adapter.weights import save_weights
+from metasr_adapter.cli.main import main
+from metasr_adapter.ops.imageio import read_image, write_image
+from metasr_adapter.io.weights import save_weights
 
 
 @pytest.fixture
@@ -93,8 +93,8 @@ def test_eval_reproduces_spec_numbers_for_one_step():
     from conftest import shared_path
 
     from metasr_adapter import MetaSR
-    from metasr_adapter.evaluate import evaluate_folder
-    from metasr_adapter.pretrained import load_model
+    from metasr_adapter.adapt.evaluate import evaluate_folder
+    from metasr_adapter.io.pretrained import load_model
 
     net = load_model("mzsr", str(shared_path("weights", "mzsr_official", "Pretrained.index")))
     report = evaluate_folder(
@@ -112,7 +112,6 @@ def test_eval_reproduces_spec_numbers_for_one_step():
 
 
 @pytest.mark.shared
-@pytest.mark.slow
 def test_cli_eval_reproduces_spec_section_0(tmp_path, capsys):
     from conftest import shared_path
 
@@ -173,3 +172,75 @@ def test_adapt_wraps_a_basicsr_rcan_checkpoint(tmp_path, photo, capsys):
     with pytest.raises(SystemExit):
         main(args + ["--arch-kwargs", "{num_feat: 16}"])
     assert "not valid JSON" in capsys.readouterr().err
+
+
+# ---- user errors: one line, exit 2, before any work -------------------------------------------------
+@pytest.fixture
+def lr_png(tmp_path, photo):
+    path = tmp_path / "lr.png"
+    write_image(path, photo[:40, :50])
+    return path
+
+
+@pytest.fixture
+def tiny_x2(tmp_path):
+    torch.manual_seed(0)
+    return save_weights(MZSRNet(width=8, depth=3), tmp_path / "x2.pth", arch="mzsr",
+                        arch_kwargs={"width": 8, "depth": 3}, scale=2.0, schedule="mzsr_direct", loss="l1")
+
+
+def _bad_files(tmp_path):
+    (tmp_path / "text.mat").write_text("not a matlab file\n")
+    (tmp_path / "text.npy").write_text("not a numpy file\n")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    (tmp_path / "tag.yaml").write_text("model: !!python/object/apply:os.system ['true']\n")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "torch.npz")
+    (tmp_path / "trunc.pth").write_bytes((tmp_path / "x2.pth").read_bytes()[:200])
+    (tmp_path / "outdir").mkdir()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["adapt", "{lr}", "--weights", "{w}", "--threads", "-1", "-o", "{tmp}/o.png"], "--threads -1"),
+    (["adapt", "{lr}", "--weights", "{w}", "--device", "foo", "-o", "{tmp}/o.png"], "'foo' is not a device name"),
+    (["adapt", "{lr}", "--weights", "{w}", "-o", "{tmp}/o.xyz"], "'.xyz' image"),
+    (["adapt", "{lr}", "--weights", "{w}", "-o", "{tmp}/outdir"], "is a folder"),
+    (["adapt", "{lr}", "--weights", "{w}", "-o", "{tmp}/text.mat/o.png"], "cannot write into"),
+    (["adapt", "{lr}", "--weights", "{w}", "--back-projection", "-3", "-o", "{tmp}/o.png"], "--back-projection -3"),
+    (["adapt", "{lr}", "--weights", "{w}", "--scale", "3", "-o", "{tmp}/o.png"], "trained for x2"),
+    (["adapt", "{lr}", "--weights", "{tmp}/trunc.pth", "-o", "{tmp}/o.png"], "truncated"),
+    (["adapt", "{lr}", "--weights", "{tmp}/torch.npz", "-o", "{tmp}/o.png"], "rename it to .pth"),
+    (["adapt", "{lr}", "--weights", "{w}", "--kernel", "{tmp}/text.mat", "-o", "{tmp}/o.png"], "is not a MATLAB .mat file"),
+    (["adapt", "{lr}", "--weights", "{w}", "--kernel", "{tmp}/text.npy", "-o", "{tmp}/o.png"], "is not a .npy array file"),
+    (["adapt", "{lr}", "--arch", "rcan", "-o", "{tmp}/o.png"], "--weights random"),
+    (["train", "{tmp}/bad.yaml", "--show"], "is not valid YAML"),
+    (["train", "{tmp}/tag.yaml", "--show"], "no !!python tags"),
+    (["eval", "--gt-dir", "{tmp}", "--weights", "{w}", "--json", "{tmp}/outdir"], "is a folder"),
+])
+def test_user_errors_are_one_line_with_exit_2(tmp_path, lr_png, tiny_x2, capsys, argv, needle):
+    _bad_files(tmp_path)
+    args = [a.format(lr=lr_png, w=tiny_x2, tmp=tmp_path) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert needle in err, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_library_bug_is_not_reported_as_a_user_error(monkeypatch, lr_png, tiny_x2, tmp_path):
+    import metasr_adapter.adapt.metasr as metasr_mod
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug inside the library")
+
+    monkeypatch.setattr(metasr_mod.MetaSR, "adapt", broken)
+    with pytest.raises(TypeError, match="a bug inside"):  # before: one 'error:' line, exit 2
+        main(["adapt", str(lr_png), "--weights", str(tiny_x2), "-o", str(tmp_path / "o.png")])
+
+
+def test_zssr_command_and_eval_share_the_kernel_shift_switch():
+    from metasr_adapter.cli.main import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["zssr", "x.png", "-o", "y.png"]).kernel_shift is False  # always shifted before
+    assert p.parse_args(["zssr", "x.png", "-o", "y.png", "--kernel-shift"]).kernel_shift is True
+    assert p.parse_args(["eval", "--gt-dir", "g", "--method", "zssr", "--zssr-kernel-shift"]).kernel_shift is True

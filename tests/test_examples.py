@@ -8,13 +8,13 @@ import torch
 
 from conftest import ROOT
 from metasr_adapter import MZSRNet
-from metasr_adapter.imageio import write_image
-from metasr_adapter.weights import save_weights
+from metasr_adapter.ops.imageio import write_image
+from metasr_adapter.io.weights import save_weights
 
 
 def test_adapt_one_image_example(tmp_path, photo):
-    from metasr_adapter.evaluate import synthesize_lr
-    from metasr_adapter.kernels import resolve_kernel
+    from metasr_adapter.adapt.evaluate import synthesize_lr
+    from metasr_adapter.ops.kernels import resolve_kernel
 
     gt = photo[200:264, 200:264]
     write_image(tmp_path / "gt.png", gt)

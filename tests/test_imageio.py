@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from metasr_adapter.imageio import list_images, modcrop, read_image, to_tensor, write_image
+from metasr_adapter.ops.imageio import list_images, modcrop, read_image, to_tensor, write_image
 
 
 def test_png_roundtrip_rgb_gray_rgba(tmp_path, rng):

@@ -1,4 +1,4 @@
-"""metasr_adapter.kernels: SPEC §3c Gaussians and sampler, MZSR Table 2 kernels, loading, validation."""
+"""metasr_adapter.ops.kernels: SPEC §3c Gaussians and sampler, MZSR Table 2 kernels, loading, validation."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +10,8 @@ import scipy.io
 import torch
 
 from conftest import shared_path
-from metasr_adapter import kernels as K
-from metasr_adapter.kernels import (
+from metasr_adapter.ops import kernels as K
+from metasr_adapter.ops.kernels import (
     KERNEL_NAMES,
     KernelSpec,
     anisotropic_gaussian,
@@ -65,6 +65,7 @@ def test_gaussian_centre_and_scalar_variance():
     assert np.allclose(k4[1:3, 1:3], k4[1, 1]) and k4[1, 1] == k4.max()
 
 
+@pytest.mark.shared
 def test_gd20_equals_official_kernel_mat():
     official = scipy.io.loadmat(str(shared_path("data", "mzsr_g20", "kernel.mat")))["kernel"]
     spec = named_kernel("gd2.0")
@@ -152,6 +153,7 @@ def test_random_kernel_parameter_ranges(monkeypatch):
     assert np.all((arr[:, 2] >= 1) & (arr[:, 2] <= arr[:, 1]))
 
 
+@pytest.mark.shared
 def test_random_kernel_official_fixture():
     """fixtures: np.random.seed(123); kernel 0; 4 randn(32,32,3) noise draws; kernel 1 (SPEC §3b order)."""
     kernels = np.load(shared_path("fixtures", "meta_step_reference_mb2_tb2.npz"))["kernels"]
@@ -242,6 +244,7 @@ def test_load_npy_and_bad_files(tmp_path):
         load_kernel(tmp_path / "missing.mat")
 
 
+@pytest.mark.shared
 def test_load_official_mat_files():
     official = load_kernel(shared_path("data", "mzsr_g20", "kernel.mat"))
     np.testing.assert_allclose(official, named_kernel("gd2.0").kernel, rtol=0, atol=1e-15)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from metasr_adapter.lr_policy import LinearFitLRPolicy, linear_fit
+from metasr_adapter.zssr.lr_policy import LinearFitLRPolicy, linear_fit
 
 
 def test_linear_fit_by_hand():

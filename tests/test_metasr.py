@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metasr_adapter import MetaSR, MZSRNet
-from metasr_adapter.degrade import degrade, imresize
+from metasr_adapter.ops.degrade import degrade, imresize
 
 
 def tiny_net(seed: int = 0) -> MZSRNet:
@@ -62,7 +62,7 @@ def test_steps_are_plain_sgd_on_the_son_with_the_schedule(small_lr):
 
     ref = tiny_net()
     x = torch.from_numpy(small_lr).permute(2, 0, 1)[None].float() / 255
-    from metasr_adapter.kernels import named_kernel
+    from metasr_adapter.ops.kernels import named_kernel
 
     k = named_kernel("gd2.0")
     son = degrade(x, k.kernel, 2, ds_method="direct").clamp(0, 1)
@@ -140,7 +140,7 @@ def test_bicubic_kernel_and_custom_arrays(small_lr):
     a = msr.adapt(small_lr, None, steps=1)
     b = msr.adapt(small_lr, "bicubic", steps=1)
     assert np.array_equal(a, b)
-    from metasr_adapter.kernels import named_kernel
+    from metasr_adapter.ops.kernels import named_kernel
 
     k = named_kernel("gd2.0").kernel
     assert np.array_equal(msr.adapt(small_lr, k, steps=1), msr.adapt(small_lr, "gd2.0", steps=1))
@@ -184,7 +184,7 @@ def test_bf16_runs_close_to_fp32(small_lr):
 
 
 def _fast_bf16() -> bool:
-    from metasr_adapter.metasr import bf16_supported
+    from metasr_adapter.precision import bf16_supported
 
     return bf16_supported(torch.device("cpu"))
 
@@ -202,7 +202,7 @@ def test_official_meta_test_intermediates_on_butterfly():
     """SPEC §0 fixture: the official TF graph's intermediates with θ_T on Set5 butterfly."""
     from conftest import shared_path
 
-    from metasr_adapter.weights import load_weights
+    from metasr_adapter.io.weights import load_weights
 
     ref = np.load(shared_path("fixtures", "reference_arrays_butterfly.npz"))
     net = load_weights(MZSRNet(), shared_path("weights", "mzsr_official", "mzsr_pretrained_bicubic.npz"))
@@ -231,7 +231,7 @@ def test_official_meta_test_intermediates_on_butterfly():
 
 
 def test_self_ensemble_is_the_median_of_the_eight_transforms(small_lr):
-    from metasr_adapter.augment import dihedral, inverse_dihedral
+    from metasr_adapter.ops.augment import dihedral, inverse_dihedral
 
     net = tiny_net()
     msr = MetaSR(net, 2)

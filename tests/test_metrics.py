@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from metasr_adapter.metrics import psnr, rgb2y, ssim, to_uint8
+from metasr_adapter.ops.metrics import psnr, rgb2y, ssim, to_uint8
 
 
 def test_psnr_identical_is_100(photo):
@@ -97,8 +97,8 @@ def test_bicubic_baselines_match_official_numbers():
     """SPEC §0: bicubic interpolation of MZSR's g2.0 Set5 inputs, Y-PSNR shave 2."""
     from conftest import shared_path
 
-    from metasr_adapter.degrade import imresize
-    from metasr_adapter.imageio import modcrop, read_image, to_tensor
+    from metasr_adapter.ops.degrade import imresize
+    from metasr_adapter.ops.imageio import modcrop, read_image, to_tensor
 
     expected = {"baby": 32.0030, "bird": 30.2477, "butterfly": 22.6653, "head": 31.9076, "woman": 26.8247}
     for name, value in expected.items():

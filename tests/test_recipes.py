@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metasr_adapter.recipes import (
+from metasr_adapter.training.recipes import (
     SCHEMA,
     default_recipe,
     load_recipe,
@@ -19,6 +19,7 @@ from metasr_adapter.recipes import (
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SHIPPED = ["mzsr_x2.yaml", "mzsr_bicubic_x2.yaml", "mzsr_x4.yaml", "mlsr_idn_x2.yaml"]
+CPU_BUDGET = ["mzsr_x2_cpu.yaml", "mzsr_bicubic_x2_cpu.yaml"]
 
 
 def _flat_keys(tree: dict, prefix: str = "") -> set[str]:
@@ -168,3 +169,16 @@ def test_defaults_and_hash() -> None:
     assert recipe_hash(other) != recipe_hash(d)
     assert recipe_diff(d, other) == ["meta.task_batch", "seed"]
     assert "meta" in SCHEMA and "iterations" in SCHEMA["meta"]
+
+
+@pytest.mark.parametrize("name", CPU_BUDGET)
+def test_cpu_budget_recipes_spell_out_and_explain_every_constant(name: str) -> None:
+    text = (RECIPES / name).read_text()
+    assert _flat_keys(yaml.safe_load(text)) == set(recipe_keys()), "a shipped recipe must spell out every setting"
+    for line in text.splitlines():
+        m = re.match(r"\s*(\w+):\s*([-+0-9.e\[\], ]+)\s*(#.*)?$", line)
+        if m and m.group(1) not in ("seed", "limit"):
+            assert m.group(3), f"{name}: the constant on {line.strip()!r} needs a comment saying why"
+    r = load_recipe(RECIPES / name)
+    assert r["model"]["weights"] is None, "shipped weights start from random initialisation"
+    assert r["pretrain"]["degradation"] == "kernel" and r["meta"]["second_order_from"] < r["meta"]["iterations"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from metasr_adapter.schedules import SCHEDULES, constant, get_schedule, piecewise
+from metasr_adapter.adapt.schedules import SCHEDULES, constant, get_schedule, piecewise
 
 
 def test_official_presets_match_spec_section_5():

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from metasr_adapter.pretrain import PairSampler, Pretrainer, staircase_lr
-from metasr_adapter.tasks import PatchPool
-from metasr_adapter.train import KILL_ENV, MetricsLog, TrainingInterrupted, run_training
+from metasr_adapter.io.atomic import load_checked
+from metasr_adapter.meta.pretrain import PairSampler, Pretrainer, staircase_lr
+from metasr_adapter.meta.tasks import PatchPool
+from metasr_adapter.training.train import KILL_ENV, MetricsLog, TrainingInterrupted, run_training
 
 pytestmark = [pytest.mark.filterwarnings("ignore:eval.gt_dir is not set"), pytest.mark.usefixtures("one_torch_thread")]
 
@@ -61,7 +62,7 @@ def _tiny(data: dict[str, Path], **extra: object) -> list[str]:
 
 
 def _train_cmd(out: Path, overrides: list[str], resume: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "metasr_adapter.cli", "train", str(RECIPE), "--out", str(out), "--set", *overrides]
+    cmd = [sys.executable, "-m", "metasr_adapter.cli.main", "train", str(RECIPE), "--out", str(out), "--set", *overrides]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -79,11 +80,8 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 
 def test_cli_train_end_to_end_tiny_budget(data: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
-    t0 = time.perf_counter()
     res = _run(_train_cmd(out, _tiny(data)))
-    seconds = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr[-3000:]
-    assert seconds < 180
     for name in ("checkpoint.pt", "metrics.jsonl", "psnr_vs_steps.png", "eval.json", "recipe.yaml",
                  "start_weights.pth", "meta_trained.pth"):
         assert (out / name).is_file(), name
@@ -93,21 +91,31 @@ def test_cli_train_end_to_end_tiny_budget(data: dict[str, Path], tmp_path: Path)
     for key in ("start", "meta_trained"):
         psnr = ev[key]["mean_psnr"]
         assert [int(k) for k in psnr if k.isdigit()] == list(range(11))
-        assert all(5 < v < 60 for v in psnr.values())
     assert "bicubic" in ev["meta_trained"]["mean_psnr"]
+    # the report is what the saved weights give when evaluated on their own (weights + metadata round trip)
+    from metasr_adapter import MetaSR, evaluate_folder
+    from metasr_adapter.io.pretrained import load_model
+    from metasr_adapter.io.weights import read_metadata
+
+    meta = read_metadata(out / "meta_trained.pth")
+    assert (meta["arch"], meta["scale"], meta["schedule"], meta["loss"]) == ("mzsr", 2.0, "mzsr_direct", "l1")
+    msr = MetaSR(load_model(weights=out / "meta_trained.pth"), meta["scale"], schedule=meta["schedule"])
+    again = evaluate_folder(msr, data["gt"], kernel="gd2.0", steps=[0, 10], progress=False)
+    for k in (0, 10):
+        assert again.mean_psnr[k] == pytest.approx(ev["meta_trained"]["mean_psnr"][str(k)], abs=1e-4)
     recs = MetricsLog(out / "metrics.jsonl").read()
     meta_steps = [r["step"] for r in recs if r["stage"] == "meta"]
     assert meta_steps == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in recs if r["stage"] == "pretrain"] == [1, 2, 3, 4, 5]
     assert all(np.isfinite(r["meta_loss"]) for r in recs if r["stage"] == "meta")
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ckpt = load_checked(out / "checkpoint.pt")
     assert ckpt["stage"] == "done"
     assert "mean PSNR" in res.stdout
 
 
 def test_mlsr_recipe_end_to_end_with_idn(data: dict[str, Path], tmp_path: Path) -> None:
     """recipes/mlsr_idn_x2.yaml on a tiny budget: IDN pretrained with L2, MLSR tasks, first order."""
-    from metasr_adapter.recipes import load_recipe
+    from metasr_adapter.training.recipes import load_recipe
 
     over = _tiny(data, **{
         "model.arch_kwargs": "{num_feat: 16, diff: 4, num_blocks: 1}", "data.stride": 60,
@@ -118,10 +126,11 @@ def test_mlsr_recipe_end_to_end_with_idn(data: dict[str, Path], tmp_path: Path) 
     over = [o for o in over if not o.startswith(("model.width", "model.depth"))]
     out = tmp_path / "mlsr"
     result = run_training(load_recipe(ROOT / "recipes" / "mlsr_idn_x2.yaml", over), out_dir=out)
-    assert result is not None
+    assert Path(result["final_weights"]).is_file() and result["eval"] == str(out / "eval.json")
     ev = json.loads((out / "eval.json").read_text())
     psnr = ev["meta_trained"]["mean_psnr"]
-    assert [k for k in psnr if k.isdigit()] == ["0", "1", "2"] and all(10 < v < 60 for v in psnr.values())
+    assert [k for k in psnr if k.isdigit()] == ["0", "1", "2"]
+    assert result["psnr_meta_trained"] == {k: pytest.approx(psnr[str(k)]) for k in (0, 1, 2)}
     recs = MetricsLog(out / "metrics.jsonl").read()
     assert [r["step"] for r in recs if r["stage"] == "meta"] == [1, 2, 3]
     assert all(np.isfinite(r["meta_loss"]) for r in recs if r["stage"] == "meta")
@@ -130,7 +139,7 @@ def test_mlsr_recipe_end_to_end_with_idn(data: dict[str, Path], tmp_path: Path) 
     start = _params(out / "start_weights.pth")
     assert not torch.equal(start["features.0.weight"], params["features.0.weight"])  # meta-training moved it
     # the saved weights rebuild their network: metasr eval needs no architecture settings
-    from metasr_adapter.cli import main
+    from metasr_adapter.cli.main import main
 
     rc = main(["eval", "--arch", "idn", "--weights", str(out / "meta_trained.pth"), "--gt-dir", str(data["gt"]),
                "--kernel", "bicubic", "--steps", "0,2", "--lr", "1e-3", "--loss", "l2", "--threads", "1"])
@@ -154,7 +163,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture
 def resume_setup(data: dict[str, Path], tmp_path: Path):
     """Settings of the resume tests and an uninterrupted reference run (in this process)."""
-    from metasr_adapter.recipes import load_recipe
+    from metasr_adapter.training.recipes import load_recipe
 
     over = _tiny(data, **{"eval.gt_dir": "null", "data.num_workers": 1, "meta.iterations": 7})
     ref = tmp_path / "uninterrupted"
@@ -165,7 +174,7 @@ def resume_setup(data: dict[str, Path], tmp_path: Path):
 def test_resume_after_crashes_in_both_stages_gives_identical_weights(
     resume_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from metasr_adapter.recipes import load_recipe
+    from metasr_adapter.training.recipes import load_recipe
 
     over, ref = resume_setup
     run = tmp_path / "crashed"
@@ -173,13 +182,13 @@ def test_resume_after_crashes_in_both_stages_gives_identical_weights(
     monkeypatch.setenv(KILL_ENV, "pretrain:3:raise")  # checkpoint at 2, crash after step 3
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_training(rec, out_dir=run)
-    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ck = load_checked(run / "checkpoint.pt")
     assert (ck["stage"], ck["step"]) == ("pretrain", 2)
     assert [r["step"] for r in MetricsLog(run / "metrics.jsonl").read()] == [1, 2, 3]
     monkeypatch.setenv(KILL_ENV, "meta:5:raise")  # checkpoint at 4, crash after step 5
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_training(rec, out_dir=run, resume=True)
-    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ck = load_checked(run / "checkpoint.pt")
     assert (ck["stage"], ck["step"]) == ("meta", 4)
     monkeypatch.delenv(KILL_ENV)
     run_training(rec, out_dir=run, resume=True)
@@ -188,7 +197,7 @@ def test_resume_after_crashes_in_both_stages_gives_identical_weights(
 
 def test_resume_may_change_meta_iterations(resume_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run planned for 100 iterations, crashed after 5 and resumed with 7, equals a 7-iteration run."""
-    from metasr_adapter.recipes import load_recipe
+    from metasr_adapter.training.recipes import load_recipe
 
     over, ref = resume_setup
     run = tmp_path / "shortened"
@@ -210,35 +219,40 @@ def test_resume_after_sigkill_gives_identical_weights(resume_setup, tmp_path: Pa
     run = tmp_path / "killed"
     res = _run(_train_cmd(run, over), kill_after="meta:5")  # checkpoint at 4, killed after step 5
     assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
-    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ck = load_checked(run / "checkpoint.pt")
     assert (ck["stage"], ck["step"]) == ("meta", 4)
     assert [r["step"] for r in MetricsLog(run / "metrics.jsonl").read() if r["stage"] == "meta"] == [1, 2, 3, 4, 5]
-    from metasr_adapter.cli import main
+    from metasr_adapter.cli.main import main
 
     assert main(["train", str(RECIPE), "--out", str(run), "--resume", "--set", *over]) == 0
     _assert_same_run(ref, run)
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_checks_the_recipe(data: dict[str, Path], tmp_path: Path) -> None:
-    from metasr_adapter.recipes import load_recipe
+    from metasr_adapter.training.recipes import load_recipe
 
     out = tmp_path / "run"
     rec = load_recipe(RECIPE, _tiny(data, **{"pretrain.iterations": 0, "meta.iterations": 100000,
                                               "output.checkpoint_every": 100000, "eval.gt_dir": "null"}))
 
+    default_handler = signal.getsignal(signal.SIGTERM)
+
     def stop_soon() -> None:
-        deadline = time.time() + 60
+        # ready = the run's SIGTERM handler is installed and meta-training logged a step; a signal sent
+        # before the handler is in place would kill pytest itself, so without readiness none is sent
+        deadline = time.time() + 120
         log = out / "metrics.jsonl"
-        while time.time() < deadline:  # wait until meta-training is under way
-            if log.is_file() and '"stage": "meta"' in log.read_text():
-                break
+        while time.time() < deadline:
+            installed = signal.getsignal(signal.SIGTERM) is not default_handler
+            if installed and log.is_file() and '"stage": "meta"' in log.read_text():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=stop_soon, daemon=True).start()
     with pytest.raises(TrainingInterrupted) as exc:
         run_training(rec, out_dir=out)
-    ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ck = load_checked(out / "checkpoint.pt")
     assert ck["stage"] == "meta" and ck["step"] == exc.value.step >= 1
     last = [r for r in MetricsLog(out / "metrics.jsonl").read() if r["stage"] == "meta"][-1]
     assert last["step"] == ck["step"]
@@ -253,7 +267,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_checks_the_recipe(data: dict[str,
 
 
 def test_cli_rejects_unknown_recipe_keys(capsys: pytest.CaptureFixture[str]) -> None:
-    from metasr_adapter.cli import main
+    from metasr_adapter.cli.main import main
 
     assert main(["train", str(RECIPE), "--set", "meta.iteratoins=3"]) == 2
     err = capsys.readouterr().err
@@ -281,7 +295,7 @@ def test_staircase_learning_rate_spec8() -> None:
 
 def test_pretraining_pairs_and_steps(data: dict[str, Path]) -> None:
     from metasr_adapter.adapters.mzsr import MZSRNet
-    from metasr_adapter.degrade import imresize
+    from metasr_adapter.ops.degrade import imresize
 
     pool = PatchPool(data["train"], patch_size=96, stride=120, lr_scale=2).build()
     s = PairSampler(pool, batch_size=3, seed=1)
@@ -300,3 +314,24 @@ def test_pretraining_pairs_and_steps(data: dict[str, Path]) -> None:
     lr_only = PairSampler(pool, batch_size=2, seed=1, upsample_input=False).sample_arrays(0)
     assert lr_only["x"].shape == (2, 3, 48, 48)
     torch.testing.assert_close(imresize(lr_only["x"], 2.0), PairSampler(pool, 2, seed=1).sample_arrays(0)["x"])
+
+
+@pytest.mark.parametrize("stage, extra", [("pretrain", {"pretrain.iterations": 4, "meta.iterations": 0}),
+                                          ("meta", {"pretrain.iterations": 0, "meta.iterations": 4})])
+def test_resume_warns_when_the_training_images_changed(data, tmp_path, photo, stage, extra):
+    """The saved sampler state is restored on resume (it was never read before, so this never warned)."""
+    from metasr_adapter.training.recipes import load_recipe
+
+    over = _tiny(data, **{**extra, "output.checkpoint_every": 2, "output.pretrain_checkpoint_every": 2,
+                          "eval.gt_dir": "null"})
+    out = tmp_path / "run"
+    rec = load_recipe(RECIPE, over)
+    os.environ[KILL_ENV] = f"{stage}:2:raise"
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_training(rec, out_dir=out)
+    finally:
+        os.environ.pop(KILL_ENV, None)
+    _write(data["train"] / "d.png", photo[:200, 300:500])  # a new training image
+    with pytest.warns(UserWarning, match="training images changed"):
+        run_training(load_recipe(RECIPE, over), out_dir=out, resume=True)

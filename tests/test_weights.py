@@ -10,7 +10,7 @@ import torch
 
 from conftest import shared_path
 from metasr_adapter.adapters.mzsr import MZSRNet
-from metasr_adapter.weights import WeightsMismatchError, load_weights, read_weights, save_weights
+from metasr_adapter.io.weights import WeightsMismatchError, load_weights, read_weights, save_weights
 from test_tf_checkpoint import write_bundle
 
 
@@ -176,6 +176,7 @@ def test_missing_file_names_it_and_forms(tmp_path: Path) -> None:
         load_weights(small_net(0), os.fspath(tmp_path / "prefix_without_index"))
 
 
+@pytest.mark.shared
 def test_official_tf_prefix_equals_npz() -> None:
     index = shared_path("weights", "mzsr_official", "Pretrained.index")
     npz = shared_path("weights", "mzsr_official", "mzsr_pretrained_bicubic.npz")

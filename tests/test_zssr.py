@@ -9,8 +9,8 @@ import torch
 from conftest import shared_path
 from torch import nn
 
-from metasr_adapter.degrade import degrade, imresize
-from metasr_adapter.zssr import (
+from metasr_adapter.ops.degrade import degrade, imresize
+from metasr_adapter.zssr.core import (
     PRESETS,
     ZSSR,
     ZSSRConfig,
@@ -102,7 +102,7 @@ def test_estimated_kernels_with_negative_entries_are_accepted_with_a_warning(tmp
     with pytest.warns(UserWarning, match="negative"):
         assert resolve_zssr_kernel(str(tmp_path / "k.npy")).kernel.sum() == pytest.approx(1.0)
     # ordinary kernels and names go through the project's resolver (KernelSpec)
-    from metasr_adapter.kernels import KernelSpec
+    from metasr_adapter.ops.kernels import KernelSpec
 
     assert isinstance(resolve_zssr_kernel(np.full((3, 3), 1 / 9)), KernelSpec)
     assert resolve_zssr_kernel(None).kernel is None
@@ -276,7 +276,7 @@ def test_bf16_option_runs(photo):
 
 
 def _fast_bf16() -> bool:
-    from metasr_adapter.metasr import bf16_supported
+    from metasr_adapter.precision import bf16_supported
 
     return bf16_supported(torch.device("cpu"))
 
@@ -307,7 +307,7 @@ def test_zssr_super_resolve_returns_numpy(photo):
 
 
 def test_cli_writes_the_image_and_reports_psnr(tmp_path, photo, capsys):
-    from metasr_adapter.imageio import read_image, write_image
+    from metasr_adapter.ops.imageio import read_image, write_image
 
     gt = _crop(photo, 48)
     lr = np.round(imresize(torch.from_numpy(gt.transpose(2, 0, 1).astype(np.float64) / 255)[None], 0.5)
@@ -325,7 +325,7 @@ def test_cli_writes_the_image_and_reports_psnr(tmp_path, photo, capsys):
 
 @pytest.mark.shared
 def test_cli_runs_on_the_official_kernel_example(tmp_path):
-    from metasr_adapter.imageio import read_image
+    from metasr_adapter.ops.imageio import read_image
 
     folder = shared_path("data", "zssr", "kernel_example")
     lr_path = folder / "BSD100_100_lr_rand_ker_c_X2.png"
@@ -339,7 +339,7 @@ def test_cli_runs_on_the_official_kernel_example(tmp_path):
 @pytest.mark.shared
 def test_cli_runs_on_the_official_real_example(tmp_path):
     # a real photo with its estimated kernel (small negative entries, used as given) and the 'real' preset
-    from metasr_adapter.imageio import read_image
+    from metasr_adapter.ops.imageio import read_image
 
     folder = shared_path("data", "zssr", "real_example")
     lr_path = folder / "charlie.png"

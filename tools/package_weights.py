@@ -9,7 +9,7 @@ Reads the run folder written by ``metasr train`` (``meta_trained.pth``, ``recipe
 
 * ``NAME.pth`` — the weights with their adapter metadata (arch, kwargs, scale, ds_method, schedule,
   loss, recipe, commit);
-* ``NAME.json`` — the :class:`~metasr_adapter.pretrained.WeightsInfo` sidecar: sha256, lineage
+* ``NAME.json`` — the :class:`~metasr_adapter.io.pretrained.WeightsInfo` sidecar: sha256, lineage
   (recipe, commits, data, hardware, stages, wall time) and measured scores;
 * ``NAME.md`` — the model card, generated from the same facts (Table 2 rows from ``--table2`` when
   its cells exist).
@@ -31,8 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metasr_adapter.pretrained import WEIGHTS_DIR  # noqa: E402
-from metasr_adapter.weights import read_weights, save_weights  # noqa: E402
+from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
+from metasr_adapter.io.weights import read_weights, save_weights  # noqa: E402
 
 KERNEL_ORDER = ("gd0.2", "gd2.0", "gdani", "gb1.3")
 

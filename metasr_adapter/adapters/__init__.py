@@ -6,11 +6,14 @@ architecture never breaks ``import metasr_adapter``.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
-__all__ = ["register_model", "get_model", "get_model_factory", "list_models", "scale_kwargs"]
+from ..errors import UnknownNameError
+
+__all__ = ["register_model", "get_model", "get_model_factory", "list_models", "scale_kwargs",
+           "state_dict_from_foreign", "foreign_variables"]
 
 # name -> "module:attribute" (imported on first use) or a factory callable
 _REGISTRY: dict[str, str | Callable[..., nn.Module]] = {
@@ -39,7 +42,7 @@ def get_model_factory(name: str) -> Callable[..., nn.Module]:
     """The class or callable registered under ``name`` (imported now if it was registered lazily)."""
     key = name.lower()
     if key not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     factory = _REGISTRY[key]
     if isinstance(factory, str):
         module_name, _, attr = factory.partition(":")
@@ -66,3 +69,21 @@ def scale_kwargs(name: str, scale: float) -> dict[str, int]:
     if float(scale) != int(scale):
         raise ValueError(f"scale {scale:g}: the {name} network upsamples by an integer factor; use 2, 3 or 4")
     return {"scale": int(scale)}
+
+
+def foreign_variables(names: list[str]) -> list[str] | None:
+    """The variables to read from a checkpoint whose names follow a layout an adapter converts (the
+    official MZSR TensorFlow checkpoint), or None when no adapter knows the layout."""
+    from .mzsr import official_tf_names, official_tf_prefix
+
+    prefix = official_tf_prefix(names)
+    return None if prefix is None else official_tf_names(names, prefix)
+
+
+def state_dict_from_foreign(arrays: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``arrays`` converted to a PyTorch state dict by the adapter whose foreign layout they follow
+    (official MZSR TF names → :class:`~.mzsr.MZSRNet`), or None when no adapter knows them."""
+    from .mzsr import mzsr_state_dict_from_tf, official_tf_prefix
+
+    prefix = official_tf_prefix(list(arrays))
+    return None if prefix is None else mzsr_state_dict_from_tf(arrays, prefix=prefix)

@@ -99,7 +99,7 @@ class IDN(nn.Module):
     def _upsample(self, x: torch.Tensor) -> torch.Tensor:
         size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
         if self.bicubic == "matlab":
-            from ..degrade import imresize
+            from ..ops.degrade import imresize
 
             return imresize(x, float(self.scale), output_shape=size)
         return F.interpolate(x, size=size, mode="bicubic", align_corners=False)

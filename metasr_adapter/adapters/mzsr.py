@@ -7,7 +7,8 @@ the output is not clipped (SPEC §1).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+import re
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -53,6 +54,24 @@ class MZSRNet(nn.Module):
         for k in range(1, self.depth):
             h = F.relu(getattr(self, f"conv{k}")(h))
         return x + getattr(self, f"conv{self.depth}")(h)
+
+
+_TF_CONV = re.compile(r"^(.*?)conv1/kernel$")
+
+
+def official_tf_prefix(names: Iterable[str]) -> str | None:
+    """The variable-name prefix (``'MODEL/'``) when ``names`` look like the official MZSR TensorFlow
+    checkpoint (``PREFIX/convK/{kernel,bias}``), else None."""
+    for n in names:
+        m = _TF_CONV.match(n)
+        if m and "." not in n:
+            return m.group(1)
+    return None
+
+
+def official_tf_names(names: Iterable[str], prefix: str) -> list[str]:
+    """The variables of ``names`` that :func:`mzsr_state_dict_from_tf` reads (convolutions, no slots)."""
+    return [n for n in names if re.fullmatch(re.escape(prefix) + r"conv\d+/(kernel|bias)", n)]
 
 
 def mzsr_state_dict_from_tf(arrays: Mapping[str, np.ndarray], prefix: str = "MODEL/") -> dict[str, torch.Tensor]:

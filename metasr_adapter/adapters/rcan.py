@@ -4,7 +4,7 @@ The parameter names follow BasicSR's ``RCAN`` arch (``conv_first``, ``body.G.res
 ``conv_after_body``, ``upsample.K``, ``conv_last``), so BasicSR checkpoints load directly
 (``param_key='params'`` or ``'params_ema'``). Checkpoints of the authors' own PyTorch code (``head.0``,
 ``body.G.body.B.body...``, ``tail...``, ``sub_mean``/``add_mean``) are converted by
-:func:`rcan_state_dict_from_official`, which :func:`~metasr_adapter.weights.load_weights` applies on
+:func:`rcan_state_dict_from_official`, which :func:`~metasr_adapter.io.weights.load_weights` applies on
 its own when it sees those names.
 
 Input and output are RGB in [0, 1]; the network takes the LR image itself (``upsample_input =
@@ -124,7 +124,7 @@ class RCAN(nn.Module):
         self.conv_last = nn.Conv2d(num_feat, channels, 3, padding=1)
 
     def convert_state_dict(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Used by :func:`~metasr_adapter.weights.load_weights`: official-layout keys are renamed."""
+        """Used by :func:`~metasr_adapter.io.weights.load_weights`: official-layout keys are renamed."""
         return rcan_state_dict_from_official(state) if looks_like_official_rcan(list(state)) else dict(state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ def load_basicsr_model(
 ) -> nn.Module:
     """Build the network of a BasicSR options file (or ``network_g`` dict) and load ``weights``
     (``param_key`` ``'params_ema'`` or ``'params'``, as BasicSR's ``path.param_key_g``)."""
-    from ..weights import load_weights
+    from ..io.weights import load_weights
 
     net = build_basicsr_network(options)
     return load_weights(net, weights, param_key=param_key, strict=strict)

@@ -4,8 +4,8 @@ Stages (each resumable):
 
 1. **pretrain** — large-scale bicubic pretraining (SPEC §8); skipped when ``model.weights`` gives
    starting weights or ``pretrain.iterations`` is 0. Its result is saved as ``start_weights.pth``.
-2. **meta** — MZSR meta-transfer learning (SPEC §3, §4) with :class:`~metasr_adapter.meta.MetaLearner`;
-   tasks come from :class:`~metasr_adapter.tasks.TaskSampler` through DataLoader workers. The result
+2. **meta** — MZSR meta-transfer learning (SPEC §3, §4) with :class:`~metasr_adapter.meta.learner.MetaLearner`;
+   tasks come from :class:`~metasr_adapter.meta.tasks.TaskSampler` through DataLoader workers. The result
    is ``meta_trained.pth``.
 3. **eval** — mean PSNR after 0..``eval.max_steps`` adaptation steps for the starting weights and the
    meta-trained weights (``eval.json``), plotted as ``psnr_vs_steps.png`` (the paper's Fig. 3).
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_save, atomic_write_text
+from ..io.atomic import atomic_write_text, load_checked, save_checked
 from .recipes import dump_recipe, load_recipe, recipe_diff, recipe_hash, validate_recipe
 
 __all__ = [
@@ -67,12 +67,9 @@ KILL_ENV = "METASR_TRAIN_KILL_AFTER"
 # small pieces
 # ----------------------------------------------------------------------------------------------
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or device=auto")
-    return dev
+    from ..devices import resolve_device
+
+    return resolve_device(name)
 
 
 def environment_info() -> dict[str, Any]:
@@ -80,7 +77,7 @@ def environment_info() -> dict[str, Any]:
     import platform
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout holding metasr_adapter/
     commit, dirty = None, None
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -106,7 +103,7 @@ def environment_info() -> dict[str, Any]:
 
 def model_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments of the recipe's network (saved with its weights as ``arch_kwargs``)."""
-    from .adapters import scale_kwargs
+    from ..adapters import scale_kwargs
 
     m = recipe["model"]
     kwargs: dict[str, Any] = {"width": m["width"], "depth": m["depth"]} if m["name"].lower() == "mzsr" else {}
@@ -117,7 +114,7 @@ def model_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_model(recipe: Mapping[str, Any]) -> nn.Module:
     """The recipe's network with its initialisation drawn from ``seed`` (weights not loaded)."""
-    from .adapters import get_model
+    from ..adapters import get_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
@@ -283,12 +280,12 @@ class _Run:
         }
         if extra:
             ckpt.update(_cpu_state(dict(extra)))
-        return atomic_save(ckpt, self.ckpt_path)
+        return save_checked(ckpt, self.ckpt_path)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         if not self.ckpt_path.is_file():
             return None
-        ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = load_checked(self.ckpt_path)
         if ckpt.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"{self.ckpt_path} has checkpoint format {ckpt.get('format')!r}; "
                              f"this version writes {_CHECKPOINT_FORMAT}")
@@ -314,7 +311,7 @@ class _Run:
 
     # -- data --------------------------------------------------------------------------------
     def _pool(self, root: str, patch_size: int, stride: int, augment: bool, lr_scale: int | None):
-        from .tasks import PatchPool
+        from ..meta.tasks import PatchPool
 
         d = self.recipe["data"]
         key = (root, patch_size, stride, augment, lr_scale)
@@ -333,7 +330,7 @@ class _Run:
         return path
 
     def _loader(self, sampler: Any, start: int, stop: int) -> Iterator[Any]:
-        from .tasks import task_loader
+        from ..meta.tasks import task_loader
 
         return task_loader(sampler, start, stop, num_workers=self.recipe["data"]["num_workers"])
 
@@ -410,8 +407,8 @@ class _Run:
 
     # -- stages ----------------------------------------------------------------------------------
     def stage_pretrain(self, ckpt: dict[str, Any] | None) -> None:
-        from .pretrain import KernelPairSampler, PairSampler, Pretrainer
-        from .weights import load_weights, save_weights
+        from ..meta.pretrain import KernelPairSampler, PairSampler, Pretrainer
+        from ..io.weights import load_weights, save_weights
 
         r, p = self.recipe, self.recipe["pretrain"]
         assert self.model is not None
@@ -460,9 +457,9 @@ class _Run:
                      **self._arch_meta())
 
     def stage_meta(self, ckpt: dict[str, Any] | None) -> None:
-        from .meta import MAMLConfig, MetaLearner
-        from .tasks import MLSRTaskSampler, TaskSampler
-        from .weights import save_weights
+        from ..meta.learner import MAMLConfig, MetaLearner
+        from ..meta.tasks import MLSRTaskSampler, TaskSampler
+        from ..io.weights import save_weights
 
         r, m, d = self.recipe, self.recipe["meta"], self.recipe["data"]
         assert self.model is not None
@@ -518,16 +515,17 @@ class _Run:
         """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
         r = self.recipe
         return {"arch": r["model"]["name"], "arch_kwargs": model_kwargs(r), "scale": float(r["model"]["scale"]),
-                "ds_method": r["data"]["ds_method"], "schedule": r["eval"]["schedule"], "loss": r["meta"]["loss"]}
+                "ds_method": r["data"]["ds_method"], "schedule": r["eval"]["schedule"], "loss": r["meta"]["loss"],
+                "adapt_params": r["meta"]["adapt_params"]}
 
     def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool,
                   steps: Sequence[int] | None = None) -> dict[str, Any]:
-        from .evaluate import evaluate_folder
-        from .metasr import MetaSR
+        from ..adapt.evaluate import evaluate_folder
+        from ..adapt.metasr import MetaSR
 
         e = self.recipe["eval"]
         msr = MetaSR(model, float(self.recipe["model"]["scale"]), schedule=e["schedule"], device=self.device,
-                     loss=self.recipe["meta"]["loss"])
+                     loss=self.recipe["meta"]["loss"], adapt_params=self.recipe["meta"]["adapt_params"])
         kernel = e["kernel"]
         report = evaluate_folder(
             msr, e["gt_dir"], lr_dir=e["lr_dir"], kernel=kernel,
@@ -559,7 +557,7 @@ class _Run:
         return {str(k): round(float(v), 4) for k, v in report["mean_psnr"].items()}
 
     def stage_eval(self) -> dict[str, Any] | None:
-        from .weights import load_weights
+        from ..io.weights import load_weights
 
         e = self.recipe["eval"]
         if e["gt_dir"] is None:
@@ -605,6 +603,7 @@ class _Run:
                           stacklevel=2)
         if ckpt is None and self.log.path.exists():
             self.log.path.unlink()  # a run that died before its first checkpoint
+        self._check_paths(ckpt)
         atomic_write_text(self.out / "recipe.yaml", dump_recipe(self.recipe))
         self._record_session(resumed_from=None if ckpt is None else (ckpt["stage"], int(ckpt["step"])))
 
@@ -640,6 +639,38 @@ class _Run:
         elif stage == "done" and (self.out / EVAL_NAME).is_file():
             results = json.loads((self.out / EVAL_NAME).read_text())
         return self.summary(results)
+
+    def _check_paths(self, ckpt: dict[str, Any] | None) -> None:
+        """Every folder and file the remaining stages read, checked before the first step."""
+        r = self.recipe
+        stage = ckpt["stage"] if ckpt is not None else "pretrain"
+        need: list[tuple[str, Any, str]] = []
+        training = stage in ("pretrain", "meta")
+        pretraining = stage == "pretrain" and r["model"]["weights"] is None and r["pretrain"]["iterations"] > 0
+        if training and (pretraining and r["pretrain"]["train_dir"] is None or stage == "meta" or
+                         r["meta"]["iterations"] > 0):
+            need.append(("data.train_dir", r["data"]["train_dir"], "dir"))
+        if pretraining and r["pretrain"]["train_dir"] is not None:
+            need.append(("pretrain.train_dir", r["pretrain"]["train_dir"], "dir"))
+        if stage == "pretrain" and r["model"]["weights"] is not None:
+            need.append(("model.weights", r["model"]["weights"], "any"))
+        e = r["eval"]
+        if e["gt_dir"] is not None and stage != "done":
+            need.append(("eval.gt_dir", e["gt_dir"], "dir"))
+            if e["lr_dir"] is not None:
+                need.append(("eval.lr_dir", e["lr_dir"], "dir"))
+            if str(e["kernel"]).lower().endswith((".mat", ".npy")):
+                need.append(("eval.kernel", e["kernel"], "file"))
+        for key, value, kind in need:
+            if value is None:
+                raise ValueError(f"{key} is not set: give a folder of training images (--set {key}=PATH)")
+            path = Path(value)
+            ok = path.is_dir() if kind == "dir" else path.is_file() if kind == "file" else path.exists() or \
+                Path(str(value) + ".index").exists()
+            if not ok:
+                fix = " (or --set eval.gt_dir=null to skip evaluation)" if key.startswith("eval.") else ""
+                raise FileNotFoundError(f"{key} = {value}: no such {'folder' if kind == 'dir' else 'file'}; "
+                                        f"--set {key}=PATH{fix}")
 
     def _record_session(self, resumed_from: tuple[str, int] | None) -> None:
         """Append this session's lineage (code commit, machine, threads) to ``run_info.json``."""

@@ -19,21 +19,23 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .backprojection import back_project
-from .degrade import degrade, imresize
-from .devices import resolve_device, same_device
-from .imageio import ImageFormat, to_tensor
-from .kernels import KernelSpec, resolve_kernel
+from ..adapters.contract import fit_output, takes_upsampled_input
+from ..ops.backprojection import back_project
+from ..ops.degrade import degrade, imresize
+from ..devices import resolve_device, same_device
+from ..ops.imageio import ImageFormat, to_tensor
+from ..ops.kernels import KernelSpec, resolve_kernel
+from ..precision import PRECISIONS, autocast, bf16_supported
 from .schedules import Schedule, get_schedule
 
-__all__ = ["MetaSR", "Adaptation", "AdaptInfo", "AdaptStep", "PRECISIONS"]
+__all__ = ["MetaSR", "Adaptation", "AdaptInfo", "AdaptStep"]
 
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class AdaptStep:
-    """What one adaptation step did: ``step`` (0-based), the L1 ``loss`` before it, its ``lr``."""
+    """What one adaptation step did: ``step`` (0-based), the self-supervised ``loss`` before it (the
+    wrapper's loss, L1 by default) and its ``lr``."""
 
     step: int
     loss: float
@@ -74,17 +76,6 @@ def _grad_mode() -> Iterator[None]:
     """Autograd on, also inside ``torch.no_grad()`` and ``torch.inference_mode()`` blocks."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast is fast on ``device`` (GPUs; CPUs with AMX or AVX512-BF16)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        checks = [getattr(cpu, "_is_amx_tile_supported", None), getattr(cpu, "_is_avx512_bf16_supported", None)]
-        return any(c is not None and c() for c in checks)
-    return False
 
 
 class Adaptation:
@@ -157,10 +148,11 @@ class Adaptation:
         self._t0 = time.perf_counter()
 
     def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
-        """The self-supervised loss ``mean |LR - f(son)|`` at the current weights, and its gradients."""
+        """The self-supervised loss ``loss_fn(f(son), LR)`` (L1 by default) at the current weights, and the
+        gradients of the adapted parameters."""
         inp, target = self.son_input, self.lr_image
         if self.augment:
-            from .augment import dihedral
+            from ..ops.augment import dihedral
 
             mode = int(torch.randint(0, 8, (1,), generator=self.generator))
             inp, target = dihedral(inp, mode), dihedral(target, mode)
@@ -172,7 +164,7 @@ class Adaptation:
         return float(loss.detach()), {n: g for n, g in zip(names, grads) if g is not None}
 
     def step(self) -> AdaptStep:
-        """One plain SGD step on ``mean |LR - f(son)|`` with the schedule's learning rate."""
+        """One plain SGD step on ``loss_fn(f(son), LR)`` with the schedule's learning rate."""
         lr = float(self.schedule(self.steps_done))
         loss, grads = self.gradients()
         if not math.isfinite(loss):
@@ -215,7 +207,7 @@ class Adaptation:
 
         if not self_ensemble:
             return finish(run(self.lr_input))
-        from .augment import geometric_self_ensemble
+        from ..ops.augment import geometric_self_ensemble
 
         fit = lambda y: owner._fit(y, self.out_shape) if not owner.upsample_input else y
         sr = geometric_self_ensemble(lambda inp: run(inp), self.lr_input, reduce="median",
@@ -265,7 +257,7 @@ class MetaSR:
         loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "l1",
         adapt_params: Sequence[str] | None = None,
     ) -> None:
-        from .meta import get_loss, select_parameters
+        from ..meta.learner import get_loss, select_parameters
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -276,7 +268,7 @@ class MetaSR:
             raise ValueError(f"precision={precision!r}; use one of {PRECISIONS}")
         self.model = model
         self.scale = float(scale)
-        self.upsample_input = bool(getattr(model, "upsample_input", False) if upsample_input is None else upsample_input)
+        self.upsample_input = takes_upsampled_input(model, upsample_input)
         self.schedule = get_schedule(schedule)
         self.precision = precision
         first = next(iter(model.parameters()), None)
@@ -313,24 +305,10 @@ class MetaSR:
         return inp
 
     def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.precision, self.device.type)
 
     def _fit(self, y: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-        """A network output of the expected ``shape``, allowing only the rounding of an odd size: a
-        post-upsampling network makes ``scale·floor(h)`` rows where ``ceil(scale·h)`` are expected
-        (non-integer scales), never more than ``ceil(scale) - 1`` extra. Anything else raises."""
-        h, w = shape
-        slack = max(0, math.ceil(self.scale) - 1)
-        oh, ow = y.shape[-2:]
-        if not (h <= oh <= h + slack and w <= ow <= w + slack):
-            raise ValueError(
-                f"network output is {oh}x{ow} but x{self.scale:g} SR of this input is {h}x{w}; check scale="
-                f"{self.scale:g} (the factor the network was built for) and upsample_input={self.upsample_input} "
-                "(True for networks that take the bicubic-upsampled image, False for those that upsample themselves)"
-            )
-        return y[..., :h, :w]
+        return fit_output(y, shape, self.scale, self.upsample_input)
 
     def _run(self, params: dict[str, torch.Tensor], inp: torch.Tensor, out_shape: tuple[int, int] | None) -> torch.Tensor:
         if not torch.is_grad_enabled() and inp.device.type == "cpu" and self.precision == "fp32" and inp.dim() == 4:

@@ -251,7 +251,7 @@ def _kernel_tensor(kernel: Any, x: Tensor) -> Tensor:
     else:
         raise TypeError(
             f"kernel must be a numpy array or a tensor, (kh, kw) or (N, kh, kw); got {type(kernel).__name__} "
-            "(use metasr_adapter.kernels.resolve_kernel for names and files)"
+            "(use metasr_adapter.ops.kernels.resolve_kernel for names and files)"
         )
     if k.dim() not in (2, 3) or k.numel() == 0:
         raise ValueError(f"kernel must be shaped (kh, kw) or (N, kh, kw); got {tuple(k.shape)}")
@@ -324,16 +324,16 @@ def blur(x: Tensor, kernel: Any) -> Tensor:
     return F.conv2d(flat, weight, groups=groups).reshape(x.shape)
 
 
-def subsample_direct(x: Tensor, scale: Scale, output_shape: Any = None) -> Tensor:
-    """Direct subsampling (SPEC §2b): keep rows/cols ``round(linspace(0, H - scale, outH))``.
+def subsample_direct(x: Tensor, factor: Scale, output_shape: Any = None) -> Tensor:
+    """Direct subsampling (SPEC §2b): keep rows/cols ``round(linspace(0, H - factor, outH))``.
 
-    ``scale`` is the up factor (2 for x2), a number or (sh, sw), each >= 1; ``outH = ceil(H/scale)``
-    unless ``output_shape`` is given. For even H and x2 this keeps the top-left pixel of every 2×2 block.
+    ``factor`` is the SR factor the subsampling models (2 for x2: the output is half the size), a number
+    or (fh, fw), each >= 1; ``outH = ceil(H/factor)`` unless ``output_shape`` is given. For even H and x2 this keeps the top-left pixel of every 2×2 block.
     """
     x = _check_tensor(x)
-    sh, sw = _pair_scale(scale)
+    sh, sw = _pair_scale(factor)
     if sh < 1 or sw < 1:
-        raise ValueError(f"scale is the down factor and must be >= 1 (2 for x2); got {scale!r}")
+        raise ValueError(f"factor is the SR factor the subsampling models and must be >= 1 (2 for x2); got {factor!r}")
     h, w = x.shape[-2], x.shape[-1]
     if output_shape is None:
         oh, ow = int(math.ceil(h * (1.0 / sh))), int(math.ceil(w * (1.0 / sw)))
@@ -345,18 +345,20 @@ def subsample_direct(x: Tensor, scale: Scale, output_shape: Any = None) -> Tenso
 
 
 def degrade(
-    x: Tensor, kernel: Any, scale: Scale, ds_method: str = "direct", output_shape: Any = None
+    x: Tensor, kernel: Any, factor: Scale, ds_method: str = "direct", output_shape: Any = None
 ) -> Tensor:
-    """Official ``imresize(x, 1/scale, output_shape, kernel, ds_method)`` for downscaling by ``scale``.
+    """Official ``imresize(x, 1/factor, output_shape, kernel, ds_method)``: the LR image of ``x`` under
+    the degradation model of x``factor`` SR.
 
     ``kernel`` (kh, kw) or (N, kh, kw): blur, then ``'direct'`` subsampling (:func:`subsample_direct`)
-    or ``'bicubic'`` (antialiased :func:`imresize` by 1/scale). ``kernel=None``: plain antialiased
-    bicubic downscaling. ``scale`` is the down factor (2 for x2).
+    or ``'bicubic'`` (antialiased :func:`imresize` by 1/factor). ``kernel=None``: plain antialiased
+    bicubic downscaling. ``factor`` is the SR factor (2 for x2: the LR is half the size); compare
+    :func:`imresize`, whose ``scale`` multiplies the size (0.5 halves it).
     """
     x = _check_tensor(x)
-    sh, sw = _pair_scale(scale)
+    sh, sw = _pair_scale(factor)
     if sh < 1 or sw < 1:
-        raise ValueError(f"scale is the down factor and must be >= 1 (2 for x2); got {scale!r}")
+        raise ValueError(f"factor is the SR factor of the degradation and must be >= 1 (2 for x2); got {factor!r}")
     if ds_method not in DS_METHODS:
         raise ValueError(f"ds_method must be one of {DS_METHODS}; got {ds_method!r}")
     if kernel is None:
@@ -392,16 +394,16 @@ class Imresize(nn.Module):
 class Degradation(nn.Module):
     """Module form of :func:`degrade`; the kernel is a buffer (follows ``.to(device)``).
 
-    ``kernel``: anything :func:`metasr_adapter.kernels.resolve_kernel` accepts (a KernelSpec, a
+    ``kernel``: anything :func:`metasr_adapter.ops.kernels.resolve_kernel` accepts (a KernelSpec, a
     Table-2 name, a path, a 2-D array/tensor, None for plain bicubic) or an (N, kh, kw) stack.
     ``ds_method`` defaults to the spec's.
     """
 
     kernel: Tensor | None
 
-    def __init__(self, kernel: Any, scale: Scale = 2, ds_method: str | None = None, output_shape: Any = None) -> None:
+    def __init__(self, kernel: Any, factor: Scale = 2, ds_method: str | None = None, output_shape: Any = None) -> None:
         super().__init__()
-        _pair_scale(scale)
+        _pair_scale(factor)
         if isinstance(kernel, (np.ndarray, Tensor)) and kernel.ndim == 3:
             stack = np.stack([validate_kernel(k) for k in kernel])
             self.ds_method = ds_method or "direct"
@@ -412,13 +414,13 @@ class Degradation(nn.Module):
             stack = None if spec.kernel is None else np.array(spec.kernel)
             self.ds_method = spec.ds_method
         self.register_buffer("kernel", None if stack is None else torch.from_numpy(stack))
-        self.scale = scale
+        self.factor = factor
         self.output_shape = None if output_shape is None else _pair_shape(output_shape)
 
     def forward(self, x: Tensor, output_shape: Any = None) -> Tensor:
         shape = self.output_shape if output_shape is None else output_shape
-        return degrade(x, self.kernel, self.scale, self.ds_method, shape)
+        return degrade(x, self.kernel, self.factor, self.ds_method, shape)
 
     def extra_repr(self) -> str:
         k = None if self.kernel is None else tuple(self.kernel.shape)
-        return f"kernel={k}, scale={self.scale}, ds_method={self.ds_method!r}, output_shape={self.output_shape}"
+        return f"kernel={k}, factor={self.factor}, ds_method={self.ds_method!r}, output_shape={self.output_shape}"

@@ -12,22 +12,22 @@ Two kinds of training pairs:
 
 The official run used DIV2K's MATLAB-bicubic LR images; those are not available here, so the LR
 patches are made by the same operator (antialiased MATLAB-bicubic ``imresize`` of the whole
-modcropped HR image, rounded to uint8) — see :class:`~metasr_adapter.tasks.PatchPool`.
+modcropped HR image, rounded to uint8) — see :class:`~metasr_adapter.meta.tasks.PatchPool`.
 
 Every batch is a pure function of ``(seed, step)`` (:class:`PairSampler`), so a resumed run sees
 exactly the batches an uninterrupted one would. The loop itself, with checkpoints, lives in
-:mod:`metasr_adapter.train`; this module provides its pieces.
+:mod:`metasr_adapter.training.train`; this module provides its pieces.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .degrade import imresize
-from .tasks import PatchPool, TaskSampler, _to_tensor, iteration_rng
+from ..ops.degrade import imresize
+from .tasks import PatchPool, TaskSampler, _to_tensor, iteration_rng, warn_if_pool_changed
 
 __all__ = ["PRETRAIN_STREAM", "LR_SCHEDULES", "staircase_lr", "cosine_lr", "PairSampler", "KernelPairSampler",
            "Pretrainer"]
@@ -100,6 +100,7 @@ class PairSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
+        warn_if_pool_changed(self.pool, state)
 
 
 class KernelPairSampler:
@@ -107,25 +108,14 @@ class KernelPairSampler:
 
     Batch ``step`` holds ``kernels`` groups of ``batch_size / kernels`` patches; each group is
     blurred by its own random Gaussian kernel and subsampled by ``ds_method`` (a
-    :class:`~metasr_adapter.tasks.TaskSampler` meta-batch, on the pretraining RNG stream).
+    :class:`~metasr_adapter.meta.tasks.TaskSampler` meta-batch, on the pretraining RNG stream).
     ``sample_arrays(step)`` → ``{'x', 'y'}`` of shape [B, C, H, W]; a pure function of ``(seed, step)``.
     """
 
-    def __init__(
-        self,
-        pool: PatchPool,
-        batch_size: int = 32,
-        *,
-        kernels: int = 8,
-        scales: Sequence[float] = (2.0,),
-        kernel_size: int = 15,
-        k1_factor: float = 2.5,
-        ds_method: str = "direct",
-        noise_std: float = 0.0,
-        upsample_input: bool = True,
-        seed: int = 0,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
+    def __init__(self, pool: PatchPool, batch_size: int = 32, *, kernels: int = 8, seed: int = 0,
+                 **task_options: Any) -> None:
+        """``task_options``: the degradation settings of :class:`~metasr_adapter.meta.tasks.TaskSampler`
+        (``scales``, ``kernel_size``, ``k1_factor``, ``ds_method``, ``noise_std``, ``upsample_input``, ``dtype``)."""
         if kernels < 1 or batch_size < 1 or batch_size % kernels:
             raise ValueError(f"batch_size={batch_size} must be a positive multiple of kernels={kernels} "
                              f"(each kernel blurs batch_size / kernels patches), e.g. batch_size={max(1, kernels) * 4}")
@@ -134,10 +124,8 @@ class KernelPairSampler:
             raise ValueError(f"batch_size / kernels = {per_kernel} must be even (a task has support and query "
                              f"halves); e.g. batch_size={kernels * (per_kernel + 1)}")
         self.batch_size = int(batch_size)
-        self.tasks = TaskSampler(pool, meta_batch=kernels, task_batch=per_kernel // 2, scales=scales,
-                                 kernel_size=kernel_size, k1_factor=k1_factor, ds_method=ds_method,
-                                 noise_std=noise_std, upsample_input=upsample_input, seed=seed, dtype=dtype,
-                                 stream=PRETRAIN_STREAM)
+        self.tasks = TaskSampler(pool, meta_batch=kernels, task_batch=per_kernel // 2, seed=seed,
+                                 stream=PRETRAIN_STREAM, **task_options)
         self.pool = pool
 
     @property
@@ -175,7 +163,7 @@ class Pretrainer:
         schedule: str = "staircase",
         total: int | None = None,
     ) -> None:
-        from .meta import get_loss
+        from .learner import get_loss
 
         if schedule not in LR_SCHEDULES:
             raise ValueError(f"schedule={schedule!r}; choose one of {LR_SCHEDULES}")

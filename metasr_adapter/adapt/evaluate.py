@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .degrade import degrade, imresize
-from .imageio import list_images, modcrop, read_image, to_tensor, write_image
-from .kernels import KernelSpec, resolve_kernel
-from .metrics import psnr, ssim, to_uint8
+from ..ops.degrade import degrade, imresize
+from ..ops.imageio import list_images, modcrop, read_image, to_tensor, write_image
+from ..ops.kernels import KernelSpec, resolve_kernel
+from ..ops.metrics import psnr, ssim, to_uint8
 
 __all__ = ["ImageResult", "EvalReport", "evaluate_folder", "synthesize_lr"]
 
@@ -65,7 +65,7 @@ class EvalReport:
         }
 
     def save_json(self, path: str | Path) -> None:
-        from .atomic import atomic_write_text
+        from ..io.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -127,7 +127,7 @@ def evaluate_folder(
     scores the SR after each count in ``steps``; ``method='zssr'`` runs ZSSR per image
     (``metasr`` may be None, give ``scale``) with ``zssr_config``; None = the 'kernel' preset for a blur
     kernel, else 'ideal_x2', both with ``kernel_shift=False`` (the LR images made by
-    :func:`~metasr_adapter.degrade.degrade` need no centring). Without ``lr_dir`` the LR images are synthesised
+    :func:`~metasr_adapter.ops.degrade.degrade` need no centring). Without ``lr_dir`` the LR images are synthesised
     from the GT with ``kernel``. PSNR/SSIM on Y, shaving ``crop_border`` (default: the scale).
     """
     if method not in ("metasr", "zssr"):
@@ -148,7 +148,7 @@ def evaluate_folder(
     columns: list[Column] = (["bicubic"] if include_bicubic else []) + (steps if method == "metasr" else ["zssr"])
     zcfg = zssr_config
     if method == "zssr" and zcfg is None:
-        from .zssr import ZSSRConfig, default_preset
+        from ..zssr.core import ZSSRConfig, default_preset
 
         # LR images made by this package's degrade (synthesised here, or MZSR's test sets) are
         # aligned with the kernel as given, so ZSSR's kernel centring stays off
@@ -179,7 +179,7 @@ def evaluate_folder(
                 if k < steps[-1]:
                     session.step()
         else:
-            from .zssr import zssr_super_resolve
+            from ..zssr.core import zssr_super_resolve
 
             sr = zssr_super_resolve(lr_img, spec, s, zcfg)
             row.psnr["zssr"], row.ssim["zssr"] = _score(sr, gt, crop)

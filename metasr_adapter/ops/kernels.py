@@ -149,8 +149,9 @@ def validate_kernel(k: Any, image_shape: Any = None) -> np.ndarray:
     return arr
 
 
-def load_kernel(path: Union[str, os.PathLike]) -> np.ndarray:
-    """Load a kernel from ``.mat`` (key ``kernel`` or ``Kernel``) or ``.npy``; validated, float64."""
+def read_kernel_file(path: Union[str, os.PathLike]) -> np.ndarray:
+    """The raw float64 array of a kernel file: ``.mat`` (variable ``kernel`` or ``Kernel``) or ``.npy``.
+    Not validated (see :func:`load_kernel`). ValueError names the file and the fix for anything else."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"kernel file not found: {p}")
@@ -162,14 +163,27 @@ def load_kernel(path: Union[str, os.PathLike]) -> np.ndarray:
             data = scipy.io.loadmat(str(p))
         except NotImplementedError:
             raise ValueError(f"{p}: MATLAB v7.3 (HDF5) files are not supported; re-save it with -v7") from None
+        except Exception as exc:  # scipy's MatReadError, ValueError, struct errors on a non-MATLAB file
+            raise ValueError(f"{p} is not a MATLAB .mat file ({exc}); save the kernel with scipy.io.savemat or "
+                             "MATLAB's save -v7, or as a .npy array") from None
         for key in ("kernel", "Kernel"):
             if key in data:
-                return validate_kernel(data[key])
+                return np.asarray(data[key], dtype=np.float64)
         keys = sorted(k for k in data if not k.startswith("__"))
         raise ValueError(f"{p}: no 'kernel' or 'Kernel' variable in the .mat file; it has {keys}")
     if suffix == ".npy":
-        return validate_kernel(np.load(p, allow_pickle=False))
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except Exception as exc:  # text files, pickles, truncated arrays
+            raise ValueError(f"{p} is not a .npy array file ({type(exc).__name__}); save the kernel with "
+                             "numpy.save('kernel.npy', k)") from None
+        return np.asarray(arr, dtype=np.float64)
     raise ValueError(f"{p}: unsupported kernel file type {suffix!r}; use .mat (key 'kernel'/'Kernel') or .npy")
+
+
+def load_kernel(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Load a kernel from ``.mat`` (key ``kernel`` or ``Kernel``) or ``.npy``; validated, float64."""
+    return validate_kernel(read_kernel_file(path))
 
 
 @dataclass(frozen=True, eq=False)

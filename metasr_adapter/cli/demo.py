@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import synthesize_lr
-from .imageio import modcrop, read_image
-from .kernels import resolve_kernel
-from .metrics import psnr, to_uint8
+from ..adapt.evaluate import synthesize_lr
+from ..ops.imageio import modcrop, read_image
+from ..ops.kernels import resolve_kernel
+from ..ops.metrics import psnr, to_uint8
 
 __all__ = ["bundled_photo", "run_demo", "side_by_side"]
 
@@ -29,7 +29,7 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], output: str | Path, crop:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_write
+    from ..io.atomic import atomic_write
 
     rows = 2 if crop else 1
     fig, axes = plt.subplots(rows, len(panels), figsize=(3.2 * len(panels), 3.4 * rows), squeeze=False)
@@ -61,8 +61,8 @@ def run_demo(
     self_ensemble: bool = False,
 ) -> int:
     """Degrade, adapt for ``steps`` steps printing PSNR after each, write the comparison PNG."""
-    from .degrade import imresize
-    from .imageio import to_tensor
+    from ..ops.degrade import imresize
+    from ..ops.imageio import to_tensor
 
     s = metasr.scale
     gt = modcrop(bundled_photo() if image is None else read_image(image), s)

@@ -1,7 +1,7 @@
 """Building a network with its weights: ``load_model(arch, weights)``, and the project's own weights.
 
 Bundled weights live in ``metasr_adapter/weights/``: ``NAME.pth`` (written by
-:func:`~metasr_adapter.weights.save_weights`), ``NAME.json`` (a :class:`WeightsInfo`: architecture,
+:func:`~metasr_adapter.io.weights.save_weights`), ``NAME.json`` (a :class:`WeightsInfo`: architecture,
 scale, degradation, schedule, lineage and measured scores, in the spirit of torchvision's weights
 enums) and ``NAME.md`` (the model card). Every bundled file was trained here from random
 initialisation by the project's own recipes (see each model card).
@@ -17,12 +17,14 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from .adapters import get_model
+from ..adapters import get_model
+from ..devices import resolve_device
+from ..errors import UnknownNameError
 
 __all__ = ["WeightsInfo", "BUNDLED_WEIGHTS", "WEIGHTS_DIR", "default_weights", "get_weights", "list_weights",
            "load_model", "load_pretrained"]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # metasr_adapter/weights/ (data files)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def get_weights(name: str) -> WeightsInfo:
     """The :class:`WeightsInfo` of bundled weights ``name``; KeyError naming the choices otherwise."""
     if name not in BUNDLED_WEIGHTS:
         have = ", ".join(BUNDLED_WEIGHTS) or "none (this install ships no weights)"
-        raise KeyError(f"no bundled weights named {name!r}; bundled: {have}")
+        raise UnknownNameError(f"no bundled weights named {name!r}; bundled: {have}")
     return BUNDLED_WEIGHTS[name]
 
 
@@ -102,7 +104,7 @@ def default_weights(arch: str = "mzsr", *, scale: float | None = None, ds_method
 
 
 def load_model(
-    arch: str = "mzsr",
+    arch: str | None = None,
     weights: str | Path | None = None,
     *,
     param_key: str = "auto",
@@ -113,6 +115,10 @@ def load_model(
     """Build ``arch`` and load ``weights``: a path, a bundled weights name (``'mzsr_x2_direct'``), or
     None for the bundled default of ``arch``.
 
+    ``arch=None`` takes the architecture saved with the weights (files written by this package and
+    the bundled ones carry it), else ``'mzsr'``. An explicit ``arch`` that contradicts the saved one
+    raises ValueError naming both.
+
     The network's constructor arguments are, by priority: ``arch_kwargs``; the ``arch_kwargs``
     metadata of ``.pth`` files written by ``save_weights(model, path, arch_kwargs={...})``;
     ``arch_defaults`` (e.g. ``{'scale': 4}`` from a command line). With no weights given and none
@@ -122,21 +128,24 @@ def load_model(
     from .weights import load_weights, read_metadata
 
     if isinstance(weights, str) and weights == "random":
-        return get_model(arch, **{**dict(arch_defaults or {}), **arch_kwargs})
+        return get_model(arch or "mzsr", **{**dict(arch_defaults or {}), **arch_kwargs})
     if weights is None:
-        info = default_weights(arch)
+        info = default_weights(arch or "mzsr")
         if info is None:
-            raise ValueError(f"no weights given and none bundled for {arch!r}: pass weights=PATH (--weights PATH), "
-                             "or weights='random' for an untrained network")
+            raise ValueError(f"no weights given and none bundled for {arch or 'mzsr'!r}: pass weights=PATH "
+                             "(--weights PATH), or weights='random' for an untrained network")
         weights = info.name
     if isinstance(weights, str) and weights in BUNDLED_WEIGHTS:
         info = BUNDLED_WEIGHTS[weights]
-        if info.arch != arch:
-            raise ValueError(f"bundled weights {weights!r} are for arch {info.arch!r}, not {arch!r}; "
-                             f"use arch={info.arch!r}")
         info.verify()
         weights = info.path
-    saved = dict(read_metadata(weights).get("arch_kwargs") or {})
+    metadata = read_metadata(weights)
+    saved_arch = metadata.get("arch")
+    if arch is not None and saved_arch is not None and str(saved_arch).lower() != arch.lower():
+        raise ValueError(f"{weights} holds {saved_arch!r} weights but arch={arch!r} was asked for; "
+                         f"use arch={saved_arch!r} (--arch {saved_arch}) or leave it out")
+    arch = arch or saved_arch or "mzsr"
+    saved = dict(metadata.get("arch_kwargs") or {})
     model = get_model(arch, **{**dict(arch_defaults or {}), **saved, **arch_kwargs})
     load_weights(model, weights, param_key=param_key, strict=strict)
     return model
@@ -144,13 +153,13 @@ def load_model(
 
 def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = None, device: Any = None,
                     **metasr_kwargs: Any):
-    """A ready :class:`~metasr_adapter.metasr.MetaSR` with bundled weights ``name`` and the scale,
+    """A ready :class:`~metasr_adapter.adapt.metasr.MetaSR` with bundled weights ``name`` and the scale,
     test-time schedule and loss they were meta-trained for.
 
     ``name=None`` picks the bundled MZSR x2 weights for ``kernel_ds_method`` (``'direct'`` by default;
     ``'bicubic'`` for g^b kernels). ``metasr_kwargs`` override the wrapper's settings.
     """
-    from .metasr import MetaSR
+    from ..adapt.metasr import MetaSR
 
     if name is None:
         info = default_weights("mzsr", scale=2.0, ds_method=kernel_ds_method or "direct")
@@ -158,6 +167,11 @@ def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = N
             raise ValueError("this install ships no bundled weights; build MetaSR(load_model(arch, PATH), scale) instead")
     else:
         info = get_weights(name)
+    from .weights import read_metadata
+
     model = load_model(info.arch, info.name)
-    kwargs = {"schedule": info.schedule, "loss": info.loss, "device": device, **metasr_kwargs}
+    if device is not None:
+        model = model.to(resolve_device(device))
+    kwargs = {"schedule": info.schedule, "loss": info.loss, "device": device,
+              "adapt_params": read_metadata(info.path).get("adapt_params"), **metasr_kwargs}
     return MetaSR(model, info.scale, **kwargs)

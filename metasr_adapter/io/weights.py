@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters.mzsr import mzsr_state_dict_from_tf
+from .atomic import atomic_save
 from .tf_checkpoint import is_tf_checkpoint, list_tf_checkpoint, read_tf_checkpoint
 
 __all__ = ["read_weights", "load_weights", "save_weights", "WeightsMismatchError", "ACCEPTED_FORMS"]
@@ -38,37 +37,30 @@ ACCEPTED_FORMS = ("a TensorFlow checkpoint prefix (PREFIX.index + PREFIX.data-*)
                   "'params_ema'/'params'/'state_dict'/'model'); or a .npz of arrays")
 _AUTO_KEYS = ("params_ema", "params", "state_dict", "model")
 _TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt", ".tar")
-_TF_CONV = re.compile(r"^(.*?)conv1/kernel$")
 
 
 class WeightsMismatchError(ValueError):
     """The weights do not fit the model: missing/unexpected keys or shape mismatches."""
 
 
-def _tf_prefix(names: Mapping[str, Any] | list[str]) -> str | None:
-    """``'MODEL/'`` when the names look like the official MZSR checkpoint, else None."""
-    for n in names:
-        m = _TF_CONV.match(n)
-        if m and "." not in n:
-            return m.group(1)
-    return None
-
-
 def _from_arrays(arrays: Mapping[str, np.ndarray]) -> StateDict:
-    prefix = _tf_prefix(list(arrays))
-    if prefix is not None:
-        return mzsr_state_dict_from_tf(arrays, prefix=prefix)
+    """Arrays as a state dict: the adapters convert the foreign layouts they know (official MZSR TF names)."""
+    from ..adapters import state_dict_from_foreign
+
+    converted = state_dict_from_foreign(arrays)
+    if converted is not None:
+        return converted
     return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
 
 
 def _read_tf(path: PathLike) -> StateDict:
+    from ..adapters import foreign_variables
+
     listing = list_tf_checkpoint(path)
-    prefix = _tf_prefix(list(listing))
-    if prefix is not None:
-        wanted = [n for n in listing if re.fullmatch(re.escape(prefix) + r"conv\d+/(kernel|bias)", n)]
-        return mzsr_state_dict_from_tf(read_tf_checkpoint(path, names=wanted), prefix=prefix)
-    numeric = [n for n, (dt, _) in listing.items() if dt != np.dtype(object)]
-    return _from_arrays(read_tf_checkpoint(path, names=numeric))
+    wanted = foreign_variables(list(listing))
+    if wanted is None:  # unknown layout: every numeric variable, as named
+        wanted = [n for n, (dt, _) in listing.items() if dt != np.dtype(object)]
+    return _from_arrays(read_tf_checkpoint(path, names=wanted))
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -79,7 +71,7 @@ def _is_state_dict(obj: Any) -> bool:
 def _unwrap(obj: Any, param_key: str, path: Path) -> Mapping[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict; save weights with "
-                        "torch.save(model.state_dict(), path) or metasr_adapter.weights.save_weights")
+                        "torch.save(model.state_dict(), path) or metasr_adapter.io.weights.save_weights")
     keys = ", ".join(repr(k) for k in list(obj)[:10])
     if param_key != "auto":
         if param_key not in obj:
@@ -104,12 +96,26 @@ def _unwrap(obj: Any, param_key: str, path: Path) -> Mapping[str, torch.Tensor]:
                      "entry that holds the weights")
 
 
-def _read_torch(path: Path, param_key: str) -> StateDict:
+def _torch_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that say what is wrong and what to do."""
+    import pickle
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): the file is damaged or was never written")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, unsupported globals, corrupted zip
-        raise ValueError(f"cannot load {path} with torch.load(weights_only=True): {e}. Accepted: "
-                         f"{ACCEPTED_FORMS}") from e
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path} holds Python objects besides tensors (a pickled model or optimizer), which weights_only=True "
+            "loading refuses to run. In the program that made it, save the state dict instead: "
+            "torch.save(model.state_dict(), 'weights.pth')") from e
+    except Exception as e:  # truncated or corrupted zip, not a torch file at all
+        raise ValueError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {e}); it may be truncated. "
+                         f"Accepted: {ACCEPTED_FORMS}") from e
+
+
+def _read_torch(path: Path, param_key: str) -> StateDict:
+    obj = _torch_load(path)
     state = _unwrap(obj, param_key, path)
     return {(k[len("module."):] if k.startswith("module.") else k): v.detach() for k, v in state.items()}
 
@@ -134,6 +140,10 @@ def read_weights(path: PathLike, *, param_key: str = "auto") -> StateDict:
         return _read_tf(p)
     if p.is_file():
         if name.endswith(".npz") or (not name.endswith(_TORCH_SUFFIXES) and _looks_like_npz(p)):
+            if not _looks_like_npz(p):
+                kind = "a PyTorch file" if zipfile.is_zipfile(p) else "not a numpy .npz archive"
+                raise ValueError(f"{p} is {kind}; " + ("rename it to .pth" if zipfile.is_zipfile(p) else
+                                                       f"accepted: {ACCEPTED_FORMS}"))
             with np.load(p, allow_pickle=False) as z:
                 return _from_arrays({k: z[k] for k in z.files})
         return _read_torch(p, param_key)
@@ -180,9 +190,10 @@ def load_weights(model: nn.Module, path: PathLike | Mapping[str, torch.Tensor], 
                 f"{k}: model expects {exp}, weights have {got}" for k, exp, got in mismatched[:10]))
         problem = f"weights from {source} do not fit {type(model).__name__}: " + "; ".join(parts)
         if strict:
-            hint = ("Pass strict=False to load only the matching tensors, or param_key='params'/'params_ema'/"
-                    "'state_dict' to pick another entry of the checkpoint, or check that the model "
-                    "architecture matches the weights")
+            hint = ("Check that the architecture and its arguments match the weights (--arch / --arch-kwargs on the "
+                    "command line), or pick another entry of the checkpoint (param_key= / --param-key params, "
+                    "params_ema, state_dict); in Python, load_weights(..., strict=False) loads only the tensors "
+                    "that fit")
             raise WeightsMismatchError(f"{problem}. {hint}")
         warnings.warn(f"{problem}; loading the {len(own) - len(missing) - len(mismatched)} matching tensors "
                       "(strict=False)", stacklevel=2)
@@ -233,21 +244,7 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
             raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
         params[str(k)] = v.detach().cpu().clone()
     meta = {str(k): _check_metadata(v, repr(k)) for k, v in metadata.items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"params": params, "metadata": meta}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
+    return atomic_save({"params": params, "metadata": meta}, target)
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:
@@ -255,6 +252,6 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
     p = Path(path)
     if p.suffix.lower() not in (".pth", ".pt") or not p.is_file():
         return {}
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+    obj = _torch_load(p)
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     return dict(meta) if isinstance(meta, dict) else {}

@@ -22,6 +22,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ..errors import UserInputError, UserTypeError
+from ..precision import PRECISIONS
+
 __all__ = [
     "Key",
     "SCHEMA",
@@ -48,6 +51,8 @@ class Key:
     path: bool = False  # a filesystem path: relative values are resolved (see module docstring)
     choices: tuple[Any, ...] | None = None
     list_of: type | None = None  # for list values: the element type
+    minimum: float | None = None  # numbers (and list elements) must be >= this ...
+    exclusive: bool = False  # ... or > it
 
 
 _NUM = (int, float)
@@ -60,10 +65,10 @@ SCHEMA: dict[str, Any] = {
     "device": Key("auto", (str,), "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'"),
     "model": {
         "name": Key("mzsr", (str,), "registered architecture (metasr_adapter.get_model)"),
-        "width": Key(64, (int,), "feature channels (SPEC §1: 64)"),
-        "depth": Key(8, (int,), "number of conv layers (SPEC §1: 8)"),
+        "width": Key(64, (int,), "feature channels (SPEC §1: 64)", minimum=1),
+        "depth": Key(8, (int,), "number of conv layers (SPEC §1: 8)", minimum=2),
         "scale": Key(2, (int,), "super-resolution factor evaluated and meta-trained for (also given to "
-                     "architectures built for one factor, e.g. rcan, idn)"),
+                     "architectures built for one factor, e.g. rcan, idn)", minimum=2),
         "arch_kwargs": Key({}, (dict,), "further constructor arguments of the architecture (e.g. {num_block: 16} "
                            "for a BasicSR RCAN); mzsr takes width/depth from the keys above"),
         "weights": Key(
@@ -74,8 +79,8 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "train_dir": Key(None, (str,), "folder of HR training images (PNG/JPG/BMP/TIF)", nullable=True, path=True),
         "recursive": Key(True, (bool,), "also read images in sub-folders of train_dir"),
-        "patch_size": Key(64, (int,), "HR patch size for meta-training tasks (SPEC §3a: 64)"),
-        "stride": Key(120, (int,), "patch extraction stride (SPEC §3a: 120)"),
+        "patch_size": Key(64, (int,), "HR patch size for meta-training tasks (SPEC §3a: 64)", minimum=4),
+        "stride": Key(120, (int,), "patch extraction stride (SPEC §3a: 120)", minimum=1),
         "grad_threshold": Key(-6.0, _NUM, "gradient-energy filter: keep log(mean energy + 1e-10) >= this (SPEC §3a)"),
         "augment": Key(True, (bool,), "8 dihedral augmentations of every patch (SPEC §3a)"),
         "tasks": Key("mzsr", (str,), "task construction: 'mzsr' = support and query are different (LR, HR) "
@@ -84,58 +89,58 @@ SCHEMA: dict[str, Any] = {
         "kernel": Key("random", (str,), "degradation of the tasks: 'random' = one random Gaussian kernel per task "
                       "(SPEC §3c) then ds_method; 'bicubic' = MATLAB bicubic (MLSR's main setting; tasks=mlsr "
                       "only)", choices=("random", "bicubic")),
-        "scales": Key([2.0], (list,), "SCALE_LIST: one scale drawn per task (SPEC §3b)", list_of=float),
-        "kernel_size": Key(15, (int,), "random kernel size (SPEC §3c: 15 at every scale)"),
-        "kernel_k1_factor": Key(2.5, _NUM, "k1 = factor * scale: the largest variance (SPEC §3b/§3c: 2.5)"),
+        "scales": Key([2.0], (list,), "SCALE_LIST: one scale drawn per task (SPEC §3b)", list_of=float, minimum=1),
+        "kernel_size": Key(15, (int,), "random kernel size (SPEC §3c: 15 at every scale)", minimum=1),
+        "kernel_k1_factor": Key(2.5, _NUM, "k1 = factor * scale: the largest variance (SPEC §3b/§3c: 2.5)", minimum=0, exclusive=True),
         "ds_method": Key("direct", (str,), "subsampling after the blur (SPEC §2b)", choices=("direct", "bicubic")),
-        "noise_std": Key(0.0, _NUM, "std of Gaussian noise added to the LR (SPEC §3b: 0.0)"),
-        "num_workers": Key(1, (int,), "DataLoader worker processes generating tasks (0 = in the training process)"),
+        "noise_std": Key(0.0, _NUM, "std of Gaussian noise added to the LR (SPEC §3b: 0.0)", minimum=0),
+        "num_workers": Key(1, (int,), "DataLoader worker processes generating tasks (0 = in the training process)", minimum=0),
         "cache_dir": Key(None, (str,), "folder for the on-disk patch-pool cache (null = memory only)",
                          nullable=True, path=True),
     },
     "pretrain": {
-        "iterations": Key(500000, (int,), "large-scale pretraining steps (SPEC §8: released θ_T at 500,000)"),
+        "iterations": Key(500000, (int,), "large-scale pretraining steps (SPEC §8: released θ_T at 500,000)", minimum=0),
         "degradation": Key("bicubic", (str,), "training pairs: 'bicubic' = bicubic LR (SPEC §8); 'kernel' = the "
                            "meta-training task distribution (data.kernel_size, kernel_k1_factor, ds_method, scales, "
                            "noise_std), one random kernel per pretrain.kernels group", choices=("bicubic", "kernel")),
         "kernels": Key(8, (int,), "degradation='kernel': random kernels per batch (batch_size / kernels patches "
-                       "each; must be even)"),
+                       "each; must be even)", minimum=1),
         "schedule": Key("staircase", (str,), "learning rate: 'staircase' (SPEC §8) or 'cosine' from lr to lr_min "
                         "over pretrain.iterations", choices=("staircase", "cosine")),
         "train_dir": Key(None, (str,), "HR images for pretraining (null = data.train_dir)", nullable=True, path=True),
-        "scale": Key(2, (int,), "bicubic scale of the pretraining pairs (SPEC §8: x2, used for every model)"),
-        "batch_size": Key(32, (int,), "SPEC §8: 32"),
-        "patch_size": Key(96, (int,), "HR patch size (SPEC §8: 96, LR 48)"),
-        "stride": Key(120, (int,), "patch stride (SPEC §8: 120)"),
+        "scale": Key(2, (int,), "bicubic scale of the pretraining pairs (SPEC §8: x2, used for every model)", minimum=2),
+        "batch_size": Key(32, (int,), "SPEC §8: 32", minimum=1),
+        "patch_size": Key(96, (int,), "HR patch size (SPEC §8: 96, LR 48)", minimum=4),
+        "stride": Key(120, (int,), "patch stride (SPEC §8: 120)", minimum=1),
         "augment": Key(True, (bool,), "8 dihedral augmentations (SPEC §8: the released θ_T used 80k x 8)"),
-        "lr": Key(4e-4, _NUM, "Adam learning rate (SPEC §8: 4e-4)"),
-        "lr_decay_every": Key(100000, (int,), "staircase period (SPEC §8: 100,000)"),
-        "lr_decay_factor": Key(0.5, _NUM, "staircase factor (SPEC §8: 0.5)"),
-        "lr_min": Key(1e-4, _NUM, "learning-rate floor (SPEC §8: 1e-4)"),
+        "lr": Key(4e-4, _NUM, "Adam learning rate (SPEC §8: 4e-4)", minimum=0, exclusive=True),
+        "lr_decay_every": Key(100000, (int,), "staircase period (SPEC §8: 100,000)", minimum=1),
+        "lr_decay_factor": Key(0.5, _NUM, "staircase factor (SPEC §8: 0.5)", minimum=0, exclusive=True),
+        "lr_min": Key(1e-4, _NUM, "learning-rate floor (SPEC §8: 1e-4)", minimum=0),
         "loss": Key("l1", (str,), "pretraining loss (SPEC §8: 'l1'; MLSR: 'l2')", choices=("l1", "l2")),
         "probe_every": Key(0, (int,), "evaluate the weights every N pretraining steps into metrics.jsonl (mean "
-                           "PSNR after eval.probe_steps; 0 = off); probe time is not counted as training time"),
+                           "PSNR after eval.probe_steps; 0 = off); probe time is not counted as training time", minimum=0),
     },
     "meta": {
-        "iterations": Key(60000, (int,), "meta-training iterations (SPEC §4: Directx2 60,000)"),
-        "meta_batch": Key(5, (int,), "tasks per meta-iteration (SPEC §4: META_BATCH_SIZE)"),
-        "task_batch": Key(4, (int,), "support (and query) pairs per task (SPEC §4: TASK_BATCH_SIZE)"),
-        "inner_steps": Key(5, (int,), "inner gradient steps (SPEC §4: TASK_ITER 5)"),
-        "inner_lr": Key(0.01, (float, int, list), "α, task learning rate (SPEC §4: 1e-2)", list_of=float),
-        "meta_lr": Key(1e-4, _NUM, "β, Adam meta learning rate (SPEC §4: 1e-4)"),
+        "iterations": Key(60000, (int,), "meta-training iterations (SPEC §4: Directx2 60,000)", minimum=0),
+        "meta_batch": Key(5, (int,), "tasks per meta-iteration (SPEC §4: META_BATCH_SIZE)", minimum=1),
+        "task_batch": Key(4, (int,), "support (and query) pairs per task (SPEC §4: TASK_BATCH_SIZE)", minimum=1),
+        "inner_steps": Key(5, (int,), "inner gradient steps (SPEC §4: TASK_ITER 5)", minimum=1),
+        "inner_lr": Key(0.01, (float, int, list), "α, task learning rate (SPEC §4: 1e-2)", list_of=float, minimum=0, exclusive=True),
+        "meta_lr": Key(1e-4, _NUM, "β, Adam meta learning rate (SPEC §4: 1e-4)", minimum=0, exclusive=True),
         "first_order": Key(False, (bool,), "first-order MAML throughout (SPEC §4: False)"),
-        "second_order_from": Key(0, (int,), "first-order before this step, second order from it (SPEC §4: 0)"),
+        "second_order_from": Key(0, (int,), "first-order before this step, second order from it (SPEC §4: 0)", minimum=0),
         "loss_weighting": Key("mzsr", (str,), "query-loss weights (SPEC §4: 'mzsr' = uniform 0.2)",
                               choices=("mzsr", "maml++", "last")),
         "loss": Key("l1", (str,), "loss of the inner steps, the meta-objective and test-time adaptation "
                     "(SPEC §4: 'l1'; MLSR: 'l2')", choices=("l1", "l2")),
-        "grad_clip": Key(None, _NUM, "meta-gradient norm clip (SPEC §4: none)", nullable=True),
+        "grad_clip": Key(None, _NUM, "meta-gradient norm clip (SPEC §4: none)", nullable=True, minimum=0, exclusive=True),
         "adapt_params": Key(None, (list,), "fnmatch patterns of adapted parameters (null = all)",
                             nullable=True, list_of=str),
         "probe_every": Key(0, (int,), "evaluate the weights every N meta-iterations into metrics.jsonl (see "
-                           "pretrain.probe_every)"),
+                           "pretrain.probe_every)", minimum=0),
         "backend": Key("functional", (str,), "MAML implementation", choices=("functional", "learn2learn")),
-        "precision": Key("fp32", (str,), "meta-training precision", choices=("fp32", "bf16")),
+        "precision": Key("fp32", (str,), "meta-training precision", choices=PRECISIONS),
         "task_batching": Key("loop", (str,), "tasks one after another ('loop', least memory) or all at once "
                              "('vmap', functional backend)", choices=("loop", "vmap")),
         "channels_last": Key(False, (bool,), "NHWC image layout in meta-training (measured slower in fp32 on "
@@ -143,7 +148,7 @@ SCHEMA: dict[str, Any] = {
         "adam_variant": Key("torch", (str,), "meta-optimiser arithmetic: 'torch' (torch.optim.Adam) or 'tf' "
                             "(TF1 AdamOptimizer, the official code's)", choices=("torch", "tf")),
         "anneal_span": Key(10000.0 / 3.0, _NUM, "loss_weighting='maml++': meta-steps over which the query-loss "
-                           "weights anneal to the last step"),
+                           "weights anneal to the last step", minimum=0, exclusive=True),
     },
     "eval": {
         "gt_dir": Key(None, (str,), "HR ground-truth folder (null = skip evaluation and the plot)",
@@ -156,17 +161,17 @@ SCHEMA: dict[str, Any] = {
                          choices=("direct", "bicubic")),
         "schedule": Key("mzsr_direct", (str, float, int), "meta-test learning-rate schedule: a preset name "
                         "(SPEC §5) or a constant learning rate"),
-        "max_steps": Key(10, (int,), "PSNR is measured after 0..max_steps adaptation steps (paper Fig. 3)"),
-        "limit": Key(None, (int,), "evaluate only the first N images", nullable=True),
+        "max_steps": Key(10, (int,), "PSNR is measured after 0..max_steps adaptation steps (paper Fig. 3)", minimum=0),
+        "limit": Key(None, (int,), "evaluate only the first N images", nullable=True, minimum=1),
         "evaluate_start": Key(True, (bool,), "also evaluate the starting weights (the plot's reference curve)"),
         "probe_steps": Key([0, 1, 10], (list,), "adaptation step counts scored by the in-training probes",
-                           list_of=int),
+                           list_of=int, minimum=0),
     },
     "output": {
         "dir": Key(None, (str,), "run folder (null = runs/<recipe name>)", nullable=True, path=True),
-        "checkpoint_every": Key(2500, (int,), "meta steps between checkpoints (SPEC §4: SAVE_ITER 2500)"),
-        "pretrain_checkpoint_every": Key(10000, (int,), "pretraining steps between checkpoints (SPEC §8: 10k)"),
-        "log_every": Key(100, (int,), "steps between metrics-log lines (SPEC §4: PRINT_ITER 100)"),
+        "checkpoint_every": Key(2500, (int,), "meta steps between checkpoints (SPEC §4: SAVE_ITER 2500)", minimum=1),
+        "pretrain_checkpoint_every": Key(10000, (int,), "pretraining steps between checkpoints (SPEC §8: 10k)", minimum=1),
+        "log_every": Key(100, (int,), "steps between metrics-log lines (SPEC §4: PRINT_ITER 100)", minimum=1),
         "progress": Key(True, (bool,), "show tqdm progress bars"),
     },
 }
@@ -229,13 +234,13 @@ def _coerce(value: Any, spec: Key, dotted: str) -> Any:
         except ValueError:
             pass
     if isinstance(value, bool) and bool not in spec.types:
-        raise TypeError(f"recipe key {dotted!r} = {value!r}: expected {_type_names(spec)}, not a boolean")
+        raise UserTypeError(f"recipe key {dotted!r} = {value!r}: expected {_type_names(spec)}, not a boolean")
     if isinstance(value, int) and not isinstance(value, bool) and float in spec.types and int not in spec.types:
         value = float(value)
     if isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, spec.types):
-        raise TypeError(f"recipe key {dotted!r} = {value!r} has type {type(value).__name__}; "
+        raise UserTypeError(f"recipe key {dotted!r} = {value!r} has type {type(value).__name__}; "
                         f"expected {_type_names(spec)} (default {spec.default!r})")
     if isinstance(value, list) and spec.list_of is not None:
         items = []
@@ -248,11 +253,17 @@ def _coerce(value: Any, spec: Key, dotted: str) -> Any:
             if spec.list_of is float and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
             if not isinstance(v, spec.list_of) or isinstance(v, bool):
-                raise TypeError(f"recipe key {dotted!r}: item {v!r} is not a {spec.list_of.__name__}")
+                raise UserTypeError(f"recipe key {dotted!r}: item {v!r} is not a {spec.list_of.__name__}")
             items.append(v)
         value = items
     if spec.choices is not None and value not in spec.choices:
         raise ValueError(f"recipe key {dotted!r} = {value!r}; choose one of {list(spec.choices)}")
+    if spec.minimum is not None:
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (
+                    v < spec.minimum or (spec.exclusive and v == spec.minimum)):
+                bound = f"> {spec.minimum:g}" if spec.exclusive else f">= {spec.minimum:g}"
+                raise ValueError(f"recipe key {dotted!r} = {value!r}: must be {bound} (default {spec.default!r})")
     return value
 
 
@@ -279,7 +290,7 @@ def validate_recipe(
     """Return a complete, checked copy of ``recipe`` (defaults filled in, relative paths made
     absolute against ``base_dir`` or the working directory)."""
     if not isinstance(recipe, Mapping):
-        raise TypeError(f"recipe section {_prefix.rstrip('.') or '<top>'!r} must be a mapping, "
+        raise UserTypeError(f"recipe section {_prefix.rstrip('.') or '<top>'!r} must be a mapping, "
                         f"got {type(recipe).__name__}")
     unknown = [k for k in recipe if k not in schema]
     if unknown:
@@ -364,7 +375,12 @@ def load_recipe(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
         if not path.is_file():
             raise FileNotFoundError(f"recipe file not found: {path}")
         with open(path, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh)
+            try:
+                loaded = yaml.safe_load(fh)
+            except yaml.YAMLError as exc:
+                where = " ".join(str(exc).split())  # yaml's message spans lines
+                raise UserInputError(f"recipe {path} is not valid YAML for yaml.safe_load (plain mappings, lists, "
+                                     f"numbers and strings; no !!python tags): {where}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -401,10 +417,13 @@ def _validate_partial(tree: Mapping[str, Any], schema: Mapping[str, Any], prefix
     return out
 
 
-def _deep_update(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+def _deep_update(dst: dict[str, Any], src: Mapping[str, Any], schema: Mapping[str, Any] = SCHEMA) -> None:
+    """Write ``src`` into ``dst`` section by section; a key's value (even a dict such as
+    ``model.arch_kwargs``) replaces the old value whole, it is never merged into it."""
     for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
+        spec = schema.get(k)
+        if spec is not None and not _is_key(spec) and isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v, spec)
         else:
             dst[k] = v
 

@@ -26,8 +26,6 @@ def psnr_vs_steps(
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    from .atomic import atomic_write
-
     if not curves:
         raise ValueError("curves is empty: give at least one {label: {steps: psnr}} entry")
     fig = Figure(figsize=(6.0, 4.2), dpi=120)
@@ -46,14 +44,21 @@ def psnr_vs_steps(
     all_steps = sorted({int(k) for pts in curves.values() for k in pts})
     if len(all_steps) <= 21:
         ax.set_xticks(all_steps)
+    return _save(fig, ax, path, title, legend_loc="best", legend_size=9)
+
+
+def _save(fig, ax, path: str | os.PathLike, title: str | None, *, legend_loc: str, legend_size: int) -> Path:
+    """Grid, legend and title on ``ax``, then the figure written atomically as a PNG; returns its path."""
+    from ..io.atomic import atomic_write
+
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    ax.legend(loc=legend_loc, fontsize=legend_size)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    return path
+    out = Path(path)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    return out
 
 
 def read_probes(metrics_jsonl: str | os.PathLike) -> list[dict]:
@@ -89,8 +94,6 @@ def psnr_vs_cpu_hours(
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    from .atomic import atomic_write
-
     if not runs:
         raise ValueError("runs is empty: give {label: path/to/metrics.jsonl}")
     styles = ["-", "--", ":", "-."]
@@ -114,11 +117,4 @@ def psnr_vs_cpu_hours(
         ax.axhline(float(baseline), color="0.5", linestyle="--", linewidth=1.0, label="bicubic")
     ax.set_xlabel("training CPU-hours (wall hours × threads)")
     ax.set_ylabel("mean PSNR (dB)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
-    return out
+    return _save(fig, ax, path, title, legend_loc="lower right", legend_size=8)

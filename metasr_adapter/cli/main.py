@@ -35,13 +35,17 @@ def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
                    help="weights: a bundled name (mzsr_x2_direct, mzsr_x2_bicubic), a TensorFlow checkpoint prefix, "
                         ".pth/.pt or .npz; 'random' for an untrained network"
                         + ("" if weights_required else " (default: the bundled weights that match the kernel)"))
-    p.add_argument("--arch", default="mzsr", help="network architecture: mzsr, rcan, idn... (metasr_adapter.list_models())")
+    p.add_argument("--arch", default=None,
+                   help="network architecture: mzsr, rcan, idn... (metasr_adapter.list_models(); default: the one saved "
+                        "with the weights, else mzsr)")
     p.add_argument("--arch-kwargs", type=_json_object, default=None, metavar="JSON",
                    help='constructor arguments of the architecture, e.g. \'{"num_block": 16}\' for a BasicSR RCAN '
                         "(default: those saved with the weights; the SR factor comes from --scale)")
     p.add_argument("--param-key", default="auto", help="key inside .pth files: params, params_ema or auto")
     p.add_argument("--scale", type=float, default=None, help="SR factor (default: the weights' own, else 2)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    from ..precision import PRECISIONS
+
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                    help="bf16 = autocast + channels_last (fast on GPUs and CPUs with AMX)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -96,22 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--zssr-preset", default=None,
                    help="ZSSR preset for --method zssr (default: kernel when --kernel is a blur kernel, else ideal_x2)")
-    p.add_argument("--zssr-kernel-shift", action="store_true",
-                   help="centre the kernel as the official ZSSR does (for LR images made by ZSSR's own imresize; "
-                        "off for LR made by this package or MZSR's test sets)")
+    from ..zssr.core import add_kernel_shift_argument
+
+    add_kernel_shift_argument(p, "--zssr-kernel-shift")
     p.add_argument("--zssr-iters", type=int, default=None, help="ZSSR iteration cap for --method zssr")
     p.add_argument("--json", default=None, help="write the full report as JSON")
     p.add_argument("--save-dir", default=None, help="write the SR images here")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("zssr", help="zero-shot SR: train an image-specific network on the LR image itself")
-    from .zssr import add_zssr_arguments, run_zssr_cli
+    from ..zssr.core import add_zssr_arguments, run_zssr_cli
 
     add_zssr_arguments(p)
     p.set_defaults(func=run_zssr_cli)
 
     p = sub.add_parser("train", help="pretrain -> meta-train -> evaluate, driven by a recipe YAML")
-    from .train import add_train_arguments, run_train_cli
+    from ..training.train import add_train_arguments, run_train_cli
 
     add_train_arguments(p)
     p.set_defaults(func=run_train_cli)
@@ -119,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return f"metasr {__version__}"
 
@@ -127,18 +131,21 @@ def _version() -> str:
 def _setup(args: argparse.Namespace):
     import torch
 
-    if args.threads:
+    from ..devices import resolve_device
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device(args.device)
 
 
 def _choose_weights(args: argparse.Namespace) -> tuple[str, dict]:
     """The weights to load (``--weights``, or the bundled ones that fit the kernel) and their metadata
     (scale, ds_method, schedule, loss; empty for files that carry none)."""
-    from .kernels import resolve_kernel
-    from .pretrained import BUNDLED_WEIGHTS, default_weights, list_weights
-    from .weights import read_metadata
+    from ..ops.kernels import resolve_kernel
+    from ..io.pretrained import BUNDLED_WEIGHTS, default_weights, list_weights
+    from ..io.weights import read_metadata
 
     weights = args.weights
     if weights is None:
@@ -146,46 +153,50 @@ def _choose_weights(args: argparse.Namespace) -> tuple[str, dict]:
             ds = resolve_kernel(args.kernel, args.ds_method).ds_method
         except (ValueError, FileNotFoundError):
             ds = args.ds_method  # the kernel's own error comes later, with its context
-        info = default_weights(args.arch, scale=args.scale, ds_method=ds)
+        info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds)
         if info is None:
             have = ", ".join(list_weights()) or "none"
-            raise ValueError(f"no bundled weights for --arch {args.arch}"
+            raise ValueError(f"no bundled weights for --arch {args.arch or 'mzsr'}"
                              + (f" at --scale {args.scale:g}" if args.scale else "")
                              + f" (bundled: {have}); pass --weights PATH, or --weights random for an untrained network")
         weights = info.name
     if weights in BUNDLED_WEIGHTS:
         info = BUNDLED_WEIGHTS[weights]
-        return weights, {"scale": info.scale, "ds_method": info.ds_method, "schedule": info.schedule, "loss": info.loss}
+        return weights, {**read_metadata(info.path), "scale": info.scale, "ds_method": info.ds_method,
+                         "schedule": info.schedule, "loss": info.loss}
     if weights == "random":
         return weights, {}
     return weights, read_metadata(weights)
 
 
 def _load_metasr(args: argparse.Namespace):
-    from . import MetaSR
-    from .adapters import scale_kwargs
-    from .pretrained import load_model
+    from .. import MetaSR
+    from ..adapters import scale_kwargs
+    from ..io.pretrained import load_model
 
     device = _setup(args)
     weights, meta = _choose_weights(args)
+    args.weights_used = weights
     trained_scale = meta.get("scale")
     if args.scale is not None and trained_scale is not None and float(trained_scale) != float(args.scale):
         raise ValueError(f"--scale {args.scale:g} but the weights {weights!r} were trained for x{float(trained_scale):g}; "
                          f"use --scale {float(trained_scale):g} or weights trained for x{args.scale:g}")
     scale = float(args.scale if args.scale is not None else trained_scale or 2.0)
     args.scale = scale
+    arch = args.arch or meta.get("arch") or "mzsr"
     model = load_model(args.arch, weights, param_key=args.param_key,
-                       arch_defaults=scale_kwargs(args.arch, scale), **(args.arch_kwargs or {})).to(device)
+                       arch_defaults=scale_kwargs(arch, scale), **(args.arch_kwargs or {})).to(device)
     if getattr(args, "lr", None) is not None:
         schedule = args.lr
     else:
         schedule = getattr(args, "schedule", None) or meta.get("schedule") or "mzsr_direct"
     loss = getattr(args, "loss", None) or meta.get("loss") or "l1"
-    return MetaSR(model, scale, schedule=schedule, precision=args.precision, device=device, loss=loss)
+    return MetaSR(model, scale, schedule=schedule, precision=args.precision, device=device, loss=loss,
+                  adapt_params=meta.get("adapt_params"))
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
-    from .imageio import read_image, write_image
+    from ..ops.imageio import read_image, write_image
 
     msr = _load_metasr(args)
     lr_img = read_image(args.lr_image)
@@ -206,20 +217,20 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_folder
+    from ..adapt.evaluate import evaluate_folder
 
     if args.method == "metasr":
         msr, scale, zcfg = _load_metasr(args), None, None
     else:
-        from .zssr import ZSSRConfig
+        from ..zssr.core import ZSSRConfig
 
-        _setup(args)
         msr, scale = None, args.scale or 2.0
-        from .kernels import resolve_kernel
-        from .zssr import default_preset
+        from ..ops.kernels import resolve_kernel
+        from ..zssr.core import default_preset
 
         preset = args.zssr_preset or default_preset(resolve_kernel(args.kernel, args.ds_method))
-        zcfg = ZSSRConfig.preset(preset, kernel_shift=args.zssr_kernel_shift, precision=args.precision)
+        zcfg = ZSSRConfig.preset(preset, kernel_shift=args.kernel_shift, precision=args.precision,
+                                 device=str(_setup(args)))
         if args.zssr_iters is not None:
             zcfg.max_iters = args.zssr_iters
     report = evaluate_folder(
@@ -238,24 +249,88 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    from ..io.pretrained import BUNDLED_WEIGHTS
+
     msr = _load_metasr(args)
+    used = args.weights_used
+    if used in BUNDLED_WEIGHTS:
+        print(f"weights: {used} (bundled; model card: {BUNDLED_WEIGHTS[used].model_card})")
+    else:
+        print(f"weights: {used}")
     return run_demo(msr, image=args.image, kernel=args.kernel, ds_method=args.ds_method, steps=args.steps,
                     output=args.output, back_projection=args.back_projection, self_ensemble=args.self_ensemble)
 
 
+def _close_progress_bars() -> None:
+    """End any open tqdm bar's line, so that a message printed now starts on a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..errors import USER_ERRORS
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_options(args)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as exc:
-        # user errors: one clear line, no traceback (set METASR_DEBUG=1 for it)
+    except USER_ERRORS as exc:
+        # the user's mistake: one clear line, exit 2 (METASR_DEBUG=1 shows the traceback); bugs keep theirs
         import os
 
         if os.environ.get("METASR_DEBUG"):
             raise
+        _close_progress_bars()
         print(f"metasr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_output(path: str | None, flag: str, image: bool) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {p / ('out.png' if image else 'out.json')}")
+    if image:
+        from ..ops.imageio import IMAGE_EXTENSIONS
+
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"{flag} {path}: cannot write a {p.suffix or 'suffix-less'!r} image; end the name with one "
+                             f"of {', '.join(IMAGE_EXTENSIONS)}")
+    parent = p.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: cannot write into {parent}; choose a writable location")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Options checked before any work: outputs writable, counts in range."""
+    for name in ("back_projection", "steps", "limit"):
+        value = getattr(args, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} {value}: must be >= 0")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
+    if args.command in ("adapt", "zssr", "demo"):
+        _check_output(getattr(args, "output", None), "-o/--output", image=True)
+    if args.command in ("adapt", "eval", "demo") and getattr(args, "kernel", None) is not None \
+            and getattr(args, "method", "metasr") == "metasr":  # ZSSR accepts estimated kernels as they are
+        from ..ops.kernels import resolve_kernel
+
+        resolve_kernel(args.kernel, args.ds_method)  # a bad kernel file fails here, not after the model loads
+    if getattr(args, "json", None):
+        _check_output(args.json, "--json", image=False)
 
 
 if __name__ == "__main__":

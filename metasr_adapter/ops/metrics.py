@@ -58,7 +58,7 @@ def _prepare(sr, gt, crop_border: int, test_y_channel: bool) -> tuple[np.ndarray
     if a.shape != b.shape:
         raise ValueError(
             f"SR shape {a.shape} differs from GT shape {b.shape}; modcrop the GT to a multiple of the scale "
-            "(metasr_adapter.imageio.modcrop) or crop the SR to the GT size"
+            "(metasr_adapter.ops.imageio.modcrop) or crop the SR to the GT size"
         )
     if crop_border < 0:
         raise ValueError(f"crop_border={crop_border} must be >= 0")

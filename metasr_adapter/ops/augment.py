@@ -1,11 +1,13 @@
 """Geometric test-time tools for SR: dihedral transforms, self-ensemble, random crops.
 
-The 8 dihedral ``mode``\\ s follow ZSSR's geometric self-ensemble: ``mode % 4`` counter-clockwise
-quarter turns in the image plane (``torch.rot90`` over the last two dims, the direction of
-``np.rot90``), then, for ``mode >= 4``, a left-right flip. Mode 0 is the identity.
+The 8 dihedral ``mode``\\ s are numbered as in the official MZSR code (SPEC §3a), the one convention of
+this package: ``mode // 2`` counter-clockwise quarter turns in the image plane (the direction of
+``np.rot90``), then, for odd modes, an up-down flip. Mode 0 is the identity. ZSSR's self-ensemble
+uses all eight, so its numbering does not matter there.
 
 Everything works on tensors shaped ``(..., H, W)`` (NCHW in the project), on any device and
-dtype, and is differentiable (rotations and flips are permutations of the pixels).
+dtype, and is differentiable (rotations and flips are permutations of the pixels); :func:`dihedral`
+also takes numpy arrays, with ``dims=(0, 1)`` for HxWxC images.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ __all__ = [
 DIHEDRAL_MODES: tuple[int, ...] = tuple(range(8))
 #: the four modes that keep H and W in place (0°, 180°, and their flips): safe when the
 #: two axes are scaled differently
-AXIS_PRESERVING_MODES: tuple[int, ...] = (0, 2, 4, 6)
+AXIS_PRESERVING_MODES: tuple[int, ...] = (0, 1, 4, 5)
 
 REDUCTIONS = ("median", "median_lower", "mean")
 
@@ -52,18 +54,24 @@ def _check_tensor(x: Tensor) -> Tensor:
     return x
 
 
-def dihedral(x: Tensor, mode: int) -> Tensor:
-    """Rotate ``x`` by ``mode % 4`` quarter turns (counter-clockwise), then flip left-right if ``mode >= 4``."""
+def dihedral(x: Tensor | np.ndarray, mode: int, dims: tuple[int, int] = (-2, -1)) -> Tensor | np.ndarray:
+    """``x`` turned ``mode // 2`` quarter turns counter-clockwise in the plane ``dims``, then flipped
+    up-down (along ``dims[0]``) when ``mode`` is odd (SPEC §3a). Tensors or numpy arrays."""
     m = _check_mode(mode)
-    out = torch.rot90(_check_tensor(x), m % 4, dims=(-2, -1))
-    return out.flip(-1) if m >= 4 else out
+    if isinstance(x, np.ndarray):
+        if x.ndim < 2:
+            raise ValueError(f"expected an array with at least 2 dims; got shape {x.shape}")
+        out = np.rot90(x, m // 2, axes=dims)
+        return np.flip(out, dims[0]) if m % 2 else out
+    out = torch.rot90(_check_tensor(x), m // 2, dims=dims)
+    return out.flip(dims[0]) if m % 2 else out
 
 
-def inverse_dihedral(x: Tensor, mode: int) -> Tensor:
+def inverse_dihedral(x: Tensor, mode: int, dims: tuple[int, int] = (-2, -1)) -> Tensor:
     """Undo :func:`dihedral`: ``inverse_dihedral(dihedral(x, m), m) == x`` for every mode."""
     m = _check_mode(mode)
-    out = _check_tensor(x).flip(-1) if m >= 4 else x
-    return torch.rot90(out, -(m % 4), dims=(-2, -1))
+    out = _check_tensor(x).flip(dims[0]) if m % 2 else x
+    return torch.rot90(out, -(m // 2), dims=dims)
 
 
 def median_reduce(stack: Tensor, dim: int = 0, *, lower: bool = False) -> Tensor:

@@ -5,7 +5,7 @@ LR image and downscaled copies of it (picked with probability growing with their
 sons" are the fathers degraded by the given kernel (or bicubic), and the network learns to map
 the bicubic-upsampled son back to its father. Training uses random 128×128 crops, random
 rotations/flips, optional noise on the sons, an L1 loss with Adam from 1e-3, and ZSSR's
-linear-fit learning-rate policy (:mod:`metasr_adapter.lr_policy`). The trained network is then
+linear-fit learning-rate policy (:mod:`metasr_adapter.zssr.lr_policy`). The trained network is then
 applied to the LR image itself, with the 8-way geometric self-ensemble (median) and iterative
 back-projection. Scale factors can be gradual: each stage's output joins the fathers.
 
@@ -23,7 +23,6 @@ Differences from the official TensorFlow code, all deliberate:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import math
 import os
@@ -38,10 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .augment import AXIS_PRESERVING_MODES, DIHEDRAL_MODES, REDUCTIONS, dihedral, geometric_self_ensemble, random_crop
-from .backprojection import back_project
-from .degrade import degrade, imresize
+from ..adapters.contract import fit_output, takes_upsampled_input
+from ..ops.augment import AXIS_PRESERVING_MODES, DIHEDRAL_MODES, REDUCTIONS, dihedral, geometric_self_ensemble, random_crop
+from ..ops.backprojection import back_project
+from ..ops.degrade import degrade, imresize
+from ..devices import resolve_device
+from ..ops.kernels import read_kernel_file
 from .lr_policy import LinearFitLRPolicy
+from ..precision import PRECISIONS, autocast, bf16_supported
 
 __all__ = [
     "ZSSRConfig",
@@ -58,7 +61,6 @@ __all__ = [
     "zssr_main",
 ]
 
-PRECISIONS = ("fp32", "bf16")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,26 +310,18 @@ def _read_kernel_array(spec: Any) -> np.ndarray | None:
     if isinstance(spec, np.ndarray):
         return np.asarray(spec, dtype=np.float64)
     if isinstance(spec, (str, os.PathLike)) and os.path.isfile(spec):
-        suffix = os.path.splitext(str(spec))[1].lower()
-        if suffix == ".mat":
-            import scipy.io
-
-            data = scipy.io.loadmat(str(spec))
-            for key in ("kernel", "Kernel"):
-                if key in data:
-                    return np.asarray(data[key], dtype=np.float64)
-        elif suffix == ".npy":
-            return np.asarray(np.load(spec, allow_pickle=False), dtype=np.float64)
+        if os.path.splitext(str(spec))[1].lower() in (".mat", ".npy"):
+            return read_kernel_file(spec)
     return None
 
 
 def resolve_zssr_kernel(spec: Any) -> Any:
-    """:func:`~metasr_adapter.kernels.resolve_kernel`, but also accepting estimated kernels with
+    """:func:`~metasr_adapter.ops.kernels.resolve_kernel`, but also accepting estimated kernels with
     small negative entries (like the official ``real_example/charlie_0.mat``), which the official
     ZSSR uses as they are. Such kernels are checked here (2-D, finite, positive sum), rescaled to
     sum 1 and returned with a warning; everything else goes through ``resolve_kernel``.
     """
-    from .kernels import KernelSpec, resolve_kernel
+    from ..ops.kernels import KernelSpec, resolve_kernel
 
     raw = None if isinstance(spec, KernelSpec) else _read_kernel_array(spec)
     if raw is None or not np.any(raw < 0):
@@ -349,7 +343,7 @@ def resolve_zssr_kernel(spec: Any) -> Any:
 
 @dataclass(frozen=True, eq=False)
 class _PermissiveKernel:
-    """A kernel that :class:`~metasr_adapter.kernels.KernelSpec` would reject (negative entries)."""
+    """A kernel that :class:`~metasr_adapter.ops.kernels.KernelSpec` would reject (negative entries)."""
 
     kernel: np.ndarray
     ds_method: str = "direct"
@@ -360,7 +354,7 @@ def _is_kernel_list(kernel: Any) -> bool:
     """True for a list/tuple of kernels (one per stage), False for one kernel given as nested numbers."""
     if not isinstance(kernel, (list, tuple)) or not kernel:
         return False
-    from .kernels import KernelSpec
+    from ..ops.kernels import KernelSpec
 
     return all(k is None or isinstance(k, (str, os.PathLike, np.ndarray, Tensor, KernelSpec)) for k in kernel)
 
@@ -391,7 +385,7 @@ class ZSSR:
     # -- setup ------------------------------------------------------------------------------
     def _device(self) -> torch.device:
         if self.config.device is not None:
-            return torch.device(self.config.device)
+            return resolve_device(self.config.device)
         if self._given_model is not None:
             p = next(iter(self._given_model.parameters()), None)
             if p is not None:
@@ -401,7 +395,7 @@ class ZSSR:
     def _fresh_net(self, generator: torch.Generator, device: torch.device) -> nn.Module:
         cfg = self.config
         if self._given_model is None:
-            from .adapters.mzsr import MZSRNet
+            from ..adapters.mzsr import MZSRNet
 
             net: nn.Module = MZSRNet(channels=3, width=cfg.width, depth=cfg.depth)
             _init_zssr_net(net, cfg.init_variance, cfg.train_bias, generator)
@@ -416,26 +410,18 @@ class ZSSR:
         return net
 
     def _autocast(self, device: torch.device):
-        if self.config.precision == "bf16":
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.precision, device.type)
 
     # -- network plumbing -------------------------------------------------------------------
     def _forward(self, net: nn.Module, son: Tensor, sf: tuple[float, float], out_hw: tuple[int, int]) -> Tensor:
         """Network output for a son (or the LR image), at ``out_hw``."""
-        upsample = bool(getattr(net, "upsample_input", True))
+        upsample = takes_upsampled_input(net)
         inp = imresize(son, sf, output_shape=out_hw) if upsample else son
         if self.config.precision == "bf16":
             inp = inp.contiguous(memory_format=torch.channels_last)
         with self._autocast(inp.device):
             out = net(inp)
-        out = out.float()
-        if out.shape[-2] < out_hw[0] or out.shape[-1] < out_hw[1]:
-            raise RuntimeError(
-                f"network output {tuple(out.shape[-2:])} is smaller than the target {out_hw}: a network that "
-                "upsamples by itself must be built for this scale (or set model.upsample_input = True)"
-            )
-        return out[..., : out_hw[0], : out_hw[1]]
+        return fit_output(out.float(), out_hw, max(sf), upsample)
 
     def _son(self, father: Tensor, sf: tuple[float, float], kernel: np.ndarray | None, ds_method: str,
              generator: torch.Generator) -> Tensor:
@@ -462,7 +448,7 @@ class ZSSR:
             lr_img: HxWx3 (or HxW, HxWx4) uint8/float numpy, or a CxHxW / 1xCxHxW float tensor.
             kernel: the downscaling kernel: ``None``/``'bicubic'`` (the ideal case), a kernel name,
                 a ``.mat`` (key ``Kernel`` or ``kernel``) / ``.npy`` path, an array, a
-                :class:`~metasr_adapter.kernels.KernelSpec`, or a list of these, one per stage.
+                :class:`~metasr_adapter.ops.kernels.KernelSpec`, or a list of these, one per stage.
                 A single kernel is used for the stages at the final scale; earlier gradual
                 stages then use bicubic.
             scale: the SR factor, a number or (vertical, horizontal).
@@ -472,7 +458,7 @@ class ZSSR:
 
         Returns the SR image in the input's format, or ``(sr, info)``.
         """
-        from .imageio import to_tensor
+        from ..ops.imageio import to_tensor
 
         cfg = self.config
         t_start = time.perf_counter()
@@ -516,7 +502,6 @@ class ZSSR:
                 f"would be under 3 pixels; give a larger image or raise father_min_scale"
             )
         if cfg.precision == "bf16":
-            from .metasr import bf16_supported
 
             if not bf16_supported(device):
                 warnings.warn(
@@ -745,22 +730,37 @@ def add_zssr_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--gt", default=None, help="ground-truth HR image: print the Y-PSNR of the result")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    add_kernel_shift_argument(parser, "--kernel-shift")
     if not any(a.dest == "threads" for a in parser._actions):
         parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
+def add_kernel_shift_argument(parser: argparse.ArgumentParser, flag: str) -> None:
+    """The one command-line switch for ZSSR's kernel centring (``metasr zssr --kernel-shift``,
+    ``metasr eval --method zssr --zssr-kernel-shift``); dest ``kernel_shift``, off by default.
+
+    Off: LR images made by this package's degrade (and MZSR's test sets) are aligned with their kernel,
+    and centring them costs dB (29.01 against 32.57 on a degrade-made image). On: LR images made by
+    ZSSR's own resizer (the official ZSSR examples), as the official code always does.
+    """
+    parser.add_argument(flag, dest="kernel_shift", action="store_true",
+                        help="centre the kernel as the official ZSSR does: for LR images made by ZSSR's own resizer "
+                             "(its examples); off for LR made by this package's degrade or MZSR's test sets")
+
+
 def run_zssr_cli(args: argparse.Namespace) -> int:
     """Run ``metasr zssr`` with parsed ``args``; returns the exit code."""
-    from .imageio import read_image, write_image
-    from .metrics import psnr
+    from ..ops.imageio import read_image, write_image
+    from ..ops.metrics import psnr
 
     if getattr(args, "threads", None):
         torch.set_num_threads(int(args.threads))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     preset = args.preset or default_preset(args.kernel)
-    overrides: dict[str, Any] = {"precision": args.precision, "seed": args.seed, "device": device}
+    overrides: dict[str, Any] = {"precision": args.precision, "seed": args.seed, "device": device,
+                                 "kernel_shift": bool(args.kernel_shift)}
     if args.iters is not None:
         overrides["max_iters"] = args.iters
     if args.noise is not None:
@@ -798,7 +798,7 @@ def _match_gt(sr: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _bicubic_baseline(lr_img: np.ndarray, scale: Any, out_hw: tuple[int, int]) -> np.ndarray:
     """MATLAB-bicubic upsampling of ``lr_img`` to ``out_hw``, in the input's format."""
-    from .imageio import to_tensor
+    from ..ops.imageio import to_tensor
 
     x, alpha, fmt = to_tensor(lr_img, channels=3)
     up = imresize(x, _pair(scale), output_shape=out_hw).clamp(0, 1)
@@ -806,7 +806,7 @@ def _bicubic_baseline(lr_img: np.ndarray, scale: Any, out_hw: tuple[int, int]) -
 
 
 def zssr_main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone ``metasr zssr`` (``python -m metasr_adapter.zssr LR.png -o SR.png``)."""
+    """Stand-alone ``metasr zssr`` (``python -m metasr_adapter.zssr.core LR.png -o SR.png``)."""
     parser = add_zssr_arguments(argparse.ArgumentParser(prog="metasr zssr", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
     try:

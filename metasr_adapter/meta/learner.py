@@ -36,6 +36,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
+from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
+from ..precision import PRECISIONS, autocast
+
 __all__ = [
     "TaskBatch",
     "MAMLConfig",
@@ -53,17 +56,13 @@ __all__ = [
     "get_loss",
     "LOSS_WEIGHTINGS",
     "BACKENDS",
-    "PRECISIONS",
     "ADAM_VARIANTS",
     "TASK_BATCHING",
     "LEARN2LEARN_HINT",
 ]
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
 LOSS_WEIGHTINGS = ("mzsr", "maml++", "last")
 BACKENDS = ("functional", "learn2learn")
-PRECISIONS = ("fp32", "bf16")
 ADAM_VARIANTS = ("torch", "tf")
 TASK_BATCHING = ("loop", "vmap")
 #: MAML++ multi-step-loss annealing span of the official get_loss_weights (SPEC §4: decay = (1/N)/(10000/3))
@@ -74,30 +73,6 @@ LEARN2LEARN_HINT = (
     "torchvision/gym/scipy/requests/tqdm at import time), or use backend='functional', which gives "
     "the same results without an extra dependency"
 )
-
-
-def l1_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Mean absolute error over all elements (TF ``absolute_difference``, SPEC §4)."""
-    return F.l1_loss(output, target, reduction="mean")
-
-
-def l2_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over all elements (MLSR's loss)."""
-    return F.mse_loss(output, target, reduction="mean")
-
-
-#: losses by name, for recipes and ``MetaSR(loss=...)``: 'l1' (MZSR, ZSSR) and 'l2' (MLSR)
-LOSSES: dict[str, LossFn] = {"l1": l1_loss, "l2": l2_loss}
-
-
-def get_loss(loss: str | LossFn) -> LossFn:
-    """A loss function from its name in :data:`LOSSES`, or a callable ``loss(output, target)`` as is."""
-    if callable(loss):
-        return loss
-    key = str(loss).strip().lower()
-    if key not in LOSSES:
-        raise ValueError(f"loss={loss!r}; use one of {sorted(LOSSES)} or a callable loss(output, target)")
-    return LOSSES[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,16 +366,10 @@ def select_parameters(model: nn.Module, patterns: Sequence[str] | None, *, inclu
     return [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
 
 
-def _autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def functional_loss(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
                     loss_fn: LossFn = l1_loss, precision: str = "fp32") -> Tensor:
     """``loss_fn(model(x; params), y)``; under bf16 autocast the network runs in bf16, the loss in fp32."""
-    with _autocast(precision, x.device.type):
+    with autocast(precision, x.device.type):
         out = functional_call(model, dict(params), (x,))
     return loss_fn(out.to(y.dtype), y)
 
@@ -542,7 +511,7 @@ class _L2LBackend(_Backend):
         self.adapt_all = set(adapt) == set(trainable)
 
     def _loss(self, learner: nn.Module, x: Tensor, y: Tensor, precision: str) -> Tensor:
-        with _autocast(precision, x.device.type):
+        with autocast(precision, x.device.type):
             out = learner(x)
         return self.loss_fn(out.to(y.dtype), y)
 
@@ -620,7 +589,7 @@ class MetaLearner:
 
     def _prepare(self, batch: TaskBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if not isinstance(batch, TaskBatch):
-            raise TypeError(f"batch is a {type(batch).__name__}; expected a metasr_adapter.meta.TaskBatch")
+            raise TypeError(f"batch is a {type(batch).__name__}; expected a metasr_adapter.meta.learner.TaskBatch")
         cfg = self.config
         cfg.validate()
         if (cfg.backend, cfg.task_batching, cfg.adam_variant) != self._backend_key:

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .degrade import degrade, imresize
-from .imageio import IMAGE_EXTENSIONS, read_image
-from .kernels import DS_METHODS, random_kernel
+from ..ops.augment import dihedral
+from ..ops.degrade import degrade, imresize
+from ..ops.imageio import IMAGE_EXTENSIONS, read_image
+from ..ops.kernels import DS_METHODS, random_kernel
 
 __all__ = [
     "GRAD_THRESHOLD",
     "gradient_energy",
-    "dihedral",
     "find_images",
     "PatchPool",
     "TaskSampler",
@@ -57,15 +57,6 @@ def gradient_energy(patch: np.ndarray) -> float:
     dy = p[:-1, :-1] - p[1:, :-1]
     dx = p[:-1, :-1] - p[:-1, 1:]
     return float(np.log(np.mean(dy**2 + dx**2) + 1e-10))
-
-
-def dihedral(img: np.ndarray, mode: int) -> np.ndarray:
-    """SPEC §3a augmentation ``mode`` 0..7 of an HxW(xC) array: ``rot90`` (counter-clockwise)
-    ``mode // 2`` times, then ``flipud`` when ``mode`` is odd."""
-    if not 0 <= int(mode) <= 7:
-        raise ValueError(f"augmentation mode must be 0..7; got {mode}")
-    out = np.rot90(img, int(mode) // 2)
-    return np.flipud(out) if mode % 2 else out
 
 
 def find_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
@@ -234,7 +225,7 @@ class PatchPool:
         self._lr = np.ascontiguousarray(np.stack(lr_all)) if self.lr_scale is not None else None
         self._origin = np.asarray(origin, dtype=np.int64)
         if cache is not None:
-            from .atomic import atomic_write
+            from ..io.atomic import atomic_write
 
             arrays = {"hr": self._hr, "origin": self._origin}
             if self._lr is not None:
@@ -267,7 +258,7 @@ class PatchPool:
         """uint8 [N, P, P, 3] patches for pool entries ``index`` (orientation applied)."""
         self.build()
         n, m = self._split(np.asarray(index))
-        return np.stack([dihedral(self._hr[a], b) for a, b in zip(n, m)]) if n.size else self._hr[:0]
+        return np.stack([dihedral(self._hr[a], b, dims=(0, 1)) for a, b in zip(n, m)]) if n.size else self._hr[:0]
 
     def lr_patches(self, index: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 [N, P/s, P/s, 3] LR patches aligned with :meth:`hr_patches` (needs ``lr_scale``)."""
@@ -275,7 +266,7 @@ class PatchPool:
         if self._lr is None:
             raise ValueError("this pool has no LR patches; build it with lr_scale=2 (pretraining pairs)")
         n, m = self._split(np.asarray(index))
-        return np.stack([dihedral(self._lr[a], b) for a, b in zip(n, m)]) if n.size else self._lr[:0]
+        return np.stack([dihedral(self._lr[a], b, dims=(0, 1)) for a, b in zip(n, m)]) if n.size else self._lr[:0]
 
     def origin(self, index: int) -> tuple[Path, int, int, int]:
         """(image file, row, column, orientation) of pool entry ``index``."""
@@ -293,6 +284,13 @@ class PatchPool:
         n = "unbuilt" if self._hr is None else f"{self.num_patches} patches"
         return (f"PatchPool({str(self.root)!r}, {len(self.files)} images, {n}, patch={self.patch_size}, "
                 f"stride={self.stride}, augment={self.augment}, lr_scale={self.lr_scale})")
+
+
+def warn_if_pool_changed(pool: "PatchPool", state: dict[str, Any]) -> None:
+    """Warn when a sampler's saved state was made from other training images than ``pool`` holds now."""
+    if state.get("pool") not in (None, pool.fingerprint()):
+        warnings.warn("the training images changed since the checkpoint was written; resumed batches will "
+                      "differ from the original run's", UserWarning, stacklevel=3)
 
 
 def _to_tensor(patches: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -322,7 +320,7 @@ class TaskSampler:
     ``sample(iteration)`` depends only on ``(seed, iteration)``, so the sampler's whole state is
     its seed (:meth:`state_dict`). The degradations run batched in torch over all tasks at once.
     ``stream`` separates independent batch streams of one seed (pretraining on these tasks uses
-    :data:`~metasr_adapter.pretrain.PRETRAIN_STREAM`).
+    :data:`~metasr_adapter.meta.pretrain.PRETRAIN_STREAM`).
     """
 
     def __init__(
@@ -403,8 +401,8 @@ class TaskSampler:
         return {"x": x.contiguous(), "y": y.contiguous(), "kernels": ktens}
 
     def to_task_batch(self, arrays: dict[str, torch.Tensor]):
-        """Split :meth:`sample_arrays` output into a :class:`~metasr_adapter.meta.TaskBatch`."""
-        from .meta import TaskBatch
+        """Split :meth:`sample_arrays` output into a :class:`~metasr_adapter.meta.learner.TaskBatch`."""
+        from .learner import TaskBatch
 
         tb = self.task_batch
         x, y = arrays["x"], arrays["y"]
@@ -412,7 +410,7 @@ class TaskSampler:
                          kernels=arrays.get("kernels"))
 
     def sample(self, iteration: int):
-        """Meta-batch ``iteration`` as a :class:`~metasr_adapter.meta.TaskBatch` [MB, TB, C, H, W]."""
+        """Meta-batch ``iteration`` as a :class:`~metasr_adapter.meta.learner.TaskBatch` [MB, TB, C, H, W]."""
         return self.to_task_batch(self.sample_arrays(iteration))
 
     def state_dict(self) -> dict[str, Any]:
@@ -422,9 +420,7 @@ class TaskSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
-        if state.get("pool") not in (None, self.pool.fingerprint()):
-            warnings.warn("the training images changed since the checkpoint was written; resumed batches will "
-                          "differ from the original run's", UserWarning, stacklevel=2)
+        warn_if_pool_changed(self.pool, state)
 
 
 class MLSRTaskSampler(TaskSampler):
@@ -512,8 +508,8 @@ class MLSRTaskSampler(TaskSampler):
         return {k: v.contiguous() for k, v in out.items()}
 
     def to_task_batch(self, arrays: dict[str, torch.Tensor]):
-        """:meth:`sample_arrays` output as a :class:`~metasr_adapter.meta.TaskBatch`."""
-        from .meta import TaskBatch
+        """:meth:`sample_arrays` output as a :class:`~metasr_adapter.meta.learner.TaskBatch`."""
+        from .learner import TaskBatch
 
         return TaskBatch(support_x=arrays["support_x"], support_y=arrays["support_y"], query_x=arrays["query_x"],
                          query_y=arrays["query_y"], kernels=arrays.get("kernels"))

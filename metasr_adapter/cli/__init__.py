@@ -1,0 +1,4 @@
+"""The ``metasr`` command line."""
+from .main import build_parser, main
+
+__all__ = ["main", "build_parser"]

@@ -1,0 +1,2 @@
+"""Files: weights (PyTorch, numpy, TensorFlow checkpoints without TensorFlow), the bundled weights
+registry, atomic and checksummed writes."""

@@ -1,0 +1,95 @@
+"""The project's own bundled weights: found by name, intact, described, and they adapt."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metasr_adapter import MetaSR
+from metasr_adapter.cli.main import main
+from metasr_adapter.adapt.evaluate import synthesize_lr
+from metasr_adapter.ops.imageio import read_image, write_image
+from metasr_adapter.ops.kernels import resolve_kernel
+from metasr_adapter.ops.metrics import psnr
+from metasr_adapter.io.pretrained import (BUNDLED_WEIGHTS, WeightsInfo, default_weights, get_weights, list_weights,
+                                       load_model, load_pretrained)
+from metasr_adapter.io.weights import read_metadata
+
+NAMES = ("mzsr_x2_direct", "mzsr_x2_bicubic")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundled_weights_are_registered_intact_and_described(name):
+    info = get_weights(name)
+    assert name in list_weights("mzsr")
+    info.verify()  # sha256 of the file = the sidecar's
+    meta = read_metadata(info.path)
+    assert (meta["arch"], meta["scale"], meta["ds_method"], meta["schedule"]) == \
+        (info.arch, info.scale, info.ds_method, info.schedule)
+    lineage = info.lineage
+    assert lineage["start"].startswith("random initialisation") and lineage["commits"]
+    card = info.model_card.read_text()
+    assert "DIV2K" in card and lineage["commits"][0][:10] in card and "random initialisation" in card
+    assert info.path.stat().st_size < 2_000_000
+
+
+def test_a_damaged_bundled_file_is_refused(tmp_path):
+    src = get_weights("mzsr_x2_direct")
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(src.path.read_bytes()[:-10] + b"0123456789")
+    info = WeightsInfo(**{**src.__dict__, "filename": str(bad)})
+    with pytest.raises(ValueError, match="damaged"):
+        info.verify()
+
+
+def test_defaults_follow_the_kernel_subsampling():
+    assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct"
+    assert default_weights("mzsr", scale=2, ds_method="bicubic").name == "mzsr_x2_bicubic"
+    assert default_weights("mzsr", scale=4) is None
+    assert load_pretrained().schedule(0) == pytest.approx(0.02)  # mzsr_direct starts at 2e-2
+    assert load_pretrained(kernel_ds_method="bicubic").schedule(0) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name, kernel", [("mzsr_x2_direct", "gd2.0"), ("mzsr_x2_bicubic", "gb1.3")])
+def test_bundled_weights_beat_bicubic_and_adaptation_helps(photo, name, kernel):
+    """On a photo none of the training images contain: the weights beat bicubic, and 10 adaptation
+    steps with the meta-trained schedule beat 0 steps (what MZSR promises)."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    gt = photo[40:232, 180:372]  # 192x192, the face
+    spec = resolve_kernel(kernel)
+    lr = synthesize_lr(gt, spec, 2)
+    msr = load_pretrained(name)
+    session = msr.start(lr, spec)
+    first = psnr(session.result(), gt, crop_border=2)
+    for _ in range(10):
+        session.step()
+    last = psnr(session.result(), gt, crop_border=2)
+    from metasr_adapter.ops.degrade import imresize
+    from metasr_adapter.ops.imageio import to_tensor
+    from metasr_adapter.ops.metrics import to_uint8
+
+    x, _, _ = to_tensor(lr)
+    bicubic = psnr(to_uint8(imresize(x, 2.0, output_shape=gt.shape[:2]).clamp(0, 1)), gt, crop_border=2)
+    assert first > bicubic + 0.5, (bicubic, first)
+    assert last > first, (first, last)
+
+
+def test_cli_uses_the_bundled_weights_that_match_the_kernel(tmp_path, photo, capsys):
+    gt = photo[40:232, 180:372]
+    lr = tmp_path / "lr.png"
+    write_image(lr, synthesize_lr(gt, resolve_kernel("gb1.3"), 2))
+    out = tmp_path / "sr.png"
+    assert main(["adapt", str(lr), "--kernel", "gb1.3", "--steps", "1", "-o", str(out)]) == 0
+    assert read_image(out).shape == (192, 192, 3)
+    assert main(["adapt", str(lr), "--kernel", "gb1.3", "--scale", "4", "-o", str(out)]) == 2
+    assert "no bundled weights" in capsys.readouterr().err
+
+
+def test_demo_runs_on_the_bundled_weights(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--steps", "2", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "mzsr_x2_direct" in text or "MZSRNet" in text
+    assert out.is_file() and read_image(out).shape[1] > 800
