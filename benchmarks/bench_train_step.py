@@ -3,6 +3,7 @@
     python benchmarks/bench_train_step.py                       # 1 process x 2 threads, then 2 processes x 1 thread
     python benchmarks/bench_train_step.py --layouts 1x2 --iters 5 --json out.json
     python benchmarks/bench_train_step.py --configs sup:32:64,fo:5:4,so:5:4 --channels-last both
+    python benchmarks/bench_train_step.py --configs sup:32:48,sup:32:64,sup:16:96 --layouts 1x2 --compile
 
 Each configuration is ``kind:a:b``:
 
@@ -68,8 +69,8 @@ def _pool(train_dir: Path | None, images: int, patch: int):
     return PatchPool(folder, patch_size=patch, stride=max(16, patch // 2), progress=False).build()
 
 
-def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool):
-    """A zero-argument callable running one training step, and a batch-maker for the FLOP count."""
+def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool, compiled: bool = False):
+    """A zero-argument callable running one training step (``compiled``: the network through torch.compile)."""
     from metasr_adapter.adapters.mzsr import MZSRNet
     from metasr_adapter.meta.learner import MAMLConfig, MetaLearner
     from metasr_adapter.meta.pretrain import KernelPairSampler, Pretrainer
@@ -77,6 +78,12 @@ def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool)
 
     torch.manual_seed(0)
     model = MZSRNet()
+    if compiled:
+        if kind != "sup":
+            raise SystemExit("--compile applies to sup:B:P rows (MetaLearner calls the network functionally)")
+        net = model
+        compiled_net = torch.compile(net)
+        model = _Compiled(net, compiled_net)
     if kind == "sup":
         pool = _pool(*pool_args, b)
         sampler = KernelPairSampler(pool, a, kernels=8 if a % 16 == 0 else a // 2, seed=0)
@@ -104,6 +111,18 @@ def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool)
     return meta
 
 
+class _Compiled(torch.nn.Module):
+    """The eager module's parameters, the compiled module's forward."""
+
+    def __init__(self, net: torch.nn.Module, compiled) -> None:
+        super().__init__()
+        self.net = net
+        self._compiled = [compiled]  # not a submodule: parameters are the eager net's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._compiled[0](x)
+
+
 def count_flops(step) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -121,10 +140,12 @@ def run_worker(args: argparse.Namespace) -> dict:
     for spec in args.configs.split(","):
         kind, a, b = spec.split(":")
         for cl in ([False, True] if args.channels_last == "both" else [args.channels_last == "on"]):
-            name = f"{spec}{':cl' if cl else ''}"
-            steps[name] = build_step(kind, int(a), int(b), pool_args, cl)
-            steps[name]()  # warm-up
-            rows[name] = {"flops": count_flops(steps[name]), "times": []}
+            for comp in ([False, True] if args.compile and kind == "sup" else [False]):
+                name = f"{spec}{':cl' if cl else ''}{':compile' if comp else ''}"
+                steps[name] = build_step(kind, int(a), int(b), pool_args, cl, comp)
+                steps[name]()  # warm-up (and compilation)
+                steps[name]()
+                rows[name] = {"flops": count_flops(build_step(kind, int(a), int(b), pool_args, cl)), "times": []}
     deadline = time.perf_counter() + args.max_seconds
     for _ in range(args.iters):
         for name, step in steps.items():
@@ -149,6 +170,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--max-seconds", type=float, default=300, help="stop timing a layout after this long")
     ap.add_argument("--channels-last", choices=("off", "on", "both"), default="off")
+    ap.add_argument("--compile", action="store_true", help="also time sup rows with the network through torch.compile")
     ap.add_argument("--train-dir", default=str(DEFAULT_TRAIN) if DEFAULT_TRAIN.is_dir() else None)
     ap.add_argument("--images", type=int, default=20, help="training images used for the patch pool")
     ap.add_argument("--json", default=None)
@@ -163,7 +185,7 @@ def main() -> int:
         procs, threads = (int(v) for v in layout.split("x"))
         cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--configs", args.configs,
                "--iters", str(args.iters), "--max-seconds", str(args.max_seconds), "--channels-last",
-               args.channels_last, "--images", str(args.images)]
+               args.channels_last, "--images", str(args.images)] + (["--compile"] if args.compile else [])
         if args.train_dir:
             cmd += ["--train-dir", args.train_dir]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -335,3 +335,29 @@ def test_resume_warns_when_the_training_images_changed(data, tmp_path, photo, st
     _write(data["train"] / "d.png", photo[:200, 300:500])  # a new training image
     with pytest.warns(UserWarning, match="training images changed"):
         run_training(load_recipe(RECIPE, over), out_dir=out, resume=True)
+
+
+def test_missing_eval_paths_stop_the_run_before_any_training(data, tmp_path):
+    from metasr_adapter.training.recipes import load_recipe
+
+    out = tmp_path / "run"
+    rec = load_recipe(RECIPE, _tiny(data, **{"eval.gt_dir": str(tmp_path / "nowhere")}))
+    with pytest.raises(FileNotFoundError, match=r"eval.gt_dir = .*nowhere.*eval.gt_dir=null"):
+        run_training(rec, out_dir=out)
+    assert not (out / "checkpoint.pt").exists()  # before: every iteration ran, then the evaluation failed
+
+
+def test_evaluation_settings_may_change_on_resume(data, tmp_path):
+    from metasr_adapter.training.recipes import load_recipe
+
+    out = tmp_path / "run"
+    over = _tiny(data, **{"output.checkpoint_every": 2, "eval.gt_dir": "null"})
+    os.environ[KILL_ENV] = "meta:2:raise"
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_training(load_recipe(RECIPE, over), out_dir=out)
+    finally:
+        os.environ.pop(KILL_ENV, None)
+    moved = _tiny(data, **{"output.checkpoint_every": 2, "eval.gt_dir": data["gt"], "eval.max_steps": 1})
+    result = run_training(load_recipe(RECIPE, moved), out_dir=out, resume=True)  # refused as another recipe before
+    assert sorted(result["psnr_meta_trained"]) == [0, 1]

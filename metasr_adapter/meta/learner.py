@@ -634,22 +634,32 @@ class MetaLearner:
 
     def meta_gradient(self, batch: TaskBatch, step: int = 0) -> dict[str, Any]:
         """Accumulate the meta-gradient of ``batch`` into ``.grad`` (zeroed first), one backward pass
-        per chunk of tasks; returns the same info as :meth:`meta_loss` (without clipping or Adam)."""
+        per chunk of tasks; returns the same info as :meth:`meta_loss` (without clipping or Adam).
+
+        Under ``torch.distributed`` (see :mod:`metasr_adapter.distributed`) every rank holds the whole
+        batch, works on its share of the tasks, and the gradients and losses are summed over ranks:
+        the result is the single-process one up to float round-off."""
+        from .. import distributed as ddp
+
         tensors = self._prepare(batch)
         weights, reduction = self._weights(step)
         mb = tensors[0].shape[0]
+        mine = ddp.shard(mb, "meta_batch")
         self.optimizer.zero_grad(set_to_none=True)
         sups, qrys = [], []
-        for sl in self._chunks(mb):
+        for sl in self._chunks(mine.stop - mine.start):
+            sl = slice(mine.start + sl.start, mine.start + sl.stop)
             sup, qry = self._losses(tensors, sl, weights)
             part = combine_query_losses(qry, weights, reduction).sum() / mb
             if part.requires_grad:
                 part.backward()
             sups.append(sup.detach())
             qrys.append(qry.detach())
-        total = torch.cat(qrys).mean(0)
+        ddp.all_reduce_grads(self.params)
+        sums = ddp.all_reduce_sum(torch.cat([torch.cat(sups).sum().view(1), torch.cat(qrys).sum(0)]))
+        total = sums[1:] / mb
         return {"meta_loss": float(combine_query_losses(total, weights, reduction)),
-                "support_loss": float(torch.cat(sups).mean()),
+                "support_loss": float(sums[0] / mb),
                 "query_losses": [float(v) for v in total], "loss_weights": [float(w) for w in weights]}
 
     def meta_step(self, batch: TaskBatch, step: int | None = None) -> dict[str, Any]:

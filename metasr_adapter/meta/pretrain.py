@@ -186,16 +186,24 @@ class Pretrainer:
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        from .. import distributed as ddp
+
         device = next(self.model.parameters()).device
-        x, y = batch["x"].to(device), batch["y"].to(device)
+        n = batch["x"].shape[0]
+        mine = ddp.shard(n, "pretrain.batch_size")  # the whole batch in a single process
+        x, y = batch["x"][mine].to(device), batch["y"][mine].to(device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower pretrain.lr")
+        # the batch mean as a sum of per-rank parts: each rank's mean weighted by its share
+        loss = self.loss_fn(self.model(x), y) * ((mine.stop - mine.start) / n)
         loss.backward()
+        ddp.all_reduce_grads(self.model.parameters())
+        total = float(ddp.all_reduce_sum(loss.detach()))
+        if not math.isfinite(total):
+            raise FloatingPointError(f"pretraining loss is {total} at step {step} (learning rate {lr:g}); "
+                                     "lower pretrain.lr")
         self.optimizer.step()
-        return {"loss": float(loss.detach()), "lr": lr}
+        return {"loss": total, "lr": lr}
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

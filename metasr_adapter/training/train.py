@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed as ddp
 from ..io.atomic import atomic_write_text, load_checked, save_checked
 from .recipes import dump_recipe, load_recipe, recipe_diff, recipe_hash, validate_recipe
 
@@ -159,10 +160,13 @@ def _cpu_state(obj: Any) -> Any:
 class MetricsLog:
     """Append-only JSONL log; :meth:`truncate` drops lines past a checkpoint (no duplicates on resume)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, enabled: bool = True) -> None:
         self.path = Path(path)
+        self.enabled = enabled  # False on the ranks > 0 of a distributed run: rank 0 alone writes
 
     def write(self, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=False) + "\n")
@@ -183,6 +187,8 @@ class MetricsLog:
 
     def truncate(self, stage: str, step: int) -> int:
         """Keep only records at or before (``stage``, ``step``); returns how many were dropped."""
+        if not self.enabled:
+            return 0
         limit = (STAGES.index(stage), step)
         records = self.read()
         keep = [r for r in records
@@ -254,10 +260,11 @@ class _Run:
         self.out = out_dir
         self.resume = resume
         self.ckpt_path = out_dir / CHECKPOINT_NAME
-        self.log = MetricsLog(out_dir / METRICS_NAME)
+        self.main = ddp.is_main()  # rank 0 (or the only process) writes every file
+        self.log = MetricsLog(out_dir / METRICS_NAME, enabled=self.main)
         self.hash = recipe_hash(recipe)
         self.device = _device(recipe["device"])
-        self.progress = bool(recipe["output"]["progress"])
+        self.progress = bool(recipe["output"]["progress"]) and self.main
         self.stop = _StopRequest()
         self.model: nn.Module | None = None
         self.stage_seconds: dict[str, float] = {}
@@ -266,6 +273,8 @@ class _Run:
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, stage: str, step: int, extra: Mapping[str, Any] | None = None, elapsed: float = 0.0) -> Path:
         assert self.model is not None
+        if not self.main:
+            return self.ckpt_path
         ckpt = {
             "format": _CHECKPOINT_FORMAT,
             "stage": stage,
@@ -277,6 +286,7 @@ class _Run:
             "elapsed": float(elapsed),
             "stage_seconds": dict(self.stage_seconds),
             "saved_at": time.time(),
+            "world_size": ddp.world_size(),
         }
         if extra:
             ckpt.update(_cpu_state(dict(extra)))
@@ -297,6 +307,11 @@ class _Run:
                             for k in diff)
                 + ". Use the original settings or a new --out folder"
             )
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != ddp.world_size() and self.main:
+            warnings.warn(f"{self.ckpt_path} was written by {saved_world} process(es), resumed by {ddp.world_size()}: "
+                          "each step's gradient is the same sum over the whole batch, so training continues "
+                          "correctly; float round-off differs from an uninterrupted run", UserWarning, stacklevel=2)
         was, now = ckpt["recipe"]["meta"]["iterations"], self.recipe["meta"]["iterations"]
         if now != was:
             past_meta = ckpt["stage"] in ("eval", "done") or (ckpt["stage"] == "meta" and ckpt["step"] > now)
@@ -372,7 +387,7 @@ class _Run:
                     secs = time.perf_counter() - t0
                     self.log.write({"stage": stage, "step": done, **info, "seconds": round(secs, 3),
                                     "run_seconds": round(before + secs, 3), "threads": threads, "time": time.time()})
-                if probe_every > 0 and (done % probe_every == 0 or done == total):
+                if probe_every > 0 and self.main and (done % probe_every == 0 or done == total):
                     p0 = time.perf_counter()
                     secs = p0 - t0
                     self.log.write({"stage": stage, "step": done, "probe": self._probe(),
@@ -386,7 +401,8 @@ class _Run:
                     self.save(stage, done, extra_state(), time.perf_counter() - t0)
                     last_saved = done
                 _maybe_kill(stage, done)
-                if self.stop.requested:
+                if ddp.any_rank(self.stop.requested is not None):  # every rank stops after the same step
+                    self.stop.requested = self.stop.requested or "a stop request on another rank"
                     break
         except BaseException as exc:
             bar.close()
@@ -408,7 +424,7 @@ class _Run:
     # -- stages ----------------------------------------------------------------------------------
     def stage_pretrain(self, ckpt: dict[str, Any] | None) -> None:
         from ..meta.pretrain import KernelPairSampler, PairSampler, Pretrainer
-        from ..io.weights import load_weights, save_weights
+        from ..io.weights import load_weights
 
         r, p = self.recipe, self.recipe["pretrain"]
         assert self.model is not None
@@ -418,7 +434,7 @@ class _Run:
                 source = f"loaded from {r['model']['weights']}"
             else:
                 source = "random initialisation (pretrain.iterations = 0)"
-            save_weights(self.model, self.out / START_WEIGHTS, source=source, **self._arch_meta())
+            self._save_weights(START_WEIGHTS, source=source)
             self.log.write({"stage": "pretrain", "step": 0, "skipped": True, "source": source, "time": time.time()})
             return
         start, elapsed = 0, 0.0
@@ -453,13 +469,11 @@ class _Run:
                        lambda: {"pretrainer": trainer.state_dict(), "sampler": sampler.state_dict()},
                        r["output"]["pretrain_checkpoint_every"], elapsed)
         how = "bicubic pairs, SPEC §8" if p["degradation"] == "bicubic" else "random-kernel pairs"
-        save_weights(self.model, self.out / START_WEIGHTS, source=f"pretrained {p['iterations']} steps ({how})",
-                     **self._arch_meta())
+        self._save_weights(START_WEIGHTS, source=f"pretrained {p['iterations']} steps ({how})")
 
     def stage_meta(self, ckpt: dict[str, Any] | None) -> None:
         from ..meta.learner import MAMLConfig, MetaLearner
         from ..meta.tasks import MLSRTaskSampler, TaskSampler
-        from ..io.weights import save_weights
 
         r, m, d = self.recipe, self.recipe["meta"], self.recipe["data"]
         assert self.model is not None
@@ -508,8 +522,13 @@ class _Run:
             self._loop("meta", start, total, self._loader(sampler, start, total), step_fn,
                        lambda: {"learner": learner.state_dict(), "sampler": sampler.state_dict()},
                        r["output"]["checkpoint_every"], elapsed)
-        save_weights(self.model, self.out / FINAL_WEIGHTS, source=f"meta-trained {total} iterations", **self._arch_meta(),
-                     recipe=r.get("name"))
+        self._save_weights(FINAL_WEIGHTS, source=f"meta-trained {total} iterations", recipe=r.get("name"))
+
+    def _save_weights(self, name: str, **metadata: Any) -> None:
+        from ..io.weights import save_weights
+
+        if self.main:
+            save_weights(self.model, self.out / name, **self._arch_meta(), **metadata)
 
     def _arch_meta(self) -> dict[str, Any]:
         """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
@@ -560,6 +579,8 @@ class _Run:
         from ..io.weights import load_weights
 
         e = self.recipe["eval"]
+        if not self.main:
+            return None  # rank 0 evaluates
         if e["gt_dir"] is None:
             warnings.warn("eval.gt_dir is not set: skipping evaluation and the PSNR-vs-steps plot", UserWarning,
                           stacklevel=2)
@@ -592,6 +613,7 @@ class _Run:
     # -- driver ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
+        ddp.barrier()  # every rank sees the folder as it was before rank 0 starts writing into it
         ckpt = None
         if self.ckpt_path.is_file():
             if not self.resume:
@@ -601,11 +623,12 @@ class _Run:
         elif self.resume:
             warnings.warn(f"--resume: no checkpoint in {self.out}; starting from the beginning", UserWarning,
                           stacklevel=2)
-        if ckpt is None and self.log.path.exists():
+        if ckpt is None and self.log.path.exists() and self.main:
             self.log.path.unlink()  # a run that died before its first checkpoint
         self._check_paths(ckpt)
-        atomic_write_text(self.out / "recipe.yaml", dump_recipe(self.recipe))
-        self._record_session(resumed_from=None if ckpt is None else (ckpt["stage"], int(ckpt["step"])))
+        if self.main:
+            atomic_write_text(self.out / "recipe.yaml", dump_recipe(self.recipe))
+            self._record_session(resumed_from=None if ckpt is None else (ckpt["stage"], int(ckpt["step"])))
 
         self.model = build_model(self.recipe)
         if ckpt is not None:
@@ -734,6 +757,9 @@ def run_training(
         if overrides:
             raise ValueError("overrides apply to a recipe file; edit the dict directly instead")
         rec = validate_recipe(recipe)
+    rank_device = ddp.init_from_env(rec["device"])  # under torchrun: join the process group
+    if rank_device is not None:
+        rec["device"] = rank_device
     if out_dir is not None:
         out = Path(out_dir).resolve()
     elif rec["output"]["dir"] is not None:
@@ -789,7 +815,8 @@ def run_train_cli(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nmetasr train: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
         return 130
-    print(_format_summary(summary))
+    if ddp.is_main():
+        print(_format_summary(summary))
     return 0
 
 
