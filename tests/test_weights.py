@@ -187,3 +187,37 @@ def test_official_tf_prefix_equals_npz() -> None:
     assert sum(v.numel() for v in from_tf.values()) == 225_091
     with np.load(npz) as ref:  # HWIO -> OIHW, checked independently of the mapping code
         assert np.array_equal(from_tf["conv2.weight"].numpy(), ref["MODEL/conv2/kernel"].transpose(3, 2, 0, 1))
+
+
+def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path):
+    from metasr_adapter.io.pretrained import load_model
+    from metasr_adapter.io.weights import read_metadata, read_weights, save_weights
+
+    torch.manual_seed(0)
+    net = MZSRNet(width=8, depth=3)
+    meta = {"arch": "mzsr", "arch_kwargs": {"width": 8, "depth": 3}, "scale": 2.0, "ds_method": "direct",
+            "schedule": "mzsr_direct", "loss": "l1", "adapt_params": ["conv3.*"]}
+    path = save_weights(net, tmp_path / "w.safetensors", **meta)
+    assert path.read_bytes()[:8] != b"PK\x03\x04"  # not a zip/pickle: a safetensors header
+    got = read_metadata(path)
+    assert {k: got[k] for k in meta} == meta
+    state = read_weights(path)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    rebuilt = load_model(weights=path)  # arch and kwargs from the header
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_truncated_safetensors_file_says_so(tmp_path):
+    from metasr_adapter.io.weights import read_weights, save_weights
+
+    path = save_weights(MZSRNet(width=8, depth=3), tmp_path / "w.safetensors")
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match="not a readable .safetensors file.*truncated"):
+        read_weights(path)
+
+
+def test_save_weights_refuses_an_unknown_suffix(tmp_path):
+    from metasr_adapter.io.weights import save_weights
+
+    with pytest.raises(ValueError, match=r"\.safetensors, \.pth or \.pt"):
+        save_weights(MZSRNet(width=8, depth=3), tmp_path / "w.npz")

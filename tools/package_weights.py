@@ -1,4 +1,4 @@
-"""Turn a finished training run into bundled weights: ``NAME.pth`` + ``NAME.json`` + ``NAME.md``.
+"""Turn a finished training run into bundled weights: ``NAME.safetensors`` + ``NAME.json`` + ``NAME.md``.
 
     python tools/package_weights.py runs/mzsr_x2_cpu --name mzsr_x2_direct \
         --description "MZSR x2, direct subsampling (g^d kernels)" --table2 benchmarks/results/table2
@@ -7,8 +7,8 @@ Reads the run folder written by ``metasr train`` (``meta_trained.pth``, ``recipe
 ``checkpoint.pt``, ``run_info.json``, ``eval.json``, ``metrics.jsonl``) and writes into
 ``metasr_adapter/weights/``:
 
-* ``NAME.pth`` — the weights with their adapter metadata (arch, kwargs, scale, ds_method, schedule,
-  loss, recipe, commit);
+* ``NAME.safetensors`` — the weights with their adapter metadata in the header (arch, kwargs, scale,
+  ds_method, schedule, loss, adapt_params, recipe, commit);
 * ``NAME.json`` — the :class:`~metasr_adapter.io.pretrained.WeightsInfo` sidecar: sha256, lineage
   (recipe, commits, data, hardware, stages, wall time) and measured scores;
 * ``NAME.md`` — the model card, generated from the same facts (Table 2 rows from ``--table2`` when
@@ -139,8 +139,8 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
     lines += [
         "## Limits",
         "",
-        "* Trained for about two CPU-hours on 291 images; the paper's model saw DIV2K and 60k-100k second-order "
-        "meta-iterations on a GPU. Expect it below the paper's numbers.",
+        f"* Trained for {lin['train_seconds'] * max(lin['threads'] or [1]) / 3600:.1f} CPU-hours on 291 images; the "
+        "paper's model saw DIV2K, 500k pretraining steps and 60k-100k second-order meta-iterations on a GPU.",
         "* Trained on Gaussian kernels with variances in [1, 5) (x2); kernels far outside (e.g. g^d_0.2) rely on "
         "adaptation alone.",
         "* The training images (T91, BSDS300) carry their owners' research-use terms; the weights are released "
@@ -168,10 +168,10 @@ def main() -> int:
     meta = {"arch": recipe["model"]["name"], "arch_kwargs": {"width": recipe["model"]["width"],
                                                               "depth": recipe["model"]["depth"]},
             "scale": float(recipe["model"]["scale"]), "ds_method": recipe["data"]["ds_method"],
-            "schedule": recipe["eval"]["schedule"], "loss": recipe["meta"]["loss"], "recipe": lin["recipe"],
-            "commit": commit, "name": args.name}
+            "schedule": recipe["eval"]["schedule"], "loss": recipe["meta"]["loss"],
+            "adapt_params": recipe["meta"]["adapt_params"], "recipe": lin["recipe"], "commit": commit, "name": args.name}
     args.dest.mkdir(parents=True, exist_ok=True)
-    out = args.dest / f"{args.name}.pth"
+    out = args.dest / f"{args.name}.safetensors"
     save_weights(state, out, **meta)
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     set5 = json.loads((run / "eval.json").read_text())["meta_trained"] if (run / "eval.json").is_file() else None

@@ -4,6 +4,7 @@ Accepted forms (``read_weights``):
 
 * a TensorFlow V2 checkpoint: its prefix, ``.index`` or ``.data-*`` path, or a directory with one;
 * ``.npz`` arrays;
+* ``.safetensors`` files (no pickle; :func:`save_weights` puts the adapter metadata in the header);
 * ``.pth`` / ``.pt`` PyTorch files, loaded with ``torch.load(weights_only=True)``: a plain state
   dict or a dict holding one under ``params_ema`` / ``params`` (BasicSR), ``state_dict`` or ``model``.
 
@@ -13,6 +14,7 @@ PyTorch state-dict names. A leading ``module.`` (DataParallel) is stripped.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_save
+from .atomic import atomic_save, atomic_write_bytes
 from .tf_checkpoint import is_tf_checkpoint, list_tf_checkpoint, read_tf_checkpoint
 
 __all__ = ["read_weights", "load_weights", "save_weights", "WeightsMismatchError", "ACCEPTED_FORMS"]
@@ -33,7 +35,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 StateDict = dict[str, torch.Tensor]
 
 ACCEPTED_FORMS = ("a TensorFlow checkpoint prefix (PREFIX.index + PREFIX.data-*), its .index path or a "
-                  "directory holding one; a .pth/.pt PyTorch state dict (plain or under "
+                  "directory holding one; a .safetensors file; a .pth/.pt PyTorch state dict (plain or under "
                   "'params_ema'/'params'/'state_dict'/'model'); or a .npz of arrays")
 _AUTO_KEYS = ("params_ema", "params", "state_dict", "model")
 _TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt", ".tar")
@@ -114,6 +116,27 @@ def _torch_load(path: Path) -> Any:
                          f"Accepted: {ACCEPTED_FORMS}") from e
 
 
+def _safetensors_header(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # truncated file, not a safetensors file
+        raise ValueError(f"{path} is not a readable .safetensors file ({e}); it may be truncated") from e
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    from safetensors.torch import load
+
+    _safetensors_header(path)  # the clear error for a damaged file
+    try:
+        state = load(path.read_bytes())
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable .safetensors file ({e}); it may be truncated") from e
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
 def _read_torch(path: Path, param_key: str) -> StateDict:
     obj = _torch_load(path)
     state = _unwrap(obj, param_key, path)
@@ -139,6 +162,8 @@ def read_weights(path: PathLike, *, param_key: str = "auto") -> StateDict:
     if name.endswith(".index") or re.search(r"\.data-\d{5}-of-\d{5}$", name) or p.is_dir():
         return _read_tf(p)
     if p.is_file():
+        if name.endswith(".safetensors"):
+            return _read_safetensors(p)
         if name.endswith(".npz") or (not name.endswith(_TORCH_SUFFIXES) and _looks_like_npz(p)):
             if not _looks_like_npz(p):
                 kind = "a PyTorch file" if zipfile.is_zipfile(p) else "not a numpy .npz archive"
@@ -224,13 +249,15 @@ def _check_metadata(value: Any, where: str) -> Any:
 
 def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], path: PathLike,
                  **metadata: Any) -> Path:
-    """Atomically write ``{'params': state_dict, 'metadata': {...}}`` as a PyTorch file.
-
-    The file loads with ``torch.load(weights_only=True)`` and with :func:`read_weights`.
+    """Atomically write the weights and their ``metadata`` (arch, arch_kwargs, scale, ds_method,
+    schedule, loss, recipe, commit...): ``.safetensors`` (no pickle; the metadata as JSON in the
+    header, key ``metasr_adapter``) or ``.pth``/``.pt`` (``{'params': ..., 'metadata': ...}``, loads with
+    ``torch.load(weights_only=True)``). Both load with :func:`read_weights` / :func:`read_metadata`.
     """
     target = Path(os.fspath(path))
-    if target.suffix.lower() in (".npz", ".index", ".npy"):
-        raise ValueError(f"save_weights writes a PyTorch file; give {target} a .pth or .pt suffix")
+    if target.suffix.lower() not in (".pth", ".pt", ".safetensors"):
+        raise ValueError(f"save_weights writes .safetensors or PyTorch files; give {target} a .safetensors, "
+                         ".pth or .pt suffix")
     if isinstance(model_or_state_dict, nn.Module):
         state = model_or_state_dict.state_dict()
         metadata.setdefault("model", type(model_or_state_dict).__name__)
@@ -244,12 +271,20 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
             raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
         params[str(k)] = v.detach().cpu().clone()
     meta = {str(k): _check_metadata(v, repr(k)) for k, v in metadata.items()}
+    if target.suffix.lower() == ".safetensors":
+        from safetensors.torch import save
+
+        header = {"metasr_adapter": json.dumps(meta, sort_keys=True), "format": "pt"}
+        return atomic_write_bytes(target, save({k: v.contiguous() for k, v in params.items()}, metadata=header))
     return atomic_save({"params": params, "metadata": meta}, target)
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:
     """The ``metadata`` dict saved by :func:`save_weights` (empty for other files and formats)."""
     p = Path(path)
+    if p.suffix.lower() == ".safetensors" and p.is_file():
+        header = _safetensors_header(p)
+        return dict(json.loads(header["metasr_adapter"])) if "metasr_adapter" in header else {}
     if p.suffix.lower() not in (".pth", ".pt") or not p.is_file():
         return {}
     obj = _torch_load(p)
