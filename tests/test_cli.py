@@ -244,3 +244,17 @@ def test_zssr_command_and_eval_share_the_kernel_shift_switch():
     assert p.parse_args(["zssr", "x.png", "-o", "y.png"]).kernel_shift is False  # always shifted before
     assert p.parse_args(["zssr", "x.png", "-o", "y.png", "--kernel-shift"]).kernel_shift is True
     assert p.parse_args(["eval", "--gt-dir", "g", "--method", "zssr", "--zssr-kernel-shift"]).kernel_shift is True
+
+
+def test_eval_zssr_keeps_the_device(monkeypatch, folders):
+    import metasr_adapter.adapt.evaluate as ev
+
+    seen = {}
+
+    def fake(msr, gt_dir, **kwargs):
+        seen.update(kwargs)
+        return ev.EvalReport([ev.ImageResult("x", {"zssr": 30.0}, {"zssr": 0.9})], ["zssr"], {})
+
+    monkeypatch.setattr(ev, "evaluate_folder", fake)
+    assert main(["eval", "--gt-dir", str(folders), "--method", "zssr", "--device", "cpu:0", "--kernel", "gd2.0"]) == 0
+    assert seen["zssr_config"].device == "cpu"  # dropped (None: CPU, whatever was asked) before

@@ -225,3 +225,32 @@ def test_meta_settings_reach_the_learner_from_a_recipe() -> None:
 
     r = load_recipe(None, ["meta.adam_variant=tf", "meta.channels_last=true", "meta.anneal_span=50"])
     assert (r["meta"]["adam_variant"], r["meta"]["channels_last"], r["meta"]["anneal_span"]) == ("tf", True, 50.0)
+
+
+# ---- tiled inference -------------------------------------------------------------------------------
+@pytest.mark.parametrize("tile", [7, 16, 40])
+def test_tiled_sr_equals_the_whole_image(rng, tile):
+    img = (rng.random((37, 29, 3)) * 255).astype(np.uint8)
+    net = _net(width=8, depth=4)
+    whole = MetaSR(net, 2).start(img, "gd2.0")
+    tiled = MetaSR(net, 2, tile=tile).start(img, "gd2.0")
+    for s in (whole, tiled):
+        s.step()
+    torch.testing.assert_close(tiled.sr_tensor(), whole.sr_tensor(), rtol=0, atol=2e-6)
+
+
+def test_tiling_a_post_upsampling_network_with_a_given_overlap(rng):
+    img = (rng.random((26, 30, 3)) * 255).astype(np.uint8)
+    torch.manual_seed(0)
+    net = _PostUpsample(2)  # one 3x3 conv before the shuffle: radius 1
+    ref = MetaSR(net, 2).adapt(img, "gd2.0", steps=0)
+    assert np.array_equal(MetaSR(net, 2, tile=6, tile_overlap=1).adapt(img, "gd2.0", steps=0), ref)
+    with pytest.raises(ValueError, match="tile_overlap=N"):
+        MetaSR(net, 2, tile=6)  # no declared radius: the exact overlap is unknown
+
+
+def test_networks_with_global_context_are_not_tiled():
+    from metasr_adapter.adapters.rcan import RCAN
+
+    with pytest.raises(ValueError, match="global_context"):
+        MetaSR(RCAN(scale=2, num_group=1, num_block=1, num_feat=8, squeeze_factor=4), 2, tile=32)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..adapters.contract import fit_output, takes_upsampled_input
+from ..adapters.contract import fit_output, takes_upsampled_input, tiled_forward
+from ..adapters.contract import tile_overlap as tile_overlap_for
 from ..ops.backprojection import back_project
 from ..ops.degrade import degrade, imresize
 from ..devices import resolve_device, same_device
@@ -240,6 +241,10 @@ class MetaSR:
         device: where adaptation runs; defaults to the model's device.
         loss: the self-supervised loss between ``f(son)`` and the LR image: ``'l1'`` (MZSR, ZSSR;
             the default), ``'l2'`` (MLSR) or a callable ``loss(output, target)``.
+        tile / tile_overlap: compute the SR image in tiles of ``tile``² network-input pixels (bounded
+            memory for large images); the overlap defaults to the network's ``receptive_radius``, so
+            the result equals the untiled one. Networks with global context (RCAN) are refused.
+            Adaptation steps still see the whole image.
         adapt_params: fnmatch patterns of the parameters adaptation may change (meta-training's
             ``adapt_params``; saved weights carry it). None = every parameter with
             ``requires_grad=True``: frozen parameters stay frozen unless patterns name them.
@@ -256,6 +261,8 @@ class MetaSR:
         device: str | torch.device | None = None,
         loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "l1",
         adapt_params: Sequence[str] | None = None,
+        tile: int | None = None,
+        tile_overlap: int | None = None,
     ) -> None:
         from ..meta.learner import get_loss, select_parameters
 
@@ -282,6 +289,11 @@ class MetaSR:
         #: names of the parameters that adaptation changes (the same rule as meta-training's adapt_params)
         self.adapt_params = None if adapt_params is None else list(adapt_params)
         self.adapt_names = select_parameters(model, self.adapt_params, include_frozen=adapt_params is not None)
+        #: SR inference in tiles of this many network-input pixels (None = the whole image at once)
+        self.tile = None if tile is None else int(tile)
+        if self.tile is not None and self.tile < 1:
+            raise ValueError(f"tile={tile} must be >= 1 (network-input pixels per tile side), or None")
+        self.tile_overlap = tile_overlap_for(model, tile_overlap) if self.tile is not None else 0
         if precision == "bf16" and not bf16_supported(self.device):
             warnings.warn(
                 f"bf16 autocast has no fast kernels on this {self.device.type} (no AMX/AVX512-BF16); it will run, slowly",
@@ -318,8 +330,15 @@ class MetaSR:
             params = {n: p.contiguous(memory_format=cl) if p.dim() == 4 else p for n, p in params.items()}
             inp = inp.contiguous(memory_format=cl)
         buffers = dict(self.model.named_buffers())
+
+        def forward(t: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.model, {**params, **buffers}, (t,))
+
         with _eval_mode(self.model), self._autocast():
-            y = functional_call(self.model, {**params, **buffers}, (inp,))
+            if self.tile is not None and not torch.is_grad_enabled():  # inference: bounded memory, same result
+                y = tiled_forward(forward, inp, self.tile, self.tile_overlap, 1.0 if self.upsample_input else self.scale)
+            else:
+                y = forward(inp)
         y = y.to(self.dtype)
         return y if out_shape is None else self._fit(y, out_shape)
 

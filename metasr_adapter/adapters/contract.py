@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["takes_upsampled_input", "fit_output"]
+__all__ = ["takes_upsampled_input", "fit_output", "tile_overlap", "tiled_forward"]
 
 
 def takes_upsampled_input(model: nn.Module, override: bool | None = None) -> bool:
@@ -35,3 +35,48 @@ def fit_output(y: torch.Tensor, shape: tuple[int, int], scale: float, upsample_i
             "the bicubic-upsampled image, False for those that upsample themselves)"
         )
     return y[..., :h, :w]
+
+
+def tile_overlap(model: nn.Module, overlap: int | None = None) -> int:
+    """Input pixels each tile borrows from its neighbours so that tiling changes nothing: ``overlap``
+    when given, else the network's ``receptive_radius``. Raises ValueError for a network with global
+    context (tiles would see less than the whole image) or without a declared radius."""
+    if getattr(model, "global_context", False):
+        raise ValueError(f"{type(model).__name__} uses the whole image at once (global_context=True, e.g. channel "
+                         "attention), so a tiled forward would differ from the untiled one; use tile=None")
+    if overlap is not None:
+        if overlap < 0:
+            raise ValueError(f"tile_overlap={overlap} must be >= 0")
+        return int(overlap)
+    radius = getattr(model, "receptive_radius", None)
+    if radius is None:
+        raise ValueError(f"{type(model).__name__} declares no receptive_radius, so the tile overlap that keeps the "
+                         "result exact is unknown; pass tile_overlap=N (input pixels, at least the network's "
+                         "receptive radius)")
+    return int(radius)
+
+
+def tiled_forward(fn, x: torch.Tensor, tile: int, overlap: int, out_scale: float = 1.0) -> torch.Tensor:
+    """``fn(x)`` computed tile by tile: windows of ``tile``² input pixels plus ``overlap`` on each side
+    (clipped at the image border), each output cut to its tile's share. With ``overlap`` at least the
+    receptive radius of a local network the result equals ``fn(x)`` to float round-off, and the peak
+    memory follows the tile, not the image. ``out_scale``: output pixels per input pixel (1 for
+    networks that take the upsampled image, the SR factor for those that upsample themselves)."""
+    if tile < 1:
+        raise ValueError(f"tile={tile} must be >= 1 (input pixels per tile side)")
+    h, w = x.shape[-2:]
+    s = float(out_scale)
+    out = None
+    for top in range(0, h, tile):
+        for left in range(0, w, tile):
+            t0, l0 = max(0, top - overlap), max(0, left - overlap)
+            t1, l1 = min(h, top + tile + overlap), min(w, left + tile + overlap)
+            y = fn(x[..., t0:t1, l0:l1])
+            if out is None:
+                out = y.new_empty((*y.shape[:-2], round(h * s), round(w * s)))
+            bt, bl = round((top - t0) * s), round((left - l0) * s)
+            th, tw = round(min(tile, h - top) * s), round(min(tile, w - left) * s)
+            out[..., round(top * s) : round(top * s) + th, round(left * s) : round(left * s) + tw] = \
+                y[..., bt : bt + th, bl : bl + tw]
+    assert out is not None
+    return out

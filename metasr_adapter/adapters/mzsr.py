@@ -27,6 +27,11 @@ class MZSRNet(nn.Module):
 
     upsample_input: bool = True
 
+    @property
+    def receptive_radius(self) -> int:
+        """Input pixels on each side that reach one output pixel: one per 3x3 layer (tiling overlap)."""
+        return self.depth
+
     def __init__(self, channels: int = 3, width: int = 64, depth: int = 8) -> None:
         super().__init__()
         if depth < 2:

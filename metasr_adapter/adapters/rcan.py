@@ -90,6 +90,8 @@ class RCAN(nn.Module):
     """
 
     upsample_input: bool = False
+    #: channel attention pools over the whole image: a tile's output depends on the entire input
+    global_context: bool = True
 
     def __init__(
         self,
