@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # wrapping and adapting
     "MetaSR": "adapt.metasr", "Adaptation": "adapt.metasr", "AdaptInfo": "adapt.metasr", "AdaptStep": "adapt.metasr",
+    "adapt_many": "adapt.batch", "adapt_folder": "adapt.batch",
     # networks and weights
     "get_model": "adapters", "list_models": "adapters", "register_model": "adapters",
     "MZSRNet": "adapters.mzsr", "RCAN": "adapters.rcan", "IDN": "adapters.idn", "load_model": "io.pretrained", "WeightsInfo": "io.pretrained",

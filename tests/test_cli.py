@@ -258,3 +258,35 @@ def test_eval_zssr_keeps_the_device(monkeypatch, folders):
     monkeypatch.setattr(ev, "evaluate_folder", fake)
     assert main(["eval", "--gt-dir", str(folders), "--method", "zssr", "--device", "cpu:0", "--kernel", "gd2.0"]) == 0
     assert seen["zssr_config"].device == "cpu"  # dropped (None: CPU, whatever was asked) before
+
+
+def test_adapt_a_folder_resumes_and_reports_failures_without_stopping(tmp_path, photo, tiny_x2, capsys):
+    src = tmp_path / "lr"
+    for i in range(3):
+        write_image(src / f"img{i}.png", photo[i * 60 : i * 60 + 40, :50])
+    write_image(src / "tiny.png", photo[:5, :5])  # too small to adapt: this one fails, the others go on
+    out = tmp_path / "sr"
+    assert main(["adapt", str(src), "--weights", str(tiny_x2), "--steps", "1", "-o", str(out)]) == 1
+    assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
+    side = json.loads((out / "img1.png.json").read_text())
+    assert side["status"] == "done" and len(side["losses"]) == 1 and side["kernel"] == "gd2.0"
+    assert json.loads((out / "tiny.png.json").read_text())["status"] == "failed"
+    text = capsys.readouterr()
+    assert "3 written, 0 skipped" in text.out and "too small" in text.err
+    (out / "img1.png").unlink()  # a kill after two images: the rerun writes only the missing one
+    assert main(["adapt", str(tmp_path / "lr" / "img*.png"), "--weights", str(tiny_x2), "--steps", "1", "-o", str(out)]) == 0
+    assert "1 written, 2 skipped" in capsys.readouterr().out
+
+
+def test_adapt_many_streams_with_one_wrapper(photo, tiny_x2):
+    from metasr_adapter import MetaSR
+    from metasr_adapter.adapt.batch import adapt_many
+    from metasr_adapter.io.pretrained import load_model
+
+    net = load_model(weights=tiny_x2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    msr = MetaSR(net, 2)
+    crops = (photo[i * 50 : i * 50 + 40, :48] for i in range(3))  # a generator: nothing held in advance
+    results = list(adapt_many(msr, crops, "gd2.0", steps=1))
+    assert [sr.shape for sr, _ in results] == [(80, 96, 3)] * 3 and all(len(i.losses) == 1 for _, i in results)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())

@@ -83,11 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("adapt", help="adapt to one LR image and write its SR image")
-    p.add_argument("lr_image", help="the LR image")
+    p.add_argument("lr_image", help="the LR image, or a folder / quoted glob of LR images (then -o is a folder)")
     _add_model_args(p, weights_required=False)
     _add_adapt_args(p)
     p.add_argument("--steps", type=int, default=1, help="adaptation steps (default 1)")
-    p.add_argument("-o", "--output", required=True, help="SR image to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="SR image to write; for a folder or glob of inputs, the output folder (images already "
+                        "there are skipped, so a killed run resumes; a NAME.png.json sidecar per image)")
     p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser("eval", help="PSNR/SSIM over a folder at several step counts")
@@ -197,9 +199,17 @@ def _load_metasr(args: argparse.Namespace):
                   adapt_params=meta.get("adapt_params"), tile=getattr(args, "tile", None))
 
 
+def _many_inputs(spec: str) -> bool:
+    from pathlib import Path
+
+    return Path(spec).is_dir() or (not Path(spec).exists() and any(c in spec for c in "*?["))
+
+
 def _cmd_adapt(args: argparse.Namespace) -> int:
     from ..ops.imageio import read_image, write_image
 
+    if _many_inputs(args.lr_image):
+        return _cmd_adapt_folder(args)
     msr = _load_metasr(args)
     lr_img = read_image(args.lr_image)
     from tqdm.auto import tqdm
@@ -216,6 +226,22 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     out = write_image(args.output, sr)
     print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) after {args.steps} step(s) in {info.seconds:.2f} s")
     return 0
+
+
+def _cmd_adapt_folder(args: argparse.Namespace) -> int:
+    from ..adapt.batch import adapt_folder, expand_inputs
+
+    files = expand_inputs(args.lr_image)  # a pattern matching nothing fails before the model loads
+    msr = _load_metasr(args)
+    outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps, ds_method=args.ds_method,
+                            back_projection=args.back_projection, self_ensemble=args.self_ensemble)
+    done = [o for o in outcomes if o.status == "done"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(f"{len(done)} written, {len(skipped)} skipped (already in {args.output}), {len(failed)} failed")
+    for o in failed:
+        print(f"  failed: {o.source}: {o.error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -324,7 +350,12 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {value}: must be >= 0")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
-    if args.command in ("adapt", "zssr", "demo"):
+    if args.command == "adapt" and _many_inputs(args.lr_image):
+        from pathlib import Path
+
+        if Path(args.output).is_file():
+            raise ValueError(f"-o {args.output} is a file; with several input images -o names the output folder")
+    elif args.command in ("adapt", "zssr", "demo"):
         _check_output(getattr(args, "output", None), "-o/--output", image=True)
     if args.command in ("adapt", "eval", "demo") and getattr(args, "kernel", None) is not None \
             and getattr(args, "method", "metasr") == "metasr":  # ZSSR accepts estimated kernels as they are
