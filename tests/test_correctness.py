@@ -254,3 +254,32 @@ def test_networks_with_global_context_are_not_tiled():
 
     with pytest.raises(ValueError, match="global_context"):
         MetaSR(RCAN(scale=2, num_group=1, num_block=1, num_feat=8, squeeze_factor=4), 2, tile=32)
+
+
+# ---- crops above a pixel budget ----------------------------------------------------------------------
+def test_adaptation_crops_above_the_pixel_budget_and_not_below(rng):
+    img = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
+    net = _net(width=8, depth=3)
+    full = MetaSR(net, 2).start(img, "gd2.0")
+    under = MetaSR(net, 2, max_pixels=40 * 48).start(img, "gd2.0")
+    for s in (full, under):
+        s.step()
+    torch.testing.assert_close(under.params["conv1.weight"], full.params["conv1.weight"])  # no crop: identical
+    crop = MetaSR(net, 2, max_pixels=256).start(img, "gd2.0")
+    inp, target = crop._training_pair()
+    assert target.shape[-2:] == (16, 16) and inp.shape[-2:] == (16, 16)
+    # aligned: the crop of the son's input sits where the target crop sits on the LR grid
+    hits = [(i, j) for i in range(25) for j in range(33)
+            if torch.equal(full.lr_image[..., i : i + 16, j : j + 16], target)]
+    assert len(hits) == 1 and torch.equal(full.son_input[..., hits[0][0] : hits[0][0] + 16, hits[0][1] : hits[0][1] + 16], inp)
+    crop.step()
+    assert not torch.equal(crop.params["conv1.weight"], full.params["conv1.weight"])
+
+
+def test_crops_for_a_network_that_upsamples_by_itself(rng):
+    img = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
+    torch.manual_seed(0)
+    s = MetaSR(_PostUpsample(2), 2, max_pixels=256).start(img, "gd2.0")
+    inp, target = s._training_pair()
+    assert tuple(target.shape[-2:]) == (2 * inp.shape[-2], 2 * inp.shape[-1]) == (16, 16)
+    s.step()

@@ -146,12 +146,13 @@ class Adaptation:
         # the adapted parameters get private copies; the others are passed to the network as they are
         self.params = {k: v.detach().clone().requires_grad_(k in m.adapt_names) for k, v in m._param_items()}
         self.steps_done = 0
+        self._crop_rng: torch.Generator | None = None
         self._t0 = time.perf_counter()
 
     def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
         """The self-supervised loss ``loss_fn(f(son), LR)`` (L1 by default) at the current weights, and the
         gradients of the adapted parameters."""
-        inp, target = self.son_input, self.lr_image
+        inp, target = self._training_pair()
         if self.augment:
             from ..ops.augment import dihedral
 
@@ -163,6 +164,28 @@ class Adaptation:
             loss = self.owner.loss_fn(out, target)
             grads = torch.autograd.grad(loss, [self.params[n] for n in names], allow_unused=True)
         return float(loss.detach()), {n: g for n, g in zip(names, grads) if g is not None}
+
+    def _training_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network input of the son, LR target); above the wrapper's ``max_pixels`` an aligned random
+        crop of about ``max_pixels`` LR pixels, a new one each step (ZSSR-style; bounded memory)."""
+        inp, target = self.son_input, self.lr_image
+        budget = self.owner.max_pixels
+        h, w = target.shape[-2:]
+        if budget is None or h * w <= budget:
+            return inp, target
+        if self._crop_rng is None:
+            self._crop_rng = self.generator or torch.Generator().manual_seed(0)
+        side = max(8, int(math.isqrt(int(budget))))
+        ch, cw = min(side, h), min(side * side // min(side, h), w)
+        if self.owner.upsample_input:  # input and target share the LR grid
+            i = int(torch.randint(0, h - ch + 1, (1,), generator=self._crop_rng))
+            j = int(torch.randint(0, w - cw + 1, (1,), generator=self._crop_rng))
+            return inp[..., i : i + ch, j : j + cw], target[..., i : i + ch, j : j + cw]
+        s = int(self.owner.scale)  # son grid -> LR grid (integer factors; checked in MetaSR)
+        sh, sw = max(1, ch // s), max(1, cw // s)
+        i = int(torch.randint(0, inp.shape[-2] - sh + 1, (1,), generator=self._crop_rng))
+        j = int(torch.randint(0, inp.shape[-1] - sw + 1, (1,), generator=self._crop_rng))
+        return inp[..., i : i + sh, j : j + sw], target[..., i * s : (i + sh) * s, j * s : (j + sw) * s]
 
     def step(self) -> AdaptStep:
         """One plain SGD step on ``loss_fn(f(son), LR)`` with the schedule's learning rate."""
@@ -244,7 +267,11 @@ class MetaSR:
         tile / tile_overlap: compute the SR image in tiles of ``tile``² network-input pixels (bounded
             memory for large images); the overlap defaults to the network's ``receptive_radius``, so
             the result equals the untiled one. Networks with global context (RCAN) are refused.
-            Adaptation steps still see the whole image.
+            Adaptation steps still see the whole image, unless ``max_pixels`` is set.
+        max_pixels: an LR pixel budget for the adaptation steps: a larger image trains each step on an
+            aligned random crop of about that many pixels (the son and the LR image cut at the same
+            place), as ZSSR does. Memory then follows the budget, not the image; the trade-off is that
+            each step sees part of the image, and crop borders are zero-padded inside the network.
         adapt_params: fnmatch patterns of the parameters adaptation may change (meta-training's
             ``adapt_params``; saved weights carry it). None = every parameter with
             ``requires_grad=True``: frozen parameters stay frozen unless patterns name them.
@@ -263,6 +290,7 @@ class MetaSR:
         adapt_params: Sequence[str] | None = None,
         tile: int | None = None,
         tile_overlap: int | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         from ..meta.learner import get_loss, select_parameters
 
@@ -294,6 +322,12 @@ class MetaSR:
         if self.tile is not None and self.tile < 1:
             raise ValueError(f"tile={tile} must be >= 1 (network-input pixels per tile side), or None")
         self.tile_overlap = tile_overlap_for(model, tile_overlap) if self.tile is not None else 0
+        #: adaptation steps on LR images above this many pixels train on random crops of that size
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
+        if self.max_pixels is not None and self.max_pixels < 64:
+            raise ValueError(f"max_pixels={max_pixels} must be >= 64 (LR pixels per adaptation crop), or None")
+        if self.max_pixels is not None and not self.upsample_input and float(self.scale) != int(self.scale):
+            raise ValueError(f"max_pixels with a network that upsamples by itself needs an integer scale; got {scale}")
         if precision == "bf16" and not bf16_supported(self.device):
             warnings.warn(
                 f"bf16 autocast has no fast kernels on this {self.device.type} (no AMX/AVX512-BF16); it will run, slowly",

@@ -66,6 +66,8 @@ def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--back-projection", type=int, default=0, metavar="N", help="back-projection iterations (0 = off)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="compute the SR image in N x N tiles (bounded memory; same result for local networks)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="adaptation steps on LR images above N pixels train on random N-pixel crops (bounded memory)")
     p.add_argument("--self-ensemble", action="store_true", help="median over the 8 flips/rotations")
 
 
@@ -196,7 +198,8 @@ def _load_metasr(args: argparse.Namespace):
         schedule = getattr(args, "schedule", None) or meta.get("schedule") or "mzsr_direct"
     loss = getattr(args, "loss", None) or meta.get("loss") or "l1"
     return MetaSR(model, scale, schedule=schedule, precision=args.precision, device=device, loss=loss,
-                  adapt_params=meta.get("adapt_params"), tile=getattr(args, "tile", None))
+                  adapt_params=meta.get("adapt_params"), tile=getattr(args, "tile", None),
+                  max_pixels=getattr(args, "max_pixels", None))
 
 
 def _many_inputs(spec: str) -> bool:
@@ -343,7 +346,7 @@ def _check_output(path: str | None, flag: str, image: bool) -> None:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Options checked before any work: outputs writable, counts in range."""
-    for name in ("back_projection", "steps", "limit", "tile"):
+    for name in ("back_projection", "steps", "limit", "tile", "max_pixels"):
         value = getattr(args, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             flag = "--" + name.replace("_", "-")
