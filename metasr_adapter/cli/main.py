@@ -37,7 +37,7 @@ def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
                         + ("" if weights_required else " (default: the bundled weights that match the kernel)"))
     p.add_argument("--arch", default=None,
                    help="network architecture: mzsr, rcan, idn... (metasr_adapter.list_models(); default: the one saved "
-                        "with the weights, else mzsr)")
+                        "with the weights, else mzsr); spandrel: detect it from a community checkpoint")
     p.add_argument("--arch-kwargs", type=_json_object, default=None, metavar="JSON",
                    help='constructor arguments of the architecture, e.g. \'{"num_block": 16}\' for a BasicSR RCAN '
                         "(default: those saved with the weights; the SR factor comes from --scale)")
@@ -190,8 +190,15 @@ def _load_metasr(args: argparse.Namespace):
     scale = float(args.scale if args.scale is not None else trained_scale or 2.0)
     args.scale = scale
     arch = args.arch or meta.get("arch") or "mzsr"
-    model = load_model(args.arch, weights, param_key=args.param_key,
-                       arch_defaults=scale_kwargs(arch, scale), **(args.arch_kwargs or {})).to(device)
+    if arch == "spandrel":  # the checkpoint carries its scale
+        model = load_model("spandrel", weights).to(device)
+        if args.scale is not None and float(args.scale) != model.scale:
+            raise ValueError(f"--scale {args.scale:g} but spandrel detects a x{model.scale} {model.architecture} in "
+                             f"{weights}; use --scale {model.scale} or leave it out")
+        scale = args.scale = float(model.scale)
+    else:
+        model = load_model(args.arch, weights, param_key=args.param_key,
+                           arch_defaults=scale_kwargs(arch, scale), **(args.arch_kwargs or {})).to(device)
     if getattr(args, "lr", None) is not None:
         schedule = args.lr
     else:

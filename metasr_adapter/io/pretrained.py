@@ -127,6 +127,13 @@ def load_model(
     """
     from .weights import load_weights, read_metadata
 
+    if arch is not None and arch.lower() == "spandrel":  # the checkpoint describes its own architecture
+        from ..integrations.spandrel import load_spandrel_model
+
+        if weights is None or arch_kwargs:
+            raise ValueError("arch='spandrel' builds the network from the checkpoint alone: give weights=PATH and "
+                             "no architecture arguments")
+        return load_spandrel_model(weights)
     if isinstance(weights, str) and weights == "random":
         return get_model(arch or "mzsr", **{**dict(arch_defaults or {}), **arch_kwargs})
     if weights is None:
