@@ -283,3 +283,21 @@ def test_crops_for_a_network_that_upsamples_by_itself(rng):
     inp, target = s._training_pair()
     assert tuple(target.shape[-2:]) == (2 * inp.shape[-2], 2 * inp.shape[-1]) == (16, 16)
     s.step()
+
+
+def test_the_adapted_weights_of_one_image_can_be_exported(rng, tmp_path):
+    from metasr_adapter.io.weights import read_metadata, read_weights
+
+    img = (rng.random((24, 28, 3)) * 255).astype(np.uint8)
+    net = _net()
+    session = MetaSR(net, 2).start(img, "gd2.0")
+    for _ in range(2):
+        session.step()
+    path = session.save_adapted(str(tmp_path / "adapted.safetensors"), arch="mzsr",
+                                arch_kwargs={"width": 8, "depth": 3})
+    reloaded = _net(seed=1)
+    reloaded.load_state_dict(read_weights(path))
+    assert read_metadata(path)["adapted_steps"] == 2
+    # the exported network, wrapped anew with 0 steps, gives the adapted session's result
+    again = MetaSR(reloaded, 2).adapt(img, "gd2.0", steps=0)
+    np.testing.assert_array_equal(again, session.result())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -207,6 +208,21 @@ class Adaptation:
         self.info.lrs.append(lr)
         self.steps_done += 1
         return rec
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The network's state dict with this image's adapted (fast) weights: loads into the wrapped
+        network's architecture with ``load_state_dict``."""
+        state = {k: v.detach().clone() for k, v in self.owner.model.state_dict().items()}
+        state.update({k: v.detach().clone().contiguous() for k, v in self.params.items()})
+        return state
+
+    def save_adapted(self, path: str, **metadata) -> "os.PathLike":
+        """Write :meth:`state_dict` with :func:`~metasr_adapter.io.weights.save_weights` (``.safetensors``
+        or ``.pth``), noting how many steps it took; the wrapped model's metadata can be added."""
+        from ..io.weights import save_weights
+
+        return save_weights(self.state_dict(), path, adapted_steps=self.steps_done,
+                            scale=float(self.owner.scale), **metadata)
 
     def sr_tensor(self, *, self_ensemble: bool = False, back_projection: int = 0) -> torch.Tensor:
         """The SR image as a 1xCxsHxsW tensor clipped to [0, 1], from the current fast weights
