@@ -1,6 +1,7 @@
 """Speed of ``MetaSR.adapt`` on Set5 baby (256x256 LR -> 512x512), fp32 vs bf16, side by side.
 
     python benchmarks/bench_adapt.py [--lr PATH] [--weights W] [--repeats 3] [--steps 1,10]
+    python benchmarks/bench_adapt.py --precisions fp32,fp32+compile      # torch.compile (compile time excluded)
 
 Reports the median wall time of the adaptation loop and of the whole call, the peak resident
 memory growth, and the speed ratio against the official TensorFlow code (SPEC §0: 0.445 s /
@@ -61,7 +62,8 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="weights for MZSRNet (speed does not depend on them)")
     ap.add_argument("--steps", default="1,10")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="comma-separated: fp32, bf16, fp32+compile (torch.compile'd network, fp32)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -80,7 +82,9 @@ def main() -> None:
     for prec in args.precisions.split(","):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            msr = MetaSR(net, 2, precision=prec)
+            msr = MetaSR(net, 2, precision=prec.split("+")[0], compile=prec.endswith("+compile"))
+            if prec.endswith("+compile"):
+                time_adapt(msr, lr, max(int(s) for s in args.steps.split(",")), 1)  # compile every size first
         for steps in [int(s) for s in args.steps.split(",")]:
             r = time_adapt(msr, lr, steps, args.repeats)
             r.update(precision=prec, steps=steps,

@@ -301,3 +301,13 @@ def test_the_adapted_weights_of_one_image_can_be_exported(rng, tmp_path):
     # the exported network, wrapped anew with 0 steps, gives the adapted session's result
     again = MetaSR(reloaded, 2).adapt(img, "gd2.0", steps=0)
     np.testing.assert_array_equal(again, session.result())
+
+
+@pytest.mark.slow
+def test_compiled_adaptation_matches_eager(rng):
+    """torch.compile is optional and slow to start (tens of seconds on 2 cores): run with -m slow."""
+    img = (rng.random((24, 28, 3)) * 255).astype(np.uint8)
+    net = _net()
+    eager = MetaSR(net, 2).adapt(img, "gd2.0", steps=2)
+    compiled = MetaSR(net, 2, compile=True).adapt(img, "gd2.0", steps=2)
+    assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1

@@ -73,6 +73,10 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _functional_forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    return functional_call(model, params, (x,))
+
+
 @contextlib.contextmanager
 def _grad_mode() -> Iterator[None]:
     """Autograd on, also inside ``torch.no_grad()`` and ``torch.inference_mode()`` blocks."""
@@ -284,6 +288,8 @@ class MetaSR:
             memory for large images); the overlap defaults to the network's ``receptive_radius``, so
             the result equals the untiled one. Networks with global context (RCAN) are refused.
             Adaptation steps still see the whole image, unless ``max_pixels`` is set.
+        compile: run the network through ``torch.compile`` (adaptation steps and SR); compiling takes
+            tens of seconds per input size, so it pays only over many steps or images.
         max_pixels: an LR pixel budget for the adaptation steps: a larger image trains each step on an
             aligned random crop of about that many pixels (the son and the LR image cut at the same
             place), as ZSSR does. Memory then follows the budget, not the image; the trade-off is that
@@ -307,6 +313,7 @@ class MetaSR:
         tile: int | None = None,
         tile_overlap: int | None = None,
         max_pixels: int | None = None,
+        compile: bool = False,
     ) -> None:
         from ..meta.learner import get_loss, select_parameters
 
@@ -338,6 +345,8 @@ class MetaSR:
         if self.tile is not None and self.tile < 1:
             raise ValueError(f"tile={tile} must be >= 1 (network-input pixels per tile side), or None")
         self.tile_overlap = tile_overlap_for(model, tile_overlap) if self.tile is not None else 0
+        #: torch.compile'd network call (the first call of each input size compiles; see benchmarks/bench_adapt.py)
+        self._compiled = torch.compile(_functional_forward, dynamic=True) if compile else None
         #: adaptation steps on LR images above this many pixels train on random crops of that size
         self.max_pixels = None if max_pixels is None else int(max_pixels)
         if self.max_pixels is not None and self.max_pixels < 64:
@@ -382,6 +391,8 @@ class MetaSR:
         buffers = dict(self.model.named_buffers())
 
         def forward(t: torch.Tensor) -> torch.Tensor:
+            if self._compiled is not None:
+                return self._compiled(self.model, {**params, **buffers}, t)
             return functional_call(self.model, {**params, **buffers}, (t,))
 
         with _eval_mode(self.model), self._autocast():
