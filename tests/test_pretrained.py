@@ -1,20 +1,14 @@
 """The project's own bundled weights: found by name, intact, described, and they adapt."""
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
-import torch
 
-from metasr_adapter import MetaSR
 from metasr_adapter.cli.main import main
 from metasr_adapter.adapt.evaluate import synthesize_lr
 from metasr_adapter.ops.imageio import read_image, write_image
 from metasr_adapter.ops.kernels import resolve_kernel
 from metasr_adapter.ops.metrics import psnr
-from metasr_adapter.io.pretrained import (BUNDLED_WEIGHTS, WeightsInfo, default_weights, get_weights, list_weights,
-                                       load_model, load_pretrained)
+from metasr_adapter.io.pretrained import WeightsInfo, default_weights, get_weights, list_weights, load_pretrained
 from metasr_adapter.io.weights import read_metadata
 
 NAMES = ("mzsr_x2_direct", "mzsr_x2_bicubic")

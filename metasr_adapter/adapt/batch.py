@@ -11,9 +11,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import numpy as np
-import torch
-
 from ..io.atomic import atomic_write_text
 from ..ops.imageio import IMAGE_EXTENSIONS, read_image, write_image
 

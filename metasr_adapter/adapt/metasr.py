@@ -109,7 +109,6 @@ class Adaptation:
         self.augment = augment
         self.generator = generator
         self.info = AdaptInfo()
-        m = owner
         with _grad_mode():
             self._prepare(lr_img, kernel, generator)
 

@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..adapt.evaluate import synthesize_lr
 from ..ops.imageio import modcrop, read_image

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
-from torch.nn import functional as F
 
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
 from ..precision import PRECISIONS, autocast
