@@ -49,6 +49,7 @@ def worker(args: argparse.Namespace) -> None:
         print("RESULT " + json.dumps({"median": statistics.median(times), "times": times,
                                       "world": ddp.world_size(), "threads": torch.get_num_threads()}))
     if dist.is_initialized():
+        dist.barrier()  # no rank tears the group down while another still uses it
         dist.destroy_process_group()
 
 

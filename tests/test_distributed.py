@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from metasr_adapter import distributed as ddp
 from metasr_adapter.adapters.mzsr import MZSRNet
@@ -33,13 +32,31 @@ def _train(first_order: bool, steps: int = 3) -> tuple[dict[str, torch.Tensor], 
     return {k: v.detach().clone() for k, v in learner.model.state_dict().items()}, infos
 
 
-def _worker(rank: int, world: int, store: str, out: str, first_order: bool) -> None:
+def _launch(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` in its own session; on a timeout the whole group is killed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", METASR_SHARED="/nonexistent")
+    env.pop("METASR_TRAIN_KILL_AFTER", None)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out_text, err_text = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out_text, err_text)
+
+
+def _rank_main(out: str, first_order: bool) -> None:
+    """Run by each torchrun rank (``python tests/test_distributed.py OUT 0|1``)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    ddp.init_from_env("cpu")
     try:
         state, infos = _train(first_order)
-        if rank == 0:
+        if ddp.is_main():
             torch.save({"state": state, "infos": infos}, out)
+        dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts then)
     finally:
         dist.destroy_process_group()
 
@@ -48,9 +65,15 @@ def _worker(rank: int, world: int, store: str, out: str, first_order: bool) -> N
 def test_two_gloo_processes_give_the_one_process_meta_training(tmp_path, first_order):
     """Meta-batch 3 over 2 ranks (an uneven 2 + 1 split): the same losses and weights after 3 Adam steps."""
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(out), first_order), nprocs=2, join=True)
+    res = _launch(["--nproc_per_node", "2", str(Path(__file__)), str(out), str(int(first_order))])
+    assert res.returncode == 0, res.stderr[-3000:]
     got = torch.load(out, weights_only=True)
-    state, infos = _train(first_order)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks' thread count
+    try:
+        state, infos = _train(first_order)
+    finally:
+        torch.set_num_threads(threads)
     for a, b in zip(got["infos"], infos):
         assert a["meta_loss"] == pytest.approx(b["meta_loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
@@ -76,23 +99,25 @@ def _torchrun(out: Path, nproc: int, extra: list[str], resume: bool = False, kil
             "meta.task_batch=1", "eval.gt_dir=null", "output.checkpoint_every=1", "output.log_every=1",
             "output.progress=false",
             *extra]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "metasr_adapter.cli", "train", str(ROOT / "recipes" / "mzsr_x2.yaml"), "--out", str(out),
-           "--set", *tiny] + (["--resume"] if resume else [])
-    env = dict(os.environ, OMP_NUM_THREADS="1", METASR_SHARED="/nonexistent")
-    env.pop("METASR_TRAIN_KILL_AFTER", None)
+    args = ["--nproc_per_node", str(nproc), "-m", "metasr_adapter.cli", "train", str(ROOT / "recipes" / "mzsr_x2.yaml"),
+            "--out", str(out), "--set", *tiny] + (["--resume"] if resume else [])
     if kill:
-        env["METASR_TRAIN_KILL_AFTER"] = kill
-    # its own session: on a timeout the whole group (torchrun and its workers) is killed, none left behind
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out_text, err_text = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out_text, err_text)
+        os.environ["METASR_TRAIN_KILL_AFTER"] = kill
+        try:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", *args]
+            env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", METASR_SHARED="/nonexistent")
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+            try:
+                out_text, err_text = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise
+            return subprocess.CompletedProcess(cmd, proc.returncode, out_text, err_text)
+        finally:
+            os.environ.pop("METASR_TRAIN_KILL_AFTER", None)
+    return _launch(args)
 
 
 @pytest.fixture
@@ -125,3 +150,7 @@ def test_metasr_train_under_torchrun_matches_one_process_and_resumes(tmp_path, t
     assert res.returncode == 0, res.stderr[-3000:]
     for k, v in _final(two).items():
         torch.testing.assert_close(_final(killed)[k], v, rtol=1e-5, atol=1e-6)
+
+
+if __name__ == "__main__":  # a torchrun rank of test_two_gloo_processes_give_the_one_process_meta_training
+    _rank_main(sys.argv[1], bool(int(sys.argv[2])))
