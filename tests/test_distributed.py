@@ -32,11 +32,14 @@ def _train(first_order: bool, steps: int = 3) -> tuple[dict[str, torch.Tensor], 
     return {k: v.detach().clone() for k, v in learner.model.state_dict().items()}, infos
 
 
-def _launch(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    """``torchrun --standalone`` in its own session; on a timeout the whole group is killed."""
+def _launch(args: list[str], timeout: float = 120, kill: str | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` in its own session; on a timeout the whole group is killed. ``kill``:
+    the training's kill hook (``STAGE:STEP``) for the ranks."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", METASR_SHARED="/nonexistent")
     env.pop("METASR_TRAIN_KILL_AFTER", None)
+    if kill:
+        env["METASR_TRAIN_KILL_AFTER"] = kill
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -101,23 +104,7 @@ def _torchrun(out: Path, nproc: int, extra: list[str], resume: bool = False, kil
             *extra]
     args = ["--nproc_per_node", str(nproc), "-m", "metasr_adapter.cli", "train", str(ROOT / "recipes" / "mzsr_x2.yaml"),
             "--out", str(out), "--set", *tiny] + (["--resume"] if resume else [])
-    if kill:
-        os.environ["METASR_TRAIN_KILL_AFTER"] = kill
-        try:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", *args]
-            env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", METASR_SHARED="/nonexistent")
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, start_new_session=True)
-            try:
-                out_text, err_text = proc.communicate(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                raise
-            return subprocess.CompletedProcess(cmd, proc.returncode, out_text, err_text)
-        finally:
-            os.environ.pop("METASR_TRAIN_KILL_AFTER", None)
-    return _launch(args)
+    return _launch(args, kill=kill)
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
         "## Lineage",
         "",
         f"* Start: {lin['start']}. Nothing here descends from the official MZSR weights.",
-        f"* Recipe: `recipes/{lin['recipe'].replace('_x2_cpu', '_x2_cpu')}.yaml` (`--threads 1`), code at commit(s) "
+        f"* Recipe: `recipes/{lin['recipe']}.yaml` (`--threads 1`), code at commit(s) "
         f"{', '.join('`' + c[:10] + '`' for c in lin['commits'])}; resumed "
         f"{max(0, len(lin['sessions']) - 1)} time(s) (a resume continues exactly).",
         f"* Stage 1, supervised pretraining on the {st['pretrain']['degradation']}-degraded task distribution: "
