@@ -239,6 +239,44 @@ def test_tiled_sr_equals_the_whole_image(rng, tile):
     torch.testing.assert_close(tiled.sr_tensor(), whole.sr_tensor(), rtol=0, atol=2e-6)
 
 
+def test_tiled_sr_never_upsamples_the_whole_image(rng, monkeypatch):
+    """Under a tile budget the bicubic-upsampled input is made per tile: a full-size float64 copy of a
+    4000x3000 photo alone took 1.15 GB (benchmarks/bench_memory.py)."""
+    img = (rng.random((40, 36, 3)) * 255).astype(np.uint8)
+    net = _net(width=8, depth=4)
+    seen: list[tuple[int, int]] = []
+    real = MetaSR._network_input
+
+    def spy(self, x, out_shape):
+        y = real(self, x, out_shape)
+        seen.append(tuple(y.shape[-2:]))
+        return y
+
+    monkeypatch.setattr(MetaSR, "_network_input", spy)
+    whole = MetaSR(net, 2).adapt(img, "gd2.0", steps=1)
+    assert (80, 72) in seen  # without a budget the whole image is upsampled once
+    seen.clear()
+    tiled = MetaSR(net, 2, tile=16).adapt(img, "gd2.0", steps=1)
+    assert seen and max(h * w for h, w in seen[1:]) < 80 * 72 / 4  # seen[0] is the son's (LR-size) input
+    assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
+
+
+def test_numpy_results_convert_in_bands_without_changing_a_value(rng, monkeypatch):
+    from metasr_adapter.ops import imageio
+
+    x = torch.rand(1, 3, 23, 17, dtype=torch.float32) * 1.2 - 0.1
+    for dtype in (np.uint8, np.uint16, np.float32):
+        fmt = imageio.ImageFormat("numpy", np.dtype(dtype), "HWC", 3)
+        monkeypatch.setattr(imageio, "_RESTORE_BAND_PIXELS", 1 << 30)
+        one = fmt.restore(x)
+        monkeypatch.setattr(imageio, "_RESTORE_BAND_PIXELS", 40)  # bands of 2 rows
+        assert one.dtype == np.dtype(dtype) and np.array_equal(fmt.restore(x), one)
+    gray = imageio.ImageFormat("numpy", np.dtype(np.uint8), "HW", 1).restore(x, alpha=None)
+    assert gray.shape == (23, 17)
+    rgba = imageio.ImageFormat("numpy", np.dtype(np.uint8), "HWC", 4).restore(x, alpha=x[:, :1])
+    assert rgba.shape == (23, 17, 4) and np.array_equal(rgba[..., 3], np.round(x[0, 0].clamp(0, 1).double().numpy() * 255))
+
+
 def test_tiling_a_post_upsampling_network_with_a_given_overlap(rng):
     img = (rng.random((26, 30, 3)) * 255).astype(np.uint8)
     torch.manual_seed(0)

@@ -32,6 +32,8 @@ from .schedules import Schedule, get_schedule
 
 __all__ = ["MetaSR", "Adaptation", "AdaptInfo", "AdaptStep"]
 
+#: LR pixels on each side that one bicubic-upsampled pixel reads (the cubic kernel spans ±2), plus one
+_BICUBIC_SUPPORT = 3
 
 
 @dataclass
@@ -146,7 +148,7 @@ class Adaptation:
             self.son = son
             # the network's input for the son, fixed across steps (SPEC §5: recomputed identically each step)
             self.son_input = m._network_input(son.double(), (h, w)).to(m.dtype)
-            self.lr_input = m._network_input(x64, self.out_shape).to(m.dtype)
+            del x64  # the LR image's network input is made when the SR image is (per tile under a budget)
         # the adapted parameters get private copies; the others are passed to the network as they are
         self.params = {k: v.detach().clone().requires_grad_(k in m.adapt_names) for k, v in m._param_items()}
         self.steps_done = 0
@@ -212,6 +214,14 @@ class Adaptation:
         self.steps_done += 1
         return rec
 
+    @property
+    def lr_input(self) -> torch.Tensor:
+        """The network's input for the whole LR image (bicubic-upsampled in float64, as the official code,
+        for networks that take the upsampled image), made on each access: the SR path makes it tile by
+        tile under a memory budget instead."""
+        with torch.inference_mode(False), torch.no_grad():
+            return self.owner._network_input(self.lr_image.double(), self.out_shape).to(self.owner.dtype)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The network's state dict with this image's adapted (fast) weights: loads into the wrapped
         network's architecture with ``load_state_dict``."""
@@ -240,21 +250,19 @@ class Adaptation:
 
     def _sr_tensor(self, *, self_ensemble: bool, back_projection: int) -> torch.Tensor:
         owner = self.owner
-        run = lambda inp: owner._run(self.params, inp, tuple(inp.shape[-2:]) if owner.upsample_input else None)
+        run = lambda lr: owner._super_resolve(self.params, lr)
 
         def finish(y: torch.Tensor) -> torch.Tensor:
-            y = owner._fit(y, self.out_shape).clamp(0, 1)
+            y = owner._fit(y, self.out_shape).clamp_(0, 1)  # y is the network's fresh output: clip in place
             if back_projection:
                 y = back_project(y, self.lr_image, self.kernel.kernel, owner.scale, self.kernel.ds_method, int(back_projection))
             return y
 
         if not self_ensemble:
-            return finish(run(self.lr_input))
+            return finish(run(self.lr_image))
         from ..ops.augment import geometric_self_ensemble
 
-        fit = lambda y: owner._fit(y, self.out_shape) if not owner.upsample_input else y
-        sr = geometric_self_ensemble(lambda inp: run(inp), self.lr_input, reduce="median",
-                                     post=lambda y: finish(fit(y)))
+        sr = geometric_self_ensemble(run, self.lr_image, reduce="median", post=finish)
         return finish(sr)
 
     def result(self, *, self_ensemble: bool = False, back_projection: int = 0) -> np.ndarray | torch.Tensor:
@@ -380,7 +388,29 @@ class MetaSR:
     def _fit(self, y: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         return fit_output(y, shape, self.scale, self.upsample_input)
 
-    def _run(self, params: dict[str, torch.Tensor], inp: torch.Tensor, out_shape: tuple[int, int] | None) -> torch.Tensor:
+    def _super_resolve(self, params: dict[str, torch.Tensor], lr: torch.Tensor) -> torch.Tensor:
+        """The network's SR output for an LR image (1xCxHxW, ``self.dtype``), before :meth:`_fit`. Under a
+        tile budget, a network that takes the bicubic-upsampled image gets it tile by tile: each LR window
+        (with the receptive radius plus the bicubic support as margin) is upsampled and run on its own, so
+        no full-size float64 upsampled copy exists; with an integer scale the result equals the untiled
+        one to float round-off (bicubic weights depend only on the offset, which a whole-pixel shift keeps)."""
+        h, w = lr.shape[-2:]
+        out_shape = (math.ceil(h * self.scale), math.ceil(w * self.scale))
+        if self.upsample_input and self.tile is not None and not torch.is_grad_enabled() \
+                and float(self.scale).is_integer():
+            s = int(self.scale)
+
+            def window_sr(win: torch.Tensor) -> torch.Tensor:
+                inp = self._network_input(win.double(), (win.shape[-2] * s, win.shape[-1] * s)).to(self.dtype)
+                return self._run(params, inp, None, tiled=False)
+
+            margin = math.ceil(self.tile_overlap / s) + _BICUBIC_SUPPORT
+            return tiled_forward(window_sr, lr, max(1, self.tile // s), margin, s)
+        inp = self._network_input(lr.double(), out_shape).to(self.dtype)
+        return self._run(params, inp, out_shape if self.upsample_input else None)
+
+    def _run(self, params: dict[str, torch.Tensor], inp: torch.Tensor, out_shape: tuple[int, int] | None,
+             *, tiled: bool = True) -> torch.Tensor:
         if not torch.is_grad_enabled() and inp.device.type == "cpu" and self.precision == "fp32" and inp.dim() == 4:
             # inference only: on CPU a channels_last forward took 0.73x the NCHW time (MZSRNet, 512x512,
             # 2 Zen-3 cores), but forward+backward took 1.7x, so the adaptation steps stay NCHW
@@ -395,7 +425,7 @@ class MetaSR:
             return functional_call(self.model, {**params, **buffers}, (t,))
 
         with _eval_mode(self.model), self._autocast():
-            if self.tile is not None and not torch.is_grad_enabled():  # inference: bounded memory, same result
+            if tiled and self.tile is not None and not torch.is_grad_enabled():  # inference: bounded memory, same result
                 y = tiled_forward(forward, inp, self.tile, self.tile_overlap, 1.0 if self.upsample_input else self.scale)
             else:
                 y = forward(inp)

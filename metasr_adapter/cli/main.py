@@ -51,6 +51,26 @@ def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
+#: the command line's memory budget (the library's MetaSR has none unless asked): SR in 512² tiles, and
+#: adaptation on 512x512-pixel crops of larger LR images; a 4000x3000 photo then peaks at ~3.5 GB
+#: (benchmarks/bench_memory.py --modes cli)
+DEFAULT_TILE = 512
+DEFAULT_MAX_PIXELS = 512 * 512
+
+
+def _memory_budget(args: argparse.Namespace, model, scale: float, upsample_input: bool) -> tuple[int | None, int | None]:
+    """``(tile, max_pixels)`` for MetaSR: the flags as given (0 = off), else the defaults where they
+    keep the result exact or are allowed (tiling needs a declared receptive radius and no global context;
+    crops of networks that upsample themselves need an integer scale)."""
+    tile, max_pixels = getattr(args, "tile", None), getattr(args, "max_pixels", None)
+    if tile is None:
+        local = getattr(model, "receptive_radius", None) is not None and not getattr(model, "global_context", False)
+        tile = DEFAULT_TILE if local else None
+    if max_pixels is None and (upsample_input or float(scale).is_integer()):
+        max_pixels = DEFAULT_MAX_PIXELS
+    return tile or None, max_pixels or None
+
+
 def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", default="gd2.0",
                    help="blur kernel of the LR image: gd0.2, gd2.0, gdani, gb1.3, bicubic, or a .mat/.npy file")
@@ -65,9 +85,12 @@ def _add_adapt_args(p: argparse.ArgumentParser) -> None:
                    help="self-supervised adaptation loss: l1 (MZSR) or l2 (MLSR) (default: the weights' own, else l1)")
     p.add_argument("--back-projection", type=int, default=0, metavar="N", help="back-projection iterations (0 = off)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
-                   help="compute the SR image in N x N tiles (bounded memory; same result for local networks)")
+                   help=f"compute the SR image in N x N tiles (bounded memory; same result for local networks; default "
+                        f"{DEFAULT_TILE} for networks that declare their receptive radius; 0 = whole image)")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="adaptation steps on LR images above N pixels train on random N-pixel crops (bounded memory)")
+                   help=f"adaptation steps on LR images above N pixels train on random N-pixel crops (bounded memory; "
+                        f"default {DEFAULT_MAX_PIXELS} = 512x512; a full-image step on a 1024x1024 LR image peaked at "
+                        "3.5 GB; 0 = always the whole image)")
     p.add_argument("--self-ensemble", action="store_true", help="median over the 8 flips/rotations")
 
 
@@ -204,9 +227,11 @@ def _load_metasr(args: argparse.Namespace):
     else:
         schedule = getattr(args, "schedule", None) or meta.get("schedule") or "mzsr_direct"
     loss = getattr(args, "loss", None) or meta.get("loss") or "l1"
+    from ..adapters.contract import takes_upsampled_input
+
+    tile, max_pixels = _memory_budget(args, model, scale, takes_upsampled_input(model))
     return MetaSR(model, scale, schedule=schedule, precision=args.precision, device=device, loss=loss,
-                  adapt_params=meta.get("adapt_params"), tile=getattr(args, "tile", None),
-                  max_pixels=getattr(args, "max_pixels", None))
+                  adapt_params=meta.get("adapt_params"), tile=tile, max_pixels=max_pixels)
 
 
 def _many_inputs(spec: str) -> bool:

@@ -90,23 +90,38 @@ class ImageFormat:
     device: torch.device | None = None
 
     def restore(self, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> np.ndarray | torch.Tensor:
-        """Turn an 1xCxHxW float result in [0, 1] into the input's format (clipped)."""
+        """Turn an 1xCxHxW float result in [0, 1] into the input's format (clipped). Numpy results are
+        converted a band of rows at a time, so a large image never exists as a float64 array."""
+        if self.kind == "tensor":
+            out = self._channels(rgb, alpha)
+            out = out.to(dtype=self.dtype, device=self.device)
+            return out[0] if self.layout == "CHW" else out
+        h, w = rgb.shape[-2:]
+        channels = (1 if self.channels in (1, 2) and rgb.shape[1] == 3 else rgb.shape[1]) + (0 if alpha is None else 1)
+        arr = np.empty((h, w, channels), dtype=np.dtype(self.dtype))
+        band = max(1, _RESTORE_BAND_PIXELS // max(1, w))
+        for r0 in range(0, h, band):
+            part = self._channels(rgb[..., r0 : r0 + band, :], None if alpha is None else alpha[..., r0 : r0 + band, :])
+            a = part[0].detach().to("cpu", torch.float64).permute(1, 2, 0).numpy()
+            if np.dtype(self.dtype) == np.uint8:
+                a = np.round(a * 255.0)
+            elif np.dtype(self.dtype) == np.uint16:
+                a = np.round(a * 65535.0)
+            arr[r0 : r0 + band] = a  # casts to the input's dtype
+        return arr[:, :, 0] if self.layout == "HW" else arr
+
+    def _channels(self, rgb: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+        """The result's channels, clipped to [0, 1]: the mean for grayscale inputs, alpha re-attached."""
         out = rgb.clamp(0, 1)
         if self.channels in (1, 2) and out.shape[1] == 3:
             out = out.mean(dim=1, keepdim=True)
         if alpha is not None:
             out = torch.cat([out, alpha.clamp(0, 1).to(out.dtype)], dim=1)
-        if self.kind == "tensor":
-            out = out.to(dtype=self.dtype, device=self.device)
-            return out[0] if self.layout == "CHW" else out
-        arr = out[0].detach().to("cpu", torch.float64).permute(1, 2, 0).numpy()
-        if self.layout == "HW":
-            arr = arr[:, :, 0]
-        if np.dtype(self.dtype) == np.uint8:
-            return np.round(arr * 255.0).astype(np.uint8)
-        if np.dtype(self.dtype) == np.uint16:
-            return np.round(arr * 65535.0).astype(np.uint16)
-        return arr.astype(self.dtype)
+        return out
+
+
+#: pixels per band when a result is converted to numpy (bounds the float64 temporaries to ~50 MB)
+_RESTORE_BAND_PIXELS = 1 << 21
 
 
 def to_tensor(
