@@ -4,13 +4,22 @@
     python benchmarks/bench_train_step.py --layouts 1x2 --iters 5 --json out.json
     python benchmarks/bench_train_step.py --configs sup:32:64,fo:5:4,so:5:4 --channels-last both
     python benchmarks/bench_train_step.py --configs sup:32:48,sup:32:64,sup:16:96 --layouts 1x2 --compile
+    python benchmarks/bench_train_step.py --configs idn:16:96,mlsr:16:128 --layouts 1x1 --iters 3
 
 Each configuration is ``kind:a:b[:bf16]`` (bf16 = autocast; fast only where the CPU has AVX512-BF16/AMX):
 
 * ``sup:B:P`` — one :class:`~metasr_adapter.meta.pretrain.Pretrainer` step on ``B`` patches of ``P``² from
   :class:`~metasr_adapter.meta.pretrain.KernelPairSampler` (8 random kernels per batch, direct subsampling);
 * ``fo:MB:TB`` / ``so:MB:TB`` — one first-/second-order :class:`~metasr_adapter.meta.learner.MetaLearner`
-  meta-iteration on a :class:`~metasr_adapter.meta.tasks.TaskSampler` meta-batch (64² patches, 5 inner steps).
+  meta-iteration on a :class:`~metasr_adapter.meta.tasks.TaskSampler` meta-batch (64² patches, 5 inner steps);
+* ``idn:B:P`` — one L2 :class:`~metasr_adapter.meta.pretrain.Pretrainer` step of the full IDN (x2, it runs at LR
+  resolution) on ``B`` bicubic pairs of ``P``² HR patches (:class:`~metasr_adapter.meta.pretrain.PairSampler`);
+* ``mlsr:MB:P`` — one first-order MLSR meta-iteration of the full IDN (:class:`~metasr_adapter.meta.tasks.MLSRTaskSampler`,
+  bicubic, ``MB`` tasks of one ``P``² HR patch, 5 inner steps LR↓ → LR, L2, the last step's LR → HR loss).
+
+Besides the wall-clock median, every row reports the median CPU seconds of the process (``cpu_s``): below
+``s/step`` when the process waited for a core; equal to it when it got one, though a busy neighbour on the same
+core can still slow it (compare the matmul ``peak`` with the idle machine's).
 
 The work of each step is counted once with ``torch.utils.flop_counter.FlopCounterMode`` (every aten op,
 double-backward included), and achieved GFLOP/s are reported against this CPU's measured fp32 peak: a
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -50,7 +60,7 @@ def matmul_gflops(threads: int, size: int = 2048, reps: int = 5) -> float:
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def _pool(train_dir: Path | None, images: int, patch: int):
+def _pool(train_dir: Path | None, images: int, patch: int, lr_scale: int | None = None):
     import tempfile
 
     import cv2
@@ -66,7 +76,7 @@ def _pool(train_dir: Path | None, images: int, patch: int):
     else:
         img = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
         cv2.imwrite(str(folder / "photo.png"), np.ascontiguousarray(img))
-    return PatchPool(folder, patch_size=patch, stride=max(16, patch // 2), progress=False).build()
+    return PatchPool(folder, patch_size=patch, stride=max(16, patch // 2), lr_scale=lr_scale, progress=False).build()
 
 
 def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool, compiled: bool = False,
@@ -78,6 +88,8 @@ def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool,
     from metasr_adapter.meta.tasks import TaskSampler
 
     torch.manual_seed(0)
+    if kind in ("idn", "mlsr"):
+        return _build_idn_step(kind, a, b, pool_args, precision)
     model = MZSRNet()
     if compiled:
         if kind != "sup":
@@ -111,6 +123,37 @@ def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool,
 
     def meta() -> None:
         learner.meta_step(sampler.sample(next(counter)), 0)
+
+    return meta
+
+
+def _build_idn_step(kind: str, a: int, b: int, pool_args: tuple, precision: str):
+    """IDN rows: ``idn:B:P`` (supervised L2 step on bicubic pairs), ``mlsr:MB:P`` (first-order MLSR iteration)."""
+    from metasr_adapter.adapters.idn import IDN
+    from metasr_adapter.meta.learner import MAMLConfig, MetaLearner
+    from metasr_adapter.meta.pretrain import PairSampler, Pretrainer
+    from metasr_adapter.meta.tasks import MLSRTaskSampler
+
+    model = IDN(scale=2)
+    counter = iter(range(10**9))
+    if kind == "idn":
+        sampler = PairSampler(_pool(*pool_args, b, lr_scale=2), a, seed=0, upsample_input=False)
+        trainer = Pretrainer(model, lr=1e-4, loss="l2")
+
+        def step() -> None:
+            from metasr_adapter.precision import autocast
+
+            with autocast(precision, "cpu"):
+                trainer.step(sampler.sample_arrays(next(counter)), 0)
+
+        return step
+    tasks = MLSRTaskSampler(_pool(*pool_args, b), meta_batch=a, task_batch=1, kernel="bicubic", seed=0)
+    cfg = MAMLConfig(inner_steps=5, inner_lr=0.65, first_order=True, meta_lr=1e-6, loss_weighting="last",
+                     precision=precision)
+    learner = MetaLearner(model, cfg, loss_fn="l2")
+
+    def meta() -> None:
+        learner.meta_step(tasks.sample(next(counter)), 0)
 
     return meta
 
@@ -150,20 +193,24 @@ def run_worker(args: argparse.Namespace) -> dict:
                 steps[name] = build_step(kind, int(a), int(b), pool_args, cl, comp, precision)
                 steps[name]()  # warm-up (and compilation)
                 steps[name]()
-                rows[name] = {"flops": count_flops(build_step(kind, int(a), int(b), pool_args, cl)), "times": []}
+                rows[name] = {"flops": count_flops(build_step(kind, int(a), int(b), pool_args, cl)), "times": [],
+                              "cpu": []}
     deadline = time.perf_counter() + args.max_seconds
     for _ in range(args.iters):
         for name, step in steps.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             step()
             rows[name]["times"].append(time.perf_counter() - t)
+            rows[name]["cpu"].append(time.process_time() - c)
         if time.perf_counter() > deadline:
             break
     peak = matmul_gflops(args.threads)
     out = {}
     for name, r in rows.items():
         med = statistics.median(r["times"])
-        out[name] = {"seconds": med, "gflop": r["flops"] / 1e9, "gflops_per_s": r["flops"] / med / 1e9,
+        cpu = statistics.median(r["cpu"])
+        out[name] = {"seconds": med, "cpu_seconds": cpu, "gflop": r["flops"] / 1e9,
+                     "gflops_per_s": r["flops"] / med / 1e9, "gflops_per_cpu_s": r["flops"] / cpu / 1e9,
                      "n": len(r["times"])}
     return {"threads": args.threads, "matmul_gflops": peak, "rows": out}
 
@@ -197,7 +244,8 @@ def main() -> int:
         running = [subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True) for _ in range(procs)]
         outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in running]
         results[layout] = outs
-    print(f"{'config':<16}{'layout':>8}{'s/step':>10}{'GFLOP':>9}{'GFLOP/s':>10}{'peak':>8}{'%peak':>7}{'steps/s (all procs)':>22}")
+    print(f"{'config':<16}{'layout':>8}{'s/step':>10}{'cpu_s':>8}{'GFLOP':>9}{'GFLOP/s':>10}{'peak':>8}{'%peak':>7}"
+          f"{'steps/s (all procs)':>22}")
     for layout, outs in results.items():
         for name in outs[0]["rows"]:
             secs = statistics.median(o["rows"][name]["seconds"] for o in outs)
@@ -205,7 +253,8 @@ def main() -> int:
             rate = sum(o["rows"][name]["gflops_per_s"] for o in outs)
             peak = sum(o["matmul_gflops"] for o in outs)
             thr = sum(1.0 / o["rows"][name]["seconds"] for o in outs)
-            print(f"{name:<16}{layout:>8}{secs:>10.3f}{gflop:>9.1f}{rate:>10.1f}{peak:>8.1f}{100 * rate / peak:>6.0f}%"
+            cpu = statistics.median(o["rows"][name].get("cpu_seconds", math.nan) for o in outs)
+            print(f"{name:<16}{layout:>8}{secs:>10.3f}{cpu:>8.3f}{gflop:>9.1f}{rate:>10.1f}{peak:>8.1f}{100 * rate / peak:>6.0f}%"
                   f"{thr:>22.3f}")
     print(f"load average: {os.getloadavg()}")
     if args.json:

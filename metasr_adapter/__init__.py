@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "MLSRTaskSampler": "meta.tasks", "PatchPool": "meta.tasks", "get_loss": "ops.losses",
     # zero-shot SR
     "ZSSR": "zssr.core", "ZSSRConfig": "zssr.core",
+    # blind mode: kernel estimation
+    "estimate_kernel": "estimate.api", "KernelEstimate": "estimate.api",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -182,3 +182,39 @@ def test_cpu_budget_recipes_spell_out_and_explain_every_constant(name: str) -> N
     r = load_recipe(RECIPES / name)
     assert r["model"]["weights"] is None, "shipped weights start from random initialisation"
     assert r["pretrain"]["degradation"] == "kernel" and r["meta"]["second_order_from"] < r["meta"]["iterations"]
+
+
+MLSR_CPU = ["idn_x2_cpu.yaml", "mlsr_idn_x2_cpu.yaml"]
+
+
+@pytest.mark.parametrize("name", MLSR_CPU)
+def test_mlsr_cpu_recipes_spell_out_and_explain_every_constant(name: str) -> None:
+    text = (RECIPES / name).read_text()
+    assert _flat_keys(yaml.safe_load(text)) == set(recipe_keys()), "a shipped recipe must spell out every setting"
+    for line in text.splitlines():
+        m = re.match(r"\s*(\w+):\s*([-+0-9.e\[\], ]+)\s*(#.*)?$", line)
+        if m and m.group(1) not in ("seed", "limit"):
+            assert m.group(3), f"{name}: the constant on {line.strip()!r} needs a comment saying why"
+    r = load_recipe(RECIPES / name)
+    assert r["model"]["name"] == "idn" and r["model"]["scale"] == 2 and r["meta"]["loss"] == "l2"
+    assert r["eval"]["kernel"] == "bicubic" and r["eval"]["schedule"] == pytest.approx(1e-5 * 255**2)
+
+
+def test_mlsr_cpu_recipes_chain_pretraining_into_the_papers_algorithm() -> None:
+    pre = load_recipe(RECIPES / "idn_x2_cpu.yaml")
+    ml = load_recipe(RECIPES / "mlsr_idn_x2_cpu.yaml")
+    # stage 1: supervised L2 on bicubic pairs from random initialisation, no meta-training
+    p = pre["pretrain"]
+    assert pre["model"]["weights"] is None and p["iterations"] > 0 and pre["meta"]["iterations"] == 0
+    assert (p["degradation"], p["loss"], p["scale"]) == ("bicubic", "l2", 2)
+    # stage 2 starts from stage 1's output file (train.py writes START_WEIGHTS into the run folder)
+    from metasr_adapter.training.train import START_WEIGHTS
+
+    assert ml["model"]["weights"] == str(Path(pre["output"]["dir"]) / START_WEIGHTS)
+    assert ml["pretrain"]["iterations"] == 0
+    # MLSR Algorithm 1: one patch per task, LR↓ → LR inner steps, LR → HR after the last of 5, first order, L2
+    m, d = ml["meta"], ml["data"]
+    assert (d["tasks"], d["kernel"], m["task_batch"], m["inner_steps"]) == ("mlsr", "bicubic", 1, 5)
+    assert m["first_order"] is True and m["loss_weighting"] == "last" and m["loss"] == "l2"
+    assert m["inner_lr"] == pytest.approx(1e-5 * 255**2) == ml["eval"]["schedule"]
+    assert d["patch_size"] % 4 == 0 and m["iterations"] > 0 and ml["eval"]["evaluate_start"] is True

@@ -53,6 +53,8 @@ class AdaptInfo:
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: the :class:`~metasr_adapter.estimate.KernelEstimate` behind ``kernel="estimate"`` (None otherwise)
+    kernel_estimate: object | None = None
 
 
 def _infer_in_channels(model: nn.Module) -> int:
@@ -445,13 +447,22 @@ class MetaSR:
         augment: bool = False,
         seed: int | None = None,
     ) -> Adaptation:
-        """Prepare the adaptation of one image (son, network inputs, fast weights)."""
-        spec = resolve_kernel(kernel, ds_method)
+        """Prepare the adaptation of one image (son, network inputs, fast weights). ``kernel="estimate"``
+        estimates it first (:func:`~metasr_adapter.estimate.estimate_kernel`, gaussian method, this wrapper's
+        network); an estimate that did not converge raises ValueError rather than being used."""
         if lr is not None and schedule is not None:
             raise ValueError("give either lr= (a constant) or schedule=, not both")
+        estimate = None
+        if isinstance(kernel, str) and kernel.strip().lower() == "estimate":
+            from ..estimate.api import estimate_for_metasr
+
+            kernel, estimate = estimate_for_metasr(self, lr_img, ds_method, seed=seed)
+        spec = resolve_kernel(kernel, ds_method)
         sched = get_schedule(lr) if lr is not None else (get_schedule(schedule) if schedule is not None else self.schedule)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        return Adaptation(self, lr_img, spec, sched, noise_std=noise_std, augment=augment, generator=gen)
+        session = Adaptation(self, lr_img, spec, sched, noise_std=noise_std, augment=augment, generator=gen)
+        session.info.kernel_estimate = estimate
+        return session
 
     def adapt(
         self,
@@ -475,7 +486,8 @@ class MetaSR:
         Args:
             lr_img: HxWx3 (or HxW, HxWx4) uint8/float numpy, or a CxHxW / 1xCxHxW float tensor.
             kernel: the blur kernel that made ``lr_img``: a name (``gd2.0``...), a ``.mat``/``.npy``
-                path, an array, a :class:`KernelSpec`, or ``None``/``"bicubic"`` for bicubic.
+                path, an array, a :class:`KernelSpec`, ``None``/``"bicubic"`` for bicubic, or ``"estimate"``
+                to estimate it first (blind mode; ``info.kernel_estimate`` holds the estimate).
             steps: number of gradient steps (0 = plain inference).
             lr / schedule: a constant learning rate, or a schedule (default: the wrapper's).
             ds_method: ``"direct"`` or ``"bicubic"`` subsampling (default: the kernel's).

@@ -1,4 +1,4 @@
-"""``metasr`` command line: demo, adapt, eval, zssr, train."""
+"""``metasr`` command line: demo, adapt, eval, zssr, train, estimate-kernel."""
 from __future__ import annotations
 
 import argparse
@@ -73,7 +73,8 @@ def _memory_budget(args: argparse.Namespace, model, scale: float, upsample_input
 
 def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", default="gd2.0",
-                   help="blur kernel of the LR image: gd0.2, gd2.0, gdani, gb1.3, bicubic, or a .mat/.npy file")
+                   help="blur kernel of the LR image: gd0.2, gd2.0, gdani, gb1.3, bicubic, a .mat/.npy file, or "
+                        "'estimate' (metasr adapt only: estimate it first, blind mode)")
     p.add_argument("--ds-method", choices=["direct", "bicubic"], default=None,
                    help="subsampling after the blur (default: the named kernel's, else direct)")
     g = p.add_mutually_exclusive_group()
@@ -143,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_zssr_arguments(p)
     p.set_defaults(func=run_zssr_cli)
 
+    p = sub.add_parser("estimate-kernel", help="estimate the blur kernel of an LR image (blind mode) and write it")
+    p.add_argument("lr_image", help="the LR image")
+    p.add_argument("-o", "--output", required=True, help="kernel file to write: .mat (key 'kernel') or .npy")
+    p.add_argument("--method", choices=["gaussian", "kernelgan"], default="gaussian",
+                   help="gaussian: search the anisotropic Gaussian family, scored by the meta-trained network "
+                        "(default); kernelgan: an internal GAN in the manner of KernelGAN (any kernel shape)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="also write a picture of the kernel")
+    p.add_argument("--json", default=None, help="also write the estimate and its diagnostics as JSON")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--evals", type=int, default=None, metavar="N", help="gaussian: candidate kernels scored (default 40)")
+    p.add_argument("--iters", type=int, default=None, metavar="N", help="kernelgan: iterations (default 500)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(p, weights_required=False)
+    p.set_defaults(func=_cmd_estimate_kernel, kernel="estimate", ds_method="direct")
+
     p = sub.add_parser("train", help="pretrain -> meta-train -> evaluate, driven by a recipe YAML")
     from ..training.train import add_train_arguments, run_train_cli
 
@@ -178,8 +194,8 @@ def _choose_weights(args: argparse.Namespace) -> tuple[str, dict]:
 
     weights = args.weights
     if weights is None:
-        try:
-            ds = resolve_kernel(args.kernel, args.ds_method).ds_method
+        try:  # blind mode (--kernel estimate) models direct subsampling
+            ds = "direct" if _is_estimate(args.kernel) else resolve_kernel(args.kernel, args.ds_method).ds_method
         except (ValueError, FileNotFoundError):
             ds = args.ds_method  # the kernel's own error comes later, with its context
         info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds)
@@ -247,6 +263,12 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         return _cmd_adapt_folder(args)
     msr = _load_metasr(args)
     lr_img = read_image(args.lr_image)
+    kernel = args.kernel
+    if _is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
+        from ..estimate.api import estimate_for_metasr
+
+        kernel, est = estimate_for_metasr(msr, lr_img, args.ds_method, progress=True)
+        print(f"estimated kernel: {est.summary()}")
     from tqdm.auto import tqdm
 
     bar = tqdm(total=args.steps, desc="adapt", unit="step", disable=args.steps == 0)
@@ -255,11 +277,53 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{rec.loss:.5f}", lr=f"{rec.lr:g}")
 
-    sr, info = msr.adapt(lr_img, args.kernel, args.steps, ds_method=args.ds_method, callback=on_step,
+    sr, info = msr.adapt(lr_img, kernel, args.steps, ds_method=args.ds_method, callback=on_step,
                          back_projection=args.back_projection, self_ensemble=args.self_ensemble, return_info=True)
     bar.close()
     out = write_image(args.output, sr)
     print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) after {args.steps} step(s) in {info.seconds:.2f} s")
+    return 0
+
+
+def _is_estimate(kernel) -> bool:
+    return isinstance(kernel, str) and kernel.strip().lower() == "estimate"
+
+
+def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
+    from ..estimate.api import estimate_kernel
+    from ..ops.imageio import read_image
+
+    lr_img = read_image(args.lr_image)
+    options = {}
+    if args.method == "gaussian":
+        model = _load_metasr(args)
+        if args.evals is not None:
+            options["max_evals"] = args.evals
+    else:
+        model = None
+        _setup(args)
+        if args.iters is not None:
+            options["iters"] = args.iters
+    est = estimate_kernel(lr_img, args.scale or 2, args.method, model=model, progress=not args.quiet, seed=args.seed,
+                          **options)
+    out = est.save(args.output)
+    print(f"estimated kernel: {est.summary()}")
+    print(f"wrote {out}")
+    if args.plot:
+        from ..estimate.plot import plot_kernel
+
+        print(f"wrote {plot_kernel(est.kernel, args.plot, est.summary())}")
+    if args.json:
+        import json
+
+        from ..io.atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(est.to_dict(), indent=1) + "\n").encode())
+        print(f"wrote {args.json}")
+    if not est.converged:
+        print(f"metasr estimate-kernel: warning: the estimate did not converge ({est.reason}); {out} holds it for "
+              "inspection only: check it (--plot) before passing it to adapt, or try the other --method", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -378,6 +442,8 @@ def _check_output(path: str | None, flag: str, image: bool) -> None:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Options checked before any work: outputs writable, counts in range."""
+    from pathlib import Path
+
     for name in ("back_projection", "steps", "limit", "tile", "max_pixels"):
         value = getattr(args, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
@@ -386,13 +452,32 @@ def _check_options(args: argparse.Namespace) -> None:
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
     if args.command == "adapt" and _many_inputs(args.lr_image):
-        from pathlib import Path
-
         if Path(args.output).is_file():
             raise ValueError(f"-o {args.output} is a file; with several input images -o names the output folder")
     elif args.command in ("adapt", "zssr", "demo"):
         _check_output(getattr(args, "output", None), "-o/--output", image=True)
-    if args.command in ("adapt", "eval", "demo") and getattr(args, "kernel", None) is not None \
+    if args.command == "estimate-kernel":
+        _check_output(args.output, "-o/--output", image=False)
+        if Path(args.output).suffix.lower() not in (".mat", ".npy"):
+            raise ValueError(f"-o {args.output}: a kernel is written as .mat (key 'kernel') or .npy; end the name "
+                             "with one of those")
+        if args.plot:
+            _check_output(args.plot, "--plot", image=True)
+        for flag in ("evals", "iters"):
+            if getattr(args, flag) is not None and getattr(args, flag) < 1:
+                raise ValueError(f"--{flag} {getattr(args, flag)}: must be >= 1")
+        if args.scale is not None:
+            from ..estimate.checks import check_scale
+
+            check_scale(args.scale)
+    elif _is_estimate(getattr(args, "kernel", None)):
+        if args.command != "adapt" or getattr(args, "method", "metasr") != "metasr":
+            raise ValueError(f"--kernel estimate works with `metasr adapt`; for `metasr {args.command}`, estimate first "
+                             "(metasr estimate-kernel LR.png -o K.mat) and pass --kernel K.mat")
+        if args.ds_method not in (None, "direct"):
+            raise ValueError(f"--kernel estimate with --ds-method {args.ds_method}: the estimators model blur + direct "
+                             "subsampling; leave --ds-method out")
+    elif args.command in ("adapt", "eval", "demo") and getattr(args, "kernel", None) is not None \
             and getattr(args, "method", "metasr") == "metasr":  # ZSSR accepts estimated kernels as they are
         from ..ops.kernels import resolve_kernel
 

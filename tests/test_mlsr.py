@@ -1,0 +1,304 @@
+"""MLSR (Park et al., ECCV 2020): the paper's learning rates on [0, 1] images, Algorithm 1's first-order
+meta-gradient, MLSR meta-training of RCAN and of a user-defined network through the recipe machinery, the CPU
+recipes (recipes/idn_x2_cpu.yaml, recipes/mlsr_idn_x2_cpu.yaml) and benchmarks/mlsr_tables.py."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from metasr_adapter.adapters.idn import IDN
+from metasr_adapter.meta.learner import MAMLConfig, MetaLearner
+from metasr_adapter.meta.tasks import MLSRTaskSampler, PatchPool
+from metasr_adapter.training.recipes import load_recipe
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:eval.gt_dir is not set"),
+              pytest.mark.filterwarnings("ignore:.*smaller than the")]
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+ALPHA_0_255, BETA_0_255 = 1e-5, 1e-6  # MLSR paper §4.1, for MSE on 0-255 pixel values
+
+
+def _tiny_idn() -> IDN:
+    return IDN(scale=2, num_feat=16, diff=4, num_blocks=1)
+
+
+def _write(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(img[:, :, ::-1]))
+
+
+@pytest.fixture
+def train_dir(tmp_path: Path, photo: np.ndarray) -> Path:
+    d = tmp_path / "train"
+    _write(d / "a.png", photo[:130, :120])
+    _write(d / "b.png", photo[200:330, 250:380])
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# α and β: MSE on 0-255 values → MSE on [0, 1] images
+# ---------------------------------------------------------------------------------------------
+def _grads(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    names, params = zip(*net.named_parameters())
+    return dict(zip(names, torch.autograd.grad(F.mse_loss(net(x), y), params)))
+
+
+def test_paper_learning_rates_on_0_255_translate_to_unit_range_as_the_recipe_states() -> None:
+    """IDN on 0-255 is IDN on [0, 1] with its biases x255 (convolutions, LeakyReLU and the bicubic skip are
+    positively homogeneous). The 0-255 MSE gradient is then 255² x the [0, 1] one for every weight and 255 x for
+    every bias: SGD's α becomes α·255² (weights) and α (biases); Adam's β stays β (weights), β/255 (biases)."""
+    torch.manual_seed(0)
+    net = _tiny_idn().double()
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0.0, 0.05)  # biases that matter
+    net255 = copy.deepcopy(net)
+    with torch.no_grad():
+        for n, p in net255.named_parameters():
+            if n.endswith("bias"):
+                p.mul_(255.0)
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(2, 3, 12, 12, generator=gen, dtype=torch.float64),
+                torch.rand(2, 3, 24, 24, generator=gen, dtype=torch.float64)) for _ in range(3)]
+    x, y = batches[0]
+    torch.testing.assert_close(net255(255 * x), 255 * net(x))
+    g1, g255 = _grads(net, x, y), _grads(net255, 255 * x, 255 * y)
+    for n in g1:
+        factor = 255.0 if n.endswith("bias") else 255.0**2
+        torch.testing.assert_close(g255[n], factor * g1[n], rtol=1e-9, atol=0)
+
+    def corresponds(a: nn.Module, b255: nn.Module) -> None:
+        for (n, p), q in zip(a.named_parameters(), b255.parameters()):
+            torch.testing.assert_close(q / (255.0 if n.endswith("bias") else 1.0), p, rtol=1e-9, atol=1e-14)
+
+    # SGD (the inner steps and test-time adaptation): one step each way keeps the networks equivalent
+    sgd1, sgd255 = copy.deepcopy(net), copy.deepcopy(net255)
+    with torch.no_grad():
+        for n, p in sgd1.named_parameters():
+            p.sub_((ALPHA_0_255 if n.endswith("bias") else ALPHA_0_255 * 255.0**2) * g1[n])
+        for n, p in sgd255.named_parameters():
+            p.sub_(ALPHA_0_255 * g255[n])
+    corresponds(sgd1, sgd255)
+    # ... and the single α the recipe uses for every parameter is that translation of the weights' rate
+    r = load_recipe(RECIPES / "mlsr_idn_x2_cpu.yaml")
+    assert r["meta"]["inner_lr"] == pytest.approx(ALPHA_0_255 * 255.0**2) == r["eval"]["schedule"]
+
+    # Adam (the outer step), several steps with different batches: β for weights, β/255 for biases (ε = 0)
+    a1, a255 = copy.deepcopy(net), copy.deepcopy(net255)
+
+    def groups(m: nn.Module, bias_lr: float) -> list[dict]:
+        named = list(m.named_parameters())
+        return [{"params": [p for n, p in named if not n.endswith("bias")], "lr": BETA_0_255},
+                {"params": [p for n, p in named if n.endswith("bias")], "lr": bias_lr}]
+
+    opt1 = torch.optim.Adam(groups(a1, BETA_0_255 / 255.0), eps=0.0)
+    opt255 = torch.optim.Adam(groups(a255, BETA_0_255), eps=0.0)
+    for bx, by in batches:
+        for m, opt, s in ((a1, opt1, 1.0), (a255, opt255, 255.0)):
+            opt.zero_grad()
+            F.mse_loss(m(s * bx), s * by).backward()
+            opt.step()
+    corresponds(a1, a255)
+    assert not torch.equal(a1.features[0].weight, net.features[0].weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Algorithm 1: the first-order meta-gradient
+# ---------------------------------------------------------------------------------------------
+def test_first_order_mlsr_meta_gradient_is_algorithm_1(train_dir: Path) -> None:
+    """The learner's meta-gradient = mean over tasks of ∇ L2(f(LR; θ_i), HR) at θ_i, the weights after 5 SGD
+    steps on L2(f(LR↓; θ), LR) (Algorithm 1 lines 6-8, first order)."""
+    pool = PatchPool(train_dir, patch_size=32, stride=32, grad_threshold=-100.0).build()
+    batch = MLSRTaskSampler(pool, meta_batch=2, task_batch=1, seed=3).sample(0)
+    torch.manual_seed(0)
+    net = _tiny_idn()
+    alpha = ALPHA_0_255 * 255.0**2
+    cfg = MAMLConfig(inner_steps=5, inner_lr=alpha, first_order=True, meta_lr=1e-5, loss_weighting="last")
+    learner = MetaLearner(net, cfg, loss_fn="l2")
+    info = learner.meta_gradient(batch)
+    got = {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    theta = {n: p.detach() for n, p in net.named_parameters()}
+    expected = {n: torch.zeros_like(p) for n, p in theta.items()}
+    queries = []
+    for t in range(2):
+        son, lr, hr = batch.support_x[t], batch.support_y[t], batch.query_y[t]
+        fast = dict(theta)
+        for _ in range(5):
+            w = {n: v.clone().requires_grad_(True) for n, v in fast.items()}
+            g = torch.autograd.grad(F.mse_loss(functional_call(net, w, (son,)), lr), list(w.values()))
+            fast = {n: fast[n] - alpha * gi for n, gi in zip(w, g)}
+        w = {n: v.clone().requires_grad_(True) for n, v in fast.items()}
+        q = F.mse_loss(functional_call(net, w, (lr,)), hr)
+        for n, gi in zip(w, torch.autograd.grad(q, list(w.values()))):
+            expected[n] += gi / 2
+        queries.append(float(q.detach()))
+    for n in got:
+        torch.testing.assert_close(got[n], expected[n], rtol=2e-4, atol=1e-9)
+    assert info["meta_loss"] == pytest.approx(np.mean(queries), rel=1e-5)
+    # the inner steps on LR↓ → LR lowered the LR → HR loss (the point of MLSR's tasks)
+    assert info["query_losses"][-1] < info["query_losses"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The same algorithm on any network: RCAN and a user-defined module, through the recipe
+# ---------------------------------------------------------------------------------------------
+class UserSR(nn.Module):
+    """A network the package does not know: two convolutions, a sub-pixel upsampler, a bicubic skip."""
+
+    upsample_input = False
+
+    def __init__(self, scale: int = 2, feat: int = 8) -> None:
+        super().__init__()
+        self.scale = scale
+        self.body = nn.Sequential(nn.Conv2d(3, feat, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(feat, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False) + self.body(x)
+
+
+USER_ARCH = "test_mlsr_user_sr"
+
+
+def _mlsr_tiny(train_dir: Path, **extra: object) -> list[str]:
+    """recipes/mlsr_idn_x2_cpu.yaml's MLSR settings (α, β, 5 FO inner steps, L2, 'last') on a tiny budget."""
+    settings = {"device": "cpu", "data.train_dir": train_dir, "data.patch_size": 32, "data.stride": 32,
+                "meta.iterations": 3, "meta.meta_batch": 2, "meta.probe_every": 0, "eval.gt_dir": "null",
+                "output.checkpoint_every": 2, "output.log_every": 1, "output.progress": "false"}
+    settings.update(extra)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def _check_mlsr_run(out: Path, arch: str, photo: np.ndarray) -> None:
+    from metasr_adapter import MetaSR
+    from metasr_adapter.io.pretrained import load_model
+    from metasr_adapter.io.weights import read_metadata, read_weights
+    from metasr_adapter.training.train import MetricsLog
+
+    recs = [r for r in MetricsLog(out / "metrics.jsonl").read() if r["stage"] == "meta"]
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert all(np.isfinite(r["meta_loss"]) and np.all(np.isfinite(r["query_losses"])) for r in recs)
+    start, final = read_weights(out / "start_weights.pth"), read_weights(out / "meta_trained.pth")
+    assert start.keys() == final.keys()
+    moved = [k for k in start if not torch.equal(start[k], final[k])]
+    assert len(moved) == len(start), f"meta-training left {set(start) - set(moved)} unchanged"
+    assert all(bool(torch.isfinite(v).all()) for v in final.values())
+    # the meta-trained weights rebuild their network and MetaSR adapts them with the recipe's α and L2
+    meta = read_metadata(out / "meta_trained.pth")
+    assert (meta["arch"], meta["loss"], meta["schedule"]) == (arch, "l2", pytest.approx(0.65025))
+    msr = MetaSR(load_model(weights=out / "meta_trained.pth"), meta["scale"], schedule=meta["schedule"],
+                 loss=meta["loss"])
+    lr = photo[100:140, 200:240]
+    sr0, (sr3, info) = msr.adapt(lr, "bicubic", 0), msr.adapt(lr, "bicubic", 3, return_info=True)
+    assert sr3.shape == (80, 80, 3) and sr0.shape == sr3.shape
+    assert np.all(np.isfinite(info.losses)) and info.losses[-1] < info.losses[0]
+    assert np.abs(sr3.astype(int) - sr0.astype(int)).max() > 0
+
+
+def test_mlsr_meta_training_of_rcan_end_to_end(train_dir: Path, tmp_path: Path, photo: np.ndarray) -> None:
+    """MLSR on RCAN, started from a weights file as recipes/mlsr_idn_x2_cpu.yaml starts from the pretrained IDN."""
+    from metasr_adapter.adapters.rcan import RCAN
+    from metasr_adapter.io.weights import save_weights
+    from metasr_adapter.training.train import run_training
+
+    kwargs = {"num_feat": 8, "num_group": 1, "num_block": 1, "squeeze_factor": 4}
+    torch.manual_seed(0)
+    start = tmp_path / "rcan_start.pth"
+    save_weights(RCAN(scale=2, **kwargs), start, arch="rcan", arch_kwargs={"scale": 2, **kwargs})
+    over = _mlsr_tiny(train_dir, **{"model.name": "rcan", "model.arch_kwargs": json.dumps(kwargs),
+                                    "model.weights": start})
+    out = tmp_path / "rcan"
+    run_training(load_recipe(RECIPES / "mlsr_idn_x2_cpu.yaml", over), out_dir=out)
+    from metasr_adapter.io.weights import read_weights
+
+    assert all(torch.equal(a, b) for a, b in zip(read_weights(start).values(),
+                                                 read_weights(out / "start_weights.pth").values()))
+    _check_mlsr_run(out, "rcan", photo)
+
+
+def test_mlsr_meta_training_of_a_user_defined_network_end_to_end(train_dir: Path, tmp_path: Path,
+                                                                 photo: np.ndarray) -> None:
+    """Any nn.Module: registered under a name, meta-trained by the MLSR recipe from random initialisation."""
+    from metasr_adapter.adapters import list_models, register_model
+    from metasr_adapter.training.train import run_training
+
+    if USER_ARCH not in list_models():
+        register_model(USER_ARCH, UserSR)
+    over = _mlsr_tiny(train_dir, **{"model.name": USER_ARCH, "model.weights": "null"})
+    out = tmp_path / "user"
+    run_training(load_recipe(RECIPES / "mlsr_idn_x2_cpu.yaml", over), out_dir=out)
+    _check_mlsr_run(out, USER_ARCH, photo)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/mlsr_tables.py
+# ---------------------------------------------------------------------------------------------
+def _tables_module():
+    spec = importlib.util.spec_from_file_location("mlsr_tables", ROOT / "benchmarks" / "mlsr_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_mlsr_tables_smoke_resume_and_skip(tmp_path: Path, photo: np.ndarray, monkeypatch, capsys) -> None:
+    tables = _tables_module()
+    sets = {"set5": tmp_path / "s5", "urban100": tmp_path / "u100"}
+    _write(sets["set5"] / "a.png", photo[100:164, 200:264])
+    _write(sets["set5"] / "b.png", photo[300:364, 100:164])
+    _write(sets["urban100"] / "c.png", photo[40:104, 40:120])
+    torch.manual_seed(0)
+    ml = tmp_path / "ml.pth"
+    from metasr_adapter.io.weights import save_weights
+
+    save_weights(IDN(scale=2), ml, arch="idn", arch_kwargs={"scale": 2}, schedule=0.5, loss="l2")
+    out = tmp_path / "out"
+    argv = ["--set5", str(sets["set5"]), "--urban100", str(sets["urban100"]), "--set14", str(tmp_path / "none"),
+            "--bsd100", str(tmp_path / "none"), "--weights-naive", "random", "--weights-ml", str(ml),
+            "--steps", "0", "2", "--curve-steps", "0", "1", "--table5-models", "idn-ml", "--limit", "1",
+            "--limits", "set5=2", "--out", str(out), "--quiet"]
+    assert tables.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "skipping set14" in printed and "skipping bsd100" in printed
+    cells = sorted(p.relative_to(out / "cells").as_posix() for p in (out / "cells").rglob("*.json"))
+    assert cells == ["table3/set5/idn-ml/a.json", "table3/set5/idn-ml/b.json", "table3/set5/idn/a.json",
+                     "table3/set5/idn/b.json", "table3/urban100/idn-ml/c.json", "table3/urban100/idn/c.json",
+                     "table5/set5/idn-ml/a.json", "table5/set5/idn-ml/b.json", "table5/urban100/idn-ml/c.json"]
+    cell = json.loads((out / "cells/table3/urban100/idn/c.json").read_text())
+    assert set(cell["psnr"]) == {"0", "1", "2", "bicubic"}  # the plot set also scores the curve steps
+    assert cell["identity"]["alpha"] == 0.5  # the IDN-ML weights' own α, for both networks
+    k5 = json.loads((out / "cells/table5/set5/idn-ml/a.json").read_text())["identity"]["kernel"]
+    assert np.array(k5).shape == (5, 5) and abs(np.sum(k5) - 1) < 1e-9
+    k5b = json.loads((out / "cells/table5/set5/idn-ml/b.json").read_text())["identity"]["kernel"]
+    assert not np.allclose(k5, k5b)  # one kernel per image
+    md = (out / "mlsr_tables.md").read_text()
+    assert "## Table 3" in md and "## Table 5" in md and "| IDN-ML | 2 |" in md and "set5 (n=2)" in md
+    summary = json.loads((out / "mlsr_tables.json").read_text())["results"]
+    assert summary["table3/set5"]["images"] == ["a", "b"]
+    assert (out / "fig3_urban100.png").is_file()
+
+    # a second run finds every cell done; changing α recomputes the IDN cells
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(tables, "run_idn_cell", boom)
+    assert tables.main(argv) == 0
+    with pytest.raises(AssertionError, match="recomputed"):
+        tables.main(argv + ["--lr", "0.1"])
+    # no data at all: a message and exit 0
+    none = ["--set5", str(tmp_path / "x"), "--set14", str(tmp_path / "x"), "--bsd100", str(tmp_path / "x"),
+            "--urban100", str(tmp_path / "x"), "--out", str(tmp_path / "o2")]
+    assert tables.main(none) == 0
+    assert "nothing to do" in capsys.readouterr().out
