@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="PNG to write (the Markdown table goes beside it)")
     ap.add_argument("--steps", default="0,1,10", help="probe step counts to draw (default 0,1,10)")
     ap.add_argument("--baseline", type=float, default=None, help="a horizontal reference line (e.g. bicubic PSNR)")
+    ap.add_argument("--ylim", default=None, metavar="LO,HI", help="zoom on a PSNR range, e.g. 33.8,34.8")
     ap.add_argument("--title", default="Set5 g^d_2.0 x2: Y-PSNR against training CPU-hours")
     args = ap.parse_args(argv)
     from metasr_adapter.training.plots import psnr_vs_cpu_hours
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{path}: no such metrics file")
         runs[label] = Path(path)
     steps = tuple(int(k) for k in args.steps.split(","))
-    png = psnr_vs_cpu_hours(runs, args.out, steps=steps, title=args.title, baseline=args.baseline)
+    ylim = tuple(float(v) for v in args.ylim.split(",")) if args.ylim else None
+    png = psnr_vs_cpu_hours(runs, args.out, steps=steps, title=args.title, baseline=args.baseline, ylim=ylim)
     md = Path(args.out).with_suffix(".md")
     md.write_text(f"# {args.title}\n\nCommand: `python benchmarks/plot_training.py` (see its docstring)\n\n"
                   + table(runs, steps), encoding="utf-8")

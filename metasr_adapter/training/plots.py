@@ -85,8 +85,9 @@ def psnr_vs_cpu_hours(
     steps: tuple[int, ...] = (0, 1, 10),
     title: str | None = None,
     baseline: float | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> Path:
-    """PSNR after ``steps`` adaptation steps against CPU-hours of training, one colour per run
+    """PSNR after ``steps`` adaptation steps against CPU-hours of training (``ylim``: zoom on a PSNR range), one colour per run
     (``runs``: label → ``metrics.jsonl``), one line style per step count; a dotted vertical line marks
     where each run's meta stage begins."""
     import matplotlib
@@ -117,4 +118,6 @@ def psnr_vs_cpu_hours(
         ax.axhline(float(baseline), color="0.5", linestyle="--", linewidth=1.0, label="bicubic")
     ax.set_xlabel("training CPU-hours (wall hours × threads)")
     ax.set_ylabel("mean PSNR (dB)")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     return _save(fig, ax, path, title, legend_loc="lower right", legend_size=8)

@@ -1,0 +1,53 @@
+"""Training curves: probe records -> CPU-hours, the strategy plot and its Markdown table."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metasr_adapter.training.plots import psnr_vs_cpu_hours, read_probes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _metrics(path: Path, rows: list[tuple[str, int, float, int, dict]]) -> Path:
+    lines = [json.dumps({"stage": st, "step": step, "run_seconds": secs, "threads": th, "probe": pr})
+             for st, step, secs, th, pr in rows]
+    lines.insert(1, json.dumps({"stage": "pretrain", "step": 5, "loss": 0.1}))  # a loss record: not a probe
+    path.write_text("\n".join(lines) + "\n{\"cut by a k", encoding="utf-8")  # a last line cut by a kill
+    return path
+
+
+def test_probes_carry_cpu_hours_and_skip_other_records(tmp_path):
+    m = _metrics(tmp_path / "m.jsonl", [("pretrain", 10, 1800.0, 2, {"0": 30.0, "10": 31.0}),
+                                        ("meta", 4, 3600.0, 1, {"0": 30.5, "10": 31.5})])
+    probes = read_probes(m)
+    assert [p["cpu_hours"] for p in probes] == [1.0, 1.0]
+    assert [p["stage"] for p in probes] == ["pretrain", "meta"]
+
+
+def test_strategy_plot_and_table(tmp_path):
+    a = _metrics(tmp_path / "a.jsonl", [("pretrain", 10, 360.0, 1, {"0": 29.0, "1": 29.1, "10": 29.2}),
+                                        ("meta", 5, 720.0, 1, {"0": 33.0, "1": 33.5, "10": 34.0})])
+    b = _metrics(tmp_path / "b.jsonl", [("pretrain", 10, 360.0, 1, {"0": 34.0, "1": 34.1, "10": 34.3})])
+    out = tmp_path / "s.png"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_training.py"), f"(a)={a}", f"(b)={b}",
+                        "--out", str(out), "--ylim", "28,35", "--baseline", "28.5"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "| (a) | meta | 5 | 0.20 | 33.00 | 33.50 | **34.00** |" in md  # the best 10-step probe of (a) in bold
+    assert "| (b) | pretrain | 10 | 0.10 | 34.00 | 34.10 | **34.30** |" in md
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_training.py"), "no-equals-sign",
+                          "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "LABEL=path/to/metrics.jsonl" in bad.stderr
+
+
+def test_a_run_without_probes_is_named(tmp_path):
+    empty = tmp_path / "e.jsonl"
+    empty.write_text(json.dumps({"stage": "meta", "step": 1, "loss": 0.1}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no probe records"):
+        psnr_vs_cpu_hours({"e": empty}, tmp_path / "e.png")
