@@ -25,16 +25,16 @@ than the loop (measured: 106 ms against 96 ms per candidate step), while the cro
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.func import functional_call
 
+from ..adapt.metasr import _eval_mode
 from ..ops.degrade import degrade, imresize
 from ..ops.kernels import anisotropic_gaussian
 from .checks import even_floor, textured_crops
@@ -99,16 +99,6 @@ def canonical_params(l1: float, l2: float, theta: float) -> tuple[float, float, 
     if l1 / l2 < 1.02:
         theta = 0.0
     return float(l1), float(l2), float(theta)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 class _Scorer:
