@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Iterable
+import sys
+from typing import Iterable, NoReturn
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "shard", "all_reduce_grads", "all_reduce_sum",
-           "any_rank", "barrier", "init_from_env", "DEFAULT_TIMEOUT_S"]
+           "any_rank", "barrier", "init_from_env", "exit_rank", "DEFAULT_TIMEOUT_S"]
 
 #: seconds a collective waits for the other ranks before failing (a dead rank must not hang the rest)
 DEFAULT_TIMEOUT_S = 600
@@ -91,6 +92,24 @@ def barrier() -> None:
     """Wait for every rank (nothing in a single process)."""
     if is_distributed():
         dist.barrier()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End this torchrun rank with exit status ``code``: wait for every rank, destroy the process group,
+    flush stdout/stderr, then leave with ``os._exit`` and skip the interpreter's teardown.
+
+    Why not a plain ``sys.exit``: after a clean ``destroy_process_group`` the gloo backend's C++ threads
+    can still abort the interpreter's finalisation ("terminate called without an active exception",
+    SIGABRT), and torchrun then reports a finished run as failed. Measured here: 2 aborts in 60 two-rank
+    launches on a loaded 2-core machine, all after the group was destroyed. Only for the end of a
+    process: nothing after this call runs (``atexit`` handlers included)."""
+    if is_distributed():
+        dist.barrier()  # no rank tears the group down while another still uses it
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _collective_device() -> torch.device:

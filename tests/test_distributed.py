@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from metasr_adapter import distributed as ddp
 from metasr_adapter.adapters.mzsr import MZSRNet
@@ -55,13 +54,10 @@ def _rank_main(out: str, first_order: bool) -> None:
     """Run by each torchrun rank (``python tests/test_distributed.py OUT 0|1``)."""
     torch.set_num_threads(1)
     ddp.init_from_env("cpu")
-    try:
-        state, infos = _train(first_order)
-        if ddp.is_main():
-            torch.save({"state": state, "infos": infos}, out)
-        dist.barrier()  # no rank tears the group down while another still uses it (gloo aborts then)
-    finally:
-        dist.destroy_process_group()
+    state, infos = _train(first_order)
+    if ddp.is_main():
+        torch.save({"state": state, "infos": infos}, out)
+    ddp.exit_rank(0)
 
 
 @pytest.mark.parametrize("first_order", [True, False])
@@ -93,6 +89,17 @@ def test_shards_cover_the_batch_and_refuse_empty_ranks(monkeypatch):
     assert parts == [slice(0, 2), slice(2, 4), slice(4, 5)]
     with pytest.raises(ValueError, match=r"meta_batch=2 cannot be split over 3 processes.*use at most 2 processes"):
         ddp.shard(2)
+
+
+def test_exit_rank_flushes_and_skips_the_interpreter_teardown():
+    """exit_rank ends the process with its code, output flushed, before atexit handlers (the teardown in
+    which gloo's threads can abort a finished rank)."""
+    code = ("import atexit, sys; from metasr_adapter import distributed as ddp; "
+            "atexit.register(lambda: print('TEARDOWN RAN', flush=True)); "
+            "print('done', end=''); print('err', end='', file=sys.stderr); ddp.exit_rank(5)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 5
+    assert res.stdout == "done" and res.stderr == "err"
 
 
 def _torchrun(out: Path, nproc: int, extra: list[str], resume: bool = False, kill: str | None = None):

@@ -817,6 +817,8 @@ def run_train_cli(args: argparse.Namespace) -> int:
         return 130
     if ddp.is_main():
         print(_format_summary(summary))
+    if ddp.is_distributed():  # a torchrun rank: leave the group so that the launcher sees a clean exit
+        ddp.exit_rank(0)
     return 0
 
 
