@@ -15,7 +15,9 @@ Each configuration is ``kind:a:b[:bf16]`` (bf16 = autocast; fast only where the 
 * ``idn:B:P`` — one L2 :class:`~metasr_adapter.meta.pretrain.Pretrainer` step of the full IDN (x2, it runs at LR
   resolution) on ``B`` bicubic pairs of ``P``² HR patches (:class:`~metasr_adapter.meta.pretrain.PairSampler`);
 * ``mlsr:MB:P`` — one first-order MLSR meta-iteration of the full IDN (:class:`~metasr_adapter.meta.tasks.MLSRTaskSampler`,
-  bicubic, ``MB`` tasks of one ``P``² HR patch, 5 inner steps LR↓ → LR, L2, the last step's LR → HR loss).
+  bicubic, ``MB`` tasks of one ``P``² HR patch, 5 inner steps LR↓ → LR, L2, the last step's LR → HR loss), with
+  the query loss of every inner step computed for the log; ``mlsrskip:MB:P`` the same without the 4 query
+  losses of weight 0 (``MAMLConfig(log_query_losses=False)``).
 
 Besides the wall-clock median, every row reports the median CPU seconds of the process (``cpu_s``): below
 ``s/step`` when the process waited for a core; equal to it when it got one, though a busy neighbour on the same
@@ -88,7 +90,7 @@ def build_step(kind: str, a: int, b: int, pool_args: tuple, channels_last: bool,
     from metasr_adapter.meta.tasks import TaskSampler
 
     torch.manual_seed(0)
-    if kind in ("idn", "mlsr"):
+    if kind in ("idn", "mlsr", "mlsrskip"):
         return _build_idn_step(kind, a, b, pool_args, precision)
     model = MZSRNet()
     if compiled:
@@ -149,7 +151,7 @@ def _build_idn_step(kind: str, a: int, b: int, pool_args: tuple, precision: str)
         return step
     tasks = MLSRTaskSampler(_pool(*pool_args, b), meta_batch=a, task_batch=1, kernel="bicubic", seed=0)
     cfg = MAMLConfig(inner_steps=5, inner_lr=0.65, first_order=True, meta_lr=1e-6, loss_weighting="last",
-                     precision=precision)
+                     precision=precision, log_query_losses=(kind == "mlsr"))
     learner = MetaLearner(model, cfg, loss_fn="l2")
 
     def meta() -> None:

@@ -656,3 +656,34 @@ def test_meta_training_lowers_the_meta_loss_on_a_tiny_budget(photo, first_order)
     learner = MetaLearner(MZSRNet(width=8, depth=3), MAMLConfig(first_order=first_order, meta_lr=1e-3, inner_steps=2))
     losses = [learner.meta_step(batch, step)["meta_loss"] for step in range(15)]
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("task_batching", ["loop", "vmap"])
+@pytest.mark.parametrize("first_order", [True, False])
+def test_skipping_zero_weight_query_losses_keeps_the_meta_gradient(task_batching, first_order):
+    """log_query_losses=False under 'last': the same meta-gradient and last query loss, the other steps'
+    losses not computed (None), and fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gen = torch.Generator().manual_seed(13)
+    batch = random_batch(2, 1, 3, 8, gen)
+    cfg = dict(inner_steps=3, inner_lr=0.05, first_order=first_order, loss_weighting="last",
+               task_batching=task_batching)
+    flops = {}
+    results = {}
+    for log in (True, False):
+        with FlopCounterMode(display=False) as fc:
+            results[log] = learner_grad(_same_init(TinyConvNet, 13), batch, log_query_losses=log, **cfg)
+        flops[log] = fc.get_total_flops()
+    (g_all, i_all), (g_skip, i_skip) = results[True], results[False]
+    assert rel(g_skip.numpy(), g_all.numpy()) < 1e-6
+    assert i_skip["query_losses"][:2] == [None, None]
+    assert i_skip["query_losses"][2] == pytest.approx(i_all["query_losses"][2], rel=1e-6)
+    assert all(isinstance(v, float) for v in i_all["query_losses"])
+    assert i_skip["meta_loss"] == pytest.approx(i_all["meta_loss"], rel=1e-6)
+    assert flops[False] < flops[True]
+
+
+def test_log_query_losses_must_be_a_bool():
+    with pytest.raises(TypeError, match="log_query_losses='no'"):
+        MAMLConfig(log_query_losses="no")

@@ -149,6 +149,9 @@ SCHEMA: dict[str, Any] = {
                             "(TF1 AdamOptimizer, the official code's)", choices=("torch", "tf")),
         "anneal_span": Key(10000.0 / 3.0, _NUM, "loss_weighting='maml++': meta-steps over which the query-loss "
                            "weights anneal to the last step", minimum=0, exclusive=True),
+        "log_query_losses": Key(True, (bool,), "log the query loss after every inner step (false: only the "
+                                "steps that enter the meta-loss are computed, the rest logged as null; under "
+                                "loss_weighting 'last' that skips 4 of 5 query forward passes)"),
     },
     "eval": {
         "gt_dir": Key(None, (str,), "HR ground-truth folder (null = skip evaluation and the plot)",

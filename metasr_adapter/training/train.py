@@ -482,6 +482,7 @@ class _Run:
             loss_weighting=m["loss_weighting"], grad_clip=m["grad_clip"], adapt_params=m["adapt_params"],
             backend=m["backend"], precision=m["precision"], task_batching=m["task_batching"],
             channels_last=m["channels_last"], adam_variant=m["adam_variant"], anneal_span=float(m["anneal_span"]),
+            log_query_losses=m["log_query_losses"],
         )
         learner = MetaLearner(self.model, cfg, loss_fn=m["loss"])
         start, elapsed = 0, 0.0
@@ -516,8 +517,8 @@ class _Run:
                 # SPEC §4: first order before `second_order_from`, second order from then on
                 learner.config.first_order = always_first or step < m["second_order_from"]
                 info = learner.meta_step(batch.to(self.device), step)
-                return {k: (float(v) if isinstance(v, (int, float)) else [float(x) for x in v])
-                        for k, v in info.items() if isinstance(v, (int, float, list, tuple))}
+                return {k: (float(v) if isinstance(v, (int, float)) else [None if x is None else float(x) for x in v])
+                        for k, v in info.items() if isinstance(v, (int, float, list, tuple))}  # None: not computed
 
             self._loop("meta", start, total, self._loader(sampler, start, total), step_fn,
                        lambda: {"learner": learner.state_dict(), "sampler": sampler.state_dict()},
