@@ -305,3 +305,76 @@ def test_mlsr_tables_smoke_resume_and_skip(tmp_path: Path, photo: np.ndarray, mo
             "--urban100", str(tmp_path / "x"), "--out", str(tmp_path / "o2")]
     assert tables.main(none) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_mlsr_tables_one_network_alone(tmp_path: Path, photo: np.ndarray, capsys) -> None:
+    """--table3-models idn: only the naive network's cells (its partner may still be training); the report
+    lists what exists."""
+    tables = _tables_module()
+    _write(tmp_path / "s5" / "a.png", photo[100:164, 200:264])
+    out = tmp_path / "out"
+    none = str(tmp_path / "none")
+    argv = ["--set5", str(tmp_path / "s5"), "--urban100", none, "--set14", none, "--bsd100", none,
+            "--weights-naive", "random", "--weights-ml", str(tmp_path / "not_trained_yet.pth"), "--protocols", "table3",
+            "--table3-models", "idn", "--steps", "0", "1", "--out", str(out), "--quiet"]
+    assert tables.main(argv) == 0
+    cells = sorted(p.relative_to(out / "cells").as_posix() for p in (out / "cells").rglob("*.json"))
+    assert cells == ["table3/set5/idn/a.json"]
+    assert "IDN (naive)" in (out / "mlsr_tables.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# tools/package_weights.py: a pretraining-only run, and a run chained from bundled weights
+# ---------------------------------------------------------------------------------------------
+def _packager():
+    spec = importlib.util.spec_from_file_location("package_weights", ROOT / "tools" / "package_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_package_weights_chains_the_mlsr_run_to_its_bundled_parent(train_dir: Path, tmp_path: Path) -> None:
+    from metasr_adapter.io.weights import read_metadata, read_weights
+    from metasr_adapter.training.train import run_training
+
+    pack = _packager()
+    dest = tmp_path / "weights"
+    tiny_idn = json.dumps({"num_feat": 16, "diff": 4, "num_blocks": 1})
+    pre = tmp_path / "idn"
+    run_training(load_recipe(RECIPES / "idn_x2_cpu.yaml", [
+        "device=cpu", f"data.train_dir={train_dir}", f"model.arch_kwargs={tiny_idn}", "pretrain.iterations=2",
+        "pretrain.batch_size=2", "pretrain.patch_size=32", "pretrain.stride=32", "pretrain.probe_every=0",
+        "eval.gt_dir=null", "output.progress=false"]), out_dir=pre)
+    assert pack.main([str(pre), "--name", "idn_tiny", "--description", "tiny IDN", "--dest", str(dest)]) == 0
+    parent = json.loads((dest / "idn_tiny.json").read_text())
+    assert parent["lineage"]["start"].startswith("random initialisation")
+    assert list(parent["lineage"]["stages"]) == ["pretrain"]
+    assert read_metadata(dest / "idn_tiny.safetensors")["arch_kwargs"]["num_feat"] == 16
+    assert "Stage 1, supervised pretraining on bicubic-degraded pairs: 2 steps" in (dest / "idn_tiny.md").read_text()
+
+    child = tmp_path / "mlsr"
+    over = _mlsr_tiny(train_dir, **{"model.arch_kwargs": tiny_idn, "model.weights": dest / "idn_tiny.safetensors",
+                                    "meta.iterations": 2})
+    run_training(load_recipe(RECIPES / "mlsr_idn_x2_cpu.yaml", over), out_dir=child)
+    with pytest.raises(SystemExit, match="--parent NAME"):
+        pack.main([str(child), "--name", "x", "--description", "x", "--dest", str(dest)])
+    assert pack.main([str(child), "--name", "idn_tiny_ml", "--description", "tiny IDN-ML", "--parent", "idn_tiny",
+                      "--dest", str(dest)]) == 0
+    info = json.loads((dest / "idn_tiny_ml.json").read_text())
+    lin = info["lineage"]
+    assert lin["parent"]["name"] == "idn_tiny" and lin["parent"]["sha256"] == parent["sha256"]
+    assert "idn_tiny" in lin["start"] and list(lin["stages"]) == ["meta"] and lin["stages"]["meta"]["tasks"] == "mlsr"
+    card = (dest / "idn_tiny_ml.md").read_text()
+    assert "Parent `idn_tiny`" in card and "MLSR (first-order MAML" in card and "first order throughout" in card
+    assert info["schedule"] == pytest.approx(0.65025) and info["loss"] == "l2"
+    trained, shipped = read_weights(child / "meta_trained.pth"), read_weights(dest / "idn_tiny_ml.safetensors")
+    assert trained.keys() == shipped.keys() and all(torch.equal(trained[k], shipped[k]) for k in trained)
+    # a parent whose tensors are not the run's start is refused
+    other = tmp_path / "other"
+    run_training(load_recipe(RECIPES / "idn_x2_cpu.yaml", [
+        "device=cpu", "seed=1", f"data.train_dir={train_dir}", f"model.arch_kwargs={tiny_idn}", "pretrain.iterations=1",
+        "pretrain.batch_size=2", "pretrain.patch_size=32", "pretrain.stride=32", "pretrain.probe_every=0",
+        "eval.gt_dir=null", "output.progress=false"]), out_dir=other)
+    assert pack.main([str(other), "--name", "idn_other", "--description", "x", "--dest", str(dest)]) == 0
+    with pytest.raises(SystemExit, match="must start from exactly those weights"):
+        pack.main([str(child), "--name", "y", "--description", "y", "--parent", "idn_other", "--dest", str(dest)])

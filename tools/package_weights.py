@@ -2,6 +2,10 @@
 
     python tools/package_weights.py runs/mzsr_x2_cpu --name mzsr_x2_direct \
         --description "MZSR x2, direct subsampling (g^d kernels)" --table2 benchmarks/results/table2
+    python tools/package_weights.py runs/idn_x2_cpu --name idn_x2_bicubic --description "IDN x2 ..." \
+        --mlsr-tables benchmarks/results/mlsr/mlsr_tables.json --mlsr-model idn
+    python tools/package_weights.py runs/mlsr_idn_x2_cpu --name idn_x2_mlsr --parent idn_x2_bicubic \
+        --description "IDN-ML x2 ..." --mlsr-tables benchmarks/results/mlsr/mlsr_tables.json --mlsr-model idn-ml
 
 Reads the run folder written by ``metasr train`` (``meta_trained.pth``, ``recipe.yaml``,
 ``checkpoint.pt``, ``run_info.json``, ``eval.json``, ``metrics.jsonl``) and writes into
@@ -10,12 +14,15 @@ Reads the run folder written by ``metasr train`` (``meta_trained.pth``, ``recipe
 * ``NAME.safetensors`` — the weights with their adapter metadata in the header (arch, kwargs, scale,
   ds_method, schedule, loss, adapt_params, recipe, commit);
 * ``NAME.json`` — the :class:`~metasr_adapter.io.pretrained.WeightsInfo` sidecar: sha256, lineage
-  (recipe, commits, data, hardware, stages, wall time) and measured scores;
-* ``NAME.md`` — the model card, generated from the same facts (Table 2 rows from ``--table2`` when
-  its cells exist).
+  (recipe, commits, data, hardware, stages, wall time; the parent's lineage for a chained run) and
+  measured scores;
+* ``NAME.md`` — the model card, generated from the same facts (MZSR Table 2 rows from ``--table2``,
+  MLSR Table 3/5 rows from ``--mlsr-tables``, when present).
 
-Refuses a run that has not finished (no ``meta_trained.pth`` or its checkpoint is not at ``done``), or
-whose starting point was loaded from a file (shipped weights descend from random initialisation).
+Refuses a run that has not finished (no ``meta_trained.pth`` or its checkpoint is not at ``done``). A run
+that started from a weights file is accepted only with ``--parent NAME``: the file must hold exactly the
+tensors of the bundled weights ``NAME``, which must themselves descend from random initialisation (shipped
+weights descend from random initialisation through this project's recipes only).
 """
 from __future__ import annotations
 
@@ -31,8 +38,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from metasr_adapter.io.atomic import load_checked  # noqa: E402
 from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
-from metasr_adapter.io.weights import read_weights, save_weights  # noqa: E402
+from metasr_adapter.io.weights import read_metadata, read_weights, save_weights  # noqa: E402
 
 KERNEL_ORDER = ("gd0.2", "gd2.0", "gdani", "gb1.3")
 
@@ -41,36 +49,69 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h ({seconds / 60:.0f} min)"
 
 
-def lineage(run: Path) -> dict:
+def _parent_start(run: Path, recipe: dict, parent: str | None, dest: Path) -> tuple[str, dict | None]:
+    """``(start text, parent sidecar)`` of a run; refuses a start that is neither random nor ``--parent``."""
+    if recipe["model"]["weights"] is None:
+        if parent is not None:
+            raise SystemExit(f"{run}: --parent {parent} given, but the run started from random initialisation")
+        return f"random initialisation (seed {recipe['seed']})", None
+    if parent is None:
+        raise SystemExit(f"{run}: started from {recipe['model']['weights']}; bundled weights must start from random "
+                         "initialisation, or from bundled weights named with --parent NAME")
+    sidecar = dest / f"{parent}.json"
+    if not sidecar.is_file():
+        raise SystemExit(f"--parent {parent}: {sidecar} not found; package the parent run first")
+    pinfo = json.loads(sidecar.read_text())
+    if not pinfo["lineage"].get("descends_from_random_init", pinfo["lineage"]["start"].startswith("random")):
+        raise SystemExit(f"--parent {parent}: its lineage does not start from random initialisation")
+    mine, theirs = read_weights(run / "start_weights.pth"), read_weights(dest / pinfo["filename"])
+    if mine.keys() != theirs.keys() or not all(torch.equal(mine[k], theirs[k]) for k in mine):
+        raise SystemExit(f"{run}/start_weights.pth is not {parent} ({dest / pinfo['filename']}): a run packaged with "
+                         "--parent must start from exactly those weights")
+    return f"the bundled weights `{parent}` (sha256 {pinfo['sha256'][:12]}…), themselves trained here from random " \
+           "initialisation", pinfo
+
+
+def lineage(run: Path, parent: str | None = None, dest: Path = WEIGHTS_DIR) -> dict:
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    ckpt = load_checked(run / "checkpoint.pt")  # checksummed by metasr train (weights_only=True)
     if ckpt.get("stage") != "done":
         raise SystemExit(f"{run}: the run is at stage {ckpt.get('stage')!r}, not 'done'; finish it with --resume")
-    if recipe["model"]["weights"] is not None:
-        raise SystemExit(f"{run}: started from {recipe['model']['weights']}; bundled weights must start from random "
-                         "initialisation")
+    start, pinfo = _parent_start(run, recipe, parent, dest)
     info = json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").is_file() else {"sessions": []}
     stages = {k: float(v) for k, v in ckpt.get("stage_seconds", {}).items()}
-    p, m = recipe["pretrain"], recipe["meta"]
+    p, m, d = recipe["pretrain"], recipe["meta"], recipe["data"]
     threads = sorted({s.get("threads") for s in info["sessions"] if s.get("threads")})
-    return {
-        "start": f"random initialisation (seed {recipe['seed']})",
+    trained: dict[str, dict] = {}
+    if p["iterations"] > 0 and recipe["model"]["weights"] is None:
+        trained["pretrain"] = {"iterations": p["iterations"], "degradation": p["degradation"], "batch": p["batch_size"],
+                               "patch": p["patch_size"], "loss": p["loss"], "lr": p["lr"],
+                               "seconds": stages.get("pretrain")}
+    if m["iterations"] > 0:
+        trained["meta"] = {"iterations": m["iterations"], "tasks": d["tasks"], "kernel": d["kernel"],
+                           "first_order_until": m["iterations"] if m["first_order"] else m["second_order_from"],
+                           "meta_batch": m["meta_batch"], "task_batch": m["task_batch"], "patch": d["patch_size"],
+                           "inner_steps": m["inner_steps"], "inner_lr": m["inner_lr"], "meta_lr": m["meta_lr"],
+                           "loss": m["loss"], "seconds": stages.get("meta")}
+    out = {
+        "start": start,
+        "descends_from_random_init": True,
         "recipe": recipe.get("name"),
         "recipe_resolved": recipe,
         "commits": sorted({s["commit"] for s in info["sessions"] if s.get("commit")}),
         "sessions": info["sessions"],
-        "data": {"train_dir": Path(recipe["data"]["train_dir"]).name,
+        "data": {"train_dir": Path(d["train_dir"]).name,
                  "images": "T91 + BSDS300-train (BSDS200): 291 images; the paper trained on DIV2K, not available here"},
-        "stages": {
-            "pretrain": {"iterations": p["iterations"], "degradation": p["degradation"], "batch": p["batch_size"],
-                         "patch": p["patch_size"], "seconds": stages.get("pretrain")},
-            "meta": {"iterations": m["iterations"], "first_order_until": m["second_order_from"],
-                     "meta_batch": m["meta_batch"], "task_batch": m["task_batch"], "seconds": stages.get("meta")},
-        },
-        "train_seconds": sum(v for k, v in stages.items() if k in ("pretrain", "meta")),
+        "stages": trained,
+        "train_seconds": sum(v.get("seconds") or 0.0 for v in trained.values()),
         "threads": threads,
         "hardware": sorted({f"{s.get('cpu')} ({s.get('cpu_count')} cores)" for s in info["sessions"]}),
     }
+    if pinfo is not None:
+        pl = pinfo["lineage"]
+        out["parent"] = {"name": pinfo["name"], "sha256": pinfo["sha256"], "recipe": pl["recipe"],
+                         "commits": pl["commits"], "train_seconds": pl["train_seconds"], "start": pl["start"]}
+    return out
 
 
 def table2_rows(table2: Path | None, ds_method: str) -> dict:
@@ -86,34 +127,78 @@ def table2_rows(table2: Path | None, ds_method: str) -> dict:
     return rows
 
 
-def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | None, t2: dict) -> str:
-    st = lin["stages"]
+def mlsr_rows(files: list[Path], model: str) -> dict:
+    """``{"table3/bsd100": {"images", "psnr", "ssim"}, ...}`` of ``model`` in ``benchmarks/mlsr_tables.py``
+    summaries (``mlsr_tables.json``); a later file's entry replaces an earlier one's with fewer images."""
+    rows: dict[str, dict] = {}
+    for f in files:
+        summary = json.loads(f.read_text())["results"]
+        for key, entry in summary.items():
+            m = entry["models"].get(model)
+            if m is None or not entry["images"]:
+                continue
+            if key in rows and rows[key]["images"] > len(entry["images"]):
+                continue
+            rows[key] = {"images": len(entry["images"]), "psnr": m["mean_psnr"], "ssim": m["mean_ssim"],
+                         "source": f.as_posix()}
+    return rows
+
+
+def _stage_lines(lin: dict) -> list[str]:
+    lines = []
+    for i, (name, st) in enumerate(lin["stages"].items(), start=1):
+        if name == "pretrain":
+            lines.append(f"* Stage {i}, supervised pretraining on {st['degradation']}-degraded pairs: "
+                         f"{st['iterations']} steps of {st['batch']} patches of {st['patch']}², "
+                         f"{st.get('loss', 'l1').upper()} loss, {_hours(st['seconds'] or 0)}.")
+        else:
+            algo = "MLSR (first-order MAML, LR↓ → LR inner steps, LR → HR outer loss)" if st.get("tasks") == "mlsr" \
+                else "MAML"
+            order = "first order throughout" if st["first_order_until"] >= st["iterations"] else \
+                f"first order until {st['first_order_until']}, second order after"
+            extra = (f", {st['patch']}² patches, α {st['inner_lr']}, β {st['meta_lr']}, {st['kernel']} kernels"
+                     if st.get("tasks") == "mlsr" else "")
+            lines.append(f"* Stage {i}, {algo}: {st['iterations']} meta-iterations (meta-batch {st['meta_batch']}, "
+                         f"task batch {st['task_batch']}, {st.get('inner_steps', 5)} inner steps{extra}), {order}; "
+                         f"{_hours(st['seconds'] or 0)}.")
+    return lines
+
+
+def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | None, t2: dict,
+               mlsr: dict | None = None, limits: list[str] | None = None) -> str:
+    arch = info["arch"]
+    use = (f"`MetaSR(load_model('mzsr', '{name}'), {info['scale']:g}, schedule='{info['schedule']}')`, "
+           if arch == "mzsr" else f"`load_model('{arch}', '{name}')`, ")
     lines = [
         f"# {name}",
         "",
         description,
         "",
-        f"* Architecture: `{info['arch']}` {json.dumps(info['arch_kwargs'])}, x{info['scale']:g}, "
+        f"* Architecture: `{arch}` {json.dumps(info['arch_kwargs'])}, x{info['scale']:g}, "
         f"{info['params']:,} parameters, {info['bytes'] / 1e6:.2f} MB.",
-        f"* Test-time use: `MetaSR(load_model('mzsr', '{name}'), {info['scale']:g}, schedule='{info['schedule']}')`, "
-        f"or `load_pretrained('{name}')`, or `metasr adapt LR.png --weights {name}`. Kernels blurred then "
-        f"**{info['ds_method']}**-subsampled.",
+        f"* Test-time use: {use}or `load_pretrained('{name}')`, or `metasr adapt LR.png --weights {name}`. "
+        + (f"Kernels blurred then **{info['ds_method']}**-subsampled." if arch == "mzsr" else
+           f"Adaptation: {info['loss'].upper()} loss, plain SGD at α = {info['schedule']}."),
         f"* sha256 `{info['sha256']}`.",
         "",
         "## Lineage",
         "",
-        f"* Start: {lin['start']}. Nothing here descends from the official MZSR weights.",
-        f"* Recipe: `recipes/{lin['recipe']}.yaml` (`--threads 1`), code at commit(s) "
-        f"{', '.join('`' + c[:10] + '`' for c in lin['commits'])}; resumed "
+        f"* Start: {lin['start']}. Nothing here descends from the official MZSR weights or any third-party weights.",
+    ]
+    if lin.get("parent"):
+        par = lin["parent"]
+        lines.append(f"* Parent `{par['name']}`: recipe `recipes/{par['recipe']}.yaml` from {par['start']}, code at "
+                     f"commit(s) {', '.join('`' + c[:10] + '`' for c in par['commits'])}, "
+                     f"{_hours(par['train_seconds'])} of training (see `{par['name']}.md`).")
+    lines += [
+        f"* Recipe: `recipes/{lin['recipe']}.yaml` (`--threads {'/'.join(map(str, lin['threads'])) or 1}`), code at "
+        f"commit(s) {', '.join('`' + c[:10] + '`' for c in lin['commits'])}; resumed "
         f"{max(0, len(lin['sessions']) - 1)} time(s) (a resume continues exactly).",
-        f"* Stage 1, supervised pretraining on the {st['pretrain']['degradation']}-degraded task distribution: "
-        f"{st['pretrain']['iterations']} steps of {st['pretrain']['batch']} patches of {st['pretrain']['patch']}², "
-        f"{_hours(st['pretrain']['seconds'] or 0)}.",
-        f"* Stage 2, MAML: {st['meta']['iterations']} meta-iterations (meta-batch {st['meta']['meta_batch']}, task "
-        f"batch {st['meta']['task_batch']}, 5 inner steps), first order until {st['meta']['first_order_until']}, "
-        f"second order after; {_hours(st['meta']['seconds'] or 0)}.",
+        *_stage_lines(lin),
         f"* Training wall time: {_hours(lin['train_seconds'])} on {', '.join(lin['hardware'])}, "
-        f"{'/'.join(map(str, lin['threads']))} thread(s), fp32, no GPU (probes and evaluation not counted).",
+        f"{'/'.join(map(str, lin['threads']))} thread(s), fp32, no GPU (probes and evaluation not counted)"
+        + (f"; {_hours(lin['train_seconds'] + lin['parent']['train_seconds'])} with the parent's." if lin.get("parent")
+           else "."),
         f"* Data: {lin['data']['images']}.",
         "",
         "## Scores",
@@ -121,13 +206,14 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
     ]
     if set5:
         mp = set5["mean_psnr"]
+        ks = sorted((k for k in mp if k.isdigit()), key=int)
         lines += [
-            f"Training-run evaluation (`{set5['settings'].get('lr_dir') and 'official MZSR LR inputs' or 'synthesised LR'}`, "
+            f"Training-run evaluation on Set5 (`{set5['settings'].get('lr_dir') and 'official MZSR LR inputs' or 'synthesised LR'}`, "
             f"{set5['settings']['kernel']}), Y-PSNR (dB) after k steps:",
             "",
-            "| bicubic | " + " | ".join(f"{k}" for k in range(11)) + " |",
-            "|---" * 12 + "|",
-            f"| {mp['bicubic']:.2f} | " + " | ".join(f"{mp[str(k)]:.2f}" for k in range(11)) + " |",
+            "| bicubic | " + " | ".join(ks) + " |",
+            "|---" * (len(ks) + 1) + "|",
+            f"| {mp['bicubic']:.2f} | " + " | ".join(f"{mp[k]:.2f}" for k in ks) + " |",
             "",
         ]
     if t2:
@@ -138,45 +224,66 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
             lines.append(f"| {key} | {r['images']} | " + " | ".join(f"{p[c]:.2f} / {s[c]:.4f}" for c in
                                                                  ("bicubic", "0", "1", "10")) + " |")
         lines.append("")
+    if mlsr:
+        cols = sorted({c for r in mlsr.values() for c in r["psnr"] if c.isdigit()}, key=int)
+        lines += ["MLSR protocols (`benchmarks/mlsr_tables.py`; Table 3 = bicubic x2, Table 5 = one random 5x5 kernel "
+                  "per image), Y-PSNR / SSIM after k adaptation steps:", "",
+                  "| protocol / set | images | bicubic | " + " | ".join(f"{c} steps" for c in cols) + " |",
+                  "|---|---|---|" + "---|" * len(cols)]
+        for key, r in mlsr.items():
+            p, s = r["psnr"], r["ssim"]
+            cells = [f"{p[c]:.2f} / {s[c]:.4f}" if c in p else "–" for c in ["bicubic", *cols]]
+            lines.append(f"| {key} | {r['images']} | " + " | ".join(cells) + " |")
+        lines.append("")
     below = [f"{k} ({r['psnr']['10']:.2f} dB after 10 steps, bicubic {r['psnr']['bicubic']:.2f})"
              for k, r in t2.items() if r["psnr"]["10"] < r["psnr"]["bicubic"]]
+    hours = (lin["train_seconds"] + (lin.get("parent") or {}).get("train_seconds", 0.0)) * max(lin["threads"] or [1])
     lines += [
         "## Limits",
         "",
         *([f"* Below bicubic even after 10 steps: {', '.join(below)}. The kernel lies outside the training "
            "distribution; the network's starting point sharpens too much there, and adaptation recovers only "
            "part of it."] if below else []),
-        f"* Trained for {lin['train_seconds'] * max(lin['threads'] or [1]) / 3600:.1f} CPU-hours on 291 images; the "
-        "paper's model saw DIV2K, 500k pretraining steps and 60k-100k second-order meta-iterations on a GPU.",
-        "* Trained on Gaussian kernels with variances in [1, 5) (x2); kernels far outside (e.g. g^d_0.2) rely on "
-        "adaptation alone.",
+        *(f"* {text}" for text in (limits or [])),
+        f"* Trained for {hours / 3600:.1f} CPU-hours on 291 images"
+        + ("; the paper's model saw DIV2K, 500k pretraining steps and 60k-100k second-order meta-iterations on a GPU."
+           if arch == "mzsr" else "; the paper's networks were trained on DIV2K on GPUs."),
+        *(["* Trained on Gaussian kernels with variances in [1, 5) (x2); kernels far outside (e.g. g^d_0.2) rely on "
+           "adaptation alone."] if arch == "mzsr" else []),
         "* The training images (T91, BSDS300) carry their owners' research-use terms; the weights are released "
         "with the project's licence.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--name", required=True)
     ap.add_argument("--description", required=True)
+    ap.add_argument("--parent", default=None,
+                    help="bundled weights the run started from (its model.weights file must hold exactly them)")
     ap.add_argument("--table2", type=Path, default=None, help="folder of benchmarks/table2.py cells")
+    ap.add_argument("--mlsr-tables", type=Path, nargs="+", default=[],
+                    help="benchmarks/mlsr_tables.py summaries (mlsr_tables.json) to take this model's rows from")
+    ap.add_argument("--mlsr-model", default=None, choices=("idn", "idn-ml"), help="this model's key in --mlsr-tables")
+    ap.add_argument("--limit", dest="limits", action="append", default=[], help="a line for the card's Limits")
     ap.add_argument("--dest", type=Path, default=WEIGHTS_DIR)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.mlsr_tables and args.mlsr_model is None:
+        raise SystemExit("--mlsr-tables needs --mlsr-model idn|idn-ml (which row is this model's)")
     run = args.run
     weights = run / "meta_trained.pth"
     if not weights.is_file():
-        raise SystemExit(f"{weights} not found: the run has not finished its meta stage")
-    lin = lineage(run)
+        raise SystemExit(f"{weights} not found: the run has not finished")
+    lin = lineage(run, args.parent, args.dest)
     recipe = lin["recipe_resolved"]
     state = read_weights(weights)
+    own = read_metadata(weights)
     commit = lin["commits"][-1] if lin["commits"] else None
-    meta = {"arch": recipe["model"]["name"], "arch_kwargs": {"width": recipe["model"]["width"],
-                                                              "depth": recipe["model"]["depth"]},
-            "scale": float(recipe["model"]["scale"]), "ds_method": recipe["data"]["ds_method"],
-            "schedule": recipe["eval"]["schedule"], "loss": recipe["meta"]["loss"],
-            "adapt_params": recipe["meta"]["adapt_params"], "recipe": lin["recipe"], "commit": commit, "name": args.name}
+    meta = {"arch": own["arch"], "arch_kwargs": own["arch_kwargs"], "scale": float(own["scale"]),
+            "ds_method": own["ds_method"], "schedule": own["schedule"], "loss": own["loss"],
+            "adapt_params": own.get("adapt_params"), "recipe": lin["recipe"], "commit": commit, "name": args.name}
     args.dest.mkdir(parents=True, exist_ok=True)
     out = args.dest / f"{args.name}.safetensors"
     save_weights(state, out, **meta)
@@ -189,13 +296,17 @@ def main() -> int:
     t2 = table2_rows(args.table2, meta["ds_method"])
     if t2:
         metrics["table2"] = t2
+    mlsr = mlsr_rows(args.mlsr_tables, args.mlsr_model) if args.mlsr_tables else {}
+    if mlsr:
+        metrics["mlsr_tables"] = mlsr
     lin_small = {k: v for k, v in lin.items() if k != "recipe_resolved"}
     info = {"name": args.name, "arch": meta["arch"], "filename": out.name, "scale": meta["scale"],
             "ds_method": meta["ds_method"], "schedule": meta["schedule"], "description": args.description,
             "loss": meta["loss"], "sha256": sha, "lineage": lin_small, "metrics": metrics}
     (args.dest / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
     card_info = {**meta, "sha256": sha, "params": sum(v.numel() for v in state.values()), "bytes": out.stat().st_size}
-    (args.dest / f"{args.name}.md").write_text(model_card(args.name, args.description, card_info, lin, set5, t2))
+    card = model_card(args.name, args.description, card_info, lin, set5, t2, mlsr, args.limits)
+    (args.dest / f"{args.name}.md").write_text(card)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), {args.name}.json and {args.name}.md in {args.dest}")
     return 0
 
