@@ -351,6 +351,10 @@ def test_package_weights_chains_the_mlsr_run_to_its_bundled_parent(train_dir: Pa
     assert list(parent["lineage"]["stages"]) == ["pretrain"]
     assert read_metadata(dest / "idn_tiny.safetensors")["arch_kwargs"]["num_feat"] == 16
     assert "Stage 1, supervised pretraining on bicubic-degraded pairs: 2 steps" in (dest / "idn_tiny.md").read_text()
+    before = (dest / "idn_tiny.safetensors").read_bytes()
+    assert pack.main([str(pre), "--name", "idn_tiny", "--description", "tiny IDN, again", "--dest", str(dest)]) == 0
+    assert (dest / "idn_tiny.safetensors").read_bytes() == before  # re-packaging keeps the file and its sha256
+    assert json.loads((dest / "idn_tiny.json").read_text())["sha256"] == parent["sha256"]
 
     child = tmp_path / "mlsr"
     over = _mlsr_tiny(train_dir, **{"model.arch_kwargs": tiny_idn, "model.weights": dest / "idn_tiny.safetensors",

@@ -256,6 +256,16 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
     return "\n".join(lines) + "\n"
 
 
+def _same_file_content(path: Path, state: dict, meta: dict) -> bool:
+    """Whether ``path`` already holds ``state`` and ``meta``: re-packaging (e.g. to add scores) then keeps the
+    file, whose bytes would otherwise change (safetensors writes its metadata in no fixed order)."""
+    if not path.is_file():
+        return False
+    old, old_meta = read_weights(path), read_metadata(path)
+    same_tensors = old.keys() == state.keys() and all(torch.equal(old[k], state[k]) for k in old)
+    return same_tensors and json.loads(json.dumps(meta)) == {k: old_meta.get(k) for k in meta}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
@@ -286,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             "adapt_params": own.get("adapt_params"), "recipe": lin["recipe"], "commit": commit, "name": args.name}
     args.dest.mkdir(parents=True, exist_ok=True)
     out = args.dest / f"{args.name}.safetensors"
-    save_weights(state, out, **meta)
+    if _same_file_content(out, state, meta):
+        print(f"{out}: same tensors and metadata already there; kept (its sha256 stays)")
+    else:
+        save_weights(state, out, **meta)
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     set5 = json.loads((run / "eval.json").read_text())["meta_trained"] if (run / "eval.json").is_file() else None
     metrics = {}
