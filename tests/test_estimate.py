@@ -250,3 +250,36 @@ def test_cli_adapt_with_kernel_estimate(hr, tmp_path, capsys, small_budget, one_
     assert main(["adapt", str(src), "--kernel", "estimate", "--steps", "1", "-o", str(out)]) == 0, capsys.readouterr().err
     assert "estimated kernel: gaussian" in capsys.readouterr().out
     assert read_image(out).shape == (192, 160, 3)
+
+
+def test_cli_zssr_with_kernel_estimate(hr, tmp_path, capsys, small_budget, one_torch_thread):
+    """`metasr zssr --kernel estimate`: the estimate (printed) is the kernel ZSSR trains with."""
+    from metasr_adapter.cli.main import main
+    from metasr_adapter.ops.imageio import read_image, write_image
+
+    lr, _ = make_lr(hr, WIDE)
+    src, out = tmp_path / "lr.png", tmp_path / "sr.png"
+    write_image(src, lr[:64, :64])
+    code = main(["zssr", str(src), "--kernel", "estimate", "--iters", "3", "--quiet", "-o", str(out), "--threads", "1"])
+    text = capsys.readouterr()
+    assert code == 0, text.err
+    assert "estimated kernel: gaussian" in text.out and "preset 'kernel'" in text.out
+    assert read_image(out).shape == (128, 128, 3)
+    assert main(["zssr", str(src), "--kernel", "estimate", "--scale", "4", "-o", str(out)]) == 2
+    assert "scale=4.0 is not supported" in capsys.readouterr().err
+
+
+def test_folder_sidecars_carry_each_images_estimate(hr, tmp_path, small_budget, one_torch_thread):
+    import json
+
+    from metasr_adapter.adapt.batch import adapt_folder
+    from metasr_adapter.ops.imageio import write_image
+
+    lr, _ = make_lr(hr, WIDE)
+    write_image(tmp_path / "in" / "a.png", lr[:, :80])
+    msr = MetaSR(MZSRNet(width=8, depth=3), 2)
+    [outcome] = adapt_folder(msr, tmp_path / "in", tmp_path / "out", kernel="estimate", steps=1, progress=False)
+    assert outcome.status == "done", outcome.error
+    est = json.loads((tmp_path / "out" / "a.png.json").read_text())["kernel_estimate"]
+    assert est["method"] == "gaussian" and np.asarray(est["kernel"]).shape == (15, 15)
+    assert est["converged"] and abs(np.sum(est["kernel"]) - 1) < 1e-6

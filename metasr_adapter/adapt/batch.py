@@ -29,6 +29,9 @@ class ImageOutcome:
     lrs: list[float] = field(default_factory=list)
     kernel: str | None = None
     error: str | None = None
+    #: ``kernel="estimate"`` (blind mode): this image's estimate (``KernelEstimate.to_dict()``: the kernel,
+    #: method, parameters, convergence, seconds)
+    kernel_estimate: dict[str, Any] | None = None
 
 
 def expand_inputs(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -64,7 +67,8 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
                  suffix: str = ".png", skip_existing: bool = True, progress: bool = True,
                  **adapt_kwargs: Any) -> list[ImageOutcome]:
     """Adapt to every image of ``inputs`` (see :func:`expand_inputs`) and write ``out_dir/NAME{suffix}``
-    with a sidecar ``NAME{suffix}.json`` (losses, learning rates, seconds, kernel).
+    with a sidecar ``NAME{suffix}.json`` (losses, learning rates, seconds, kernel; with ``kernel="estimate"``
+    the image's own estimated kernel and its diagnostics).
 
     Outputs that already exist are skipped, so a killed run resumes where it stopped. A failing image
     is recorded (``status='failed'``, the error in its outcome and sidecar) and the batch goes on.
@@ -86,8 +90,9 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
         try:
             sr, info = msr.adapt(read_image(f), kernel, steps, return_info=True, **adapt_kwargs)
             write_image(target, sr)
+            est = getattr(info, "kernel_estimate", None)
             o = ImageOutcome(str(f), str(target), "done", time.perf_counter() - t0, list(info.losses),
-                             list(info.lrs), kernel_name)
+                             list(info.lrs), kernel_name, kernel_estimate=est.to_dict() if est is not None else None)
         except (ValueError, OSError, FloatingPointError, RuntimeError) as exc:  # this image's problem
             o = ImageOutcome(str(f), None, "failed", time.perf_counter() - t0, kernel=kernel_name,
                              error=f"{type(exc).__name__}: {exc}")

@@ -471,10 +471,15 @@ def _check_options(args: argparse.Namespace) -> None:
 
             check_scale(args.scale)
     elif _is_estimate(getattr(args, "kernel", None)):
-        if args.command != "adapt" or getattr(args, "method", "metasr") != "metasr":
-            raise ValueError(f"--kernel estimate works with `metasr adapt`; for `metasr {args.command}`, estimate first "
-                             "(metasr estimate-kernel LR.png -o K.mat) and pass --kernel K.mat")
-        if args.ds_method not in (None, "direct"):
+        if args.command not in ("adapt", "zssr") or getattr(args, "method", "metasr") != "metasr":
+            raise ValueError(f"--kernel estimate works with `metasr adapt` and `metasr zssr`; for `metasr "
+                             f"{args.command}`, estimate first (metasr estimate-kernel LR.png -o K.mat) and pass "
+                             "--kernel K.mat")
+        if args.command == "zssr":
+            from ..estimate.checks import check_scale
+
+            check_scale(args.scale)
+        if getattr(args, "ds_method", None) not in (None, "direct"):
             raise ValueError(f"--kernel estimate with --ds-method {args.ds_method}: the estimators model blur + direct "
                              "subsampling; leave --ds-method out")
     elif args.command in ("adapt", "eval", "demo") and getattr(args, "kernel", None) is not None \

@@ -715,7 +715,11 @@ def add_zssr_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("lr_image", help="the LR image to super-resolve")
     parser.add_argument("--kernel", default=None,
                         help="downscaling kernel: a .mat (key 'Kernel'/'kernel') or .npy file, a name (gd2.0...), "
-                             "or 'bicubic' (default: bicubic, the ideal case)")
+                             "'bicubic' (default: bicubic, the ideal case), or 'estimate' (blind mode: estimate it "
+                             "from the image first, x2 only; see --estimator)")
+    parser.add_argument("--estimator", choices=("gaussian", "kernelgan"), default="gaussian",
+                        help="--kernel estimate: 'gaussian' (search scored by the bundled MZSR weights) or "
+                             "'kernelgan' (internal GAN, no network needed)")
     parser.add_argument("--scale", type=float, default=2.0, help="SR factor (default 2)")
     parser.add_argument("-o", "--output", required=True, help="SR image to write")
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -758,7 +762,16 @@ def run_zssr_cli(args: argparse.Namespace) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(int(args.threads))
     device = str(resolve_device(args.device))
-    preset = args.preset or default_preset(args.kernel)
+    lr_img = read_image(args.lr_image)
+    kernel = args.kernel
+    if isinstance(kernel, str) and kernel.strip().lower() == "estimate":  # blind mode
+        from ..estimate.api import estimate_kernel
+
+        est = estimate_kernel(lr_img, args.scale, getattr(args, "estimator", "gaussian"), progress=not args.quiet,
+                              seed=args.seed)
+        print(f"estimated kernel: {est.summary()}")
+        kernel = est.require_converged().to_spec()
+    preset = args.preset or default_preset(kernel)
     overrides: dict[str, Any] = {"precision": args.precision, "seed": args.seed, "device": device,
                                  "kernel_shift": bool(args.kernel_shift)}
     if args.iters is not None:
@@ -768,9 +781,8 @@ def run_zssr_cli(args: argparse.Namespace) -> int:
     if args.back_projection is not None:
         overrides["back_projection_iters"] = args.back_projection
     cfg = ZSSRConfig.preset(preset, **overrides)
-    lr_img = read_image(args.lr_image)
     gt = read_image(args.gt) if args.gt else None
-    sr, info = ZSSR(cfg).run(lr_img, args.kernel, args.scale, progress=not args.quiet, return_info=True)
+    sr, info = ZSSR(cfg).run(lr_img, kernel, args.scale, progress=not args.quiet, return_info=True)
     out = write_image(args.output, sr)
     per_stage = ", ".join(f"x{s['scale'][0]:g}: {s['iterations']} it" for s in info.stages)
     print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) with preset {preset!r} in {info.seconds:.1f} s "
