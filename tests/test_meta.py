@@ -687,3 +687,16 @@ def test_skipping_zero_weight_query_losses_keeps_the_meta_gradient(task_batching
 def test_log_query_losses_must_be_a_bool():
     with pytest.raises(TypeError, match="log_query_losses='no'"):
         MAMLConfig(log_query_losses="no")
+
+
+@pytest.mark.l2l
+def test_learn2learn_backend_skips_zero_weight_query_losses():
+    pytest.importorskip("learn2learn")
+    gen = torch.Generator().manual_seed(17)
+    batch = random_batch(2, 1, 3, 8, gen)
+    cfg = dict(inner_steps=3, inner_lr=0.05, first_order=True, loss_weighting="last", backend="learn2learn")
+    g_all, i_all = learner_grad(_same_init(TinyConvNet, 17), batch, **cfg)
+    g_skip, i_skip = learner_grad(_same_init(TinyConvNet, 17), batch, log_query_losses=False, **cfg)
+    assert rel(g_skip.numpy(), g_all.numpy()) < 1e-6
+    assert i_skip["query_losses"][:2] == [None, None]
+    assert i_skip["query_losses"][2] == pytest.approx(i_all["query_losses"][2], rel=1e-6)
