@@ -373,6 +373,23 @@ def test_package_weights_chains_the_mlsr_run_to_its_bundled_parent(train_dir: Pa
     assert info["schedule"] == pytest.approx(0.65025) and info["loss"] == "l2"
     trained, shipped = read_weights(child / "meta_trained.pth"), read_weights(dest / "idn_tiny_ml.safetensors")
     assert trained.keys() == shipped.keys() and all(torch.equal(trained[k], shipped[k]) for k in trained)
+    # a recipe may name bundled weights (model.weights: NAME): the run starts from them, and the packager
+    # takes the name as the parent
+    from metasr_adapter.io import pretrained
+
+    bundled = pretrained.WeightsInfo(**{**parent, "filename": str(dest / "idn_tiny.safetensors")})
+    pretrained.BUNDLED_WEIGHTS["idn_tiny"] = bundled
+    try:
+        named = tmp_path / "named"
+        run_training(load_recipe(RECIPES / "mlsr_idn_x2_cpu.yaml", _mlsr_tiny(
+            train_dir, **{"model.arch_kwargs": tiny_idn, "model.weights": "idn_tiny", "meta.iterations": 1})),
+            out_dir=named)
+    finally:
+        del pretrained.BUNDLED_WEIGHTS["idn_tiny"]
+    start, bundled_tensors = read_weights(named / "start_weights.pth"), read_weights(dest / "idn_tiny.safetensors")
+    assert all(torch.equal(start[k], bundled_tensors[k]) for k in bundled_tensors)
+    assert pack.main([str(named), "--name", "idn_tiny_ml2", "--description", "x", "--dest", str(dest)]) == 0
+    assert json.loads((dest / "idn_tiny_ml2.json").read_text())["lineage"]["parent"]["name"] == "idn_tiny"
     # a parent whose tensors are not the run's start is refused
     other = tmp_path / "other"
     run_training(load_recipe(RECIPES / "idn_x2_cpu.yaml", [

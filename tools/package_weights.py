@@ -51,7 +51,10 @@ def _hours(seconds: float) -> str:
 
 def _parent_start(run: Path, recipe: dict, parent: str | None, dest: Path) -> tuple[str, dict | None]:
     """``(start text, parent sidecar)`` of a run; refuses a start that is neither random nor ``--parent``."""
-    if recipe["model"]["weights"] is None:
+    start_spec = recipe["model"]["weights"]
+    if parent is None and start_spec is not None and (dest / f"{start_spec}.json").is_file():
+        parent = start_spec  # the recipe named bundled weights (model.weights: NAME)
+    if start_spec is None:
         if parent is not None:
             raise SystemExit(f"{run}: --parent {parent} given, but the run started from random initialisation")
         return f"random initialisation (seed {recipe['seed']})", None

@@ -72,7 +72,8 @@ SCHEMA: dict[str, Any] = {
         "arch_kwargs": Key({}, (dict,), "further constructor arguments of the architecture (e.g. {num_block: 16} "
                            "for a BasicSR RCAN); mzsr takes width/depth from the keys above"),
         "weights": Key(
-            None, (str,), "starting weights (e.g. the official θ_T); null = large-scale pretraining (SPEC §8)",
+            None, (str,), "starting weights: a file (e.g. the official θ_T) or a bundled weights name "
+            "(idn_x2_bicubic); null = large-scale pretraining (SPEC §8)",
             nullable=True, path=True,
         ),
     },
@@ -280,6 +281,10 @@ def _type_names(spec: Key) -> str:
 def _looks_like_path(spec: Key, dotted: str, value: str) -> bool:
     if dotted == "eval.kernel":  # a kernel name or a file
         return value.lower().endswith((".mat", ".npy")) or os.sep in value or "/" in value
+    if dotted == "model.weights":  # a bundled weights name (idn_x2_bicubic) or a file
+        from ..io.pretrained import BUNDLED_WEIGHTS
+
+        return value not in BUNDLED_WEIGHTS
     return True
 
 

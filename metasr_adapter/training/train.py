@@ -430,7 +430,7 @@ class _Run:
         assert self.model is not None
         if r["model"]["weights"] is not None or p["iterations"] == 0:
             if r["model"]["weights"] is not None:
-                load_weights(self.model, r["model"]["weights"])
+                load_weights(self.model, _weights_file(r["model"]["weights"]))
                 source = f"loaded from {r['model']['weights']}"
             else:
                 source = "random initialisation (pretrain.iterations = 0)"
@@ -677,7 +677,7 @@ class _Run:
         if pretraining and r["pretrain"]["train_dir"] is not None:
             need.append(("pretrain.train_dir", r["pretrain"]["train_dir"], "dir"))
         if stage == "pretrain" and r["model"]["weights"] is not None:
-            need.append(("model.weights", r["model"]["weights"], "any"))
+            need.append(("model.weights", _weights_file(r["model"]["weights"]), "any"))
         e = r["eval"]
         if e["gt_dir"] is not None and stage != "done":
             need.append(("eval.gt_dir", e["gt_dir"], "dir"))
@@ -736,6 +736,17 @@ def _get(tree: Mapping[str, Any], dotted: str) -> Any:
 
 def _kernel_label(kernel: str) -> str:
     return Path(kernel).name if ("/" in kernel or os.sep in kernel) else kernel
+
+
+def _weights_file(spec: str) -> str:
+    """``model.weights`` as a file: a bundled weights name (checked against its sha256) or the path itself."""
+    from ..io.pretrained import BUNDLED_WEIGHTS
+
+    if spec in BUNDLED_WEIGHTS:
+        info = BUNDLED_WEIGHTS[spec]
+        info.verify()
+        return str(info.path)
+    return spec
 
 
 def run_training(
