@@ -209,10 +209,11 @@ def test_mlsr_cpu_recipes_chain_pretraining_into_the_papers_algorithm() -> None:
     p = pre["pretrain"]
     assert pre["model"]["weights"] is None and p["iterations"] > 0 and pre["meta"]["iterations"] == 0
     assert (p["degradation"], p["loss"], p["scale"]) == ("bicubic", "l2", 2)
-    # stage 2 starts from stage 1's output file (train.py writes START_WEIGHTS into the run folder)
-    from metasr_adapter.training.train import START_WEIGHTS
+    # stage 2 starts from stage 1's result, bundled as idn_x2_bicubic (its lineage names stage 1's recipe)
+    from metasr_adapter.io.pretrained import get_weights
 
-    assert ml["model"]["weights"] == str(Path(pre["output"]["dir"]) / START_WEIGHTS)
+    assert ml["model"]["weights"] == "idn_x2_bicubic"
+    assert get_weights("idn_x2_bicubic").lineage["recipe"] == pre["name"]
     assert ml["pretrain"]["iterations"] == 0
     # MLSR Algorithm 1: one patch per task, LR↓ → LR inner steps, LR → HR after the last of 5, first order, L2
     m, d = ml["meta"], ml["data"]
