@@ -306,3 +306,22 @@ def test_the_command_line_bounds_memory_by_default_and_0_turns_it_off(tmp_path):
     assert (msr.tile, msr.max_pixels) == (96, 4096)
     rcan = _load_metasr(args("--arch", "rcan", "--arch-kwargs", '{"num_group": 1, "num_block": 1, "num_feat": 8}'))
     assert rcan.tile is None and rcan.max_pixels == DEFAULT_MAX_PIXELS  # channel attention: never tiled
+
+
+def test_eval_handles_a_grayscale_gt_like_set14s(tmp_path, photo):
+    """Set14 holds grayscale images: their synthesised LR and SR stay HxW, and they score next to RGB ones."""
+    import cv2
+
+    from metasr_adapter import MetaSR
+    from metasr_adapter.adapt.evaluate import evaluate_folder, synthesize_lr
+    from metasr_adapter.adapters.mzsr import MZSRNet
+    from metasr_adapter.ops.imageio import write_image
+    from metasr_adapter.ops.kernels import resolve_kernel
+
+    gray = cv2.cvtColor(np.ascontiguousarray(photo[:64, :64]), cv2.COLOR_RGB2GRAY)
+    assert synthesize_lr(gray, resolve_kernel("bicubic"), 2).shape == (32, 32)
+    write_image(tmp_path / "gt" / "gray.png", gray)
+    write_image(tmp_path / "gt" / "rgb.png", photo[64:128, 64:128])
+    report = evaluate_folder(MetaSR(MZSRNet(width=8, depth=3), 2), tmp_path / "gt", kernel="bicubic", steps=[0, 1],
+                             progress=False)
+    assert [r.name for r in report.rows] == ["gray", "rgb"] and all(np.isfinite(r.psnr[1]) for r in report.rows)

@@ -89,11 +89,13 @@ class EvalReport:
 
 
 def synthesize_lr(gt: np.ndarray, kernel: KernelSpec, scale: float) -> np.ndarray:
-    """LR uint8 image from a (modcropped) GT, made like MZSR's test data: kernel, subsampling, rounding."""
+    """LR uint8 image from a (modcropped) GT, made like MZSR's test data: kernel, subsampling, rounding.
+    The LR has the GT's layout: HxW for a grayscale HxW GT, HxWxC otherwise."""
     x, _, _ = to_tensor(gt, channels=gt.shape[2] if gt.ndim == 3 else 1, dtype=torch.float64)
     with torch.no_grad():
         lr = degrade(x, kernel.kernel, scale, ds_method=kernel.ds_method)
-    return to_uint8(lr)
+    out = to_uint8(lr)
+    return out[..., 0] if gt.ndim == 2 else out
 
 
 def _score(sr: np.ndarray, gt: np.ndarray, crop: int) -> tuple[float, float]:
