@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -700,3 +702,10 @@ def test_learn2learn_backend_skips_zero_weight_query_losses():
     assert rel(g_skip.numpy(), g_all.numpy()) < 1e-6
     assert i_skip["query_losses"][:2] == [None, None]
     assert i_skip["query_losses"][2] == pytest.approx(i_all["query_losses"][2], rel=1e-6)
+
+
+def test_a_real_nan_query_loss_is_not_reported_as_skipped():
+    from metasr_adapter.meta.learner import _loss_list
+
+    assert _loss_list(torch.tensor([float("nan"), 0.5, float("nan")]), [True, False, False])[:2] == [None, 0.5]
+    assert math.isnan(_loss_list(torch.tensor([float("nan"), 0.5, float("nan")]), [True, False, False])[2])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -508,9 +507,9 @@ def _skipped_loss(like: Tensor) -> Tensor:
     return torch.full_like(like.detach(), float("nan"))
 
 
-def _loss_list(losses: Tensor) -> list[float | None]:
-    """Per-step losses for the info dict: floats, None where the loss was not computed."""
-    return [None if math.isnan(float(v)) else float(v) for v in losses]
+def _loss_list(losses: Tensor, skipped: list[bool]) -> list[float | None]:
+    """Per-step losses for the info dict: None where the loss was not computed (a real NaN stays NaN)."""
+    return [None if k else float(v) for v, k in zip(losses, skipped)]
 
 
 def _import_learn2learn():
@@ -635,6 +634,10 @@ class MetaLearner:
         cfg = self.config
         return query_loss_weights(cfg.loss_weighting, step, cfg.inner_steps, span=cfg.anneal_span)
 
+    def _skipped(self, weights: Tensor) -> list[bool]:
+        """Per inner step: its query loss is not computed (weight 0 and ``log_query_losses=False``)."""
+        return [float(w) == 0.0 and not self.config.log_query_losses for w in weights]
+
     def _chunks(self, mb: int) -> Iterator[slice]:
         size = self._backend.chunk or mb
         for s in range(0, mb, size):
@@ -644,9 +647,8 @@ class MetaLearner:
         cfg = self.config
         xa, ya, xb, yb = (t[sl] for t in tensors)
         need = [float(w) != 0.0 for w in weights]
-        skip = [not (n or cfg.log_query_losses) for n in need]
         return self._backend.task_losses(xa, ya, xb, yb, cfg.inner_lrs(), first_order=cfg.first_order,
-                                         precision=cfg.precision, need_graph=need, skip=skip)
+                                         precision=cfg.precision, need_graph=need, skip=self._skipped(weights))
 
     # ---- public API
     def meta_loss(self, batch: TaskBatch, step: int = 0) -> tuple[Tensor, dict[str, Any]]:
@@ -659,7 +661,7 @@ class MetaLearner:
         total = qry.mean(0)
         loss = combine_query_losses(total, weights, reduction)
         info = {"meta_loss": float(loss.detach()), "support_loss": float(sup.detach().mean()),
-                "query_losses": _loss_list(total.detach()), "loss_weights": [float(w) for w in weights]}
+                "query_losses": _loss_list(total.detach(), self._skipped(weights)), "loss_weights": [float(w) for w in weights]}
         return loss, info
 
     def meta_gradient(self, batch: TaskBatch, step: int = 0) -> dict[str, Any]:
@@ -690,7 +692,7 @@ class MetaLearner:
         total = sums[1:] / mb
         return {"meta_loss": float(combine_query_losses(total, weights, reduction)),
                 "support_loss": float(sums[0] / mb),
-                "query_losses": _loss_list(total), "loss_weights": [float(w) for w in weights]}
+                "query_losses": _loss_list(total, self._skipped(weights)), "loss_weights": [float(w) for w in weights]}
 
     def meta_step(self, batch: TaskBatch, step: int | None = None) -> dict[str, Any]:
         """One meta-iteration: meta-gradient, optional norm clipping, one Adam step.

@@ -823,10 +823,10 @@ def run_train_cli(args: argparse.Namespace) -> int:
         summary = run_training(recipe, resume=args.resume, out_dir=args.out)
     except TrainingInterrupted as exc:
         print(f"\nmetasr train: {exc}. Continue with --resume.", file=sys.stderr)
-        return 130
+        return ddp.exit_rank(130) if ddp.is_distributed() else 130
     except KeyboardInterrupt:
         print("\nmetasr train: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
-        return 130
+        return ddp.exit_rank(130) if ddp.is_distributed() else 130
     if ddp.is_main():
         print(_format_summary(summary))
     if ddp.is_distributed():  # a torchrun rank: leave the group so that the launcher sees a clean exit
