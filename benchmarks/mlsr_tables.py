@@ -192,7 +192,8 @@ def cell_done(path: Path, identity: dict, redo: bool) -> bool:
 # aggregation
 # ---------------------------------------------------------------------------------------------------
 def read_cells(out: Path, identities: dict[tuple[str, str], dict]) -> dict[tuple[str, str, str], dict[str, dict]]:
-    """(protocol, set, model) -> {image: cell} for the cells whose identity matches this run's models."""
+    """(protocol, set, model) -> {image: cell} for the cells whose identity matches one of ``identities``;
+    cells of other models (not named in this run) are left out, whatever they hold."""
     cells: dict[tuple[str, str, str], dict[str, dict]] = {}
     for f in sorted((out / "cells").glob("*/*/*/*.json")):
         protocol, set_name, model = f.parts[-4], f.parts[-3], f.parts[-2]
@@ -202,8 +203,8 @@ def read_cells(out: Path, identities: dict[tuple[str, str], dict]) -> dict[tuple
             continue
         want = identities.get((protocol, model))
         have = cell.get("identity", {})
-        if want is not None and any(have.get(k) != v for k, v in want.items()):
-            continue  # made with other weights or settings: not this run's
+        if want is None or any(have.get(k) != v for k, v in want.items()):
+            continue  # a model this run does not report, or made with other weights or settings
         cells.setdefault((protocol, set_name, model), {})[f.stem] = cell
     return cells
 
@@ -398,11 +399,20 @@ def main(argv: list[str] | None = None) -> int:
                ("table5", "idn-ml"): w_ml_k}
     models_of = {"table3": list(args.table3_models), "table5": list(args.table5_models)}
     needed = {(p, m) for p, _ in jobs for m in models_of[p] if m != "zssr"}
+    # the report covers the named models of both protocols (with the named weights), not only this run's jobs
+    reported = needed | {(p, m) for p in PROTOCOLS for m in models_of[p] if m != "zssr"}
     nets: dict[str, tuple[torch.nn.Module, str, dict]] = {}
-    for key in sorted(needed):
+    for key in sorted(reported):
         spec = weights[key]
-        if spec not in nets:
+        if spec in nets:
+            continue
+        try:
             nets[spec] = load_network(spec, args.arch, args.scale)
+        except SystemExit as err:
+            if key in needed:
+                raise
+            print(f"{key[0]} {key[1]}: left out of the report ({err})")
+    reported = {k for k in reported if weights[k] in nets}
     alpha = args.lr
     if alpha is None:
         ml_meta = nets.get(w_ml, (None, None, {}))[2]
@@ -418,9 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     identities: dict[tuple[str, str], dict] = {}
     for p in PROTOCOLS:
         for m in ("idn", "idn-ml"):
-            if (p, m) in needed:
+            if (p, m) in reported:
                 identities[(p, m)] = {"weights": nets[weights[(p, m)]][1], "alpha": alpha, "loss": args.loss,
                                       "scale": args.scale, **({"kernels": kernel_id} if p == "table5" else {})}
+    if "zssr" in models_of["table5"]:
         identities[("table5", "zssr")] = {"zssr": zcfg.to_dict(), "scale": args.scale, "kernels": kernel_id}
     identities = {k: json.loads(json.dumps(v)) for k, v in identities.items()}
 

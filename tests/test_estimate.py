@@ -230,6 +230,9 @@ def test_cli_estimate_kernel_writes_a_readable_mat_and_plot(hr, tmp_path, capsys
     (["estimate-kernel", "LR", "-o", "K.mat", "--scale", "4"], "scale=4.0 is not supported"),
     (["eval", "--gt-dir", ".", "--kernel", "estimate"], "--kernel estimate works with `metasr adapt`"),
     (["adapt", "LR", "--kernel", "estimate", "--ds-method", "bicubic", "-o", "SR.png"], "direct"),
+    (["eval", "--gt-dir", ".", "--method", "zssr", "--kernel", "estimate"], "`metasr adapt` and `metasr zssr`"),
+    (["zssr", "LR", "--estimator", "kernelgan", "-o", "SR.png"], "--estimator kernelgan is used only with --kernel estimate"),
+    (["zssr", "LR", "--kernel", "gd2.0", "--estimator", "gaussian", "-o", "SR.png"], "given --kernel gd2.0"),
 ])
 def test_cli_estimate_errors_are_one_line(tmp_path, capsys, argv, message):
     from metasr_adapter.cli.main import main

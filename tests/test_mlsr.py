@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import hashlib
 import json
 from pathlib import Path
 
@@ -317,10 +318,23 @@ def test_mlsr_tables_one_network_alone(tmp_path: Path, photo: np.ndarray, capsys
     argv = ["--set5", str(tmp_path / "s5"), "--urban100", none, "--set14", none, "--bsd100", none,
             "--weights-naive", "random", "--weights-ml", str(tmp_path / "not_trained_yet.pth"), "--protocols", "table3",
             "--table3-models", "idn", "--steps", "0", "1", "--out", str(out), "--quiet"]
+    # a cell left by an earlier run of the other network (other weights): not this run's, so never reported
+    stale = out / "cells" / "table3" / "set5" / "idn-ml" / "a.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"psnr": {"0": 99.0, "1": 99.0, "bicubic": 20.0}, "ssim": {"0": 1.0, "1": 1.0,
+                                 "bicubic": 0.5}, "identity": {"weights": "sha256:someone-else"}}))
     assert tables.main(argv) == 0
     cells = sorted(p.relative_to(out / "cells").as_posix() for p in (out / "cells").rglob("*.json"))
-    assert cells == ["table3/set5/idn/a.json"]
-    assert "IDN (naive)" in (out / "mlsr_tables.md").read_text()
+    assert cells == ["table3/set5/idn-ml/a.json", "table3/set5/idn/a.json"]
+    md = (out / "mlsr_tables.md").read_text()
+    assert "IDN (naive)" in md and "99.00" not in md and "| IDN-ML |" not in md
+    assert list(json.loads((out / "mlsr_tables.json").read_text())["results"]["table3/set5"]["models"]) == ["idn"]
+    # a Table 5 run still reports the Table 3 cells of the models it names
+    assert tables.main(argv[:argv.index("--protocols")] + ["--protocols", "table5", "--table5-models", "idn",
+                                                            "--table3-models", "idn", "--steps", "0", "1",
+                                                            "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "mlsr_tables.json").read_text())["results"]
+    assert sorted(results) == ["table3/set5", "table5/set5"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +364,9 @@ def test_package_weights_chains_the_mlsr_run_to_its_bundled_parent(train_dir: Pa
     assert parent["lineage"]["start"].startswith("random initialisation")
     assert list(parent["lineage"]["stages"]) == ["pretrain"]
     assert read_metadata(dest / "idn_tiny.safetensors")["arch_kwargs"]["num_feat"] == 16
+    # trained on bicubic pairs: recorded as such (the bundled-weights lookup for --kernel bicubic reads it)
+    assert read_metadata(pre / "meta_trained.pth")["ds_method"] == "bicubic" == parent["ds_method"]
+    assert read_metadata(dest / "idn_tiny.safetensors")["ds_method"] == "bicubic"
     assert "Stage 1, supervised pretraining on bicubic-degraded pairs: 2 steps" in (dest / "idn_tiny.md").read_text()
     before = (dest / "idn_tiny.safetensors").read_bytes()
     assert pack.main([str(pre), "--name", "idn_tiny", "--description", "tiny IDN, again", "--dest", str(dest)]) == 0
@@ -370,7 +387,17 @@ def test_package_weights_chains_the_mlsr_run_to_its_bundled_parent(train_dir: Pa
     assert "idn_tiny" in lin["start"] and list(lin["stages"]) == ["meta"] and lin["stages"]["meta"]["tasks"] == "mlsr"
     card = (dest / "idn_tiny_ml.md").read_text()
     assert "Parent `idn_tiny`" in card and "MLSR (first-order MAML" in card and "first order throughout" in card
-    assert info["schedule"] == pytest.approx(0.65025) and info["loss"] == "l2"
+    assert info["schedule"] == pytest.approx(0.65025) and info["loss"] == "l2" and info["ds_method"] == "bicubic"
+    # MLSR table rows enter the card only when measured with these weights (the run's file or the packaged one)
+    own_sha = hashlib.sha256((child / "meta_trained.pth").read_bytes()).hexdigest()
+    row = {"mean_psnr": {"0": 30.0, "5": 30.1}, "mean_ssim": {"0": 0.9, "5": 0.91}}
+    tables_json = tmp_path / "mlsr_tables.json"
+    tables_json.write_text(json.dumps({"results": {
+        "table3/set5": {"images": ["a"], "models": {"idn-ml": {**row, "weights": f"sha256:{own_sha}"}}},
+        "table3/bsd100": {"images": ["b"], "models": {"idn-ml": {**row, "weights": "sha256:other-weights"}}}}}))
+    assert pack.main([str(child), "--name", "idn_tiny_ml", "--description", "tiny IDN-ML", "--parent", "idn_tiny",
+                      "--dest", str(dest), "--mlsr-tables", str(tables_json), "--mlsr-model", "idn-ml"]) == 0
+    assert list(json.loads((dest / "idn_tiny_ml.json").read_text())["metrics"]["mlsr_tables"]) == ["table3/set5"]
     trained, shipped = read_weights(child / "meta_trained.pth"), read_weights(dest / "idn_tiny_ml.safetensors")
     assert trained.keys() == shipped.keys() and all(torch.equal(trained[k], shipped[k]) for k in trained)
     # a recipe may name bundled weights (model.weights: NAME): the run starts from them, and the packager
@@ -399,3 +426,17 @@ def test_package_weights_chains_the_mlsr_run_to_its_bundled_parent(train_dir: Pa
     assert pack.main([str(other), "--name", "idn_other", "--description", "x", "--dest", str(dest)]) == 0
     with pytest.raises(SystemExit, match="must start from exactly those weights"):
         pack.main([str(child), "--name", "y", "--description", "y", "--parent", "idn_other", "--dest", str(dest)])
+    # weights without the metadata metasr train records: a clear refusal, not a KeyError
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    torch.save(read_weights(child / "meta_trained.pth"), bare / "meta_trained.pth")
+    with pytest.raises(SystemExit, match="metadata lacks arch"):
+        pack.main([str(bare), "--name", "z", "--description", "z", "--dest", str(dest)])
+
+
+def test_package_weights_finds_a_parent_among_the_bundled_weights(tmp_path: Path) -> None:
+    pack = _packager()
+    assert pack._parent_sidecar("idn_x2_bicubic", tmp_path) == pack.WEIGHTS_DIR / "idn_x2_bicubic.json"
+    (tmp_path / "idn_x2_bicubic.json").write_text("{}")
+    assert pack._parent_sidecar("idn_x2_bicubic", tmp_path) == tmp_path / "idn_x2_bicubic.json"  # --dest first
+    assert pack._parent_sidecar("no_such_weights", tmp_path) is None

@@ -29,6 +29,31 @@ def test_bundled_weights_are_registered_intact_and_described(name):
     assert info.path.stat().st_size < 2_000_000
 
 
+IDN_NAMES = ("idn_x2_bicubic",)
+
+
+@pytest.mark.parametrize("name", IDN_NAMES)
+def test_bundled_idn_weights_are_registered_intact_and_say_what_they_were_trained_for(name):
+    info = get_weights(name)
+    assert name in list_weights("idn")
+    info.verify()
+    meta = read_metadata(info.path)
+    # trained on bicubic LR images: both the file and its sidecar say so (they once said 'direct')
+    assert (meta["arch"], meta["scale"], meta["ds_method"], meta["schedule"], meta["loss"]) == \
+        (info.arch, info.scale, info.ds_method, info.schedule, info.loss) == ("idn", 2.0, "bicubic", 0.65025, "l2")
+    assert info.lineage["descends_from_random_init"] and "random initialisation" in info.model_card.read_text()
+
+
+def test_the_bicubic_idn_is_the_default_for_bicubic_lr_images(tmp_path, photo):
+    assert default_weights("idn", scale=2, ds_method="bicubic").name == "idn_x2_bicubic"
+    gt = photo[40:136, 180:276]
+    lr = tmp_path / "lr.png"
+    write_image(lr, synthesize_lr(gt, resolve_kernel("bicubic"), 2))
+    out = tmp_path / "sr.png"
+    assert main(["adapt", str(lr), "--arch", "idn", "--kernel", "bicubic", "--steps", "1", "-o", str(out)]) == 0
+    assert read_image(out).shape == (96, 96, 3)
+
+
 def test_a_damaged_bundled_file_is_refused(tmp_path):
     src = get_weights("mzsr_x2_direct")
     bad = tmp_path / "w.pth"

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from metasr_adapter.io.atomic import load_checked  # noqa: E402
 from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
 from metasr_adapter.io.weights import read_metadata, read_weights, save_weights  # noqa: E402
+from metasr_adapter.training.train import trained_ds_method  # noqa: E402
 
 KERNEL_ORDER = ("gd0.2", "gd2.0", "gdani", "gb1.3")
 
@@ -49,10 +50,18 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h ({seconds / 60:.0f} min)"
 
 
+def _parent_sidecar(name: str, dest: Path) -> Path | None:
+    """The sidecar ``NAME.json`` of parent weights: in ``dest`` first, else among the bundled weights."""
+    for folder in (dest, WEIGHTS_DIR):
+        if (folder / f"{name}.json").is_file():
+            return folder / f"{name}.json"
+    return None
+
+
 def _parent_start(run: Path, recipe: dict, parent: str | None, dest: Path) -> tuple[str, dict | None]:
     """``(start text, parent sidecar)`` of a run; refuses a start that is neither random nor ``--parent``."""
     start_spec = recipe["model"]["weights"]
-    if parent is None and start_spec is not None and (dest / f"{start_spec}.json").is_file():
+    if parent is None and start_spec is not None and _parent_sidecar(str(start_spec), dest) is not None:
         parent = start_spec  # the recipe named bundled weights (model.weights: NAME)
     if start_spec is None:
         if parent is not None:
@@ -61,10 +70,12 @@ def _parent_start(run: Path, recipe: dict, parent: str | None, dest: Path) -> tu
     if parent is None:
         raise SystemExit(f"{run}: started from {recipe['model']['weights']}; bundled weights must start from random "
                          "initialisation, or from bundled weights named with --parent NAME")
-    sidecar = dest / f"{parent}.json"
-    if not sidecar.is_file():
-        raise SystemExit(f"--parent {parent}: {sidecar} not found; package the parent run first")
+    sidecar = _parent_sidecar(parent, dest)
+    if sidecar is None:
+        raise SystemExit(f"--parent {parent}: neither {dest / f'{parent}.json'} nor bundled weights of that name; "
+                         "package the parent run first")
     pinfo = json.loads(sidecar.read_text())
+    dest = sidecar.parent
     if not pinfo["lineage"].get("descends_from_random_init", pinfo["lineage"]["start"].startswith("random")):
         raise SystemExit(f"--parent {parent}: its lineage does not start from random initialisation")
     mine, theirs = read_weights(run / "start_weights.pth"), read_weights(dest / pinfo["filename"])
@@ -130,15 +141,20 @@ def table2_rows(table2: Path | None, ds_method: str) -> dict:
     return rows
 
 
-def mlsr_rows(files: list[Path], model: str) -> dict:
+def mlsr_rows(files: list[Path], model: str, fingerprints: set[str]) -> dict:
     """``{"table3/bsd100": {"images", "psnr", "ssim"}, ...}`` of ``model`` in ``benchmarks/mlsr_tables.py``
-    summaries (``mlsr_tables.json``); a later file's entry replaces an earlier one's with fewer images."""
+    summaries (``mlsr_tables.json``), only from rows measured with these weights (``fingerprints``:
+    ``sha256:…`` of the packaged file or of the run's own file); a later file's entry replaces an earlier one's
+    with fewer images."""
     rows: dict[str, dict] = {}
     for f in files:
         summary = json.loads(f.read_text())["results"]
         for key, entry in summary.items():
             m = entry["models"].get(model)
             if m is None or not entry["images"]:
+                continue
+            if m.get("weights") not in fingerprints:
+                print(f"{f}: {key} {model} left out: measured with {m.get('weights')}, not these weights")
                 continue
             if key in rows and rows[key]["images"] > len(entry["images"]):
                 continue
@@ -289,13 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     weights = run / "meta_trained.pth"
     if not weights.is_file():
         raise SystemExit(f"{weights} not found: the run has not finished")
+    own = read_metadata(weights)
+    missing = [k for k in ("arch", "arch_kwargs", "scale", "ds_method", "schedule", "loss") if k not in own]
+    if missing:
+        raise SystemExit(f"{weights}: its metadata lacks {', '.join(missing)}; only files written by metasr train "
+                         "(which records them) can be packaged")
     lin = lineage(run, args.parent, args.dest)
     recipe = lin["recipe_resolved"]
     state = read_weights(weights)
-    own = read_metadata(weights)
     commit = lin["commits"][-1] if lin["commits"] else None
     meta = {"arch": own["arch"], "arch_kwargs": own["arch_kwargs"], "scale": float(own["scale"]),
-            "ds_method": own["ds_method"], "schedule": own["schedule"], "loss": own["loss"],
+            "ds_method": trained_ds_method(recipe), "schedule": own["schedule"], "loss": own["loss"],
             "adapt_params": own.get("adapt_params"), "recipe": lin["recipe"], "commit": commit, "name": args.name}
     args.dest.mkdir(parents=True, exist_ok=True)
     out = args.dest / f"{args.name}.safetensors"
@@ -312,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     t2 = table2_rows(args.table2, meta["ds_method"])
     if t2:
         metrics["table2"] = t2
-    mlsr = mlsr_rows(args.mlsr_tables, args.mlsr_model) if args.mlsr_tables else {}
+    prints = {f"sha256:{sha}", "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()}
+    mlsr = mlsr_rows(args.mlsr_tables, args.mlsr_model, prints) if args.mlsr_tables else {}
     if mlsr:
         metrics["mlsr_tables"] = mlsr
     lin_small = {k: v for k, v in lin.items() if k != "recipe_resolved"}

@@ -487,6 +487,9 @@ def _check_options(args: argparse.Namespace) -> None:
         from ..ops.kernels import resolve_kernel
 
         resolve_kernel(args.kernel, args.ds_method)  # a bad kernel file fails here, not after the model loads
+    if args.command == "zssr" and args.estimator is not None and not _is_estimate(args.kernel):
+        raise ValueError(f"--estimator {args.estimator} is used only with --kernel estimate (given --kernel "
+                         f"{args.kernel or 'bicubic'}); add --kernel estimate or leave --estimator out")
     if getattr(args, "json", None):
         _check_output(args.json, "--json", image=False)
 

@@ -113,6 +113,18 @@ def model_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def trained_ds_method(recipe: Mapping[str, Any]) -> str:
+    """How the LR images the recipe's last training stage learns from were subsampled: ``'bicubic'`` for
+    bicubic tasks or pairs (MATLAB imresize), else ``data.ds_method`` (after the random blur). Recorded as the
+    weights' ``ds_method``, which picks bundled weights for a kernel (e.g. ``--arch idn --kernel bicubic``)."""
+    d, p, m = recipe["data"], recipe["pretrain"], recipe["meta"]
+    if m["iterations"] > 0:
+        return "bicubic" if d["kernel"] == "bicubic" else d["ds_method"]
+    if p["iterations"] > 0 and p["degradation"] == "bicubic":
+        return "bicubic"
+    return d["ds_method"]
+
+
 def build_model(recipe: Mapping[str, Any]) -> nn.Module:
     """The recipe's network with its initialisation drawn from ``seed`` (weights not loaded)."""
     from ..adapters import get_model
@@ -535,7 +547,7 @@ class _Run:
         """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
         r = self.recipe
         return {"arch": r["model"]["name"], "arch_kwargs": model_kwargs(r), "scale": float(r["model"]["scale"]),
-                "ds_method": r["data"]["ds_method"], "schedule": r["eval"]["schedule"], "loss": r["meta"]["loss"],
+                "ds_method": trained_ds_method(r), "schedule": r["eval"]["schedule"], "loss": r["meta"]["loss"],
                 "adapt_params": r["meta"]["adapt_params"]}
 
     def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool,

@@ -717,9 +717,9 @@ def add_zssr_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="downscaling kernel: a .mat (key 'Kernel'/'kernel') or .npy file, a name (gd2.0...), "
                              "'bicubic' (default: bicubic, the ideal case), or 'estimate' (blind mode: estimate it "
                              "from the image first, x2 only; see --estimator)")
-    parser.add_argument("--estimator", choices=("gaussian", "kernelgan"), default="gaussian",
-                        help="--kernel estimate: 'gaussian' (search scored by the bundled MZSR weights) or "
-                             "'kernelgan' (internal GAN, no network needed)")
+    parser.add_argument("--estimator", choices=("gaussian", "kernelgan"), default=None,
+                        help="with --kernel estimate only: 'gaussian' (the default; a search scored by the bundled "
+                             "MZSR weights) or 'kernelgan' (internal GAN, no network needed)")
     parser.add_argument("--scale", type=float, default=2.0, help="SR factor (default 2)")
     parser.add_argument("-o", "--output", required=True, help="SR image to write")
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -767,7 +767,7 @@ def run_zssr_cli(args: argparse.Namespace) -> int:
     if isinstance(kernel, str) and kernel.strip().lower() == "estimate":  # blind mode
         from ..estimate.api import estimate_kernel
 
-        est = estimate_kernel(lr_img, args.scale, getattr(args, "estimator", "gaussian"), progress=not args.quiet,
+        est = estimate_kernel(lr_img, args.scale, getattr(args, "estimator", None) or "gaussian", progress=not args.quiet,
                               seed=args.seed)
         print(f"estimated kernel: {est.summary()}")
         kernel = est.require_converged().to_spec()
