@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from metasr_adapter.io.atomic import load_checked
+from metasr_adapter.io.atomic import load_checked, save_checked
 from metasr_adapter.meta.pretrain import PairSampler, Pretrainer, staircase_lr
 from metasr_adapter.meta.tasks import PatchPool
 from metasr_adapter.training.train import KILL_ENV, MetricsLog, TrainingInterrupted, run_training
@@ -209,8 +210,29 @@ def test_resume_may_change_meta_iterations(resume_setup, tmp_path: Path, monkeyp
         run_training(load_recipe(RECIPE, [*over, "meta.iterations=3"]), out_dir=run, resume=True)
     run_training(load_recipe(RECIPE, over), out_dir=run, resume=True)
     _assert_same_run(ref, run)
-    with pytest.raises(ValueError, match="already took"):
-        run_training(load_recipe(RECIPE, [*over, "meta.iterations=9"]), out_dir=run, resume=True)
+    with pytest.raises(ValueError, match="already took"):  # a finished run cannot be shortened
+        run_training(load_recipe(RECIPE, [*over, "meta.iterations=5"]), out_dir=run, resume=True)
+
+
+def test_a_finished_run_extended_equals_the_longer_run(resume_setup, tmp_path: Path) -> None:
+    """4 iterations to the end (evaluation included), then --resume with 7: the 7-iteration run's weights
+    and log; a checkpoint finished without the meta-learner's state is refused with a clear message."""
+    from metasr_adapter.training.recipes import load_recipe
+
+    over, ref = resume_setup
+    run = tmp_path / "extended"
+    run_training(load_recipe(RECIPE, [*over, "meta.iterations=4"]), out_dir=run)
+    ck = load_checked(run / "checkpoint.pt")
+    assert ck["stage"] == "done" and set(ck["meta_state"]) == {"learner", "sampler", "elapsed"}
+    old = tmp_path / "old_format"
+    shutil.copytree(run, old)
+    run_training(load_recipe(RECIPE, over), out_dir=run, resume=True)
+    assert load_checked(run / "checkpoint.pt")["stage"] == "done"
+    _assert_same_run(ref, run)
+    del ck["meta_state"]
+    save_checked(ck, old / "checkpoint.pt")
+    with pytest.raises(ValueError, match="did not keep the meta-learner's state"):
+        run_training(load_recipe(RECIPE, over), out_dir=old, resume=True)
 
 
 def test_resume_after_sigkill_gives_identical_weights(resume_setup, tmp_path: Path) -> None:

@@ -281,6 +281,9 @@ class _Run:
         self.model: nn.Module | None = None
         self.stage_seconds: dict[str, float] = {}
         self.pool_cache: dict[tuple, Any] = {}
+        # the meta-learner's and sampler's state at the end of the meta stage, kept in the 'eval' and 'done'
+        # checkpoints so that a finished run can be extended exactly (--resume with more meta.iterations)
+        self.meta_state: dict[str, Any] | None = None
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, stage: str, step: int, extra: Mapping[str, Any] | None = None, elapsed: float = 0.0) -> Path:
@@ -302,6 +305,8 @@ class _Run:
         }
         if extra:
             ckpt.update(_cpu_state(dict(extra)))
+        if stage in ("eval", "done") and self.meta_state is not None:
+            ckpt["meta_state"] = _cpu_state(self.meta_state)
         return save_checked(ckpt, self.ckpt_path)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
@@ -325,9 +330,24 @@ class _Run:
                           "each step's gradient is the same sum over the whole batch, so training continues "
                           "correctly; float round-off differs from an uninterrupted run", UserWarning, stacklevel=2)
         was, now = ckpt["recipe"]["meta"]["iterations"], self.recipe["meta"]["iterations"]
+        if now > was and ckpt["stage"] in ("eval", "done") and "meta_state" in ckpt:
+            # extend a finished run: back to the meta stage at its last iteration, with the learner's and the
+            # sampler's state as they were there (the batches are a function of the iteration): the weights
+            # come out as those of one run of `now` iterations
+            ms = ckpt.pop("meta_state")
+            ckpt.update({"stage": "meta", "step": was, "learner": ms["learner"], "sampler": ms["sampler"],
+                         "elapsed": ms["elapsed"], "recipe": self.recipe})
+            if self.main:
+                print(f"extending {self.ckpt_path.parent}: meta-iterations {was} -> {now}; the evaluation reruns at "
+                      "the end", file=sys.stderr)
+            return ckpt
         if now != was:
             past_meta = ckpt["stage"] in ("eval", "done") or (ckpt["stage"] == "meta" and ckpt["step"] > now)
             if past_meta:
+                if now > was and ckpt["stage"] in ("eval", "done"):
+                    raise ValueError(
+                        f"cannot extend {self.ckpt_path} to meta.iterations={now}: it was finished by an older "
+                        "version that did not keep the meta-learner's state; train a new run (--out NEW) instead")
                 raise ValueError(
                     f"cannot resume {self.ckpt_path} with meta.iterations={now}: the run already took "
                     f"{ckpt['step'] if ckpt['stage'] == 'meta' else was} meta-iterations; use a new --out folder"
@@ -535,6 +555,10 @@ class _Run:
             self._loop("meta", start, total, self._loader(sampler, start, total), step_fn,
                        lambda: {"learner": learner.state_dict(), "sampler": sampler.state_dict()},
                        r["output"]["checkpoint_every"], elapsed)
+            self.meta_state = {"learner": learner.state_dict(), "sampler": sampler.state_dict(),
+                               "elapsed": self.stage_seconds["meta"]}
+        elif ckpt is not None and "learner" in ckpt and "sampler" in ckpt:  # resumed exactly at the last iteration
+            self.meta_state = {"learner": ckpt["learner"], "sampler": ckpt["sampler"], "elapsed": elapsed}
         self._save_weights(FINAL_WEIGHTS, source=f"meta-trained {total} iterations", recipe=r.get("name"))
 
     def _save_weights(self, name: str, **metadata: Any) -> None:
@@ -648,6 +672,7 @@ class _Run:
             self.model.load_state_dict(ckpt["model"])
             _set_rng_state(ckpt["rng"])
             self.stage_seconds.update(ckpt.get("stage_seconds", {}))
+            self.meta_state = ckpt.get("meta_state")  # an 'eval' or 'done' checkpoint carries it forward
             self.log.truncate(ckpt["stage"], int(ckpt["step"]))
             stage = ckpt["stage"]
         else:
