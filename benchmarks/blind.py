@@ -163,7 +163,13 @@ def summarise(cells: list[dict], methods: list[str]) -> dict:
     cols = sorted({c for cell in cells for c in cell["psnr"]})
     mean = {c: float(np.mean([cell["psnr"][c] for cell in cells if c in cell["psnr"]])) for c in cols}
     count = {c: sum(c in cell["psnr"] for cell in cells) for c in cols}
-    out: dict = {"images": len(cells), "mean_psnr": mean, "count": count, "methods": {}}
+    out: dict = {"images": len(cells), "mean_psnr": mean, "count": count, "methods": {}, "subsets": {}}
+    for c in cols:  # a column measured on fewer images (ZSSR): every column's mean on those images
+        if count[c] < len(cells):
+            sub = [cell for cell in cells if c in cell["psnr"]]
+            shared = [k for k in cols if all(k in cell["psnr"] for cell in sub)]
+            out["subsets"][c] = {"images": [cell["image"] for cell in sub],
+                                 "mean_psnr": {k: float(np.mean([cell["psnr"][k] for cell in sub])) for k in shared}}
     for m in methods:
         ests = [cell["estimates"][m] for cell in cells if m in cell.get("estimates", {})]
         if not ests:
@@ -210,6 +216,14 @@ def markdown(name: str, summary: dict, crop: int | None) -> str:
         "|" + "---|" * len(columns),
         "| " + " | ".join(col(c) for c, _ in columns) + " |",
         "",
+    ]
+    titles = dict(columns)
+    for c, sub in summary.get("subsets", {}).items():  # a column on fewer images, compared on those images
+        same = sub["mean_psnr"]
+        lines += [f"On the {len(sub['images'])} image(s) with {titles.get(c, c)} "
+                  f"({', '.join(Path(i).stem for i in sub['images'])}): "
+                  + ", ".join(f"{titles.get(k, k)} {same[k]:.2f}" for k, _ in columns if k in same) + ".", ""]
+    lines += [
         "| estimator | images | converged | kernel PSNR (dB) | kernel MSE | seconds | MZSR(est) − MZSR(true) "
         "(goal ≥ −0.5) | MZSR(est) − MZSR(bicubic assumed) (goal ≥ +1) |",
         "|---|---|---|---|---|---|---|---|",

@@ -51,3 +51,13 @@ def test_a_run_without_probes_is_named(tmp_path):
     empty.write_text(json.dumps({"stage": "meta", "step": 1, "loss": 0.1}) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no probe records"):
         psnr_vs_cpu_hours({"e": empty}, tmp_path / "e.png")
+
+
+def test_a_far_baseline_is_named_in_the_legend_instead_of_squashing_the_curves(tmp_path):
+    from metasr_adapter.training.plots import baseline_fits, psnr_vs_steps
+
+    curves = {"IDN": {0: 29.96, 5: 30.05, 100: 30.35}, "IDN-ML": {0: 29.94, 5: 30.05, 100: 30.35}}
+    assert not baseline_fits([29.94, 30.35], 27.04)  # 2.9 dB below curves that span 0.41 dB
+    assert baseline_fits([33.6, 34.5], 33.0)
+    out = psnr_vs_steps(curves, tmp_path / "f.png", baseline=27.04)
+    assert out.is_file() and out.stat().st_size > 1000

@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 __all__ = ["psnr_vs_steps", "read_probes", "psnr_vs_cpu_hours"]
+
+
+def baseline_fits(values: Sequence[float], baseline: float) -> bool:
+    """Whether a reference line at ``baseline`` can share the axis with ``values`` without squashing them:
+    not further below them than twice their spread (at least 0.05 dB)."""
+    spread = max(values) - min(values)
+    return min(values) - baseline <= 2 * max(spread, 0.05)
 
 
 def psnr_vs_steps(
@@ -31,19 +38,30 @@ def psnr_vs_steps(
     fig = Figure(figsize=(6.0, 4.2), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     markers = "osD^v<>p"
+    values_all: list[float] = []
     for n, (label, points) in enumerate(curves.items()):
         if not points:
             raise ValueError(f"curve {label!r} has no points")
         steps = sorted(int(k) for k in points)
         values = [float(points[k]) for k in steps]
+        values_all += values
         ax.plot(steps, values, marker=markers[n % len(markers)], linewidth=1.6, markersize=4, label=label)
     if baseline is not None:
-        ax.axhline(float(baseline), color="0.5", linestyle="--", linewidth=1.0, label=baseline_label)
+        if not baseline_fits(values_all, float(baseline)):
+            # far below the curves: a line would squash them flat, so the legend states its value instead
+            ax.plot([], [], " ", label=f"{baseline_label}: {float(baseline):.2f} dB (below the axis)")
+        else:
+            ax.axhline(float(baseline), color="0.5", linestyle="--", linewidth=1.0, label=baseline_label)
     ax.set_xlabel("adaptation steps")
     ax.set_ylabel("mean PSNR (dB)")
     all_steps = sorted({int(k) for pts in curves.values() for k in pts})
-    if len(all_steps) <= 21:
-        ax.set_xticks(all_steps)
+    if all_steps[0] == 0 and all_steps[-1] > 20:  # 0, 1, 2, 3, 5 ... 100 on a linear axis crowd together
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(-0.1, all_steps[-1] * 1.15)
+    ticks = [k for k in all_steps if k in (0, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500, 1000)] or all_steps
+    if len(ticks) <= 21:
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(k) for k in ticks])
     return _save(fig, ax, path, title, legend_loc="best", legend_size=9)
 
 
