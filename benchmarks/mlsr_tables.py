@@ -283,26 +283,32 @@ def _paper(protocol: str, model: str, col: str) -> str:
     return ", ".join(f"{s} {p:.2f}" for s, p in ref.items()) if ref else ""
 
 
-def plot(cells: dict[tuple[str, str, str], dict[str, dict]], set_name: str, path: Path) -> Path | None:
-    """Fig. 3: mean PSNR against steps for IDN and IDN-ML on ``set_name`` (their common images)."""
+def plot(cells: dict[tuple[str, str, str], dict[str, dict]], set_name: str, path: Path,
+         protocol: str = "table3") -> Path | None:
+    """Mean PSNR against steps for IDN and IDN-ML on ``set_name`` (the images every drawn model has): the
+    paper's Fig. 3 for ``table3``; for ``table5`` ZSSR (one number an image) is the reference line."""
     from metasr_adapter.training.plots import psnr_vs_steps
 
-    models = {m: cells.get(("table3", set_name, m)) for m in IDN_MODELS}
+    models = {m: cells.get((protocol, set_name, m)) for m in (*IDN_MODELS, "zssr")}
     models = {m: c for m, c in models.items() if c}
-    if not models:
+    if not any(m in models for m in IDN_MODELS):
         return None
     common = sorted(set.intersection(*(set(c) for c in models.values())))
     if not common:
         return None
-    curves, baseline = {}, None
+    curves, baseline, label = {}, None, "bicubic"
     for m, by_image in models.items():
         rows = [by_image[i] for i in common]
+        if m == "zssr":
+            baseline, label = float(np.mean([r["psnr"]["zssr"] for r in rows])), "ZSSR"
+            continue
         cols = set.intersection(*(set(r["psnr"]) for r in rows))
         curves[LABELS[m]] = {int(c): float(np.mean([r["psnr"][c] for r in rows])) for c in cols if c.isdigit()}
-        if "bicubic" in cols:
+        if "bicubic" in cols and "zssr" not in models:
             baseline = float(np.mean([r["psnr"]["bicubic"] for r in rows]))
-    title = f"Table 3 protocol, {set_name} ({len(common)} images), bicubic x2: IDN vs IDN-ML"
-    return psnr_vs_steps(curves, path, title=title, baseline=baseline)
+    what = "bicubic x2" if protocol == "table3" else "a random 5x5 kernel per image, direct x2"
+    title = f"{'Table 3' if protocol == 'table3' else 'Table 5'} protocol, {set_name} ({len(common)} images), {what}"
+    return psnr_vs_steps(curves, path, title=title, baseline=baseline, baseline_label=label)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -491,8 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(summary, steps, settings)
     atomic_write_text(out / "mlsr_tables.md", md)
     fig = plot(cells, args.plot_set, out / f"fig3_{args.plot_set}.png")
+    fig5 = [plot(cells, set_name, out / f"table5_{set_name}.png", protocol="table5") for set_name in SETS
+            if ("table5", set_name, "zssr") in cells]  # the sets where ZSSR, the paper's reference, ran
     print(md)
-    print(f"wrote {out / 'mlsr_tables.md'}, {out / 'mlsr_tables.json'}" + (f", {fig}" if fig else ""))
+    figs = ", ".join(str(f) for f in [fig, *fig5] if f)
+    print(f"wrote {out / 'mlsr_tables.md'}, {out / 'mlsr_tables.json'}" + (f", {figs}" if figs else ""))
     return 0
 
 

@@ -271,15 +271,16 @@ def test_mlsr_tables_smoke_resume_and_skip(tmp_path: Path, photo: np.ndarray, mo
     out = tmp_path / "out"
     argv = ["--set5", str(sets["set5"]), "--urban100", str(sets["urban100"]), "--set14", str(tmp_path / "none"),
             "--bsd100", str(tmp_path / "none"), "--weights-naive", "random", "--weights-ml", str(ml),
-            "--steps", "0", "2", "--curve-steps", "0", "1", "--table5-models", "idn-ml", "--limit", "1",
-            "--limits", "set5=2", "--out", str(out), "--quiet"]
+            "--steps", "0", "2", "--curve-steps", "0", "1", "--table5-models", "idn-ml", "zssr", "--limit", "1",
+            "--limits", "set5=2", "--zssr-max-iters", "2", "--out", str(out), "--quiet"]
     assert tables.main(argv) == 0
     printed = capsys.readouterr().out
     assert "skipping set14" in printed and "skipping bsd100" in printed
     cells = sorted(p.relative_to(out / "cells").as_posix() for p in (out / "cells").rglob("*.json"))
     assert cells == ["table3/set5/idn-ml/a.json", "table3/set5/idn-ml/b.json", "table3/set5/idn/a.json",
                      "table3/set5/idn/b.json", "table3/urban100/idn-ml/c.json", "table3/urban100/idn/c.json",
-                     "table5/set5/idn-ml/a.json", "table5/set5/idn-ml/b.json", "table5/urban100/idn-ml/c.json"]
+                     "table5/set5/idn-ml/a.json", "table5/set5/idn-ml/b.json", "table5/set5/zssr/a.json",
+                     "table5/set5/zssr/b.json", "table5/urban100/idn-ml/c.json"]
     cell = json.loads((out / "cells/table3/urban100/idn/c.json").read_text())
     assert set(cell["psnr"]) == {"0", "1", "2", "bicubic"}  # the plot set also scores the curve steps
     assert cell["identity"]["alpha"] == 0.5  # the IDN-ML weights' own α, for both networks
@@ -292,6 +293,7 @@ def test_mlsr_tables_smoke_resume_and_skip(tmp_path: Path, photo: np.ndarray, mo
     summary = json.loads((out / "mlsr_tables.json").read_text())["results"]
     assert summary["table3/set5"]["images"] == ["a", "b"]
     assert (out / "fig3_urban100.png").is_file()
+    assert (out / "table5_set5.png").is_file() and not (out / "table5_urban100.png").exists()  # ZSSR ran on Set5
 
     # a second run finds every cell done; changing α recomputes the IDN cells
     def boom(*a, **k):
