@@ -29,28 +29,36 @@ def test_bundled_weights_are_registered_intact_and_described(name):
     assert info.path.stat().st_size < 2_000_000
 
 
-IDN_NAMES = ("idn_x2_bicubic",)
+IDN_NAMES = {"idn_x2_bicubic": "bicubic", "idn_x2_mlsr_direct": "direct"}  # name: the LR subsampling trained for
 
 
-@pytest.mark.parametrize("name", IDN_NAMES)
+@pytest.mark.parametrize("name", sorted(IDN_NAMES))
 def test_bundled_idn_weights_are_registered_intact_and_say_what_they_were_trained_for(name):
     info = get_weights(name)
     assert name in list_weights("idn")
     info.verify()
     meta = read_metadata(info.path)
-    # trained on bicubic LR images: both the file and its sidecar say so (they once said 'direct')
+    # the file and its sidecar agree on what the weights are for (idn_x2_bicubic once said 'direct')
     assert (meta["arch"], meta["scale"], meta["ds_method"], meta["schedule"], meta["loss"]) == \
-        (info.arch, info.scale, info.ds_method, info.schedule, info.loss) == ("idn", 2.0, "bicubic", 0.65025, "l2")
+        (info.arch, info.scale, info.ds_method, info.schedule, info.loss) == ("idn", 2.0, IDN_NAMES[name], 0.65025, "l2")
     assert info.lineage["descends_from_random_init"] and "random initialisation" in info.model_card.read_text()
+    parent = info.lineage.get("parent")
+    if parent:  # an MLSR model: its parent is bundled too, and its recorded sha256 is the parent file's
+        assert parent["sha256"] == get_weights(parent["name"]).sha256
 
 
 def test_the_bicubic_idn_is_the_default_for_bicubic_lr_images(tmp_path, photo):
     assert default_weights("idn", scale=2, ds_method="bicubic").name == "idn_x2_bicubic"
+    assert default_weights("idn", scale=2, ds_method="direct").name == "idn_x2_mlsr_direct"  # blurred LR images
     gt = photo[40:136, 180:276]
     lr = tmp_path / "lr.png"
     write_image(lr, synthesize_lr(gt, resolve_kernel("bicubic"), 2))
     out = tmp_path / "sr.png"
     assert main(["adapt", str(lr), "--arch", "idn", "--kernel", "bicubic", "--steps", "1", "-o", str(out)]) == 0
+    assert read_image(out).shape == (96, 96, 3)
+    write_image(lr, synthesize_lr(gt, resolve_kernel("gd2.0"), 2))
+    assert main(["adapt", str(lr), "--weights", "idn_x2_mlsr_direct", "--kernel", "gd2.0", "--steps", "5",
+                 "-o", str(out)]) == 0
     assert read_image(out).shape == (96, 96, 3)
 
 
