@@ -29,7 +29,7 @@ def test_bundled_weights_are_registered_intact_and_described(name):
     assert info.path.stat().st_size < 2_000_000
 
 
-IDN_NAMES = {"idn_x2_bicubic": "bicubic", "idn_x2_mlsr_direct": "direct"}  # name: the LR subsampling trained for
+IDN_NAMES = {"idn_x2_bicubic": "bicubic", "idn_x2_mlsr": "bicubic", "idn_x2_mlsr_direct": "direct"}  # name: the LR subsampling trained for
 
 
 @pytest.mark.parametrize("name", sorted(IDN_NAMES))
