@@ -33,7 +33,6 @@ two models); BSD100 ~35 s an image and model (~2 h in full); Set5 + Set14 ~35 mi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -82,10 +81,12 @@ def _default_weights(bundled: str, run_file: Path) -> str:
 
 
 def load_network(spec: str, arch: str, scale: int) -> tuple[torch.nn.Module, str, dict[str, Any]]:
-    """(network in eval mode, fingerprint, metadata) of ``spec``: a bundled name, a file, or 'random'."""
+    """(network in eval mode, fingerprint, metadata) of ``spec``: a bundled name, a file, or 'random'. The
+    fingerprint is that of the tensors (``io.weights.tensor_fingerprint``), so a run's file and its bundled
+    copy share their cells."""
     from metasr_adapter.adapters import get_model, scale_kwargs
     from metasr_adapter.io.pretrained import BUNDLED_WEIGHTS, load_model
-    from metasr_adapter.io.weights import read_metadata
+    from metasr_adapter.io.weights import read_metadata, tensor_fingerprint
 
     if spec == "random":
         with torch.random.fork_rng(devices=[]):
@@ -94,14 +95,15 @@ def load_network(spec: str, arch: str, scale: int) -> tuple[torch.nn.Module, str
         return net.eval(), f"random:{arch}:x{scale}:seed0", {}
     if spec in BUNDLED_WEIGHTS:
         info = BUNDLED_WEIGHTS[spec]
-        return load_model(info.arch, spec).eval(), f"sha256:{info.sha256}", read_metadata(info.path)
+        net = load_model(info.arch, spec).eval()  # sha256-checked on load
+        return net, tensor_fingerprint(net), read_metadata(info.path)
     path = Path(spec)
     if not path.is_file():
         raise SystemExit(f"weights {spec!r}: no such file and no bundled weights of that name. Train them first "
                          "(recipes/idn_x2_cpu.yaml, recipes/mlsr_idn_x2_cpu.yaml), or pass 'random' for a smoke test")
     meta = read_metadata(path)
     net = load_model(None if meta.get("arch") else arch, path, arch_defaults=scale_kwargs(arch, scale))
-    return net.eval(), "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(), meta
+    return net.eval(), tensor_fingerprint(net), meta
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
 
     w_naive = args.weights_naive or _default_weights("idn_x2_bicubic", ROOT / "runs" / "idn_x2_cpu" / "start_weights.pth")
     w_ml = args.weights_ml or _default_weights("idn_x2_mlsr", ROOT / "runs" / "mlsr_idn_x2_cpu" / "meta_trained.pth")
-    w_ml_k = args.weights_ml_kernels or w_ml
+    w_ml_k = args.weights_ml_kernels or _default_weights("idn_x2_mlsr_direct", Path(w_ml))
     weights = {("table3", "idn"): w_naive, ("table3", "idn-ml"): w_ml, ("table5", "idn"): w_naive,
                ("table5", "idn-ml"): w_ml_k}
     models_of = {"table3": list(args.table3_models), "table5": list(args.table5_models)}

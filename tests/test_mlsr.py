@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import hashlib
 import json
 from pathlib import Path
 
@@ -391,12 +390,14 @@ def test_package_weights_chains_the_mlsr_run_to_its_bundled_parent(train_dir: Pa
     assert "Parent `idn_tiny`" in card and "MLSR (first-order MAML" in card and "first order throughout" in card
     assert info["schedule"] == pytest.approx(0.65025) and info["loss"] == "l2" and info["ds_method"] == "bicubic"
     # MLSR table rows enter the card only when measured with these weights (the run's file or the packaged one)
-    own_sha = hashlib.sha256((child / "meta_trained.pth").read_bytes()).hexdigest()
+    from metasr_adapter.io.weights import tensor_fingerprint
+
+    own = tensor_fingerprint(read_weights(child / "meta_trained.pth"))
     row = {"mean_psnr": {"0": 30.0, "5": 30.1}, "mean_ssim": {"0": 0.9, "5": 0.91}}
     tables_json = tmp_path / "mlsr_tables.json"
     tables_json.write_text(json.dumps({"results": {
-        "table3/set5": {"images": ["a"], "models": {"idn-ml": {**row, "weights": f"sha256:{own_sha}"}}},
-        "table3/bsd100": {"images": ["b"], "models": {"idn-ml": {**row, "weights": "sha256:other-weights"}}}}}))
+        "table3/set5": {"images": ["a"], "models": {"idn-ml": {**row, "weights": own}}},
+        "table3/bsd100": {"images": ["b"], "models": {"idn-ml": {**row, "weights": "tensors:other-weights"}}}}}))
     assert pack.main([str(child), "--name", "idn_tiny_ml", "--description", "tiny IDN-ML", "--parent", "idn_tiny",
                       "--dest", str(dest), "--mlsr-tables", str(tables_json), "--mlsr-model", "idn-ml"]) == 0
     assert list(json.loads((dest / "idn_tiny_ml.json").read_text())["metrics"]["mlsr_tables"]) == ["table3/set5"]

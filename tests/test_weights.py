@@ -221,3 +221,20 @@ def test_save_weights_refuses_an_unknown_suffix(tmp_path):
 
     with pytest.raises(ValueError, match=r"\.safetensors, \.pth or \.pt"):
         save_weights(MZSRNet(width=8, depth=3), tmp_path / "w.npz")
+
+
+def test_the_tensor_fingerprint_ignores_format_and_metadata_but_not_values(tmp_path):
+    from metasr_adapter.io.weights import read_weights, save_weights, tensor_fingerprint
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 3, 1))
+    a = save_weights(net, tmp_path / "a.pth", arch="x", scale=2.0)
+    b = save_weights(net, tmp_path / "b.safetensors", arch="y", note="other metadata")
+    assert a.read_bytes() != b.read_bytes()
+    fp = tensor_fingerprint(net)
+    assert fp.startswith("tensors:") and fp == tensor_fingerprint(read_weights(a)) == tensor_fingerprint(read_weights(b))
+    state = read_weights(a)
+    state["0.bias"] = state["0.bias"].clone()
+    state["0.bias"][0] += 1e-6
+    assert tensor_fingerprint(state) != fp
+    assert tensor_fingerprint({k: v.double() for k, v in read_weights(a).items()}) != fp  # dtype counts

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from metasr_adapter.io.atomic import load_checked  # noqa: E402
 from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
-from metasr_adapter.io.weights import read_metadata, read_weights, save_weights  # noqa: E402
+from metasr_adapter.io.weights import read_metadata, read_weights, save_weights, tensor_fingerprint  # noqa: E402
 from metasr_adapter.training.train import trained_ds_method  # noqa: E402
 
 KERNEL_ORDER = ("gd0.2", "gd2.0", "gdani", "gb1.3")
@@ -141,10 +141,10 @@ def table2_rows(table2: Path | None, ds_method: str) -> dict:
     return rows
 
 
-def mlsr_rows(files: list[Path], model: str, fingerprints: set[str]) -> dict:
+def mlsr_rows(files: list[Path], model: str, fingerprint: str) -> dict:
     """``{"table3/bsd100": {"images", "psnr", "ssim"}, ...}`` of ``model`` in ``benchmarks/mlsr_tables.py``
-    summaries (``mlsr_tables.json``), only from rows measured with these weights (``fingerprints``:
-    ``sha256:…`` of the packaged file or of the run's own file); a later file's entry replaces an earlier one's
+    summaries (``mlsr_tables.json``), only from rows measured with these weights (``fingerprint``: their
+    :func:`~metasr_adapter.io.weights.tensor_fingerprint`); a later file's entry replaces an earlier one's
     with fewer images."""
     rows: dict[str, dict] = {}
     for f in files:
@@ -153,7 +153,7 @@ def mlsr_rows(files: list[Path], model: str, fingerprints: set[str]) -> dict:
             m = entry["models"].get(model)
             if m is None or not entry["images"]:
                 continue
-            if m.get("weights") not in fingerprints:
+            if m.get("weights") != fingerprint:
                 print(f"{f}: {key} {model} left out: measured with {m.get('weights')}, not these weights")
                 continue
             if key in rows and rows[key]["images"] > len(entry["images"]):
@@ -332,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     t2 = table2_rows(args.table2, meta["ds_method"])
     if t2:
         metrics["table2"] = t2
-    prints = {f"sha256:{sha}", "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()}
-    mlsr = mlsr_rows(args.mlsr_tables, args.mlsr_model, prints) if args.mlsr_tables else {}
+    mlsr = mlsr_rows(args.mlsr_tables, args.mlsr_model, tensor_fingerprint(state)) if args.mlsr_tables else {}
     if mlsr:
         metrics["mlsr_tables"] = mlsr
     lin_small = {k: v for k, v in lin.items() if k != "recipe_resolved"}

@@ -290,3 +290,20 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
     obj = _torch_load(p)
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     return dict(meta) if isinstance(meta, dict) else {}
+
+
+def tensor_fingerprint(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """``'tensors:<sha256>'`` of a network's tensors (names, dtypes, shapes and values, in name order).
+
+    Unlike a file's sha256 it does not change when the same tensors are saved again in another format or
+    with other metadata, so results measured with a training run's file still match its bundled copy.
+    """
+    import hashlib
+
+    state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "tensors:" + h.hexdigest()
