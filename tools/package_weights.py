@@ -32,7 +32,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +77,8 @@ def _parent_start(run: Path, recipe: dict, parent: str | None, dest: Path) -> tu
     dest = sidecar.parent
     if not pinfo["lineage"].get("descends_from_random_init", pinfo["lineage"]["start"].startswith("random")):
         raise SystemExit(f"--parent {parent}: its lineage does not start from random initialisation")
-    mine, theirs = read_weights(run / "start_weights.pth"), read_weights(dest / pinfo["filename"])
-    if mine.keys() != theirs.keys() or not all(torch.equal(mine[k], theirs[k]) for k in mine):
+    if tensor_fingerprint(read_weights(run / "start_weights.pth")) != \
+            tensor_fingerprint(read_weights(dest / pinfo["filename"])):
         raise SystemExit(f"{run}/start_weights.pth is not {parent} ({dest / pinfo['filename']}): a run packaged with "
                          "--parent must start from exactly those weights")
     return f"the bundled weights `{parent}` (sha256 {pinfo['sha256'][:12]}…), themselves trained here from random " \
@@ -280,8 +279,8 @@ def _same_file_content(path: Path, state: dict, meta: dict) -> bool:
     file, whose bytes would otherwise change (safetensors writes its metadata in no fixed order)."""
     if not path.is_file():
         return False
-    old, old_meta = read_weights(path), read_metadata(path)
-    same_tensors = old.keys() == state.keys() and all(torch.equal(old[k], state[k]) for k in old)
+    same_tensors = tensor_fingerprint(read_weights(path)) == tensor_fingerprint(state)
+    old_meta = read_metadata(path)
     return same_tensors and json.loads(json.dumps(meta)) == {k: old_meta.get(k) for k in meta}
 
 
@@ -306,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if not weights.is_file():
         raise SystemExit(f"{weights} not found: the run has not finished")
     own = read_metadata(weights)
-    missing = [k for k in ("arch", "arch_kwargs", "scale", "ds_method", "schedule", "loss") if k not in own]
+    missing = [k for k in ("arch", "arch_kwargs", "scale", "schedule", "loss") if k not in own]
     if missing:
         raise SystemExit(f"{weights}: its metadata lacks {', '.join(missing)}; only files written by metasr train "
                          "(which records them) can be packaged")
