@@ -443,3 +443,18 @@ def test_package_weights_finds_a_parent_among_the_bundled_weights(tmp_path: Path
     (tmp_path / "idn_x2_bicubic.json").write_text("{}")
     assert pack._parent_sidecar("idn_x2_bicubic", tmp_path) == tmp_path / "idn_x2_bicubic.json"  # --dest first
     assert pack._parent_sidecar("no_such_weights", tmp_path) is None
+
+
+def test_the_gradient_probe_measures_first_and_second_order_meta_gradients(train_dir: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("mlsr_gradient_probe", ROOT / "benchmarks" / "mlsr_gradient_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    out = tmp_path / "probe.json"
+    assert probe.main(["--weights", "random", "--set", f"data.train_dir={train_dir}", "data.patch_size=32",
+                       "data.stride=32", "--tasks", "2", "--alphas", "0.0", "0.1", "--json", str(out)]) == 0
+    zero, small = json.loads(out.read_text())["rows"]
+    # α = 0: no step, so θ' = θ and all three gradients coincide
+    assert zero["rel_displacement"] == 0 and zero["query_psnr_theta"] == zero["query_psnr_adapted"]
+    assert zero["cos_fo_sup"] == pytest.approx(1, abs=1e-5) and zero["cos_so_sup"] == pytest.approx(1, abs=1e-5)
+    assert small["rel_displacement"] > 0 and small["cos_fo_sup"] < 1 - 1e-7
+    assert out.with_suffix(".md").read_text().count("\n|") >= 3
