@@ -234,7 +234,7 @@ def test_a_library_bug_is_not_reported_as_a_user_error(monkeypatch, lr_png, tiny
 
     monkeypatch.setattr(metasr_mod.MetaSR, "adapt", broken)
     with pytest.raises(TypeError, match="a bug inside"):  # before: one 'error:' line, exit 2
-        main(["adapt", str(lr_png), "--weights", str(tiny_x2), "-o", str(tmp_path / "o.png")])
+        main(["adapt", str(lr_png), "--weights", str(tiny_x2), "--kernel", "gd2.0", "-o", str(tmp_path / "o.png")])
 
 
 def test_zssr_command_and_eval_share_the_kernel_shift_switch():
@@ -266,7 +266,8 @@ def test_adapt_a_folder_resumes_and_reports_failures_without_stopping(tmp_path, 
         write_image(src / f"img{i}.png", photo[i * 60 : i * 60 + 40, :50])
     write_image(src / "tiny.png", photo[:5, :5])  # too small to adapt: this one fails, the others go on
     out = tmp_path / "sr"
-    assert main(["adapt", str(src), "--weights", str(tiny_x2), "--steps", "1", "-o", str(out)]) == 1
+    assert main(["adapt", str(src), "--weights", str(tiny_x2), "--kernel", "gd2.0", "--steps", "1",
+                 "-o", str(out)]) == 1
     assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
     side = json.loads((out / "img1.png.json").read_text())
     assert side["status"] == "done" and len(side["losses"]) == 1 and side["kernel"] == "gd2.0"
@@ -274,7 +275,8 @@ def test_adapt_a_folder_resumes_and_reports_failures_without_stopping(tmp_path, 
     text = capsys.readouterr()
     assert "3 written, 0 skipped" in text.out and "too small" in text.err
     (out / "img1.png").unlink()  # a kill after two images: the rerun writes only the missing one
-    assert main(["adapt", str(tmp_path / "lr" / "img*.png"), "--weights", str(tiny_x2), "--steps", "1", "-o", str(out)]) == 0
+    assert main(["adapt", str(tmp_path / "lr" / "img*.png"), "--weights", str(tiny_x2), "--kernel", "gd2.0",
+                 "--steps", "1", "-o", str(out)]) == 0
     assert "1 written, 2 skipped" in capsys.readouterr().out
 
 

@@ -9,7 +9,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..io.atomic import atomic_write_text
 from ..ops.imageio import IMAGE_EXTENSIONS, read_image, write_image
@@ -32,6 +32,8 @@ class ImageOutcome:
     #: ``kernel="estimate"`` (blind mode): this image's estimate (``KernelEstimate.to_dict()``: the kernel,
     #: method, parameters, convergence, seconds)
     kernel_estimate: dict[str, Any] | None = None
+    #: what a custom ``run_one`` reported (the photo path: weights, degradation estimate, choice and why)
+    details: dict[str, Any] | None = None
 
 
 def expand_inputs(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -65,6 +67,7 @@ def adapt_many(msr, images: Iterable[Any], kernel: Any = "gd2.0", steps: int = 1
 
 def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = "gd2.0", steps: int = 10,
                  suffix: str = ".png", skip_existing: bool = True, progress: bool = True,
+                 run_one: Callable[[Path], tuple[Any, dict[str, Any]]] | None = None,
                  **adapt_kwargs: Any) -> list[ImageOutcome]:
     """Adapt to every image of ``inputs`` (see :func:`expand_inputs`) and write ``out_dir/NAME{suffix}``
     with a sidecar ``NAME{suffix}.json`` (losses, learning rates, seconds, kernel; with ``kernel="estimate"``
@@ -72,6 +75,8 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
 
     Outputs that already exist are skipped, so a killed run resumes where it stopped. A failing image
     is recorded (``status='failed'``, the error in its outcome and sidecar) and the batch goes on.
+    ``run_one(path) -> (sr, details)`` replaces ``msr.adapt`` (e.g. the photo path); ``details`` goes into
+    the sidecar.
     """
     from tqdm.auto import tqdm
 
@@ -88,11 +93,18 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
             continue
         t0 = time.perf_counter()
         try:
-            sr, info = msr.adapt(read_image(f), kernel, steps, return_info=True, **adapt_kwargs)
-            write_image(target, sr)
-            est = getattr(info, "kernel_estimate", None)
-            o = ImageOutcome(str(f), str(target), "done", time.perf_counter() - t0, list(info.losses),
-                             list(info.lrs), kernel_name, kernel_estimate=est.to_dict() if est is not None else None)
+            if run_one is not None:
+                sr, details = run_one(f)
+                write_image(target, sr)
+                o = ImageOutcome(str(f), str(target), "done", time.perf_counter() - t0,
+                                 list(details.get("losses", [])), kernel=kernel_name, details=details)
+            else:
+                sr, info = msr.adapt(read_image(f), kernel, steps, return_info=True, **adapt_kwargs)
+                write_image(target, sr)
+                est = getattr(info, "kernel_estimate", None)
+                o = ImageOutcome(str(f), str(target), "done", time.perf_counter() - t0, list(info.losses),
+                                 list(info.lrs), kernel_name,
+                                 kernel_estimate=est.to_dict() if est is not None else None)
         except (ValueError, OSError, FloatingPointError, RuntimeError) as exc:  # this image's problem
             o = ImageOutcome(str(f), None, "failed", time.perf_counter() - t0, kernel=kernel_name,
                              error=f"{type(exc).__name__}: {exc}")

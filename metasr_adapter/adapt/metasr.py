@@ -26,6 +26,7 @@ from ..ops.backprojection import back_project
 from ..ops.degrade import degrade, imresize
 from ..devices import resolve_device, same_device
 from ..ops.imageio import ImageFormat, to_tensor
+from ..ops.degradation_spec import DegradationSpec
 from ..ops.kernels import KernelSpec, resolve_kernel
 from ..precision import PRECISIONS, autocast, bf16_supported
 from .schedules import Schedule, get_schedule
@@ -105,9 +106,12 @@ class Adaptation:
         noise_std: float = 0.0,
         augment: bool = False,
         generator: torch.Generator | None = None,
+        degradation: DegradationSpec | None = None,
     ) -> None:
         self.owner = owner
         self.kernel = kernel
+        #: the whole degradation (blur + grid, noise, JPEG) that makes the son, when one was given
+        self.degradation = degradation
         self.schedule = schedule
         self.noise_std = float(noise_std)
         self.augment = augment
@@ -143,7 +147,10 @@ class Adaptation:
         with torch.no_grad():
             # resampling runs in float64 like the official numpy code; the network sees its own dtype
             x64 = x.double()
-            son = degrade(x64, kernel.kernel, s, ds_method=kernel.ds_method)
+            if self.degradation is not None:  # blur + grid, noise, 8 bits, JPEG: the photo's own chain
+                son = self.degradation.apply(x64, s, generator=generator)
+            else:
+                son = degrade(x64, kernel.kernel, s, ds_method=kernel.ds_method)
             if self.noise_std > 0:
                 son = son + self.noise_std * torch.randn(son.shape, generator=generator, dtype=son.dtype).to(son.device)
             son = son.clamp(0, 1).to(m.dtype)  # the official code keeps the son in float32
@@ -172,6 +179,15 @@ class Adaptation:
             loss = self.owner.loss_fn(out, target)
             grads = torch.autograd.grad(loss, [self.params[n] for n in names], allow_unused=True)
         return float(loss.detach()), {n: g for n, g in zip(names, grads) if g is not None}
+
+    def loss(self, params: dict[str, torch.Tensor] | None = None) -> float:
+        """The self-supervised loss ``loss_fn(f(son), LR)`` on the whole son (no crop, no gradient), with
+        ``params`` (another session's fast weights, e.g. to score them on a held-out region) or this
+        session's own."""
+        weights = self.params if params is None else params
+        with torch.inference_mode(False), torch.no_grad():
+            out = self.owner._run(weights, self.son_input, tuple(self.lr_image.shape[-2:]))
+            return float(self.owner.loss_fn(out.float(), self.lr_image.float()))
 
     def _training_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(network input of the son, LR target); above the wrapper's ``max_pixels`` an aligned random
@@ -438,7 +454,7 @@ class MetaSR:
     def start(
         self,
         lr_img: np.ndarray | torch.Tensor,
-        kernel: str | np.ndarray | torch.Tensor | KernelSpec | None = "gd2.0",
+        kernel: str | np.ndarray | torch.Tensor | KernelSpec | DegradationSpec | None = "gd2.0",
         *,
         schedule: str | float | Schedule | None = None,
         lr: float | None = None,
@@ -457,17 +473,24 @@ class MetaSR:
             from ..estimate.api import estimate_for_metasr
 
             kernel, estimate = estimate_for_metasr(self, lr_img, ds_method, seed=seed)
+        degradation = None
+        if isinstance(kernel, DegradationSpec):
+            if ds_method is not None and ds_method != kernel.grid:
+                raise ValueError(f"ds_method={ds_method!r} contradicts the DegradationSpec's grid {kernel.grid!r}; "
+                                 "leave ds_method out")
+            degradation, kernel = kernel, kernel.kernel
         spec = resolve_kernel(kernel, ds_method)
         sched = get_schedule(lr) if lr is not None else (get_schedule(schedule) if schedule is not None else self.schedule)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        session = Adaptation(self, lr_img, spec, sched, noise_std=noise_std, augment=augment, generator=gen)
+        session = Adaptation(self, lr_img, spec, sched, noise_std=noise_std, augment=augment, generator=gen,
+                             degradation=degradation)
         session.info.kernel_estimate = estimate
         return session
 
     def adapt(
         self,
         lr_img: np.ndarray | torch.Tensor,
-        kernel: str | np.ndarray | torch.Tensor | KernelSpec | None = "gd2.0",
+        kernel: str | np.ndarray | torch.Tensor | KernelSpec | DegradationSpec | None = "gd2.0",
         steps: int = 1,
         *,
         lr: float | None = None,
@@ -486,7 +509,8 @@ class MetaSR:
         Args:
             lr_img: HxWx3 (or HxW, HxWx4) uint8/float numpy, or a CxHxW / 1xCxHxW float tensor.
             kernel: the blur kernel that made ``lr_img``: a name (``gd2.0``...), a ``.mat``/``.npy``
-                path, an array, a :class:`KernelSpec`, ``None``/``"bicubic"`` for bicubic, or ``"estimate"``
+                path, an array, a :class:`KernelSpec`, a whole
+                :class:`~metasr_adapter.ops.degradation_spec.DegradationSpec` (blur + grid, noise, JPEG), ``None``/``"bicubic"`` for bicubic, or ``"estimate"``
                 to estimate it first (blind mode; ``info.kernel_estimate`` holds the estimate).
             steps: number of gradient steps (0 = plain inference).
             lr / schedule: a constant learning rate, or a schedule (default: the wrapper's).

@@ -96,6 +96,13 @@ class IDN(nn.Module):
         self.reconstruct = nn.ConvTranspose2d(num_feat, channels, 17, stride=self.scale, padding=8,
                                               output_padding=self.scale - 1)
 
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels on each side that one output pixel reads: 2 (feature convolutions) + 6 per distillation
+        block (two 3-layer 3x3 stacks in series) + 4 (the 17x17 stride-s transposed convolution reaches 8
+        output pixels, ceil(8/s) input pixels at s = 2) + 2 (the bicubic skip), rounded up for larger s."""
+        return 2 + 6 * len(self.blocks) + -(-8 // self.scale) + 2
+
     def _upsample(self, x: torch.Tensor) -> torch.Tensor:
         size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
         if self.bicubic == "matlab":

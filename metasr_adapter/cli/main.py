@@ -72,11 +72,16 @@ def _memory_budget(args: argparse.Namespace, model, scale: float, upsample_input
 
 
 def _add_adapt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kernel", default="gd2.0",
-                   help="blur kernel of the LR image: gd0.2, gd2.0, gdani, gb1.3, bicubic, a .mat/.npy file, or "
-                        "'estimate' (metasr adapt only: estimate it first, blind mode)")
-    p.add_argument("--ds-method", choices=["direct", "bicubic"], default=None,
-                   help="subsampling after the blur (default: the named kernel's, else direct)")
+    p.add_argument("--kernel", default=None,
+                   help="blur kernel of the LR image: gd0.2, gd2.0, gdani, gb1.3, bicubic, a .mat/.npy file, "
+                        "'estimate' (metasr adapt only: estimate it first, blind mode) or 'photo' (metasr adapt "
+                        "only: estimate the whole degradation, adapt, keep the adaptation only if a held-out part "
+                        "of the image confirms it). Default: 'photo' for metasr adapt, gd2.0 elsewhere")
+    from ..ops.kernels import DS_METHODS
+
+    p.add_argument("--ds-method", choices=list(DS_METHODS), default=None,
+                   help="subsampling after the blur (default: the named kernel's, else direct; with --kernel photo: "
+                        "the grid the photo path assumes, centred unless the weights were trained on direct)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--schedule", default=None,
                    help="adaptation LR schedule: mzsr_direct, mzsr_bicubic, mzsr_multiscale, mzsr_x4 "
@@ -112,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lr_image", help="the LR image, or a folder / quoted glob of LR images (then -o is a folder)")
     _add_model_args(p, weights_required=False)
     _add_adapt_args(p)
-    p.add_argument("--steps", type=int, default=1, help="adaptation steps (default 1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="adaptation steps (default: 5 on the photo path, else 1)")
     p.add_argument("-o", "--output", required=True,
                    help="SR image to write; for a folder or glob of inputs, the output folder (images already "
                         "there are skipped, so a killed run resumes; a NAME.png.json sidecar per image)")
@@ -221,7 +227,7 @@ def _load_metasr(args: argparse.Namespace):
 
     device = _setup(args)
     weights, meta = _choose_weights(args)
-    args.weights_used = weights
+    args.weights_used, args.weights_meta = weights, meta
     trained_scale = meta.get("scale")
     if args.scale is not None and trained_scale is not None and float(trained_scale) != float(args.scale):
         raise ValueError(f"--scale {args.scale:g} but the weights {weights!r} were trained for x{float(trained_scale):g}; "
@@ -256,11 +262,73 @@ def _many_inputs(spec: str) -> bool:
     return Path(spec).is_dir() or (not Path(spec).exists() and any(c in spec for c in "*?["))
 
 
+def _is_photo(kernel) -> bool:
+    return isinstance(kernel, str) and kernel.strip().lower() == "photo"
+
+
+def _photo_setup(args: argparse.Namespace):
+    """The photo path's MetaSR (``--weights`` or the bundled photo weights), its grid and step count."""
+    from ..io.pretrained import BUNDLED_WEIGHTS
+    from ..pipelines.photo import PHOTO_MAX_PIXELS, PHOTO_STEPS, PHOTO_WEIGHTS
+
+    if args.weights is None:  # the bundled photo weights, unless another architecture was asked for
+        args.weights = next((w for w in PHOTO_WEIGHTS if w in BUNDLED_WEIGHTS
+                             and args.arch in (None, BUNDLED_WEIGHTS[w].arch)), None)
+    if args.max_pixels is None:
+        args.max_pixels = PHOTO_MAX_PIXELS
+    msr = _load_metasr(args)
+    grid = args.ds_method or ("direct" if args.weights_meta.get("ds_method") == "direct" else "centred")
+    if grid not in ("direct", "centred"):
+        raise ValueError(f"--kernel photo with --ds-method {grid}: the photo path estimates the blur on a 'centred' "
+                         "(photos) or 'direct' (MZSR-style) grid; a bicubic resize is among its centred candidates")
+    steps = PHOTO_STEPS if args.steps is None else args.steps
+    return msr, grid, steps
+
+
+def _run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool):
+    """One photo through :func:`~metasr_adapter.pipelines.photo.upscale_photo` (JPEG quality from the file)."""
+    from ..ops.imageio import read_image
+    from ..ops.jpeg import read_jpeg_quality
+    from ..pipelines.photo import upscale_photo
+
+    bars: list = []
+    if show:
+        print(f"{path}: estimating the degradation, then {steps} adaptation step(s) and the held-out check")
+
+    def on_step(rec) -> None:
+        if not show:
+            return
+        if not bars:  # made at the first step, so that its rate leaves the estimate out
+            from tqdm.auto import tqdm
+
+            bars.append(tqdm(total=steps, desc="adapt", unit="step"))
+        bars[0].update(1)
+        bars[0].set_postfix(loss=f"{rec.loss:.5f}")
+
+    sr, info = upscale_photo(read_image(path), msr, steps=steps, jpeg_quality=read_jpeg_quality(path), grid=grid,
+                             weights_name=weights, callback=on_step, return_info=True)
+    for bar in bars:
+        bar.close()
+    return sr, info
+
+
 def _cmd_adapt(args: argparse.Namespace) -> int:
     from ..ops.imageio import read_image, write_image
 
+    if args.kernel is None:
+        args.kernel = "photo"
     if _many_inputs(args.lr_image):
         return _cmd_adapt_folder(args)
+    if _is_photo(args.kernel):
+        msr, grid, steps = _photo_setup(args)
+        sr, info = _run_photo(msr, args.lr_image, grid, steps, args.weights_used, show=True)
+        for line in info.summary_lines():
+            print(line)
+        out = write_image(args.output, sr)
+        print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) in {info.seconds:.1f} s")
+        return 0
+    if args.steps is None:
+        args.steps = 1
     msr = _load_metasr(args)
     lr_img = read_image(args.lr_image)
     kernel = args.kernel
@@ -331,9 +399,21 @@ def _cmd_adapt_folder(args: argparse.Namespace) -> int:
     from ..adapt.batch import adapt_folder, expand_inputs
 
     files = expand_inputs(args.lr_image)  # a pattern matching nothing fails before the model loads
-    msr = _load_metasr(args)
-    outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps, ds_method=args.ds_method,
-                            back_projection=args.back_projection, self_ensemble=args.self_ensemble)
+    if _is_photo(args.kernel):
+        msr, grid, steps = _photo_setup(args)
+
+        def run_one(path):
+            sr, info = _run_photo(msr, path, grid, steps, args.weights_used, show=False)
+            return sr, info.to_dict()
+
+        outcomes = adapt_folder(msr, files, args.output, kernel="photo", steps=steps, run_one=run_one)
+    else:
+        if args.steps is None:
+            args.steps = 1
+        msr = _load_metasr(args)
+        outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps,
+                                ds_method=args.ds_method, back_projection=args.back_projection,
+                                self_ensemble=args.self_ensemble)
     done = [o for o in outcomes if o.status == "done"]
     skipped = [o for o in outcomes if o.status == "skipped"]
     failed = [o for o in outcomes if o.status == "failed"]
@@ -444,6 +524,12 @@ def _check_options(args: argparse.Namespace) -> None:
     """Options checked before any work: outputs writable, counts in range."""
     from pathlib import Path
 
+    if args.command in ("eval", "demo") and getattr(args, "kernel", "") is None:
+        args.kernel = "gd2.0"
+    if _is_photo(getattr(args, "kernel", None)) and args.command != "adapt":
+        raise ValueError(f"--kernel photo works with `metasr adapt`; for `metasr {args.command}` give a kernel "
+                         "(gd2.0, bicubic, K.mat...)")
+
     for name in ("back_projection", "steps", "limit", "tile", "max_pixels"):
         value = getattr(args, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
@@ -451,6 +537,11 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {value}: must be >= 0")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
+    if args.command == "adapt" and (args.kernel is None or _is_photo(args.kernel)):
+        for flag, value in (("--back-projection", args.back_projection), ("--self-ensemble", args.self_ensemble)):
+            if value:
+                raise ValueError(f"{flag} is not part of the photo path (the default of metasr adapt); give a "
+                                 "kernel (--kernel bicubic, --kernel estimate...) to use it")
     if args.command == "adapt" and _many_inputs(args.lr_image):
         if Path(args.output).is_file():
             raise ValueError(f"-o {args.output} is a file; with several input images -o names the output folder")
@@ -483,6 +574,7 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"--kernel estimate with --ds-method {args.ds_method}: the estimators model blur + direct "
                              "subsampling; leave --ds-method out")
     elif args.command in ("adapt", "eval", "demo") and getattr(args, "kernel", None) is not None \
+            and not _is_photo(args.kernel) \
             and getattr(args, "method", "metasr") == "metasr":  # ZSSR accepts estimated kernels as they are
         from ..ops.kernels import resolve_kernel
 

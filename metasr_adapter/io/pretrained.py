@@ -41,6 +41,9 @@ class WeightsInfo:
     sha256: str | None = None
     lineage: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: the degradation family the weights were trained on (e.g. ``{"family": "photo", ...}``; None: the
+    #: kernel family of ``ds_method``)
+    degradation: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:

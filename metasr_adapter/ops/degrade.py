@@ -27,6 +27,7 @@ __all__ = [
     "imresize",
     "blur",
     "subsample_direct",
+    "subsample_centred",
     "degrade",
     "Imresize",
     "Degradation",
@@ -344,14 +345,36 @@ def subsample_direct(x: Tensor, factor: Scale, output_shape: Any = None) -> Tens
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
+def subsample_centred(x: Tensor, factor: Scale, output_shape: Any = None) -> Tensor:
+    """Centred subsampling: the mean of each ``factor``×``factor`` block (area integration), so LR pixel ``i``
+    sits at HR position ``factor·i + (factor - 1)/2``. Integer factors only; a border that does not fill a
+    whole block is averaged over the pixels it has (nothing is dropped). ``output_shape`` must then equal
+    ``ceil(H/factor) × ceil(W/factor)``."""
+    x = _check_tensor(x)
+    sh, sw = _pair_scale(factor)
+    if sh != int(sh) or sw != int(sw) or sh < 1 or sw < 1:
+        raise ValueError(f"centred subsampling needs an integer factor >= 1 (2 for x2); got {factor!r}; "
+                         "use ds_method='bicubic' for fractional factors")
+    sh, sw = int(sh), int(sw)
+    h, w = x.shape[-2], x.shape[-1]
+    oh, ow = -(-h // sh), -(-w // sw)
+    if output_shape is not None and tuple(_pair_shape(output_shape)) != (oh, ow):
+        raise ValueError(f"centred subsampling of {h}x{w} by {sh}x{sw} gives {oh}x{ow}, not {tuple(output_shape)}")
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, h, w)
+    out = F.avg_pool2d(flat, (sh, sw), ceil_mode=True, count_include_pad=False)
+    return out.reshape(*lead, oh, ow)
+
+
 def degrade(
     x: Tensor, kernel: Any, factor: Scale, ds_method: str = "direct", output_shape: Any = None
 ) -> Tensor:
     """Official ``imresize(x, 1/factor, output_shape, kernel, ds_method)``: the LR image of ``x`` under
     the degradation model of x``factor`` SR.
 
-    ``kernel`` (kh, kw) or (N, kh, kw): blur, then ``'direct'`` subsampling (:func:`subsample_direct`)
-    or ``'bicubic'`` (antialiased :func:`imresize` by 1/factor). ``kernel=None``: plain antialiased
+    ``kernel`` (kh, kw) or (N, kh, kw): blur, then ``'direct'`` subsampling (:func:`subsample_direct`),
+    ``'centred'`` block means (:func:`subsample_centred`) or ``'bicubic'`` (antialiased :func:`imresize`
+    by 1/factor). ``kernel=None``: plain antialiased
     bicubic downscaling. ``factor`` is the SR factor (2 for x2: the LR is half the size); compare
     :func:`imresize`, whose ``scale`` multiplies the size (0.5 halves it).
     """
@@ -362,10 +385,14 @@ def degrade(
     if ds_method not in DS_METHODS:
         raise ValueError(f"ds_method must be one of {DS_METHODS}; got {ds_method!r}")
     if kernel is None:
+        if ds_method == "centred":
+            return subsample_centred(x, (sh, sw), output_shape)
         return imresize(x, (1.0 / sh, 1.0 / sw), output_shape)
     blurred = blur(x, kernel)
     if ds_method == "direct":
         return subsample_direct(blurred, (sh, sw), output_shape)
+    if ds_method == "centred":
+        return subsample_centred(blurred, (sh, sw), output_shape)
     return imresize(blurred, (1.0 / sh, 1.0 / sw), output_shape)
 
 

@@ -27,7 +27,10 @@ __all__ = [
     "resolve_kernel",
 ]
 
-DS_METHODS = ("direct", "bicubic")
+#: subsampling grids after the blur: ``direct`` keeps every s-th pixel from the top-left (the official MZSR
+#: code), ``centred`` averages each s×s block (a sensor's area integration: the LR pixel sits at the block's
+#: centre, as in photos resized with a centred filter), ``bicubic`` is the antialiased MATLAB-bicubic resize
+DS_METHODS = ("direct", "centred", "bicubic")
 #: size of the named test kernels (the official g2.0 kernel.mat is 21×21)
 NAMED_KERNEL_SIZE = 21
 # name -> (kind, parameters, subsampling); MZSR paper, Table 2

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ..errors import UserInputError, UserTypeError
+from ..ops.kernels import DS_METHODS
 from ..precision import PRECISIONS
 
 __all__ = [
@@ -93,7 +94,7 @@ SCHEMA: dict[str, Any] = {
         "scales": Key([2.0], (list,), "SCALE_LIST: one scale drawn per task (SPEC §3b)", list_of=float, minimum=1),
         "kernel_size": Key(15, (int,), "random kernel size (SPEC §3c: 15 at every scale)", minimum=1),
         "kernel_k1_factor": Key(2.5, _NUM, "k1 = factor * scale: the largest variance (SPEC §3b/§3c: 2.5)", minimum=0, exclusive=True),
-        "ds_method": Key("direct", (str,), "subsampling after the blur (SPEC §2b)", choices=("direct", "bicubic")),
+        "ds_method": Key("direct", (str,), "subsampling after the blur (SPEC §2b)", choices=DS_METHODS),
         "noise_std": Key(0.0, _NUM, "std of Gaussian noise added to the LR (SPEC §3b: 0.0)", minimum=0),
         "num_workers": Key(1, (int,), "DataLoader worker processes generating tasks (0 = in the training process)", minimum=0),
         "cache_dir": Key(None, (str,), "folder for the on-disk patch-pool cache (null = memory only)",
@@ -103,7 +104,12 @@ SCHEMA: dict[str, Any] = {
         "iterations": Key(500000, (int,), "large-scale pretraining steps (SPEC §8: released θ_T at 500,000)", minimum=0),
         "degradation": Key("bicubic", (str,), "training pairs: 'bicubic' = bicubic LR (SPEC §8); 'kernel' = the "
                            "meta-training task distribution (data.kernel_size, kernel_k1_factor, ds_method, scales, "
-                           "noise_std), one random kernel per pretrain.kernels group", choices=("bicubic", "kernel")),
+                           "noise_std), one random kernel per pretrain.kernels group; 'photo' = one draw per patch from "
+                           "the photo family (pretrain.photo: grid, sharp-to-blurry blur, noise, JPEG)",
+                           choices=("bicubic", "kernel", "photo")),
+        "photo": Key({}, (dict,), "degradation='photo': settings of metasr_adapter.ops.degradation_spec."
+                     "PhotoDegradations that differ from its defaults (grid_probs, sigma_range, noise_range, "
+                     "jpeg_range, ...)"),
         "kernels": Key(8, (int,), "degradation='kernel': random kernels per batch (batch_size / kernels patches "
                        "each; must be even)", minimum=1),
         "schedule": Key("staircase", (str,), "learning rate: 'staircase' (SPEC §8) or 'cosine' from lr to lr_min "
@@ -119,6 +125,8 @@ SCHEMA: dict[str, Any] = {
         "lr_decay_factor": Key(0.5, _NUM, "staircase factor (SPEC §8: 0.5)", minimum=0, exclusive=True),
         "lr_min": Key(1e-4, _NUM, "learning-rate floor (SPEC §8: 1e-4)", minimum=0),
         "loss": Key("l1", (str,), "pretraining loss (SPEC §8: 'l1'; MLSR: 'l2')", choices=("l1", "l2")),
+        "precision": Key("fp32", (str,), "pretraining precision: 'bf16' = bf16 autocast for the network (fp32 "
+                         "weights and optimiser)", choices=PRECISIONS),
         "probe_every": Key(0, (int,), "evaluate the weights every N pretraining steps into metrics.jsonl (mean "
                            "PSNR after eval.probe_steps; 0 = off); probe time is not counted as training time", minimum=0),
     },
@@ -162,7 +170,7 @@ SCHEMA: dict[str, Any] = {
         "kernel": Key("gd2.0", (str,), "kernel name (gd0.2, gd2.0, gdani, gb1.3, bicubic) or a .mat/.npy path",
                       path=True),
         "ds_method": Key(None, (str,), "subsampling of the LR son (null = the kernel's own)", nullable=True,
-                         choices=("direct", "bicubic")),
+                         choices=DS_METHODS),
         "schedule": Key("mzsr_direct", (str, float, int), "meta-test learning-rate schedule: a preset name "
                         "(SPEC §5) or a constant learning rate"),
         "max_steps": Key(10, (int,), "PSNR is measured after 0..max_steps adaptation steps (paper Fig. 3)", minimum=0),

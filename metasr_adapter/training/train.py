@@ -118,6 +118,8 @@ def trained_ds_method(recipe: Mapping[str, Any]) -> str:
     bicubic tasks or pairs (MATLAB imresize), else ``data.ds_method`` (after the random blur). Recorded as the
     weights' ``ds_method``, which picks bundled weights for a kernel (e.g. ``--arch idn --kernel bicubic``)."""
     d, p, m = recipe["data"], recipe["pretrain"], recipe["meta"]
+    if m["iterations"] == 0 and p["iterations"] > 0 and p["degradation"] == "photo":
+        return "centred"  # the photo family mixes grids; photos are resized with centred filters
     if m["iterations"] > 0:
         return "bicubic" if d["kernel"] == "bicubic" else d["ds_method"]
     if p["iterations"] > 0 and p["degradation"] == "bicubic":
@@ -455,14 +457,17 @@ class _Run:
 
     # -- stages ----------------------------------------------------------------------------------
     def stage_pretrain(self, ckpt: dict[str, Any] | None) -> None:
-        from ..meta.pretrain import KernelPairSampler, PairSampler, Pretrainer
+        from ..meta.pretrain import KernelPairSampler, PairSampler, PhotoPairSampler, Pretrainer
         from ..io.weights import load_weights
 
         r, p = self.recipe, self.recipe["pretrain"]
         assert self.model is not None
-        if r["model"]["weights"] is not None or p["iterations"] == 0:
+        fine_tune = r["model"]["weights"] is not None and p["degradation"] == "photo" and p["iterations"] > 0
+        if r["model"]["weights"] is not None and (ckpt is None or ckpt["stage"] != "pretrain"):
+            # a resumed fine-tuning run gets its weights from the checkpoint instead
+            load_weights(self.model, _weights_file(r["model"]["weights"]))
+        if (r["model"]["weights"] is not None and not fine_tune) or p["iterations"] == 0:
             if r["model"]["weights"] is not None:
-                load_weights(self.model, _weights_file(r["model"]["weights"]))
                 source = f"loaded from {r['model']['weights']}"
             else:
                 source = "random initialisation (pretrain.iterations = 0)"
@@ -472,14 +477,18 @@ class _Run:
         start, elapsed = 0, 0.0
         trainer = Pretrainer(self.model, lr=p["lr"], decay_every=p["lr_decay_every"],
                              decay_factor=p["lr_decay_factor"], lr_min=p["lr_min"], loss=p["loss"],
-                             schedule=p["schedule"], total=p["iterations"])
+                             schedule=p["schedule"], total=p["iterations"], precision=p["precision"])
         if ckpt is not None and ckpt["stage"] == "pretrain":
             start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
             if "pretrainer" in ckpt:
                 trainer.load_state_dict(ckpt["pretrainer"])
         upsample_input = bool(getattr(self.model, "upsample_input", False))
         sampler: Any
-        if p["degradation"] == "kernel":
+        if p["degradation"] == "photo":
+            pool = self._pool(self._train_dir(p["train_dir"]), p["patch_size"], p["stride"], p["augment"], None)
+            sampler = PhotoPairSampler(pool, p["batch_size"], scale=p["scale"], family=p["photo"], seed=r["seed"],
+                                       upsample_input=upsample_input)
+        elif p["degradation"] == "kernel":
             d = r["data"]
             pool = self._pool(self._train_dir(p["train_dir"]), p["patch_size"], p["stride"], p["augment"], None)
             sampler = KernelPairSampler(
@@ -500,7 +509,10 @@ class _Run:
             self._loop("pretrain", start, p["iterations"], self._loader(sampler, start, p["iterations"]), step_fn,
                        lambda: {"pretrainer": trainer.state_dict(), "sampler": sampler.state_dict()},
                        r["output"]["pretrain_checkpoint_every"], elapsed)
-        how = "bicubic pairs, SPEC §8" if p["degradation"] == "bicubic" else "random-kernel pairs"
+        how = {"bicubic": "bicubic pairs, SPEC §8", "kernel": "random-kernel pairs",
+               "photo": "photo-degradation pairs"}[p["degradation"]]
+        if fine_tune:
+            how += f", from {r['model']['weights']}"
         self._save_weights(START_WEIGHTS, source=f"pretrained {p['iterations']} steps ({how})")
 
     def stage_meta(self, ckpt: dict[str, Any] | None) -> None:
@@ -570,9 +582,14 @@ class _Run:
     def _arch_meta(self) -> dict[str, Any]:
         """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
         r = self.recipe
-        return {"arch": r["model"]["name"], "arch_kwargs": model_kwargs(r), "scale": float(r["model"]["scale"]),
+        meta = {"arch": r["model"]["name"], "arch_kwargs": model_kwargs(r), "scale": float(r["model"]["scale"]),
                 "ds_method": trained_ds_method(r), "schedule": r["eval"]["schedule"], "loss": r["meta"]["loss"],
                 "adapt_params": r["meta"]["adapt_params"]}
+        if r["pretrain"]["degradation"] == "photo" and r["pretrain"]["iterations"] > 0:
+            from ..ops.degradation_spec import PhotoDegradations
+
+            meta["degradation"] = {"family": "photo", **PhotoDegradations.from_dict(r["pretrain"]["photo"]).to_dict()}
+        return meta
 
     def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool,
                   steps: Sequence[int] | None = None) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""End-to-end paths built from the layers below (adaptation, estimation, degradations): the photo path."""
