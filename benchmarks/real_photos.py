@@ -22,7 +22,8 @@ command would (the photo path reads the JPEG quality from the file).
 **Columns** (Y-PSNR on MATLAB luma, shave 2, and SSIM): ``bicubic`` (PIL bicubic upscaling); ``idn_bicubic_0``
 (bundled ``idn_x2_bicubic``, no adaptation); ``photo_0`` (the photo weights, no adaptation); ``default``
 (``metasr adapt LR -o SR.png``: :func:`metasr_adapter.pipelines.photo.upscale_photo` with every default);
-``mzsr_gd2_1`` (the former default: ``mzsr_x2_direct``, kernel gd2.0, 1 step); ``zssr`` (ZSSR with the
+``default_bf16`` / ``default_fp32`` (the same at a
+given precision); ``mzsr_gd2_1`` (the former default: ``mzsr_x2_direct``, kernel gd2.0, 1 step); ``zssr`` (ZSSR with the
 photo path's estimate, on the first ``--zssr-limit`` images, ``--zssr-iters`` iterations). Also the
 estimate, the choice the default made, and seconds.
 
@@ -49,7 +50,8 @@ SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {"bsd100": SHARED / "bsd100", "urban100": SHARED / "urban100", "set14": SHARED / "set14",
             "set5": SHARED / "set5"}
 PIPELINES = ("web", "camera", "clean", "mzsr")
-METHODS = ("bicubic", "idn_bicubic_0", "photo_0", "default", "mzsr_gd2_1", "zssr")
+DEFAULT_METHODS = ("bicubic", "idn_bicubic_0", "photo_0", "default", "mzsr_gd2_1", "zssr")
+METHODS = ("bicubic", "idn_bicubic_0", "photo_0", "default", "default_bf16", "default_fp32", "mzsr_gd2_1", "zssr")
 
 
 def _commit() -> str:
@@ -114,7 +116,16 @@ class Models:
         from metasr_adapter.pipelines.photo import load_photo_model
 
         self.idn = load_pretrained("idn_x2_bicubic", tile=512)
-        self.photo, self.photo_name = load_photo_model()
+        self.photo, self.photo_name = load_photo_model()  # the photo path's default precision
+        self._other: dict = {}
+
+    def photo_at(self, precision: str):
+        """The photo weights under ``precision`` (``default_bf16`` / ``default_fp32`` columns)."""
+        from metasr_adapter.pipelines.photo import load_photo_model
+
+        if precision not in self._other:
+            self._other[precision] = load_photo_model(precision=precision)[0]
+        return self._other[precision]
         self.mzsr = load_pretrained("mzsr_x2_direct", tile=512, max_pixels=512 * 512)
 
 
@@ -135,6 +146,10 @@ def run_method(method: str, lr_path: Path, models: Models, args: argparse.Namesp
         sr = models.photo.adapt(lr, "bicubic", 0)
     elif method == "default":
         sr, info = upscale_photo(lr, models.photo, jpeg_quality=read_jpeg_quality(lr_path),
+                                 weights_name=models.photo_name, return_info=True)
+        extra = {"info": info.to_dict()}
+    elif method in ("default_bf16", "default_fp32"):
+        sr, info = upscale_photo(lr, models.photo_at(method.split("_")[1]), jpeg_quality=read_jpeg_quality(lr_path),
                                  weights_name=models.photo_name, return_info=True)
         extra = {"info": info.to_dict()}
     elif method == "mzsr_gd2_1":
@@ -160,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="the first N images")
     ap.add_argument("--start", type=int, default=0, help="skip the first N images (a tuning split)")
     ap.add_argument("--all-pipelines", action="store_true", help="every image through all four pipelines")
-    ap.add_argument("--methods", default=",".join(m for m in METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--zssr-limit", type=int, default=2, help="ZSSR on the first N cases (0 = none)")
     ap.add_argument("--zssr-iters", type=int, default=500)
     ap.add_argument("--crop", type=int, default=None, help="a centred NxN crop of each HR image (smoke runs)")
@@ -193,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": "python benchmarks/real_photos.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": _commit(), "threads": torch.get_num_threads()}
     models = Models()
+    from metasr_adapter.io.weights import tensor_fingerprint
+
+    record["photo_weights"] = {"name": models.photo_name,
+                               "fingerprint": tensor_fingerprint(models.photo.model.state_dict())}
     cases = []
     for k, f in enumerate(files):
         index = k + args.start

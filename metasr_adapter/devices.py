@@ -14,7 +14,8 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     """``spec`` as a ``torch.device`` with its index resolved (``'cuda'`` → ``cuda:<current>``).
 
     ``None`` or ``'auto'`` = CUDA when available, else CPU. Raises ValueError naming the value and
-    the fix for an unknown spelling or a CUDA device this machine does not have.
+    the fix for an unknown spelling, a CUDA device this machine does not have, or a device that cannot
+    compute here (``'meta'``, or an mps/xpu/... backend that is not available).
     """
     if spec is None or spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
@@ -33,7 +34,25 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda", index)
     if dev.type == "cpu":
         return torch.device("cpu")
+    if dev.type == "meta":
+        raise ValueError(f"device {str(spec)!r} holds shapes without data, so no image can be computed on it; use cpu, "
+                         "cuda, cuda:N or auto")
+    if not _backend_available(dev.type):
+        raise ValueError(f"device {str(spec)!r} is not available on this machine (or this torch build); use cpu, "
+                         "cuda, cuda:N or auto")
     return dev
+
+
+def _backend_available(device_type: str) -> bool:
+    """Whether torch can compute on devices of ``device_type`` (mps, xpu...) on this machine."""
+    if device_type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return bool(mps is not None and mps.is_available())
+    is_available = getattr(getattr(torch, device_type, None), "is_available", None)
+    try:
+        return bool(is_available()) if callable(is_available) else False
+    except Exception:  # a half-installed backend plugin
+        return False
 
 
 def _key(dev: torch.device) -> tuple[str, int]:

@@ -80,7 +80,8 @@ def test_demo_writes_png_and_prints_psnr_per_step(tmp_path, capsys):
     big = read_image(__import__("matplotlib").get_data_path() + "/sample_data/grace_hopper.jpg")
     img = tmp_path / "small.png"
     write_image(img, big[150:278, 150:278])
-    assert main(["demo", "--weights", str(w), "--steps", "2", "--image", str(img), "-o", str(out)]) == 0
+    assert main(["demo", "--weights", str(w), "--kernel", "gd2.0", "--steps", "2", "--image", str(img),
+                 "-o", str(out)]) == 0
     text = capsys.readouterr().out
     for label in ("bicubic", "step 0", "step 1", "step 2"):
         assert label in text

@@ -294,3 +294,20 @@ def test_photo_is_only_a_kernel_of_metasr_adapt(tmp_path, capsys):
 
     assert main(["eval", "--gt-dir", str(tmp_path), "--kernel", "photo"]) == 2
     assert "--kernel photo works with `metasr adapt`" in capsys.readouterr().err
+
+
+def test_metasr_takes_its_defaults_from_the_loaded_weights():
+    """Issue #20.3: MetaSR(load_model(weights="idn_x2_mlsr"), 2) adapted with L1 at 0.02 while
+    load_pretrained("idn_x2_mlsr") used L2 at 0.65025. The weights' metadata is now the default; explicit
+    arguments still win."""
+    from metasr_adapter import MetaSR, load_model, load_pretrained
+
+    a = MetaSR(load_model(weights="idn_x2_mlsr"), 2)
+    b = load_pretrained("idn_x2_mlsr")
+    assert a.schedule(0) == b.schedule(0) == pytest.approx(0.65025)
+    x, y = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    assert float(a.loss_fn(x, y)) == pytest.approx(float(((x - y) ** 2).mean()))
+    assert MetaSR(load_model(weights="idn_x2_mlsr")).scale == 2.0
+    c = MetaSR(load_model(weights="idn_x2_mlsr"), 2, schedule=0.01, loss="l1")
+    assert c.schedule(0) == pytest.approx(0.01)
+    assert float(c.loss_fn(x, y)) == pytest.approx(float((x - y).abs().mean()))

@@ -126,7 +126,21 @@ def test_cli_uses_the_bundled_weights_that_match_the_kernel(tmp_path, photo, cap
 
 def test_demo_runs_on_the_bundled_weights(tmp_path, capsys):
     out = tmp_path / "demo.png"
-    assert main(["demo", "--steps", "2", "-o", str(out)]) == 0
+    assert main(["demo", "--kernel", "gd2.0", "--steps", "2", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "mzsr_x2_direct" in text or "MZSRNet" in text
     assert out.is_file() and read_image(out).shape[1] > 800
+
+
+def test_the_default_demo_is_a_web_jpeg_that_beats_bicubic(tmp_path, capsys):
+    """Issue #18.6: `metasr demo` shows the photo path on a web-style JPEG, better than PIL bicubic, with
+    labelled crops (the demo used to show an MZSR-style blur only)."""
+    import re
+
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--threads", "1", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "JPEG quality 75" in text and "choice:" in text
+    scores = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"^\s*(.+?)\s+(\d+\.\d{4})$", text, re.M)}
+    assert scores["metasr adapt (default)"] > scores["PIL bicubic"] + 0.3, scores
+    assert read_image(out).shape[1] > 800

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from metasr_adapter.io.atomic import load_checked  # noqa: E402
 from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
 from metasr_adapter.io.weights import read_metadata, read_weights, save_weights, tensor_fingerprint  # noqa: E402
-from metasr_adapter.training.train import trained_ds_method  # noqa: E402
+from metasr_adapter.ops.degradation_spec import PhotoDegradations  # noqa: E402
+from metasr_adapter.training.train import trained_ds_method, trained_on_photos  # noqa: E402
 
 KERNEL_ORDER = ("gd0.2", "gd2.0", "gdani", "gb1.3")
 
@@ -96,16 +97,18 @@ def lineage(run: Path, parent: str | None = None, dest: Path = WEIGHTS_DIR) -> d
     p, m, d = recipe["pretrain"], recipe["meta"], recipe["data"]
     threads = sorted({s.get("threads") for s in info["sessions"] if s.get("threads")})
     trained: dict[str, dict] = {}
-    if p["iterations"] > 0 and recipe["model"]["weights"] is None:
+    if p["iterations"] > 0 and (recipe["model"]["weights"] is None or p["degradation"] == "photo"):
         trained["pretrain"] = {"iterations": p["iterations"], "degradation": p["degradation"], "batch": p["batch_size"],
                                "patch": p["patch_size"], "loss": p["loss"], "lr": p["lr"],
+                               "precision": p.get("precision", "fp32"),
+                               "fine_tuned": recipe["model"]["weights"] is not None,
                                "seconds": stages.get("pretrain")}
     if m["iterations"] > 0:
         trained["meta"] = {"iterations": m["iterations"], "tasks": d["tasks"], "kernel": d["kernel"],
                            "first_order_until": m["iterations"] if m["first_order"] else m["second_order_from"],
                            "meta_batch": m["meta_batch"], "task_batch": m["task_batch"], "patch": d["patch_size"],
                            "inner_steps": m["inner_steps"], "inner_lr": m["inner_lr"], "meta_lr": m["meta_lr"],
-                           "loss": m["loss"], "seconds": stages.get("meta")}
+                           "loss": m["loss"], "precision": m["precision"], "seconds": stages.get("meta")}
     out = {
         "start": start,
         "descends_from_random_init": True,
@@ -166,9 +169,11 @@ def _stage_lines(lin: dict) -> list[str]:
     lines = []
     for i, (name, st) in enumerate(lin["stages"].items(), start=1):
         if name == "pretrain":
-            lines.append(f"* Stage {i}, supervised pretraining on {st['degradation']}-degraded pairs: "
+            how = "supervised fine-tuning of the parent" if st.get("fine_tuned") else "supervised pretraining"
+            lines.append(f"* Stage {i}, {how} on {st['degradation']}-degraded pairs: "
                          f"{st['iterations']} steps of {st['batch']} patches of {st['patch']}², "
-                         f"{st.get('loss', 'l1').upper()} loss, {_hours(st['seconds'] or 0)}.")
+                         f"{st.get('loss', 'l1').upper()} loss, {st.get('precision', 'fp32')}, "
+                         f"{_hours(st['seconds'] or 0)}.")
         else:
             algo = "MLSR (first-order MAML, LR↓ → LR inner steps, LR → HR outer loss)" if st.get("tasks") == "mlsr" \
                 else "MAML"
@@ -183,7 +188,7 @@ def _stage_lines(lin: dict) -> list[str]:
 
 
 def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | None, t2: dict,
-               mlsr: dict | None = None, limits: list[str] | None = None) -> str:
+               mlsr: dict | None = None, limits: list[str] | None = None, photos: dict | None = None) -> str:
     arch = info["arch"]
     use = (f"`MetaSR(load_model('mzsr', '{name}'), {info['scale']:g}, schedule='{info['schedule']}')`, "
            if arch == "mzsr" else f"`load_model('{arch}', '{name}')`, ")
@@ -214,7 +219,9 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
         f"{max(0, len(lin['sessions']) - 1)} time(s) (a resume continues exactly).",
         *_stage_lines(lin),
         f"* Training wall time: {_hours(lin['train_seconds'])} on {', '.join(lin['hardware'])}, "
-        f"{'/'.join(map(str, lin['threads']))} thread(s), fp32, no GPU (probes and evaluation not counted)"
+        f"{'/'.join(map(str, lin['threads']))} thread(s), "
+        f"{'/'.join(sorted({st.get('precision', 'fp32') for st in lin['stages'].values()})) or 'fp32'}, "
+        "no GPU (probes and evaluation not counted)"
         + (f"; {_hours(lin['train_seconds'] + lin['parent']['train_seconds'])} with the parent's." if lin.get("parent")
            else "."),
         f"* Data: {lin['data']['images']}.",
@@ -241,6 +248,15 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
             p, s = r["psnr"], r["ssim"]
             lines.append(f"| {key} | {r['images']} | " + " | ".join(f"{p[c]:.2f} / {s[c]:.4f}" for c in
                                                                  ("bicubic", "0", "1", "10")) + " |")
+        lines.append("")
+    if photos:
+        lines += ["Real-photo x2 benchmark (`benchmarks/real_photos.py`: web JPEG, camera blur + area + JPEG, clean "
+                  "bicubic resize, blur + direct + noise; Y-PSNR gain over PIL bicubic, dB):", "",
+                  "| set | cases | this model, no adaptation | `metasr adapt` default | worst default gain |",
+                  "|---|---|---|---|---|"]
+        for key, r in photos.items():
+            lines.append(f"| {key} | {r['cases']} | {r.get('plain', float('nan')):+.2f} | "
+                         f"{r.get('default', float('nan')):+.2f} | {r.get('default_worst', float('nan')):+.2f} |")
         lines.append("")
     if mlsr:
         cols = sorted({c for r in mlsr.values() for c in r["psnr"] if c.isdigit()}, key=int)
@@ -296,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="benchmarks/mlsr_tables.py summaries (mlsr_tables.json) to take this model's rows from")
     ap.add_argument("--mlsr-model", default=None, choices=("idn", "idn-ml"), help="this model's key in --mlsr-tables")
     ap.add_argument("--limit", dest="limits", action="append", default=[], help="a line for the card's Limits")
+    ap.add_argument("--photo-results", type=Path, nargs="+", default=[],
+                    help="benchmarks/real_photos.py summaries (SET_summary.json) whose rows were measured with "
+                         "these weights as the photo path's network")
+    ap.add_argument("--photo-column", default="photo_0", help="this model's no-adaptation column in --photo-results")
     ap.add_argument("--dest", type=Path, default=WEIGHTS_DIR)
     args = ap.parse_args(argv)
     if args.mlsr_tables and args.mlsr_model is None:
@@ -316,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"arch": own["arch"], "arch_kwargs": own["arch_kwargs"], "scale": float(own["scale"]),
             "ds_method": trained_ds_method(recipe), "schedule": own["schedule"], "loss": own["loss"],
             "adapt_params": own.get("adapt_params"), "recipe": lin["recipe"], "commit": commit, "name": args.name}
+    if trained_on_photos(recipe):
+        meta["degradation"] = {"family": "photo", **PhotoDegradations.from_dict(recipe["data"].get("photo")).to_dict()}
     args.dest.mkdir(parents=True, exist_ok=True)
     out = args.dest / f"{args.name}.safetensors"
     if _same_file_content(out, state, meta):
@@ -334,13 +356,27 @@ def main(argv: list[str] | None = None) -> int:
     mlsr = mlsr_rows(args.mlsr_tables, args.mlsr_model, tensor_fingerprint(state)) if args.mlsr_tables else {}
     if mlsr:
         metrics["mlsr_tables"] = mlsr
+    photos = {}
+    for f in args.photo_results:
+        summ = json.loads(f.read_text())
+        g = summ["gain_over_bicubic"]
+        if summ.get("photo_weights", {}).get("fingerprint") != tensor_fingerprint(state):
+            print(f"{f}: left out: measured with other photo weights ({summ.get('photo_weights')})")
+            continue
+        photos[f.stem.replace("_summary", "")] = {
+            "cases": g["default"]["cases"], "plain": g.get(args.photo_column, {}).get("mean"),
+            "default": g["default"]["mean"], "default_worst": g["default"]["worst"], "source": f.as_posix()}
+    if photos:
+        metrics["real_photos"] = photos
     lin_small = {k: v for k, v in lin.items() if k != "recipe_resolved"}
     info = {"name": args.name, "arch": meta["arch"], "filename": out.name, "scale": meta["scale"],
             "ds_method": meta["ds_method"], "schedule": meta["schedule"], "description": args.description,
             "loss": meta["loss"], "sha256": sha, "lineage": lin_small, "metrics": metrics}
+    if "degradation" in meta:
+        info["degradation"] = meta["degradation"]
     (args.dest / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
     card_info = {**meta, "sha256": sha, "params": sum(v.numel() for v in state.values()), "bytes": out.stat().st_size}
-    card = model_card(args.name, args.description, card_info, lin, set5, t2, mlsr, args.limits)
+    card = model_card(args.name, args.description, card_info, lin, set5, t2, mlsr, args.limits, photos)
     (args.dest / f"{args.name}.md").write_text(card)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB), {args.name}.json and {args.name}.md in {args.dest}")
     return 0

@@ -296,6 +296,11 @@ class Adaptation:
 class MetaSR:
     """Test-time adaptation wrapper around a pretrained (ideally meta-trained) SR network.
 
+    ``scale``, ``schedule``, ``loss`` and ``adapt_params`` default to what the weights were trained for when
+    the model came from :func:`~metasr_adapter.load_model` (its ``metasr_weights_metadata``); explicit
+    arguments win. Without such metadata: x2 (or the model's own integer ``scale``), ``mzsr_direct``, L1,
+    every trainable parameter.
+
     Args:
         model: any ``nn.Module`` mapping an image batch to an SR batch, values in [0, 1].
         scale: the SR factor.
@@ -327,13 +332,13 @@ class MetaSR:
     def __init__(
         self,
         model: nn.Module,
-        scale: float = 2,
+        scale: float | None = None,
         *,
         upsample_input: bool | None = None,
-        schedule: str | float | Schedule = "mzsr_direct",
+        schedule: str | float | Schedule | None = None,
         precision: str = "fp32",
         device: str | torch.device | None = None,
-        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "l1",
+        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         adapt_params: Sequence[str] | None = None,
         tile: int | None = None,
         tile_overlap: int | None = None,
@@ -344,6 +349,18 @@ class MetaSR:
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        #: what the loaded weights were trained for (``load_model`` records it); the defaults below come from it
+        self.weights_metadata: dict = dict(getattr(model, "metasr_weights_metadata", None) or {})
+        meta = self.weights_metadata
+        if scale is None:
+            own = getattr(model, "scale", None)
+            scale = float(meta.get("scale") or (own if isinstance(own, int) and own > 1 else 2))
+        if schedule is None:
+            schedule = meta.get("schedule") or "mzsr_direct"
+        if loss is None:
+            loss = meta.get("loss") or "l1"
+        if adapt_params is None and meta.get("adapt_params") is not None:
+            adapt_params = meta["adapt_params"]
         self.loss_fn = get_loss(loss)
         if not (isinstance(scale, (int, float)) and scale > 1):
             raise ValueError(f"scale={scale!r}: MetaSR needs an upscaling factor > 1, e.g. 2 or 4")

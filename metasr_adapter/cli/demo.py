@@ -1,4 +1,5 @@
-"""``metasr demo``: degrade a photo by a known kernel, adapt, and show what adaptation did."""
+"""``metasr demo``: a web-style JPEG through the photo path (the default), or a photo degraded by a known kernel
+and adapted step by step (``--kernel``), with labelled crops."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from ..ops.imageio import modcrop, read_image
 from ..ops.kernels import resolve_kernel
 from ..ops.metrics import psnr, to_uint8
 
-__all__ = ["bundled_photo", "run_demo", "side_by_side"]
+__all__ = ["bundled_photo", "run_demo", "run_photo_demo", "side_by_side", "crops_figure", "web_jpeg"]
 
 
 def bundled_photo() -> np.ndarray:
@@ -95,5 +96,115 @@ def run_demo(
     h, w = gt.shape[:2]
     size = min(h, w) // 4
     out = side_by_side(panels, output, crop=((h - size) // 3, (w - size) // 2, size))
+    print(f"wrote {out}")
+    return 0
+
+
+def web_jpeg(hr: np.ndarray, quality: int = 75) -> bytes:
+    """What a web page serves: ``hr`` resized to half with PIL's bicubic filter, saved as JPEG at ``quality``."""
+    import io
+
+    from PIL import Image
+
+    h, w = hr.shape[:2]
+    buf = io.BytesIO()
+    Image.fromarray(hr).resize((w // 2, h // 2), Image.BICUBIC).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _textured_boxes(img: np.ndarray, size: int, count: int = 2) -> list[tuple[int, int]]:
+    """Top-left corners of the ``count`` most textured non-overlapping ``size``² windows (a coarse grid)."""
+    g = img.astype(np.float64).mean(-1) if img.ndim == 3 else img.astype(np.float64)
+    e = np.abs(np.diff(g, axis=0))[:, :-1] + np.abs(np.diff(g, axis=1))[:-1, :]
+    cands = []
+    for i in range(0, g.shape[0] - size, size // 2):
+        for j in range(0, g.shape[1] - size, size // 2):
+            cands.append((float(e[i : i + size, j : j + size].mean()), i, j))
+    chosen: list[tuple[int, int]] = []
+    for _, i, j in sorted(cands, reverse=True):
+        if all(abs(i - a) >= size or abs(j - b) >= size for a, b in chosen):
+            chosen.append((i, j))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def crops_figure(full: np.ndarray, panels: list[tuple[str, np.ndarray]], output: str | Path, size: int = 96,
+                 title: str = "") -> Path:
+    """The full image with each crop's box marked, then one row per crop with every panel's crop, labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from ..io.atomic import atomic_write
+
+    boxes = _textured_boxes(full, size)
+    colours = ["red", "cyan", "yellow"]
+    n = len(panels)
+    fig = plt.figure(figsize=(3.0 * (n + 1), 3.4 * len(boxes)))
+    grid = fig.add_gridspec(len(boxes), n + 1)
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(full)
+    for (i, j), c in zip(boxes, colours):
+        ax.add_patch(Rectangle((j, i), size, size, fill=False, edgecolor=c, linewidth=2))
+    ax.set_title(title or "ground truth (boxes: crops)", fontsize=9)
+    ax.axis("off")
+    for r, ((i, j), c) in enumerate(zip(boxes, colours)):
+        for k, (label, img) in enumerate(panels):
+            a = fig.add_subplot(grid[r, k + 1])
+            a.imshow(img[i : i + size, j : j + size], interpolation="nearest")
+            a.set_title(label, fontsize=9)
+            for spine in a.spines.values():
+                spine.set_edgecolor(c)
+                spine.set_linewidth(2)
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.tight_layout()
+    out = Path(output)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=100))
+    plt.close(fig)
+    return out
+
+
+def run_photo_demo(metasr, weights: str, *, image: str | None = None, quality: int = 75, steps: int = 5,
+                   output: str = "metasr_demo.png") -> int:
+    """A web JPEG of the photo (half size, bicubic, JPEG ``quality``) through the photo path, against PIL bicubic
+    and the plain network; prints the scores and the path's choice, writes the crops figure."""
+    import tempfile
+
+    from PIL import Image
+
+    from ..ops.jpeg import read_jpeg_quality
+    from ..pipelines.photo import upscale_photo
+
+    gt = modcrop(bundled_photo() if image is None else read_image(image), 2)
+    if gt.ndim == 2:
+        gt = np.repeat(gt[:, :, None], 3, axis=2)
+    gt = np.ascontiguousarray(gt[:, :, :3])
+    data = web_jpeg(gt, quality)
+    with tempfile.TemporaryDirectory() as tmp:  # read back as a file, as a user's photo is
+        path = Path(tmp) / "web.jpg"
+        path.write_bytes(data)
+        lr = read_image(path)
+        q = read_jpeg_quality(path)
+    h, w = gt.shape[:2]
+    bic = np.asarray(Image.fromarray(lr).resize((w, h), Image.BICUBIC))
+    print(f"photo {w}x{h} -> a web JPEG: PIL bicubic to {lr.shape[1]}x{lr.shape[0]}, JPEG quality {q} "
+          f"({len(data) / 1024:.0f} KiB); weights {weights}")
+    plain = upscale_photo(lr, metasr, steps=0, jpeg_quality=q, weights_name=weights)
+    sr, info = upscale_photo(lr, metasr, steps=steps, jpeg_quality=q, weights_name=weights, return_info=True)
+    for line in info.summary_lines():
+        print(line)
+    scores = {"PIL bicubic": psnr(bic, gt, 2), f"{weights}, no adaptation": psnr(plain, gt, 2),
+              "metasr adapt (default)": psnr(sr, gt, 2)}
+    print(f"{'':>28} {'PSNR (dB, Y)':>14}")
+    for name, value in scores.items():
+        print(f"{name:>28} {value:14.4f}")
+    lr_big = np.repeat(np.repeat(lr, 2, 0), 2, 1)[:h, :w]
+    panels = [("web JPEG (nearest)", lr_big), (f"PIL bicubic {scores['PIL bicubic']:.2f} dB", bic),
+              (f"metasr adapt {scores['metasr adapt (default)']:.2f} dB", sr), ("ground truth", gt)]
+    out = crops_figure(gt, panels, output, size=min(96, h // 3, w // 3))
     print(f"wrote {out}")
     return 0

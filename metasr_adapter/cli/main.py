@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="degrade a bundled photo, adapt, write a side-by-side PNG, print PSNR per step")
     _add_model_args(p, weights_required=False)
     _add_adapt_args(p)
-    p.add_argument("--steps", type=int, default=10, help="adaptation steps (default 10)")
+    p.add_argument("--steps", type=int, default=None, help="adaptation steps (default: 5 on the photo path, else 10)")
     p.add_argument("--image", default=None, help="a HR image to use instead of the bundled photo")
-    p.add_argument("-o", "--output", default="metasr_demo.png", help="side-by-side PNG to write")
+    p.add_argument("--quality", type=int, default=75, help="JPEG quality of the photo demo's web JPEG (default 75)")
+    p.add_argument("-o", "--output", default="metasr_demo.png", help="PNG of labelled crops to write")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("adapt", help="adapt to one LR image and write its SR image")
@@ -406,14 +407,15 @@ def _cmd_adapt_folder(args: argparse.Namespace) -> int:
             sr, info = _run_photo(msr, path, grid, steps, args.weights_used, show=False)
             return sr, info.to_dict()
 
-        outcomes = adapt_folder(msr, files, args.output, kernel="photo", steps=steps, run_one=run_one)
+        outcomes = adapt_folder(msr, files, args.output, kernel="photo", steps=steps, run_one=run_one,
+                                settings=_folder_settings(args, grid=grid), flag="-o")
     else:
         if args.steps is None:
             args.steps = 1
         msr = _load_metasr(args)
         outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps,
                                 ds_method=args.ds_method, back_projection=args.back_projection,
-                                self_ensemble=args.self_ensemble)
+                                self_ensemble=args.self_ensemble, settings=_folder_settings(args), flag="-o")
     done = [o for o in outcomes if o.status == "done"]
     skipped = [o for o in outcomes if o.status == "skipped"]
     failed = [o for o in outcomes if o.status == "failed"]
@@ -421,6 +423,23 @@ def _cmd_adapt_folder(args: argparse.Namespace) -> int:
     for o in failed:
         print(f"  failed: {o.source}: {o.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _folder_settings(args: argparse.Namespace, **extra) -> dict:
+    """The settings a folder run records in its sidecars (with the kernel, steps and adapt options), so that a
+    re-run skips only outputs made the same way: the weights (a file by its content too) and the options that
+    change the result (device, threads and tiling do not)."""
+    from pathlib import Path
+
+    from ..adapt.batch import file_fingerprint
+    from ..io.pretrained import BUNDLED_WEIGHTS
+
+    weights = args.weights_used
+    if weights not in BUNDLED_WEIGHTS and weights != "random" and Path(weights).is_file():
+        weights = file_fingerprint(weights)
+    return {"weights": weights, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "param_key": args.param_key,
+            "scale": args.scale, "precision": args.precision, "schedule": args.schedule, "lr": args.lr,
+            "loss": args.loss, "max_pixels": args.max_pixels, **extra}
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -454,9 +473,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_photo_demo
 
     from ..io.pretrained import BUNDLED_WEIGHTS
+
+    if args.kernel is None or _is_photo(args.kernel):  # the default: a web JPEG through the photo path
+        if not 1 <= args.quality <= 100:
+            raise ValueError(f"--quality {args.quality}: a JPEG quality is 1..100 (75 is libjpeg's default)")
+        msr, _, steps = _photo_setup(args)
+        return run_photo_demo(msr, args.weights_used, image=args.image, quality=args.quality, steps=steps,
+                              output=args.output)
+    if args.steps is None:
+        args.steps = 10
 
     msr = _load_metasr(args)
     used = args.weights_used
@@ -479,6 +507,8 @@ def _close_progress_bars() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
     from ..errors import USER_ERRORS
 
     parser = build_parser()
@@ -488,13 +518,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         # the user's mistake: one clear line, exit 2 (METASR_DEBUG=1 shows the traceback); bugs keep theirs
-        import os
-
         if os.environ.get("METASR_DEBUG"):
             raise
         _close_progress_bars()
         print(f"metasr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's 130 (128 + SIGINT), as `metasr train` does
+        if os.environ.get("METASR_DEBUG"):
+            raise
+        _close_progress_bars()
+        print(f"metasr {args.command}: {_interrupted_message(args)}", file=sys.stderr)
+        return 130
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """What a Ctrl-C left behind, and how to go on (outputs are written atomically: never half a file)."""
+    if args.command == "adapt" and _many_inputs(args.lr_image):
+        return (f"interrupted; the images finished so far are in {args.output}: run the same command again to "
+                "resume (they are skipped)")
+    if args.command in ("adapt", "zssr", "demo", "estimate-kernel"):
+        return f"interrupted; nothing was written to {args.output}"
+    if args.command == "train":
+        return "interrupted; --resume continues from the last checkpoint"
+    return "interrupted"
 
 
 def _check_output(path: str | None, flag: str, image: bool) -> None:
@@ -513,31 +559,97 @@ def _check_output(path: str | None, flag: str, image: bool) -> None:
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"{flag} {path}: cannot write a {p.suffix or 'suffix-less'!r} image; end the name with one "
                              f"of {', '.join(IMAGE_EXTENSIONS)}")
-    parent = p.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag} {path}: cannot write into {parent}; choose a writable location")
+    _check_writable(p.resolve().parent, flag, path)
+
+
+def _check_writable(folder, flag: str, given) -> None:
+    """Refuse ``folder`` (to be created where missing) unless its nearest existing ancestor is a folder this
+    process may write into (os.access: root passes on any permissions, as its writes would)."""
+    import os
+    from pathlib import Path
+
+    existing = Path(folder).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {given}: cannot write into {existing}; choose a writable location")
+
+
+def _check_not_input(src, out, flag: str = "-o/--output") -> None:
+    """Refuse an output that is the input file itself (the same path, spelt otherwise, or a link to it)."""
+    import os
+    from pathlib import Path
+
+    if src is None or out is None or not (os.path.isfile(src) and os.path.exists(out)):
+        return
+    if os.path.samefile(src, out):
+        o = Path(out)
+        raise ValueError(f"{flag} {out} is the input image {src} itself: the result would overwrite it; give another "
+                         f"output name, e.g. -o {o.with_name(o.stem + '_sr' + (o.suffix or '.png'))}")
+
+
+#: the most adaptation steps a command accepts: meta-trained weights adapt in 1 to 10, and a million-step run
+#: (days on a CPU) is a typo, not a plan
+MAX_ADAPT_STEPS = 100_000
+
+
+def _check_eval_folders(args: argparse.Namespace) -> None:
+    """``metasr eval``: --gt-dir / --lr-dir are folders, and no GT image is smaller than the scale (cropped to
+    multiples of the scale, nothing of it would be left to score)."""
+    from pathlib import Path
+
+    for flag, folder in (("--gt-dir", args.gt_dir), ("--lr-dir", args.lr_dir)):
+        if folder is not None and Path(folder).is_file():
+            raise NotADirectoryError(f"{flag} {folder} is a file; give the folder that holds the images")
+        if folder is not None and not Path(folder).exists():
+            raise FileNotFoundError(f"{flag} {folder}: folder not found; give the folder that holds the images")
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - matplotlib brings Pillow; the crop itself still refuses
+        return
+    from ..ops.imageio import list_images
+
+    s = max(1, int(round(args.scale if args.scale is not None else 2)))
+    for path in list_images(args.gt_dir)[: args.limit]:
+        try:
+            with Image.open(path) as im:  # the header only
+                w, h = im.size
+        except Exception:  # not for Pillow: reading it later says what is wrong
+            continue
+        if w < s or h < s:
+            raise ValueError(f"--gt-dir: {path} is {w}x{h} pixels, smaller than the x{s} scale: nothing of it is "
+                             "left to score; remove it from the folder (GT images are usually hundreds of pixels)")
 
 
 def _check_options(args: argparse.Namespace) -> None:
     """Options checked before any work: outputs writable, counts in range."""
     from pathlib import Path
 
-    if args.command in ("eval", "demo") and getattr(args, "kernel", "") is None:
+    if args.command == "eval" and getattr(args, "kernel", "") is None:
         args.kernel = "gd2.0"
-    if _is_photo(getattr(args, "kernel", None)) and args.command != "adapt":
-        raise ValueError(f"--kernel photo works with `metasr adapt`; for `metasr {args.command}` give a kernel "
-                         "(gd2.0, bicubic, K.mat...)")
+    if _is_photo(getattr(args, "kernel", None)) and args.command not in ("adapt", "demo"):
+        raise ValueError(f"--kernel photo works with `metasr adapt` (and demo); for `metasr {args.command}` give a "
+                         "kernel (gd2.0, bicubic, K.mat...)")
 
     for name in ("back_projection", "steps", "limit", "tile", "max_pixels"):
         value = getattr(args, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} {value}: must be >= 0")
+    steps = getattr(args, "steps", None) if args.command in ("adapt", "demo", "eval") else None
+    if steps is not None and max(steps if isinstance(steps, list) else [steps]) > MAX_ADAPT_STEPS:
+        shown = ",".join(map(str, steps)) if isinstance(steps, list) else steps
+        raise ValueError(f"--steps {shown}: at most {MAX_ADAPT_STEPS} adaptation steps (meta-trained weights adapt in "
+                         "1 to 10); give a smaller count")
+    if args.command in ("adapt", "demo", "eval") and args.scale is not None:
+        import math
+
+        if not (args.scale > 1 and math.isfinite(args.scale)):  # before the weights: not "no bundled weights"
+            raise ValueError(f"--scale {args.scale:g}: the SR factor must be > 1 (e.g. --scale 2), or leave --scale "
+                             "out to use the weights' own")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
-    if args.command == "adapt" and (args.kernel is None or _is_photo(args.kernel)):
+    if args.command in ("adapt", "demo") and (args.kernel is None or _is_photo(args.kernel)):
         for flag, value in (("--back-projection", args.back_projection), ("--self-ensemble", args.self_ensemble)):
             if value:
                 raise ValueError(f"{flag} is not part of the photo path (the default of metasr adapt); give a "
@@ -545,8 +657,16 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.command == "adapt" and _many_inputs(args.lr_image):
         if Path(args.output).is_file():
             raise ValueError(f"-o {args.output} is a file; with several input images -o names the output folder")
+        _check_writable(args.output, "-o/--output", args.output)
+        from ..adapt.batch import expand_inputs, plan_outputs
+
+        plan_outputs(expand_inputs(args.lr_image), args.output, flag="-o")  # one output per input, not the inputs'
     elif args.command in ("adapt", "zssr", "demo"):
         _check_output(getattr(args, "output", None), "-o/--output", image=True)
+        if args.command in ("adapt", "zssr"):
+            _check_not_input(args.lr_image, args.output)
+    if args.command == "eval":
+        _check_eval_folders(args)
     if args.command == "estimate-kernel":
         _check_output(args.output, "-o/--output", image=False)
         if Path(args.output).suffix.lower() not in (".mat", ".npy"):

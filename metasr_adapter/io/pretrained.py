@@ -24,6 +24,8 @@ __all__ = ["WeightsInfo", "BUNDLED_WEIGHTS", "WEIGHTS_DIR", "default_weights", "
            "load_model", "load_pretrained"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # metasr_adapter/weights/ (data files)
+#: metadata of a weights file that MetaSR uses as its defaults (explicit arguments win)
+WEIGHTS_DEFAULT_KEYS = ("scale", "schedule", "loss", "adapt_params", "ds_method", "degradation")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,9 @@ def load_model(
     saved = dict(metadata.get("arch_kwargs") or {})
     model = get_model(arch, **{**dict(arch_defaults or {}), **saved, **arch_kwargs})
     load_weights(model, weights, param_key=param_key, strict=strict)
+    # what the weights were trained for (scale, schedule, loss, adapted parameters, degradation): MetaSR
+    # takes its defaults from it, so MetaSR(load_model(weights=...)) adapts as the weights expect
+    model.metasr_weights_metadata = {k: metadata[k] for k in WEIGHTS_DEFAULT_KEYS if k in metadata}
     return model
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UnknownNameError, UserTypeError
 from .atomic import atomic_save, atomic_write_bytes
 from .tf_checkpoint import is_tf_checkpoint, list_tf_checkpoint, read_tf_checkpoint
 
@@ -71,16 +72,18 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def _unwrap(obj: Any, param_key: str, path: Path) -> Mapping[str, torch.Tensor]:
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict; save weights with "
-                        "torch.save(model.state_dict(), path) or metasr_adapter.io.weights.save_weights")
+    if not isinstance(obj, Mapping):  # the user's file, not a bug: UserTypeError (still a TypeError)
+        raise UserTypeError(f"{path} holds a {type(obj).__name__}, not a state dict; save weights with "
+                            "torch.save(model.state_dict(), path) or metasr_adapter.io.weights.save_weights")
     keys = ", ".join(repr(k) for k in list(obj)[:10])
     if param_key != "auto":
-        if param_key not in obj:
-            raise KeyError(f"param_key={param_key!r} not in {path}; its top-level keys are: {keys}")
+        if param_key not in obj:  # UnknownNameError: still a KeyError, and the command line's one-line error
+            raise UnknownNameError(f"param_key (--param-key) {param_key!r} is not in {path}; its top-level keys are: "
+                                   f"{keys}; give one of those, or auto")
         found = obj[param_key]
         if not _is_state_dict(found):
-            raise TypeError(f"{path}[{param_key!r}] is not a dict of tensors; top-level keys are: {keys}")
+            raise UserTypeError(f"{path}[{param_key!r}] is not a dict of tensors; top-level keys are: {keys}; give "
+                                "the key (--param-key) of the entry that holds the weights, or auto")
         return found
     for key in _AUTO_KEYS:
         if key in obj and _is_state_dict(obj[key]):

@@ -432,13 +432,15 @@ class MLSRTaskSampler(TaskSampler):
     the meta-loss scores ``LR → HR`` (query). ``kernel='bicubic'`` is MLSR's main setting (MATLAB
     bicubic both times); ``'random'`` draws one random Gaussian kernel per task (SPEC §3c sampler,
     ``k1 = k1_factor·scale``) followed by ``ds_method`` subsampling, for the paper's non-bicubic
-    experiments. The patch size must be divisible by ``scale²``.
+    experiments. ``'photo'`` draws one :class:`~metasr_adapter.ops.degradation_spec.DegradationSpec` per
+    task from the photo family ``family`` (grid, blur, noise, 8 bits, JPEG) and makes both the LR and its son
+    with it, as the photo path makes the son at test time. The patch size must be divisible by ``scale²``.
 
     Like :class:`TaskSampler` (whose ``sample``/``state_dict``/``load_state_dict`` it inherits; it
     builds its tasks itself), batch ``iteration`` is a pure function of ``(seed, iteration)``.
     """
 
-    KERNELS = ("bicubic", "random")
+    KERNELS = ("bicubic", "random", "photo")
 
     def __init__(
         self,
@@ -454,8 +456,12 @@ class MLSRTaskSampler(TaskSampler):
         upsample_input: bool = False,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        family: Any = None,
     ) -> None:
+        from ..ops.degradation_spec import PhotoDegradations
+
         _check_sampler_args(pool, meta_batch, task_batch, ds_method)
+        self.family = family if isinstance(family, PhotoDegradations) else PhotoDegradations.from_dict(family)
         if kernel not in self.KERNELS:
             raise ValueError(f"kernel={kernel!r}; choose one of {self.KERNELS}")
         s = float(scale)
@@ -494,6 +500,19 @@ class MLSRTaskSampler(TaskSampler):
         index = self.pool.draw(rng, mb * tb)
         hr = _to_tensor(self.pool.hr_patches(index), self.dtype)  # [MB*TB, C, P, P], task-major
         out: dict[str, torch.Tensor] = {}
+        if self.kernel == "photo":
+            noise_gen = torch.Generator().manual_seed(int(rng.randint(0, 2**31 - 1)))
+            lrs, sons = [], []
+            for t in range(mb):
+                spec = self.family.sample(rng)
+                task_hr = hr[t * tb : (t + 1) * tb].double()
+                lr_t = spec.apply(task_hr, self.scale, generator=noise_gen)
+                lrs.append(lr_t)
+                sons.append(spec.apply(lr_t, self.scale, generator=noise_gen))
+            lr, son = torch.cat(lrs).to(self.dtype), torch.cat(sons).to(self.dtype)
+            pairs = {"support_x": self._input(son), "support_y": lr, "query_x": self._input(lr), "query_y": hr}
+            out.update({k: v.reshape(mb, tb, *v.shape[1:]) for k, v in pairs.items()})
+            return {k: v.contiguous() for k, v in out.items()}
         if self.kernel == "random":
             ks = np.stack([random_kernel(self.k1_factor * self.scale, self.kernel_size, rng) for _ in range(mb)])
             ktens = torch.from_numpy(ks).to(self.dtype)

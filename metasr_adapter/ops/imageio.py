@@ -58,12 +58,17 @@ def modcrop(img: np.ndarray, scale: int | float) -> np.ndarray:
     """Crop H and W down to multiples of ``scale`` (from the top-left, as the official code)."""
     s = int(round(scale))
     h, w = img.shape[:2]
+    if s >= 1 and (h < s or w < s):  # cropping would leave an empty image, which fails far from here
+        raise ValueError(f"image of {w}x{h} pixels is smaller than the scale {scale:g}: cropping it to multiples of "
+                         f"{s} leaves nothing; give images of at least {s}x{s} pixels (in practice far larger)")
     return img[: h - h % s, : w - w % s]
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly in ``folder``, sorted by name."""
     folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(f"{folder} is a file, not a folder of images; give the folder that holds the images")
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -153,6 +158,9 @@ def to_tensor(
             layout, a = "HW", a[:, :, None]
         elif a.ndim == 3:
             layout = "HWC"
+            if a.shape[2] not in (1, 2, 3, 4, channels) and a.shape[0] in (1, 2, 3, 4, channels):
+                raise ValueError(f"numpy image of shape {a.shape} looks like CHW (channels first, as torch holds "
+                                 "images); numpy images are HxWxC: pass img.transpose(1, 2, 0), or a torch tensor")
         else:
             raise ValueError(f"numpy image must be HxW or HxWxC, got shape {a.shape}")
         if a.dtype == np.uint8:

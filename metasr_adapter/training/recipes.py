@@ -90,7 +90,11 @@ SCHEMA: dict[str, Any] = {
                      "the same patch (MLSR, Park et al. 2020, Algorithm 1)", choices=("mzsr", "mlsr")),
         "kernel": Key("random", (str,), "degradation of the tasks: 'random' = one random Gaussian kernel per task "
                       "(SPEC §3c) then ds_method; 'bicubic' = MATLAB bicubic (MLSR's main setting; tasks=mlsr "
-                      "only)", choices=("random", "bicubic")),
+                      "only); 'photo' = one draw of the photo family per task (data.photo; tasks=mlsr only)",
+                      choices=("random", "bicubic", "photo")),
+        "photo": Key({}, (dict,), "the photo degradation family (pretrain.degradation='photo', data.kernel='photo'): "
+                     "settings of metasr_adapter.ops.degradation_spec.PhotoDegradations that differ from its "
+                     "defaults (grid_probs, sigma_range, noise_range, jpeg_range, ...)"),
         "scales": Key([2.0], (list,), "SCALE_LIST: one scale drawn per task (SPEC §3b)", list_of=float, minimum=1),
         "kernel_size": Key(15, (int,), "random kernel size (SPEC §3c: 15 at every scale)", minimum=1),
         "kernel_k1_factor": Key(2.5, _NUM, "k1 = factor * scale: the largest variance (SPEC §3b/§3c: 2.5)", minimum=0, exclusive=True),
@@ -105,11 +109,9 @@ SCHEMA: dict[str, Any] = {
         "degradation": Key("bicubic", (str,), "training pairs: 'bicubic' = bicubic LR (SPEC §8); 'kernel' = the "
                            "meta-training task distribution (data.kernel_size, kernel_k1_factor, ds_method, scales, "
                            "noise_std), one random kernel per pretrain.kernels group; 'photo' = one draw per patch from "
-                           "the photo family (pretrain.photo: grid, sharp-to-blurry blur, noise, JPEG)",
+                           "the photo family (data.photo: grid, sharp-to-blurry blur, noise, JPEG)",
                            choices=("bicubic", "kernel", "photo")),
-        "photo": Key({}, (dict,), "degradation='photo': settings of metasr_adapter.ops.degradation_spec."
-                     "PhotoDegradations that differ from its defaults (grid_probs, sigma_range, noise_range, "
-                     "jpeg_range, ...)"),
+
         "kernels": Key(8, (int,), "degradation='kernel': random kernels per batch (batch_size / kernels patches "
                        "each; must be even)", minimum=1),
         "schedule": Key("staircase", (str,), "learning rate: 'staircase' (SPEC §8) or 'cosine' from lr to lr_min "
@@ -337,6 +339,9 @@ def _check_combinations(r: Mapping[str, Any]) -> None:
     if d["tasks"] == "mzsr" and d["kernel"] == "bicubic":
         raise ValueError("data.kernel='bicubic' needs data.tasks='mlsr': MZSR tasks are built from random kernels "
                          "(SPEC §3b); set data.tasks=mlsr or data.kernel=random")
+    if d["tasks"] == "mzsr" and d["kernel"] == "photo":
+        raise ValueError("data.kernel='photo' needs data.tasks='mlsr' (the son is the task's LR degraded again by "
+                         "the task's own photo degradation); set data.tasks=mlsr")
     if d["tasks"] == "mlsr" and len(d["scales"]) != 1:
         raise ValueError(f"data.tasks='mlsr' uses one scale; data.scales={d['scales']}. Give one, e.g. [2.0]")
 

@@ -113,12 +113,20 @@ def model_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def trained_on_photos(recipe: Mapping[str, Any]) -> bool:
+    """Whether the recipe's last training stage learns from the photo degradation family (data.photo)."""
+    d, p, m = recipe["data"], recipe["pretrain"], recipe["meta"]
+    if m["iterations"] > 0:
+        return d["kernel"] == "photo"
+    return p["iterations"] > 0 and p["degradation"] == "photo"
+
+
 def trained_ds_method(recipe: Mapping[str, Any]) -> str:
     """How the LR images the recipe's last training stage learns from were subsampled: ``'bicubic'`` for
     bicubic tasks or pairs (MATLAB imresize), else ``data.ds_method`` (after the random blur). Recorded as the
     weights' ``ds_method``, which picks bundled weights for a kernel (e.g. ``--arch idn --kernel bicubic``)."""
     d, p, m = recipe["data"], recipe["pretrain"], recipe["meta"]
-    if m["iterations"] == 0 and p["iterations"] > 0 and p["degradation"] == "photo":
+    if trained_on_photos(recipe):
         return "centred"  # the photo family mixes grids; photos are resized with centred filters
     if m["iterations"] > 0:
         return "bicubic" if d["kernel"] == "bicubic" else d["ds_method"]
@@ -486,7 +494,7 @@ class _Run:
         sampler: Any
         if p["degradation"] == "photo":
             pool = self._pool(self._train_dir(p["train_dir"]), p["patch_size"], p["stride"], p["augment"], None)
-            sampler = PhotoPairSampler(pool, p["batch_size"], scale=p["scale"], family=p["photo"], seed=r["seed"],
+            sampler = PhotoPairSampler(pool, p["batch_size"], scale=p["scale"], family=r["data"]["photo"], seed=r["seed"],
                                        upsample_input=upsample_input)
         elif p["degradation"] == "kernel":
             d = r["data"]
@@ -545,7 +553,7 @@ class _Run:
                 sampler = MLSRTaskSampler(
                     pool, meta_batch=m["meta_batch"], task_batch=m["task_batch"], scale=d["scales"][0],
                     kernel=d["kernel"], kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"],
-                    ds_method=d["ds_method"], upsample_input=upsample_input, seed=r["seed"],
+                    ds_method=d["ds_method"], upsample_input=upsample_input, seed=r["seed"], family=d["photo"],
                 )
             else:
                 sampler = TaskSampler(
@@ -585,10 +593,10 @@ class _Run:
         meta = {"arch": r["model"]["name"], "arch_kwargs": model_kwargs(r), "scale": float(r["model"]["scale"]),
                 "ds_method": trained_ds_method(r), "schedule": r["eval"]["schedule"], "loss": r["meta"]["loss"],
                 "adapt_params": r["meta"]["adapt_params"]}
-        if r["pretrain"]["degradation"] == "photo" and r["pretrain"]["iterations"] > 0:
+        if trained_on_photos(r):
             from ..ops.degradation_spec import PhotoDegradations
 
-            meta["degradation"] = {"family": "photo", **PhotoDegradations.from_dict(r["pretrain"]["photo"]).to_dict()}
+            meta["degradation"] = {"family": "photo", **PhotoDegradations.from_dict(r["data"]["photo"]).to_dict()}
         return meta
 
     def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool,
@@ -854,9 +862,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def _check_run_folder(folder: str | os.PathLike | None, flag: str) -> None:
+    """Refuse a run folder that is an existing file (or lies under one) before any work."""
+    if folder is None:
+        return
+    p = Path(folder)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                what = "is a file" if q == p else f"lies under {q}, which is a file"
+                raise NotADirectoryError(f"{flag} {folder} {what}; give a folder for the run (it is created if "
+                                         "missing)")
+            return
+
+
 def run_train_cli(args: argparse.Namespace) -> int:
     """Entry point of ``metasr train`` (after :func:`add_train_arguments`)."""
     overrides = [item for group in (args.overrides or []) for item in group]
+    _check_run_folder(args.out, "--out")
     recipe_path = args.recipe
     if recipe_path is None:  # `--set k=v RECIPE`: argparse hands the recipe to --set
         files = [o for o in overrides if "=" not in o and o.lower().endswith((".yaml", ".yml"))]
@@ -871,6 +894,8 @@ def run_train_cli(args: argparse.Namespace) -> int:
     if args.show:
         print(dump_recipe(recipe), end="")
         return 0
+    if args.out is None:
+        _check_run_folder(recipe["output"]["dir"], "output.dir")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

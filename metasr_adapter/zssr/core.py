@@ -759,6 +759,13 @@ def run_zssr_cli(args: argparse.Namespace) -> int:
     from ..ops.imageio import read_image, write_image
     from ..ops.metrics import psnr
 
+    src, dst = args.lr_image, args.output
+    if os.path.isfile(src) and os.path.exists(dst) and os.path.samefile(src, dst):  # never overwrite the input
+        from pathlib import Path
+
+        other = Path(dst).with_name(Path(dst).stem + "_sr" + Path(dst).suffix)
+        raise ValueError(f"-o/--output {dst} is the input image {src} itself: the result would overwrite it; give "
+                         f"another output name, e.g. -o {other}")
     if getattr(args, "threads", None):
         torch.set_num_threads(int(args.threads))
     device = str(resolve_device(args.device))
