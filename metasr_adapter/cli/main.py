@@ -665,8 +665,6 @@ def _check_options(args: argparse.Namespace) -> None:
         _check_output(getattr(args, "output", None), "-o/--output", image=True)
         if args.command in ("adapt", "zssr"):
             _check_not_input(args.lr_image, args.output)
-    if args.command == "eval":
-        _check_eval_folders(args)
     if args.command == "estimate-kernel":
         _check_output(args.output, "-o/--output", image=False)
         if Path(args.output).suffix.lower() not in (".mat", ".npy"):
@@ -704,6 +702,8 @@ def _check_options(args: argparse.Namespace) -> None:
                          f"{args.kernel or 'bicubic'}); add --kernel estimate or leave --estimator out")
     if getattr(args, "json", None):
         _check_output(args.json, "--json", image=False)
+    if args.command == "eval":  # after the kernel checks: a wrong kernel option is named before the folders
+        _check_eval_folders(args)
 
 
 if __name__ == "__main__":
