@@ -158,7 +158,8 @@ def to_tensor(
             layout, a = "HW", a[:, :, None]
         elif a.ndim == 3:
             layout = "HWC"
-            if a.shape[2] not in (1, 2, 3, 4, channels) and a.shape[0] in (1, 2, 3, 4, channels):
+            if a.shape[2] not in (1, 2, 3, 4, channels) and a.shape[0] in (1, 2, 3, 4, channels) \
+                    and min(a.shape[1], a.shape[2]) > 4:  # a tiny HxWxC image is not mistaken for CHW
                 raise ValueError(f"numpy image of shape {a.shape} looks like CHW (channels first, as torch holds "
                                  "images); numpy images are HxWxC: pass img.transpose(1, 2, 0), or a torch tensor")
         else:
