@@ -15,6 +15,7 @@ import json
 import platform
 import resource
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +27,9 @@ from metasr_adapter import MetaSR, MZSRNet
 from metasr_adapter.cli.demo import bundled_photo
 from metasr_adapter.ops.imageio import read_image
 from metasr_adapter.precision import bf16_supported
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
 
 OFFICIAL = {1: (0.445, 1.62), 10: (3.90, 5.16)}  # steps -> (adaptation loop s, whole call s)
 
@@ -99,7 +103,10 @@ def main() -> None:
                      f" x{r['speedup_call_vs_official']:.2f})" if off else "")
                   + f", peak RSS growth {r['peak_rss_mb']:.0f} MB")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({
+            "cpu": cpu_name(), "torch": torch.__version__, "rows": rows,
+            "lr_image": portable_path(args.lr) if args.lr else "bundled photo, 256x256 crop",
+            "weights": portable_path(args.weights), "record": result_record(script=__file__)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import result_record  # noqa: E402  (benchmarks/_record.py)
+
 
 def worker(args: argparse.Namespace) -> None:
     import torch
@@ -80,6 +83,7 @@ def main() -> int:
     if args.worker:
         worker(args)
         return 0
+    record = result_record(threads=f"per layout {args.layouts} (PROCESSESxTHREADS)", script=__file__)
     layouts = [tuple(int(v) for v in lay.split("x")) for lay in args.layouts.split(",")]
     results: dict[str, list[float]] = {}
     for _ in range(args.rounds):
@@ -101,7 +105,8 @@ def main() -> int:
     print(f"load average: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps({"medians": table, "rounds": results, "meta_batch": args.meta_batch,
-                                               "task_batch": args.task_batch, "load": os.getloadavg()}, indent=2) + "\n")
+                                               "task_batch": args.task_batch, "load": os.getloadavg(),
+                                               "record": record}, indent=2) + "\n")
     return 0
 
 

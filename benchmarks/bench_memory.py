@@ -9,7 +9,8 @@ Each (size, mode) runs in a fresh process so that its peak RSS (``ru_maxrss``) i
 random-textured (the content does not change the cost). Mode ``cli`` runs ``metasr adapt FILE --tile T
 --max-pixels P`` in the worker (PNG read and write included). Weights: the bundled ``mzsr_x2_direct`` (a
 random MZSRNet when the package ships none). Reported: peak RSS in GB, seconds, and seconds per
-megapixel of LR, to check that time grows linearly with pixels.
+megapixel of LR, to check that time grows linearly with pixels. ``--json`` writes ``{"rows": [...], "record":
+{...}}`` (files written before the record existed hold the list of rows alone).
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import result_record  # noqa: E402  (benchmarks/_record.py)
 
 
 def cli_worker(h: int, w: int, steps: int, tile: int | None, max_pixels: int | None, threads: int) -> dict:
@@ -84,6 +88,7 @@ def main() -> int:
         run = cli_worker if kind == "cli" else worker
         print("RESULT " + json.dumps(run(h, w, steps, tile, mp, args.threads)))
         return 0
+    record = result_record(threads=args.threads, script=__file__)  # the workers' thread count
     rows = []
     for size in args.sizes:
         w, h = (int(v) for v in size.split("x"))
@@ -103,7 +108,7 @@ def main() -> int:
             rows.append(r)
             print(f"{size:>10} {mode:>7}  {r['peak_rss_gb']:6.2f} GB  {r['seconds']:8.1f} s  {r['s_per_lr_mpx']:7.1f} s/Mpx")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"rows": rows, "record": record}, indent=2) + "\n")
     return 0
 
 

@@ -40,6 +40,9 @@ from torch.nn import functional as F
 from metasr_adapter.adapters.mzsr import MZSRNet, mzsr_state_dict_from_tf
 from metasr_adapter.meta.learner import MAMLConfig, MetaLearner, TaskBatch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
+
 DEFAULT_CONFIGS = (
     "so:fp32:loop:nchw,so:fp32:loop:cl,so:fp32:vmap:nchw,so:bf16:loop:cl,"
     "fo:fp32:loop:nchw,fo:fp32:loop:cl,fo:fp32:vmap:nchw,fo:bf16:loop:cl"
@@ -174,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nofficial TF (SPEC §4, 2-core CPU, meta-batch 5, task-batch 4, second order): {TF_SECONDS} s/iteration; "
           f"load after: {os.getloadavg()[0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "threads": torch.get_num_threads(),
-                                               "torch": torch.__version__, "rows": rows}, indent=1))
+        shown = {**vars(args), "weights": portable_path(args.weights), "json": portable_path(args.json)}
+        Path(args.json).write_text(json.dumps({"args": shown, "threads": torch.get_num_threads(),
+                                               "torch": torch.__version__, "rows": rows,
+                                               "record": result_record(argv, script=__file__)}, indent=1))
     return 0
 
 

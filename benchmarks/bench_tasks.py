@@ -20,6 +20,9 @@ import torch
 
 from metasr_adapter.meta.tasks import PatchPool, TaskSampler, task_loader
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
+
 
 def _photo_folder(folder: Path) -> Path:
     import cv2
@@ -72,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"workers={w}: {r['tasks_per_s']:7.1f} tasks/s  ({r['batches_per_s']:.2f} meta-batches/s, "
                   f"{1000 / r['batches_per_s']:.1f} ms per meta-batch)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"pool_build_s": build_s, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({
+            "pool_build_s": build_s, "results": results,
+            "train_dir": portable_path(args.train_dir) if args.train_dir else "crops of matplotlib's photo",
+            "meta_batch": args.meta_batch, "task_batch": args.task_batch, "ds_method": args.ds_method,
+            "record": result_record(argv, script=__file__)}, indent=2))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Side-by-side speed of MZSR's work in TensorFlow (official-style graph) and in metasr_adapter.
 
-    python benchmarks/bench_tf_baseline.py --framework both --rounds 3 [--json out.json]
+    python benchmarks/bench_tf_baseline.py --framework both --rounds 3 [--threads 2] [--json out.json]
 
 The SPEC §0/§4 wall times of the official TF1 code were measured on some other 2-core CPU, so
 they cannot be compared with a PyTorch number taken here. This script measures both on the
@@ -30,7 +30,15 @@ machine it runs on:
 Only network work is timed: the son and its bicubic upsampling are prepared before the timed
 loop in both frameworks (the official loop also re-runs its numpy imresize every step, which
 is included in SPEC §0's 0.39 s/step but is not framework work). Input content does not affect
-speed; the TF side uses Set5 baby when it is available and a stand-in son upsampling.
+speed, but the size does: both sides read Set5 baby (``--lr``, default
+``../shared/data/mzsr_g20/Set5/baby.png``; the script stops with a one-line message when it is
+missing) and the TF side uses a stand-in son upsampling.
+
+``--threads N`` sets torch's intra- and inter-op threads (``torch.set_num_threads`` /
+``set_num_interop_threads``) and TF's (``tf.config.threading``) to N in both child processes, and
+``OMP_NUM_THREADS=N`` in their environment; without it each framework picks its defaults. The
+``--json`` file holds a ``record`` (command, commit, CPU model and flags, threads, versions; see
+``benchmarks/_record.py``).
 """
 from __future__ import annotations
 
@@ -48,9 +56,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import portable_argv, portable_path, result_record  # noqa: E402  (benchmarks/_record.py; no torch)
+
 HERE = Path(__file__).resolve()
-DEFAULT_WEIGHTS = "/work/shared/weights/mzsr_official/mzsr_pretrained_bicubic.npz"
-DEFAULT_LR = "/work/shared/data/mzsr_g20/Set5/baby.png"
+SHARED = HERE.parents[2] / "shared"  # ../shared beside the repository
+DEFAULT_WEIGHTS = str(SHARED / "weights" / "mzsr_official" / "mzsr_pretrained_bicubic.npz")
+DEFAULT_LR = str(SHARED / "data" / "mzsr_g20" / "Set5" / "baby.png")
 DEFAULT_TF_PY = "/tmp/tfvenv/bin/python"
 DEFAULT_TORCH_PY = str(HERE.parents[1] / ".venv" / "bin" / "python")
 RESULT_TAG = "BENCH_RESULT_JSON:"
@@ -110,11 +122,20 @@ def random_tasks(seed: int = 0) -> tuple[np.ndarray, ...]:
     return tuple(rng.random((MB, TB, PATCH, PATCH, 3), dtype=np.float32) for _ in range(4))
 
 
-def lr_image(path: str | None, read: Callable[[str], np.ndarray]) -> tuple[np.ndarray, str]:
-    """The LR image as HxWx3 float32 in [0, 1] read with ``read`` (uint8 HxWx3), or random 256x256."""
-    if path and Path(path).is_file():
-        return np.asarray(read(path), dtype=np.float32)[..., :3] / 255.0, path
-    return np.random.default_rng(1).random((256, 256, 3), dtype=np.float32), "random 256x256"
+def missing_inputs(args: argparse.Namespace) -> str | None:
+    """A one-line message naming the LR image or weights file that is not there, and the fix; None if both are."""
+    if not Path(args.lr).is_file():
+        return (f"bench_tf_baseline.py: LR image {args.lr} not found; put Set5 baby at "
+                "../shared/data/mzsr_g20/Set5/baby.png (beside the repository) or pass --lr PATH")
+    if not Path(args.weights).is_file():
+        return (f"bench_tf_baseline.py: weights {args.weights} not found; put the official MZSR weights at "
+                "../shared/weights/mzsr_official/mzsr_pretrained_bicubic.npz or pass --weights PATH")
+    return None
+
+
+def lr_image(path: str, read: Callable[[str], np.ndarray]) -> tuple[np.ndarray, str]:
+    """The LR image as HxWx3 float32 in [0, 1] read with ``read`` (uint8 HxWx3), and its portable path."""
+    return np.asarray(read(path), dtype=np.float32)[..., :3] / 255.0, portable_path(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +245,9 @@ class TFMZSR:
 def bench_tf(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
     import tensorflow as tf
 
+    if args.threads:  # before the first op starts TF's thread pools
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     arrays = np.load(args.weights)
     model = TFMZSR([arrays[n] for n in TF_NAMES])
     lr_np, lr_src = lr_image(args.lr, lambda p: tf.io.decode_png(tf.io.read_file(p), channels=3).numpy())
@@ -272,6 +296,12 @@ def bench_tf(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
 def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        try:
+            torch.set_num_interop_threads(args.threads)
+        except RuntimeError:  # already fixed in this process (inter-op work has run)
+            pass
     from metasr_adapter import MetaSR, MZSRNet
     from metasr_adapter.adapters.mzsr import mzsr_state_dict_from_tf
 
@@ -365,14 +395,17 @@ class LoadSampler:
 def child_args(args: argparse.Namespace, framework: str) -> list[str]:
     py = args.tf_python if framework == "tf" else args.torch_python
     cmd = [py, str(HERE), "--framework", framework, "--emit", "--repeats", str(args.repeats),
-           "--meta-repeats", str(args.meta_repeats), "--only", ",".join(args.only), "--weights", args.weights]
-    if args.lr:
-        cmd += ["--lr", args.lr]
+           "--meta-repeats", str(args.meta_repeats), "--only", ",".join(args.only), "--weights", args.weights,
+           "--lr", args.lr]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     return cmd
 
 
 def run_child(args: argparse.Namespace, framework: str) -> dict[str, Any]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     proc = subprocess.run(child_args(args, framework), capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -425,7 +458,10 @@ def main() -> None:
     ap.add_argument("--meta-repeats", type=int, default=2, help="timed meta-iterations (after 1 warm-up)")
     ap.add_argument("--only", default=",".join(MEASUREMENTS), help=f"comma list from {MEASUREMENTS}")
     ap.add_argument("--weights", default=DEFAULT_WEIGHTS, help="official MZSR .npz (MODEL/convK/{kernel,bias})")
-    ap.add_argument("--lr", default=DEFAULT_LR if Path(DEFAULT_LR).is_file() else None, help="256x256 LR image")
+    ap.add_argument("--lr", default=DEFAULT_LR,
+                    help="256x256 LR image (default: ../shared/data/mzsr_g20/Set5/baby.png beside the repository)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra- and inter-op threads of torch and TF in both child processes (default: theirs)")
     ap.add_argument("--tf-python", default=DEFAULT_TF_PY)
     ap.add_argument("--torch-python", default=DEFAULT_TORCH_PY)
     ap.add_argument("--json", default=None, help="write all results here")
@@ -435,8 +471,15 @@ def main() -> None:
     bad = [m for m in args.only if m not in MEASUREMENTS]
     if bad:
         ap.error(f"--only {bad}: choose from {MEASUREMENTS}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads {args.threads}: give at least 1")
+    missing = missing_inputs(args)
+    if missing:
+        raise SystemExit(missing)
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    record = None if args.emit else result_record(threads=args.threads or "default (each framework's own)",
+                                                  script=__file__)
     if args.framework != "both":
         fn = bench_tf if args.framework == "tf" else bench_torch
         with LoadSampler() as sampler:
@@ -462,7 +505,7 @@ def main() -> None:
         out = report(rounds, sampler.summary())
         out["raw"] = rounds
     if args.json:
-        out.update(cpu=cpu_name(), started=started, argv=sys.argv, rounds=args.rounds)
+        out.update(cpu=cpu_name(), started=started, argv=portable_argv(sys.argv), rounds=args.rounds, record=record)
         Path(args.json).write_text(json.dumps(out, indent=2))
 
 

@@ -45,6 +45,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = ROOT.parent / "shared" / "data" / "train"
 
@@ -234,6 +237,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(run_worker(args)))
         return 0
+    record = result_record(threads=f"per layout {args.layouts} (PROCESSESxTHREADS)", script=__file__)
     results = {}
     for layout in args.layouts.split(","):
         procs, threads = (int(v) for v in layout.split("x"))
@@ -260,7 +264,10 @@ def main() -> int:
                   f"{thr:>22.3f}")
     print(f"load average: {os.getloadavg()}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "load": os.getloadavg()}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({
+            "results": results, "load": os.getloadavg(), "configs": args.configs,
+            "train_dir": portable_path(args.train_dir) if args.train_dir else "matplotlib's photo",
+            "images": args.images, "record": record}, indent=2) + "\n")
     return 0
 
 

@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import portable_argv, portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 PAPER_TABLE1_X2 = {"set5": 37.37, "set14": 33.00}
@@ -60,14 +63,14 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "argv": portable_argv(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
 def _write(path: str | None, payload: dict[str, Any]) -> None:
     if not path:
         return
-    from metasr_adapter.io.atomic import atomic_write_text
+    from metasr_adapter.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2, default=float))
 
@@ -101,7 +104,8 @@ def cmd_ideal(args: argparse.Namespace) -> int:
     border = int(scale)
     dirs = {"set5": Path(args.set5_dir), "set14": Path(args.set14_dir)}
     payload: dict[str, Any] = {"setting": "ideal x2 (MATLAB-bicubic LR, uint8)", "preset": args.preset,
-                               "config": _config(args).to_dict(), "environment": _environment(args), "sets": {}}
+                               "config": _config(args).to_dict(), "environment": _environment(args),
+                               "record": args.record, "sets": {}}
     for name in args.sets:
         files = list_images(dirs[name])
         if args.names:
@@ -169,6 +173,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     parts = [json.loads(Path(f).read_text()) for f in args.parts]
     merged: dict[str, Any] = {k: parts[0][k] for k in ("setting", "preset", "config")}
     merged["environment"] = [p["environment"] for p in parts]
+    merged["record"] = args.record
+    merged["shard_records"] = [p.get("record") for p in parts]  # the runs that measured the rows
     merged["sets"] = {}
     for part in parts:
         if part["config"] != merged["config"]:
@@ -200,7 +206,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
     from metasr_adapter.zssr.core import ZSSR
 
     root = Path(args.examples_dir)
-    payload: dict[str, Any] = {"environment": _environment(args), "examples": []}
+    payload: dict[str, Any] = {"environment": _environment(args), "record": args.record, "examples": []}
     jobs = [
         ("kernel_example", root / "kernel_example" / "BSD100_100_lr_rand_ker_c_X2.png",
          root / "kernel_example" / "BSD100_100_lr_rand_ker_c_X2_0.mat", None, "kernel"),
@@ -215,8 +221,8 @@ def cmd_examples(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         sr, info = ZSSR(cfg).run(lr, str(kernel) if kernel else None, 2, progress=not args.quiet, return_info=True)
         wall = time.perf_counter() - t0
-        row: dict[str, Any] = {"example": name, "preset": preset, "lr": str(lr_path),
-                               "kernel": str(kernel) if kernel else None, "sr_shape": list(sr.shape),
+        row: dict[str, Any] = {"example": name, "preset": preset, "lr": portable_path(lr_path),
+                               "kernel": portable_path(kernel) if kernel else None, "sr_shape": list(sr.shape),
                                "wall_seconds": wall, **_summary_of(info)}
         if gt_path is not None:
             gt = read_image(gt_path)
@@ -240,7 +246,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     path = [p for p in list_images(args.set5_dir) if p.stem == args.image][0]
     lr = _ideal_lr(modcrop(read_image(path), 2), 2.0)
     payload: dict[str, Any] = {"image": path.stem, "lr_shape": list(lr.shape), "environment": _environment(args),
-                               "runs": []}
+                               "record": args.record, "runs": []}
     for precision, iters in (("fp32", args.iters or 20), ("bf16", args.bf16_iters)):
         if iters <= 0:
             continue
@@ -315,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.record = result_record(argv, script=__file__)
     return int(args.func(args) or 0)
 
 

@@ -46,6 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {"bsd100": SHARED / "bsd100", "urban100": SHARED / "urban100"}
@@ -66,7 +69,7 @@ def div2krk_like_kernel(rng: np.random.Generator, ksize: int = 11, noise: float 
 
 
 def _save(path: Path, cell: dict) -> None:
-    from metasr_adapter.io.atomic import atomic_write_text
+    from metasr_adapter.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(cell, indent=1) + "\n")
 
@@ -74,7 +77,7 @@ def _save(path: Path, cell: dict) -> None:
 def _save_kernels(path: Path, kernels: dict[str, np.ndarray]) -> None:
     import io
 
-    from metasr_adapter.io.atomic import atomic_write_bytes
+    from metasr_adapter.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez(buf, **kernels)
@@ -83,7 +86,7 @@ def _save_kernels(path: Path, kernels: dict[str, np.ndarray]) -> None:
 
 def run_image(index: int, path: Path, cell_path: Path, args, models: dict) -> dict:
     """Every part of one image's cell that is not there yet; the cell is saved after each part."""
-    from metasr_adapter.adapt.evaluate import synthesize_lr
+    from metasr_adapter.pipelines.evaluate import synthesize_lr
     from metasr_adapter.estimate import estimate_kernel, kernel_mse, kernel_psnr
     from metasr_adapter.ops.degrade import imresize
     from metasr_adapter.ops.imageio import modcrop, read_image, to_tensor
@@ -110,7 +113,8 @@ def run_image(index: int, path: Path, cell_path: Path, args, models: dict) -> di
     k_true, params = div2krk_like_kernel(np.random.default_rng([args.seed, index]), args.ksize, args.noise)
     lr = synthesize_lr(gt, KernelSpec(kernel=k_true, ds_method="direct"), 2)
     cell.update({"image": path.name, "index": index, "setup": setup, "hr_shape": list(gt.shape),
-                 "lr_shape": list(lr.shape), "true_kernel": params, "threads": torch.get_num_threads()})
+                 "lr_shape": list(lr.shape), "true_kernel": params, "threads": torch.get_num_threads(),
+                 "record": getattr(args, "record", None)})  # the run that last wrote this cell
     kernels["true"] = k_true
     cell.setdefault("psnr", {})
     cell.setdefault("seconds", {})
@@ -295,6 +299,7 @@ def main() -> int:
     zm = args.zssr_methods or ("kernelgan" if "kernelgan" in args.methods else args.methods[0])
     args.zssr_methods = [m.strip() for m in zm.split(",") if m.strip()]
     torch.set_num_threads(args.threads)
+    args.record = result_record(script=__file__)
 
     folder = Path(args.data_dir) if args.data_dir else DATASETS[args.dataset]
     if not folder.is_dir():
@@ -324,8 +329,9 @@ def main() -> int:
     summary = summarise(cells, args.methods)
     summary.update({"dataset": args.dataset, "crop": args.crop, "seed": args.seed, "ksize": args.ksize,
                     "noise": args.noise, "steps": args.steps, "anchors_div2krk_x2": ANCHORS,
-                    "note": "similar in construction to DIV2KRK, not the same set (HR: " + args.dataset + ")"})
-    from metasr_adapter.io.atomic import atomic_write_text
+                    "note": "similar in construction to DIV2KRK, not the same set (HR: " + args.dataset + ")",
+                    "data_dir": portable_path(folder), "record": args.record})
+    from metasr_adapter.atomic import atomic_write_text
 
     atomic_write_text(out / f"{name}_summary.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(out / f"{name}.md", markdown(args.dataset, summary, args.crop))

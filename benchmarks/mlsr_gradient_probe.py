@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _record import portable_arg, portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
 
 
 def _flat(grads) -> torch.Tensor:
@@ -125,15 +126,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['query_psnr_adapted']:.3f} dB, cos(g_fo, g_sup) {row['cos_fo_sup']:.5f} "
               f"(batch {row['batch_cos_fo_sup']:.5f}), cos(g_so, g_sup) {row['cos_so_sup']:.5f}, "
               f"‖g_fo − g_sup‖/‖g_sup‖ {row['rel_fo_minus_sup']:.3e} ({row['seconds']:.0f} s)")
-    settings = {"weights": args.weights, "fingerprint": fingerprint, "recipe": Path(args.recipe).name,
-                "overrides": args.overrides, "tasks": args.tasks, "iteration": args.iteration, "steps": steps,
+    settings = {"weights": portable_path(args.weights), "fingerprint": fingerprint,
+                "recipe": Path(args.recipe).name, "overrides": [portable_arg(o) for o in args.overrides],
+                "tasks": args.tasks, "iteration": args.iteration, "steps": steps,
                 "patch_size": d["patch_size"], "kernel": d["kernel"], "threads": torch.get_num_threads()}
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+        out.write_text(json.dumps({"settings": settings, "rows": rows,
+                                   "record": result_record(argv, script=__file__)}, indent=2) + "\n")
         lines = [f"MLSR meta-gradient probe: {args.tasks} tasks of `{settings['recipe']}` "
-                 f"({d['patch_size']}² HR, {d['kernel']}), {steps} inner SGD steps, weights `{args.weights}`. "
+                 f"({d['patch_size']}² HR, {d['kernel']}), {steps} inner SGD steps, weights `{settings['weights']}`. "
                  "Per-task means; 'batch' = the meta-batch mean gradients.", "",
                  "| α | ‖θ'−θ‖/‖θ‖ | query PSNR θ → θ' (dB) | cos(g_fo, g_sup) | cos(g_so, g_sup) | cos(g_so, g_fo) "
                  "| ‖g_fo−g_sup‖/‖g_sup‖ | batch cos(g_fo, g_sup) | batch cos(g_so, g_sup) |",

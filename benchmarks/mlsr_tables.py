@@ -45,6 +45,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _record import portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
+
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("set5", "set14", "bsd100", "urban100")
 PROTOCOLS = ("table3", "table5")
@@ -128,7 +131,7 @@ def degradation(protocol: str, set_name: str, image: str, args: argparse.Namespa
 
 def load_pair(path: Path, spec, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(HR modcropped, uint8 LR synthesised with ``spec``), as ``metasr eval`` makes them."""
-    from metasr_adapter.adapt.evaluate import synthesize_lr
+    from metasr_adapter.pipelines.evaluate import synthesize_lr
     from metasr_adapter.ops.imageio import modcrop, read_image
 
     gt = modcrop(read_image(path), scale)
@@ -376,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    record = result_record(argv, script=__file__)
     steps = sorted(set(args.steps))
     if not steps or steps[0] < 0:
         raise SystemExit(f"--steps {args.steps}: give step counts >= 0")
@@ -396,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from metasr_adapter import MetaSR
-    from metasr_adapter.io.atomic import atomic_write_text
+    from metasr_adapter.atomic import atomic_write_text
     from metasr_adapter.ops.imageio import list_images
     from metasr_adapter.zssr.core import ZSSRConfig
 
@@ -480,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                     cell = run_idn_cell(wrappers[w], gt, lr, spec, score_steps, alpha, args.scale)
                 cell["psnr"]["bicubic"], cell["ssim"]["bicubic"] = bicubic_score(lr, gt, args.scale)
                 cell.update({"image": path.name, "identity": ident, "seconds": time.perf_counter() - t0,
-                             "threads": torch.get_num_threads(), "lr_shape": list(lr.shape[:2])})
+                             "threads": torch.get_num_threads(), "lr_shape": list(lr.shape[:2]), "record": record})
                 atomic_write_text(cpath, json.dumps(cell) + "\n")
                 done_now += 1
             if done_now:
@@ -489,12 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     # gather everything present for this run's models
     cells = read_cells(out, identities)
     summary = summarise(cells)
-    settings = {"weights_naive": w_naive, "weights_ml": w_ml, "weights_ml_kernels": w_ml_k, "alpha": alpha,
+    settings = {"weights_naive": portable_path(w_naive), "weights_ml": portable_path(w_ml),
+                "weights_ml_kernels": portable_path(w_ml_k), "alpha": alpha,
                 "loss": args.loss, "steps": steps, "kernels": kernel_id, "zssr": zcfg.to_dict()}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "mlsr_tables.json", json.dumps({"settings": settings, "results": summary,
                                                             "paper_table3": {f"{m}/{k}": v for (m, k), v in PAPER_T3.items()},
-                                                            "paper_table5": {f"{m}/{k}": v for (m, k), v in PAPER_T5.items()}},
+                                                            "paper_table5": {f"{m}/{k}": v for (m, k), v in PAPER_T5.items()},
+                                                            "record": record},
                                                            indent=2) + "\n")
     md = markdown(summary, steps, settings)
     atomic_write_text(out / "mlsr_tables.md", md)

@@ -15,6 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import result_record  # noqa: E402  (benchmarks/_record.py)
+
 
 def table(runs: dict[str, Path], steps: tuple[int, ...]) -> str:
     """Every probe of every run as Markdown rows, the best ``steps[-1]`` probe of each run in bold."""
@@ -58,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     ylim = tuple(float(v) for v in args.ylim.split(",")) if args.ylim else None
     png = psnr_vs_cpu_hours(runs, args.out, steps=steps, title=args.title, baseline=args.baseline, ylim=ylim)
     md = Path(args.out).with_suffix(".md")
-    md.write_text(f"# {args.title}\n\nCommand: `python benchmarks/plot_training.py` (see its docstring)\n\n"
-                  + table(runs, steps), encoding="utf-8")
+    rec = result_record(argv, script=__file__)
+    dirty = " with uncommitted changes" if rec["dirty"] else ""
+    md.write_text(f"# {args.title}\n\nCommand: `{rec['command']}` (commit {rec['commit'] or 'unknown'}{dirty}, "
+                  f"{rec['date']})\n\n" + table(runs, steps), encoding="utf-8")
     print(f"wrote {png} and {md}")
     return 0
 

@@ -52,6 +52,8 @@ DATASETS = {"bsd100": SHARED / "bsd100", "urban100": SHARED / "urban100", "set14
 PIPELINES = ("web", "camera", "clean", "mzsr")
 DEFAULT_METHODS = ("bicubic", "idn_bicubic_0", "photo_0", "default", "mzsr_gd2_1", "zssr")
 METHODS = ("bicubic", "idn_bicubic_0", "photo_0", "default", "default_bf16", "default_fp32", "mzsr_gd2_1", "zssr")
+PHOTO_METHODS = ("photo_0", "default", "default_bf16", "default_fp32", "zssr")  # depend on the photo weights
+ROUTED_METHODS = ("default", "default_bf16", "default_fp32")  # depend on the grid specialists too
 
 
 def _commit() -> str:
@@ -111,22 +113,28 @@ def _score(sr: np.ndarray, hr: np.ndarray) -> dict:
 class Models:
     """The networks, loaded once."""
 
-    def __init__(self) -> None:
-        from metasr_adapter.io.pretrained import load_pretrained
-        from metasr_adapter.pipelines.photo import load_photo_model
+    def __init__(self, photo_weights: str | None = None) -> None:
+        from metasr_adapter.adapt.metasr import load_pretrained
+        from metasr_adapter.pipelines.photo import load_grid_specialists, load_photo_model
 
         self.idn = load_pretrained("idn_x2_bicubic", tile=512)
-        self.photo, self.photo_name = load_photo_model()  # the photo path's default precision
+        self._photo_weights = photo_weights  # None: the photo path's own choice
+        self.photo, self.photo_name = load_photo_model(photo_weights)  # the photo path's default precision
+        # as metasr adapt: a plain resize goes to the network trained for it, unless --photo-weights is given
+        self.specialists = {} if photo_weights else load_grid_specialists()
+        self.mzsr = load_pretrained("mzsr_x2_direct", tile=512, max_pixels=512 * 512)
         self._other: dict = {}
 
     def photo_at(self, precision: str):
         """The photo weights under ``precision`` (``default_bf16`` / ``default_fp32`` columns)."""
         from metasr_adapter.pipelines.photo import load_photo_model
 
+        from metasr_adapter.pipelines.photo import load_grid_specialists
+
         if precision not in self._other:
-            self._other[precision] = load_photo_model(precision=precision)[0]
+            self._other[precision] = (load_photo_model(self._photo_weights, precision=precision)[0],
+                                      {} if self._photo_weights else load_grid_specialists(precision=precision))
         return self._other[precision]
-        self.mzsr = load_pretrained("mzsr_x2_direct", tile=512, max_pixels=512 * 512)
 
 
 def run_method(method: str, lr_path: Path, models: Models, args: argparse.Namespace) -> tuple[np.ndarray, dict]:
@@ -146,11 +154,12 @@ def run_method(method: str, lr_path: Path, models: Models, args: argparse.Namesp
         sr = models.photo.adapt(lr, "bicubic", 0)
     elif method == "default":
         sr, info = upscale_photo(lr, models.photo, jpeg_quality=read_jpeg_quality(lr_path),
-                                 weights_name=models.photo_name, return_info=True)
+                                 weights_name=models.photo_name, specialists=models.specialists, return_info=True)
         extra = {"info": info.to_dict()}
     elif method in ("default_bf16", "default_fp32"):
-        sr, info = upscale_photo(lr, models.photo_at(method.split("_")[1]), jpeg_quality=read_jpeg_quality(lr_path),
-                                 weights_name=models.photo_name, return_info=True)
+        msr, specialists = models.photo_at(method.split("_")[1])
+        sr, info = upscale_photo(lr, msr, jpeg_quality=read_jpeg_quality(lr_path), weights_name=models.photo_name,
+                                 specialists=specialists, return_info=True)
         extra = {"info": info.to_dict()}
     elif method == "mzsr_gd2_1":
         sr = models.mzsr.adapt(lr, "gd2.0", 1)
@@ -180,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zssr-iters", type=int, default=500)
     ap.add_argument("--crop", type=int, default=None, help="a centred NxN crop of each HR image (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--photo-weights", default=None,
+                    help="bundled weights or a file for the photo path (default: its own choice, as metasr adapt)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "real_photos"))
@@ -207,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
     record = {"command": "python benchmarks/real_photos.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "commit": _commit(), "threads": torch.get_num_threads()}
-    models = Models()
+    models = Models(args.photo_weights)
     from metasr_adapter.io.weights import tensor_fingerprint
 
     record["photo_weights"] = {"name": models.photo_name,
-                               "fingerprint": tensor_fingerprint(models.photo.model.state_dict())}
+                               "fingerprint": tensor_fingerprint(models.photo.model.state_dict()),
+                               "specialists": {g: {"name": n, "fingerprint": tensor_fingerprint(m.model.state_dict())}
+                                               for g, (m, n) in models.specialists.items()}}
     cases = []
     for k, f in enumerate(files):
         index = k + args.start
@@ -223,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     for n, (index, f, pipe) in enumerate(tqdm(cases, desc="real photos", unit="case")):
         res_path = out / f"{f.stem}__{pipe}.json"
         res = json.loads(res_path.read_text()) if res_path.is_file() and not args.redo else {}
+        old = res.get("photo_weights") or {}
+        stale = set()
+        if {k: old.get(k) for k in ("name", "fingerprint")} != {k: record["photo_weights"][k] for k in ("name", "fingerprint")}:
+            stale = set(PHOTO_METHODS)  # measured with other photo weights: redo those
+        elif old.get("specialists") != record["photo_weights"]["specialists"]:
+            stale = set(ROUTED_METHODS)  # the default's routing changed
+        res["methods"] = {m: v for m, v in res.get("methods", {}).items() if m not in stale}
         hr = read_image(f)
         if hr.ndim == 2:
             hr = np.repeat(hr[:, :, None], 3, axis=2)

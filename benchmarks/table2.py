@@ -6,14 +6,15 @@
 
 For every set and each of the paper's x2 kernels — g^d_0.2, g^d_2.0, g^d_ani (blur, then direct
 subsampling) and g^b_1.3 (blur, then bicubic subsampling) — the LR image is synthesised from the HR
-image with :func:`metasr_adapter.adapt.evaluate.synthesize_lr` (uint8), then adapted with the test-time
+image with :func:`metasr_adapter.pipelines.evaluate.synthesize_lr` (uint8), then adapted with the test-time
 schedule the weights were meta-trained for. Y-PSNR and SSIM (MATLAB conventions, shave 2) are scored
 after 0, 1 and 10 steps, next to bicubic interpolation. The g^d kernels use the direct-subsampling
 weights, g^b_1.3 the bicubic ones, as in the paper.
 
 Each (set, kernel) cell is written to ``OUT/SET_KERNEL.json`` as soon as it is done and skipped when
 it exists, so an interrupted run continues where it stopped (``--redo`` recomputes). ``OUT/table2.md``
-and ``OUT/table2.json`` gather every cell present, beside the paper's MZSR(1) / MZSR(10) numbers.
+and ``OUT/table2.json`` gather every cell present, beside the paper's MZSR(1) / MZSR(10) numbers; each cell
+keeps the ``record`` (command, commit, CPU) of the run that measured it.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import portable_path, result_record  # noqa: E402  (benchmarks/_record.py)
 
 #: the paper's Table 2, x2, Y-PSNR: MZSR after 1 and 10 steps
 PAPER = {
@@ -49,12 +53,15 @@ def _set_arg(text: str) -> tuple[str, Path]:
 
 
 def run_cell(msr, gt_dir: Path, kernel: str, limit: int | None, progress: bool) -> dict:
-    from metasr_adapter.adapt.evaluate import evaluate_folder
+    from metasr_adapter.pipelines.evaluate import evaluate_folder
 
     t0 = time.perf_counter()
     report = evaluate_folder(msr, gt_dir, kernel=kernel, steps=STEPS, include_bicubic=True, limit=limit,
                              progress=progress)
     out = report.to_dict()
+    for key in ("gt_dir", "lr_dir"):  # folders as the repository sees them, not this machine's paths
+        if out.get("settings", {}).get(key):
+            out["settings"][key] = portable_path(out["settings"][key])
     out["seconds"] = time.perf_counter() - t0
     out["threads"] = torch.get_num_threads()
     return out
@@ -99,6 +106,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    record = result_record(script=__file__)
 
     from metasr_adapter import MetaSR
     from metasr_adapter.io.pretrained import BUNDLED_WEIGHTS, load_model
@@ -124,7 +132,8 @@ def main() -> int:
             if which not in msrs:
                 msrs[which] = builders[which]()
             cell = run_cell(msrs[which], folder, kernel, args.limit, not args.quiet)
-            cell["weights"] = args.weights_direct if which == "direct" else args.weights_bicubic
+            cell["weights"] = portable_path(args.weights_direct if which == "direct" else args.weights_bicubic)
+            cell["record"] = record
             path.write_text(json.dumps(cell, indent=2) + "\n")
             mp = cell["mean_psnr"]
             print(f"{name} {kernel}: bicubic {mp['bicubic']:.2f}, 0/1/10 steps {mp['0']:.2f} / {mp['1']:.2f} / "
@@ -136,10 +145,11 @@ def main() -> int:
         name, kernel = f.stem.rsplit("_", 1)
         if kernel in KERNELS:
             cells[(name, kernel)] = json.loads(f.read_text())
-    weights = {"direct": args.weights_direct, "bicubic": args.weights_bicubic}
+    weights = {"direct": portable_path(args.weights_direct), "bicubic": portable_path(args.weights_bicubic)}
     (out / "table2.md").write_text(markdown(cells, weights))
     summary = {f"{n}/{k}": {"images": len(c["images"]), "mean_psnr": c["mean_psnr"], "mean_ssim": c["mean_ssim"],
-                            "paper_mzsr_1_10": PAPER.get((n, k)), "seconds": c["seconds"], "weights": c.get("weights")}
+                            "paper_mzsr_1_10": PAPER.get((n, k)), "seconds": c["seconds"], "weights": c.get("weights"),
+                            "record": c.get("record")}  # the run that measured the cell
                for (n, k), c in cells.items()}
     (out / "table2.json").write_text(json.dumps(summary, indent=2) + "\n")
     print((out / "table2.md").read_text())

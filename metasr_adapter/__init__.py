@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .resolvers import register_kernel_resolver as _register_kernel_resolver
+
 __version__ = "0.1.0"
 
 # public name -> submodule that defines it
@@ -18,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     # networks and weights
     "get_model": "adapters", "list_models": "adapters", "register_model": "adapters",
     "MZSRNet": "adapters.mzsr", "RCAN": "adapters.rcan", "IDN": "adapters.idn", "load_model": "io.pretrained", "WeightsInfo": "io.pretrained",
-    "BUNDLED_WEIGHTS": "io.pretrained", "load_pretrained": "io.pretrained", "list_weights": "io.pretrained",
+    "BUNDLED_WEIGHTS": "io.pretrained", "load_pretrained": "adapt.metasr", "list_weights": "io.pretrained",
     "get_weights": "io.pretrained", "read_weights": "io.weights", "load_weights": "io.weights",
     "save_weights": "io.weights", "read_tf_checkpoint": "io.tf_checkpoint",
     # degradations and kernels
@@ -27,7 +29,7 @@ _EXPORTS: dict[str, str] = {
     "anisotropic_gaussian": "ops.kernels", "random_kernel": "ops.kernels",
     # metrics, schedules, evaluation
     "psnr": "ops.metrics", "ssim": "ops.metrics", "get_schedule": "adapt.schedules", "back_project": "ops.backprojection",
-    "evaluate_folder": "adapt.evaluate", "read_image": "ops.imageio", "write_image": "ops.imageio",
+    "evaluate_folder": "pipelines.evaluate", "read_image": "ops.imageio", "write_image": "ops.imageio",
     # devices and errors
     "resolve_device": "devices", "same_device": "devices", "UserInputError": "errors",
     # meta-training
@@ -40,6 +42,10 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
+
+# The composition root wires what a lower layer looks up by name: MetaSR's kernel="estimate" is resolved by
+# the kernel estimators, a layer above adaptation (they adapt to score kernels); imported at its first use.
+_register_kernel_resolver("estimate", "metasr_adapter.estimate.api:estimate_for_metasr", replace=True)
 
 
 def __getattr__(name: str) -> Any:

@@ -153,3 +153,19 @@ def test_random_crop_bounds_and_determinism():
     assert tops == set(range(7))
     with pytest.raises(ValueError, match="crop size"):
         random_crop_box(10, 10, 0)
+
+
+def test_only_identity_and_transpose_commute_with_direct_subsampling(rng):
+    """Issue #20: 6 of the 8 modes do not commute with direct subsampling, so augmentation and the
+    self-ensemble on that grid may only use GRID_SAFE_DIRECT_MODES; symmetric grids use all 8."""
+    from metasr_adapter.ops.augment import GRID_SAFE_DIRECT_MODES, ensemble_modes
+    from metasr_adapter.ops.degrade import degrade
+
+    x = torch.from_numpy(rng.random((1, 3, 12, 12)))
+    delta = np.ones((1, 1))
+    assert torch.equal(degrade(x, delta, 2, ds_method="direct"), x[..., ::2, ::2])  # direct = pixel (0, 0)
+    commuting = [m for m in range(8) if torch.equal(degrade(dihedral(x, m), delta, 2, ds_method="direct"),
+                                                    dihedral(x[..., ::2, ::2], m))]
+    assert tuple(commuting) == GRID_SAFE_DIRECT_MODES == (0, 3)
+    assert ensemble_modes("direct") == (0, 3) and ensemble_modes("bicubic") == tuple(range(8))
+    assert ensemble_modes("centred", isotropic=False) == (0, 1, 4, 5)

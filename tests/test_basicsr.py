@@ -12,6 +12,7 @@ from metasr_adapter import MetaSR
 from metasr_adapter.adapters import get_model
 from metasr_adapter.adapters.rcan import RCAN
 from metasr_adapter.integrations import basicsr as integ
+from metasr_adapter.io.pretrained import load_basicsr_model
 from metasr_adapter.io.weights import load_weights
 
 HAVE_BASICSR = importlib.util.find_spec("basicsr") is not None and importlib.util.find_spec("torchvision") is not None
@@ -71,7 +72,7 @@ def test_basicsr_checkpoint_from_options_file_adapts(tmp_path, photo):
     opts = tmp_path / "test_RCAN.yml"
     opts.write_text(yaml.safe_dump({"name": "RCAN_x2", "scale": 2, "network_g": RCAN_OPTS,
                                     "path": {"pretrain_network_g": str(ckpt), "param_key_g": "params_ema"}}))
-    model = integ.load_basicsr_model(opts, ckpt)
+    model = load_basicsr_model(opts, ckpt)
     # also through the registry, as the command line does with --arch basicsr --arch-kwargs
     same = load_weights(get_model("basicsr", options=str(opts)), ckpt, param_key="params_ema")
     x = torch.rand(1, 3, 8, 8)

@@ -94,7 +94,7 @@ def test_eval_reproduces_spec_numbers_for_one_step():
     from conftest import shared_path
 
     from metasr_adapter import MetaSR
-    from metasr_adapter.adapt.evaluate import evaluate_folder
+    from metasr_adapter.pipelines.evaluate import evaluate_folder
     from metasr_adapter.io.pretrained import load_model
 
     net = load_model("mzsr", str(shared_path("weights", "mzsr_official", "Pretrained.index")))
@@ -248,7 +248,7 @@ def test_zssr_command_and_eval_share_the_kernel_shift_switch():
 
 
 def test_eval_zssr_keeps_the_device(monkeypatch, folders):
-    import metasr_adapter.adapt.evaluate as ev
+    import metasr_adapter.pipelines.evaluate as ev
 
     seen = {}
 
@@ -316,7 +316,7 @@ def test_eval_handles_a_grayscale_gt_like_set14s(tmp_path, photo):
     import cv2
 
     from metasr_adapter import MetaSR
-    from metasr_adapter.adapt.evaluate import evaluate_folder, synthesize_lr
+    from metasr_adapter.pipelines.evaluate import evaluate_folder, synthesize_lr
     from metasr_adapter.adapters.mzsr import MZSRNet
     from metasr_adapter.ops.imageio import write_image
     from metasr_adapter.ops.kernels import resolve_kernel

@@ -68,7 +68,7 @@ def test_adapt_refuses_to_write_over_its_input(tmp_path, lr_png, tiny_x2, capsys
 
 
 def test_zssr_refuses_to_write_over_its_input(lr_png, capsys):
-    from metasr_adapter.zssr.core import zssr_main
+    from metasr_adapter.cli.zssr import zssr_main
 
     before = lr_png.read_bytes()
     assert main(["zssr", str(lr_png), "--iters", "1", "--quiet", "-o", str(lr_png)]) == 2
@@ -223,7 +223,7 @@ def test_the_photo_folder_sidecar_records_the_photo_settings(tmp_path, lr_folder
         def to_dict(self):
             return {"choice": "adapted", "losses": [0.1]}
 
-    def fake_photo(msr, path, grid, steps, weights, *, show):  # the photo pipeline is tested in test_photo
+    def fake_photo(msr, path, grid, steps, weights, *, show, **_):  # the photo pipeline is tested in test_photo
         lr = read_image(path)
         return np.repeat(np.repeat(lr, 2, 0), 2, 1), FakeInfo()
 

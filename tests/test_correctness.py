@@ -173,7 +173,7 @@ def test_no_weights_and_none_bundled_is_refused() -> None:
 
 # ---- files -----------------------------------------------------------------------------------------
 def test_written_files_get_the_usual_permissions(tmp_path) -> None:
-    from metasr_adapter.io.atomic import atomic_write_text
+    from metasr_adapter.atomic import atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -184,7 +184,7 @@ def test_written_files_get_the_usual_permissions(tmp_path) -> None:
 
 
 def test_checked_files_detect_a_flipped_byte_and_truncation(tmp_path) -> None:
-    from metasr_adapter.io.atomic import DamagedFileError, load_checked, save_checked
+    from metasr_adapter.atomic import DamagedFileError, load_checked, save_checked
 
     path = save_checked({"w": torch.arange(1000.0)}, tmp_path / "c.pt")
     assert torch.equal(load_checked(path)["w"], torch.arange(1000.0))

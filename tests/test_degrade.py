@@ -386,6 +386,43 @@ def test_dtype_and_device_preserved(rng):
         assert y.dtype == torch.float32 and y.device == x.device
 
 
+def test_resampling_caches_stay_bounded_over_many_photo_sizes(rng):
+    """A folder of photos of different sizes: the per-geometry matrices are cached, and with a bound on
+    their count only, 60 widths kept ~470 MB of float64 matrices alive. The caches now also bound their
+    bytes; results are unchanged when an evicted geometry is computed again."""
+    import gc
+    import tracemalloc
+
+    caches = [dg.resample_weights, dg.direct_indices, dg._dense_matrix, dg._torch_matrix, dg._torch_taps,
+              dg._direct_index_t, dg._pad_index_t]
+    for cache in caches:
+        cache.cache_clear()
+    # one-pixel-high strips: the column axis (W -> W/2) needs a dense (W/2 x W) matrix, ~7.8 MB in float64
+    x0 = torch.from_numpy(rng.random((1, 1, 2, 1400)))
+    first = imresize(x0, 0.5)
+    np.testing.assert_allclose(first[0, 0].numpy(), ref_imresize(x0[0, 0].numpy()[..., None], 0.5)[..., 0],
+                               atol=1e-12, rtol=0)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for w in range(1402, 1402 + 2 * 60, 2):
+            imresize(torch.rand(1, 1, 2, w, dtype=torch.float64), 0.5)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()  # numpy allocations still alive (the cached matrices)
+    finally:
+        tracemalloc.stop()
+    assert held < 40 * 2**20, f"{held / 2**20:.0f} MB of numpy arrays held after 60 image sizes"
+    for cache in caches:
+        info = cache.cache_info()
+        assert info.nbytes <= info.max_bytes and info.currsize <= info.maxsize, (cache.__name__, info)
+    assert dg._torch_matrix.cache_info().currsize < 60  # entries were evicted
+    before = dg._torch_matrix.cache_info().misses
+    again = imresize(x0, 0.5)  # its geometry was evicted: computed again, bit for bit the same
+    assert dg._torch_matrix.cache_info().misses == before + 1
+    assert torch.equal(again, first)
+    assert imresize(x0, 0.5) is not again and dg._torch_matrix.cache_info().misses == before + 1  # cached again
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu(rng):
     x = torch.from_numpy(rng.random((2, 3, 33, 20)))

@@ -13,7 +13,7 @@ from metasr_adapter.io.weights import save_weights
 
 
 def test_adapt_one_image_example(tmp_path, photo):
-    from metasr_adapter.adapt.evaluate import synthesize_lr
+    from metasr_adapter.pipelines.evaluate import synthesize_lr
     from metasr_adapter.ops.kernels import resolve_kernel
 
     gt = photo[200:264, 200:264]

@@ -290,3 +290,24 @@ def test_resolve_kernel_forms(tmp_path):
         resolve_kernel("gd2.0", "area")
     with pytest.raises(ValueError, match="must be 2-D"):
         resolve_kernel(np.ones((2, 3, 3)))
+
+
+def test_random_kernels_reach_sharp_variances_only_when_asked() -> None:
+    """k0 (recipe data.kernel_min_var) is the smallest variance: 1 officially, so g^d_0.2-like kernels never
+    occur; with k0 = 0.2 they do, and the official draw sequence is unchanged at k0 = 1."""
+    from metasr_adapter.ops.kernels import random_kernel
+
+    def spread(k: np.ndarray) -> float:  # the kernel's variance along its sharper axis
+        ys, xs = np.mgrid[: k.shape[0], : k.shape[1]].astype(np.float64)
+        my, mx = (k * ys).sum(), (k * xs).sum()
+        cov = np.array([[(k * (ys - my) ** 2).sum(), (k * (ys - my) * (xs - mx)).sum()],
+                        [(k * (ys - my) * (xs - mx)).sum(), (k * (xs - mx) ** 2).sum()]])
+        return float(np.linalg.eigvalsh(cov)[0])
+
+    official = [spread(random_kernel(5.0, 15, np.random.RandomState(i))) for i in range(200)]
+    sharp = [spread(random_kernel(5.0, 15, np.random.RandomState(i), k0=0.2)) for i in range(200)]
+    assert min(official) > 0.95 and min(sharp) < 0.35
+    assert np.array_equal(random_kernel(5.0, 15, np.random.RandomState(3)),
+                          random_kernel(5.0, 15, np.random.RandomState(3), k0=1.0))
+    with pytest.raises(ValueError, match="0 < k0 <= k1"):
+        random_kernel(5.0, 15, 0, k0=6.0)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import shared_path
+from metasr_adapter.adapt.step import select_parameters
 from metasr_adapter.adapters.mzsr import MZSRNet, mzsr_state_dict_from_tf
 from metasr_adapter.meta.learner import (
     MAMLConfig,
@@ -22,7 +23,6 @@ from metasr_adapter.meta.learner import (
     TaskBatch,
     inner_adapt,
     mzsr_loss_weights,
-    select_parameters,
     TFAdam,
 )
 
@@ -709,3 +709,101 @@ def test_a_real_nan_query_loss_is_not_reported_as_skipped():
 
     assert _loss_list(torch.tensor([float("nan"), 0.5, float("nan")]), [True, False, False])[:2] == [None, 0.5]
     assert math.isnan(_loss_list(torch.tensor([float("nan"), 0.5, float("nan")]), [True, False, False])[2])
+
+
+# ------------------------------------------------------------------------------------------------
+# learned inner learning rates (MAML++ LSLR): one α per adapted tensor and step, meta-learned
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_learned_inner_lrs_start_at_inner_lr_and_get_exact_meta_gradients(first_order):
+    gen = torch.Generator().manual_seed(21)
+    batch = random_batch(2, 2, 3, 6, gen, torch.float64)
+    cfg = dict(inner_steps=3, inner_lr=[0.5, 0.3, 0.4], first_order=first_order, loss_weighting="mzsr")
+    net = _same_init(lambda: TinyConvNet(act=torch.tanh, width=4).double(), 3)
+    fixed_loss = MetaLearner(net, MAMLConfig(**cfg), loss_fn=F.mse_loss).meta_loss(batch)[0].item()
+    learner = MetaLearner(net, MAMLConfig(**cfg, learn_inner_lr=True), loss_fn=F.mse_loss)
+    assert learner.learned_inner_lrs() == {n: pytest.approx([0.5, 0.3, 0.4]) for n in learner.adapt_names}
+    assert learner.meta_loss(batch)[0].item() == pytest.approx(fixed_loss, rel=1e-12)  # same start
+    learner.meta_gradient(batch)
+    g = learner.log_inner_lr.grad.detach().clone()
+    assert g.shape == (len(learner.adapt_names), 3) and bool((g != 0).all())
+    # d meta-loss / d log α of one tensor at one step, against central differences (first order too:
+    # θ' = θ − α·g stays differentiable in α even when g is a constant)
+    i, j, h = 1, 2, 1e-6
+    base = learner.log_inner_lr.detach().clone()
+
+    def at(delta: float) -> float:
+        with torch.no_grad():
+            learner.log_inner_lr.copy_(base)
+            learner.log_inner_lr[i, j] += delta
+        return learner.meta_loss(batch)[0].item()
+
+    fd = (at(h) - at(-h)) / (2 * h)
+    assert float(g[i, j]) == pytest.approx(fd, rel=1e-5, abs=1e-12)
+
+
+def test_learned_inner_lrs_move_with_their_own_rate_and_resume_exactly():
+    gen = torch.Generator().manual_seed(22)
+    batches = [random_batch(2, 1, 3, 8, gen) for _ in range(3)]
+    cfg = MAMLConfig(inner_steps=2, inner_lr=0.05, first_order=True, meta_lr=1e-6, learn_inner_lr=True,
+                     inner_lr_meta_lr=0.05)
+    learner = MetaLearner(_same_init(TinyConvNet, 5), cfg)
+    info = learner.meta_step(batches[0])
+    moved = learner.log_inner_lr.detach().exp()
+    # Adam's first step moves every log α by ~its rate (0.05), whatever the gradient's size; the weights by ~β
+    assert float((moved.log() - math.log(0.05)).abs().min()) > 0.04
+    assert info["inner_lr_min"] == pytest.approx(float(moved.min())) and info["inner_lr_max"] > info["inner_lr_min"]
+    import copy
+
+    state = copy.deepcopy(learner.state_dict())  # as from a checkpoint file (no tensors shared)
+    again = MetaLearner(_same_init(TinyConvNet, 99), MAMLConfig(**asdict_cfg(cfg)))
+    again.load_state_dict(state)
+    learner.meta_step(batches[1])
+    again.meta_step(batches[1])
+    assert torch.equal(learner.log_inner_lr, again.log_inner_lr)
+    assert all(torch.equal(p, q) for p, q in zip(learner.model.parameters(), again.model.parameters()))
+    with pytest.raises(ValueError, match="learn_inner_lr"):
+        MetaLearner(_same_init(TinyConvNet, 5), MAMLConfig(inner_steps=2, inner_lr=0.05)).load_state_dict(state)
+
+
+def asdict_cfg(cfg: MAMLConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def test_learned_inner_lrs_need_the_loop_backend():
+    with pytest.raises(ValueError, match="learn_inner_lr=True needs backend='functional' and task_batching='loop'"):
+        MAMLConfig(learn_inner_lr=True, task_batching="vmap")
+    with pytest.raises(ValueError, match="inner_lr_meta_lr=0"):
+        MAMLConfig(inner_lr_meta_lr=0)
+
+
+def test_per_parameter_schedule_adapts_each_tensor_at_its_own_rate():
+    from metasr_adapter import MetaSR
+    from metasr_adapter.adapt.schedules import PerParameterSchedule, get_schedule, step_size
+
+    net = _same_init(TinyConvNet, 8)
+    lr_img = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(8))
+    names = [n for n, _ in net.named_parameters()]
+    same = {"per_parameter": {n: [0.05, 0.02] for n in names}}
+    sched = get_schedule(same)
+    assert isinstance(sched, PerParameterSchedule) and step_size(sched, names[0], 7) == 0.02  # last rate after
+    assert sched(0) == pytest.approx(0.05) and sched.to_dict() == same
+    msr = MetaSR(net, 2, upsample_input=True)
+    a = msr.adapt(lr_img, "bicubic", 2, schedule=same)
+    b = msr.adapt(lr_img, "bicubic", 2, schedule=lambda t: [0.05, 0.02][min(t, 1)])
+    assert torch.equal(a, b)  # equal rates: the same as a plain schedule
+    frozen_head = {"per_parameter": {n: ([1e-12, 1e-12] if n.startswith("head") else [0.05, 0.02]) for n in names}}
+    session = msr.start(lr_img, "bicubic", schedule=frozen_head)
+    head0 = session.params["head.weight"].detach().clone()
+    tail0 = session.params["tail.weight"].detach().clone()
+    session.step()
+    assert float((session.params["head.weight"].detach() - head0).abs().max()) < 1e-9
+    assert float((session.params["tail.weight"].detach() - tail0).abs().max()) > 1e-6
+    with pytest.raises(ValueError, match="not \\['tail.weight'"):
+        msr.start(lr_img, "bicubic", schedule={"per_parameter": {n: [0.1] for n in names if n != "tail.weight"}})
+    with pytest.raises(ValueError, match="finite numbers > 0"):
+        get_schedule({"per_parameter": {"head.weight": [0.1, -1.0]}})

@@ -230,20 +230,54 @@ def test_official_meta_test_intermediates_on_butterfly():
     np.testing.assert_allclose(hwc(session.sr_tensor()), np.clip(ref["sr_after10"], 0, 1), atol=1e-5)
 
 
-def test_self_ensemble_is_the_median_of_the_eight_transforms(small_lr):
+@pytest.mark.parametrize("kernel, modes", [("gb1.3", range(8)), ("gd2.0", (0, 3))])
+def test_self_ensemble_is_the_median_of_the_transforms_that_keep_the_grid(small_lr, kernel, modes):
+    """All 8 transforms on the bicubic grid; on the direct grid only identity and transpose, since a flip
+    would move the output by s-1 pixels (issue #20)."""
     from metasr_adapter.ops.augment import dihedral, inverse_dihedral
 
     net = tiny_net()
     msr = MetaSR(net, 2)
-    out = msr.adapt(small_lr, "gd2.0", steps=0, self_ensemble=True)
+    out = msr.adapt(small_lr, kernel, steps=0, self_ensemble=True)
     x = torch.from_numpy(small_lr).permute(2, 0, 1)[None].float() / 255
     up = imresize(x.double(), 2, output_shape=(96, 112)).float()
     with torch.no_grad():
-        outs = torch.stack([inverse_dihedral(net(dihedral(up, m)), m).clamp(0, 1) for m in range(8)])
-    med = outs.sort(dim=0).values[3:5].mean(dim=0)  # np.median of 8 values: mean of the middle two
+        outs = torch.stack([inverse_dihedral(net(dihedral(up, m)), m).clamp(0, 1) for m in modes])
+    mid = len(outs) // 2
+    med = outs.sort(dim=0).values[mid - 1 : mid + 1].mean(dim=0)  # np.median of an even count
     expect = np.round(med[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     assert np.abs(out.astype(int) - expect.astype(int)).max() <= 1
-    assert not np.array_equal(out, msr.adapt(small_lr, "gd2.0", steps=0))
+    assert not np.array_equal(out, msr.adapt(small_lr, kernel, steps=0))
+
+
+def test_augmented_pairs_are_degraded_after_the_transform(small_lr, monkeypatch):
+    """augment=True under direct subsampling: every (son, LR) pair is the transformed LR and its own son
+    (kernel turned with it), not a flipped son, which would sit s-1 pixels off its target (issue #20)."""
+    from metasr_adapter.ops.augment import dihedral
+    from metasr_adapter.ops.kernels import named_kernel
+
+    msr = MetaSR(tiny_net(), 2)
+    pairs = []
+    run = msr._run
+    monkeypatch.setattr(msr, "_run", lambda params, inp, shape: (pairs.append((inp, shape)), run(params, inp, shape))[1])
+    session = msr.start(small_lr, "gd2.0", augment=True, seed=3)
+    for _ in range(12):
+        session.step()
+    k = named_kernel("gd2.0").kernel
+    seen = set()
+    for inp, shape in pairs:
+        for mode in range(8):
+            target = dihedral(session.lr_image, mode)
+            if tuple(target.shape[-2:]) != tuple(shape):
+                continue
+            son = degrade(target.double(), np.ascontiguousarray(dihedral(k, mode, dims=(0, 1))), 2,
+                          ds_method="direct").clamp(0, 1).float()
+            if torch.allclose(inp, msr._network_input(son.double(), shape).float(), atol=1e-6):
+                seen.add(mode)
+                break
+        else:
+            raise AssertionError("a training pair is not the transformed LR image with its own son")
+    assert len(seen) >= 4  # several modes were drawn
 
 
 def test_augment_and_noise_are_seeded(small_lr):

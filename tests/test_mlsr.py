@@ -437,6 +437,35 @@ def test_package_weights_chains_the_mlsr_run_to_its_bundled_parent(train_dir: Pa
         pack.main([str(bare), "--name", "z", "--description", "z", "--dest", str(dest)])
 
 
+def test_package_weights_checks_the_parent_of_a_fine_tuning_run(train_dir: Path, tmp_path: Path) -> None:
+    """A photo fine-tuning run's start_weights.pth holds its result, so the run records what it loaded."""
+    from metasr_adapter.io.weights import read_metadata, read_weights, tensor_fingerprint
+    from metasr_adapter.training.train import run_training
+
+    pack = _packager()
+    dest = tmp_path / "weights"
+    tiny_idn = json.dumps({"num_feat": 16, "diff": 4, "num_blocks": 1})
+    base = ["device=cpu", f"data.train_dir={train_dir}", f"model.arch_kwargs={tiny_idn}", "pretrain.iterations=1",
+            "pretrain.batch_size=2", "pretrain.patch_size=32", "pretrain.stride=32", "pretrain.probe_every=0",
+            "eval.gt_dir=null", "output.progress=false"]
+    for name, seed in (("idn_tiny", 0), ("idn_other", 1)):
+        run_training(load_recipe(RECIPES / "idn_x2_cpu.yaml", [*base, f"seed={seed}"]), out_dir=tmp_path / name)
+        assert pack.main([str(tmp_path / name), "--name", name, "--description", "x", "--dest", str(dest)]) == 0
+    tuned = tmp_path / "tuned"
+    run_training(load_recipe(RECIPES / "idn_x2_photo_cpu.yaml", [
+        *base, f"model.weights={dest / 'idn_tiny.safetensors'}", "pretrain.iterations=2"]), out_dir=tuned)
+    recorded = read_metadata(tuned / "start_weights.pth")["parent_fingerprint"]
+    assert recorded == tensor_fingerprint(read_weights(dest / "idn_tiny.safetensors"))
+    assert recorded != tensor_fingerprint(read_weights(tuned / "start_weights.pth"))  # it did fine-tune
+    with pytest.raises(SystemExit, match="must start from exactly those weights"):
+        pack.main([str(tuned), "--name", "t", "--description", "t", "--parent", "idn_other", "--dest", str(dest)])
+    assert pack.main([str(tuned), "--name", "idn_tiny_photo", "--description", "t", "--parent", "idn_tiny",
+                      "--dest", str(dest)]) == 0
+    info = json.loads((dest / "idn_tiny_photo.json").read_text())
+    assert info["lineage"]["parent"]["name"] == "idn_tiny" and info["lineage"]["stages"]["pretrain"]["fine_tuned"]
+    assert info["degradation"]["family"] == "photo"
+
+
 def test_package_weights_finds_a_parent_among_the_bundled_weights(tmp_path: Path) -> None:
     pack = _packager()
     assert pack._parent_sidecar("idn_x2_bicubic", tmp_path) == pack.WEIGHTS_DIR / "idn_x2_bicubic.json"

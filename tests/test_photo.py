@@ -274,6 +274,32 @@ def test_the_default_command_beats_bicubic_on_a_web_jpeg(tmp_path, photo, capsys
     assert psnr(sr, hr, crop_border=2) > psnr(bic, hr, crop_border=2) + 0.3
 
 
+def test_a_plain_resize_goes_to_the_network_trained_for_it_and_a_blurred_photo_does_not(photo, one_torch_thread):
+    """The photo weights lose ~1 dB to idn_x2_bicubic on plain bicubic resizes (BSD100, benchmarks/real_photos.py):
+    when the estimate finds no blur beyond a bicubic resize, the default hands the photo to the network trained for
+    exactly that, and says so; a blurred, area-downscaled photo stays with the photo weights."""
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    from metasr_adapter.ops.metrics import psnr
+    from metasr_adapter.pipelines.photo import load_grid_specialists, load_photo_model, upscale_photo
+
+    hr = np.ascontiguousarray(photo[96:352, 128:384])
+    resized = np.asarray(Image.fromarray(hr).resize((128, 128), Image.BICUBIC))
+    msr, name = load_photo_model()
+    specialists = load_grid_specialists()
+    assert name == "idn_x2_photo" and specialists["bicubic"][1] == "idn_x2_bicubic"
+    sr, info = upscale_photo(resized, msr, steps=0, weights_name=name, specialists=specialists, return_info=True)
+    assert info.weights == "idn_x2_bicubic" and "plain bicubic resize" in info.routed
+    assert "idn_x2_bicubic" in info.summary_lines()[0] and info.to_dict()["routed"] == info.routed
+    alone = upscale_photo(resized, msr, steps=0, weights_name=name)  # an explicit msr alone: no routing
+    assert psnr(sr, hr, crop_border=2) > psnr(alone, hr, crop_border=2) + 0.3
+    blurred = np.stack([gaussian_filter(hr[..., c] / 255.0, 1.2) for c in range(3)], -1)
+    camera = np.round(blurred.reshape(128, 2, 128, 2, 3).mean(axis=(1, 3)) * 255).astype(np.uint8)
+    _, info = upscale_photo(camera, msr, steps=0, weights_name=name, specialists=specialists, return_info=True)
+    assert info.weights == "idn_x2_photo" and info.routed is None
+
+
 def test_the_folder_sidecar_records_the_photo_estimate_and_choice(tmp_path, photo, capsys):
     import json
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 
 from metasr_adapter.cli.main import main
-from metasr_adapter.adapt.evaluate import synthesize_lr
+from metasr_adapter.pipelines.evaluate import synthesize_lr
 from metasr_adapter.ops.imageio import read_image, write_image
 from metasr_adapter.ops.kernels import resolve_kernel
 from metasr_adapter.ops.metrics import psnr
-from metasr_adapter.io.pretrained import WeightsInfo, default_weights, get_weights, list_weights, load_pretrained
+from metasr_adapter.adapt.metasr import load_pretrained
+from metasr_adapter.io.pretrained import WeightsInfo, default_weights, get_weights, list_weights
 from metasr_adapter.io.weights import read_metadata
 
 NAMES = ("mzsr_x2_direct", "mzsr_x2_bicubic")
@@ -101,7 +102,7 @@ def test_bundled_weights_beat_bicubic_on_an_unseen_photo(photo, name, kernel):
 def test_adaptation_earns_its_keep_on_set5(name, kernel, floor):
     """The shipped quality bar (issue: >= 34.3 dB after 10 steps on Set5 g^d_2.0, and 10 steps beat 0)."""
     from conftest import shared_path
-    from metasr_adapter.adapt.evaluate import evaluate_folder
+    from metasr_adapter.pipelines.evaluate import evaluate_folder
 
     gt = shared_path("data", "set5")
     if kernel == "official":

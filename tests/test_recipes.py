@@ -221,3 +221,17 @@ def test_mlsr_cpu_recipes_chain_pretraining_into_the_papers_algorithm() -> None:
     assert m["first_order"] is True and m["loss_weighting"] == "last" and m["loss"] == "l2"
     assert m["inner_lr"] == pytest.approx(1e-5 * 255**2) == ml["eval"]["schedule"]
     assert d["patch_size"] % 4 == 0 and m["iterations"] > 0 and ml["eval"]["evaluate_start"] is True
+
+
+def test_the_sharp_lslr_recipe_continues_bundled_weights_with_sharp_kernels_and_learned_rates() -> None:
+    """Issue #19's run: the bundled mzsr_x2_direct, second-order MAML, variances from 0.2, learned α."""
+    _assert_spelled_out_and_explained("mzsr_x2_cpu_sharp_lslr.yaml")
+    r = load_recipe(RECIPES / "mzsr_x2_cpu_sharp_lslr.yaml")
+    base = load_recipe(RECIPES / "mzsr_x2_cpu.yaml")
+    assert r["model"]["weights"] == "mzsr_x2_direct" and r["pretrain"]["iterations"] == 0
+    assert r["data"]["kernel_min_var"] == pytest.approx(0.2) and r["meta"]["learn_inner_lr"]
+    assert not r["meta"]["first_order"] and r["meta"]["second_order_from"] == 0
+    same = ("meta_batch", "task_batch", "inner_steps", "meta_lr", "loss_weighting", "loss")
+    assert {k: r["meta"][k] for k in same} == {k: base["meta"][k] for k in same}
+    assert r["eval"]["lr_dir"] == base["eval"]["lr_dir"]  # probed on the official g^d_2.0 inputs
+

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from metasr_adapter.io.atomic import load_checked, save_checked
+from metasr_adapter.atomic import load_checked, save_checked
 from metasr_adapter.meta.pretrain import PairSampler, Pretrainer, staircase_lr
 from metasr_adapter.meta.tasks import PatchPool
 from metasr_adapter.training.train import KILL_ENV, MetricsLog, TrainingInterrupted, run_training
@@ -145,6 +146,33 @@ def test_mlsr_recipe_end_to_end_with_idn(data: dict[str, Path], tmp_path: Path) 
     rc = main(["eval", "--arch", "idn", "--weights", str(out / "meta_trained.pth"), "--gt-dir", str(data["gt"]),
                "--kernel", "bicubic", "--steps", "0,2", "--lr", "1e-3", "--loss", "l2", "--threads", "1"])
     assert rc == 0
+
+
+def test_learned_inner_rates_are_saved_with_the_weights_and_used_by_adapt(data: dict[str, Path], tmp_path: Path) -> None:
+    """meta.learn_inner_lr: the rates are meta-trained, probed, logged, saved in the weights' metadata,
+    and MetaSR(load_model(...)) adapts with them by default."""
+    from metasr_adapter import MetaSR, load_model
+    from metasr_adapter.adapt.schedules import PerParameterSchedule
+    from metasr_adapter.io.weights import read_metadata
+    from metasr_adapter.training.recipes import load_recipe
+
+    out = tmp_path / "lslr"
+    over = _tiny(data, **{"pretrain.iterations": 2, "meta.iterations": 3, "meta.learn_inner_lr": "true",
+                          "meta.inner_lr_meta_lr": 0.1, "meta.probe_every": 3, "eval.max_steps": 1,
+                          "eval.probe_steps": "[0, 1]", "eval.evaluate_start": "false"})
+    run_training(load_recipe(RECIPE, over), out_dir=out)
+    saved = read_metadata(out / "meta_trained.pth")["schedule"]
+    rates = saved["per_parameter"]
+    assert sorted(rates) == sorted(_params(out / "meta_trained.pth"))  # every adapted tensor, 5 inner steps each
+    assert all(len(v) == 5 for v in rates.values())
+    assert max(abs(math.log(a / 0.01)) for v in rates.values() for a in v) > 0.2  # they moved (Adam at 0.1, 3 steps)
+    start = read_metadata(out / "start_weights.pth")["schedule"]
+    assert start == "mzsr_direct"  # the pretrained weights carry the recipe's plain schedule
+    recs = MetricsLog(out / "metrics.jsonl").read()
+    assert all(r["inner_lr_min"] <= r["inner_lr_max"] for r in recs if r["stage"] == "meta" and "meta_loss" in r)
+    assert any(r.get("probe") for r in recs)
+    msr = MetaSR(load_model("mzsr", out / "meta_trained.pth"))
+    assert isinstance(msr.schedule, PerParameterSchedule) and msr.schedule.to_dict() == saved
 
 
 def _strip(recs: list[dict]) -> list[tuple]:
@@ -383,3 +411,51 @@ def test_evaluation_settings_may_change_on_resume(data, tmp_path):
     moved = _tiny(data, **{"output.checkpoint_every": 2, "eval.gt_dir": data["gt"], "eval.max_steps": 1})
     result = run_training(load_recipe(RECIPE, moved), out_dir=out, resume=True)  # refused as another recipe before
     assert sorted(result["psnr_meta_trained"]) == [0, 1]
+
+
+# -- issue 20: training that wrecks its weights is stopped or flagged, naming the recipe key ----------------
+@pytest.mark.parametrize("stage, settings, key, fix", [
+    ("meta", {"meta.inner_lr": 1e30, "meta.inner_steps": 2}, "meta.inner_lr = 1e+30", "--set meta.inner_lr=1e+29"),
+    ("pretrain", {"pretrain.lr": 1e30, "pretrain.iterations": 3, "output.pretrain_checkpoint_every": 1},
+     "pretrain.lr = 1e+30", "--set pretrain.lr=1e+29"),
+])
+def test_a_diverging_stage_names_its_learning_rate_key(data, tmp_path, capsys, stage, settings, key, fix):
+    """A NaN meta-loss caused by meta.inner_lr was reported by the final evaluation as "learning rate 0.02
+    ... (lr=/--lr)", an option `metasr train` does not have; a diverging pretraining did not say how to fix it."""
+    from metasr_adapter.cli.main import main
+
+    out = tmp_path / "run"
+    over = _tiny(data, **{"pretrain.iterations": 0, "meta.iterations": 2, "eval.max_steps": 1, **settings})
+    assert main(["train", str(RECIPE), "--out", str(out), "--set", *over]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "diverged" in err and key in err and fix in err, err
+    assert "--lr" not in err and "0.02" not in err
+    if stage == "meta":
+        assert "meta.meta_lr = 0.0001" in err  # the other rate, shown with its value
+    ckpt = load_checked(out / "checkpoint.pt")  # the last checkpoint holds finite weights, not the diverged ones
+    assert all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values())
+
+
+def test_collapsed_weights_are_flagged_and_make_train_exit_non_zero(data, tmp_path, capsys):
+    """--set meta.meta_lr=1000 left the weights at ~8.5 dB (starting point ~27 dB) and `metasr train` exited 0."""
+    from metasr_adapter.cli.main import main
+    from metasr_adapter.training.train import COLLAPSE_EXIT
+
+    out = tmp_path / "run"
+    over = _tiny(data, **{"pretrain.iterations": 2, "pretrain.probe_every": 2, "meta.iterations": 2,
+                          "meta.probe_every": 2, "meta.meta_lr": 1000, "eval.max_steps": 1,
+                          "eval.probe_steps": "[0, 1]"})
+    with pytest.warns(UserWarning, match="collapsed"):
+        assert main(["train", str(RECIPE), "--out", str(out), "--set", *over]) == COLLAPSE_EXIT == 3
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("metasr train: the trained weights collapsed") and "--allow-collapse" in last
+    assert "below the starting weights" in last and "meta.meta_lr = 1000" in last and "--set meta.meta_lr=100" in last
+    recs = MetricsLog(out / "metrics.jsonl").read()
+    probes = [r for r in recs if r.get("probe")]
+    assert [(r["stage"], r["step"]) for r in probes] == [("pretrain", 2), ("meta", 2)]
+    assert "collapse" not in probes[0] and "meta.meta_lr = 1000" in probes[1]["collapse"]  # flagged at the probe
+    assert any("collapse" in r for r in recs if r["stage"] == "eval")
+    # the finished run: the same verdict on --resume, and --allow-collapse accepts it
+    assert main(["train", str(RECIPE), "--out", str(out), "--resume", "--set", *over]) == 3
+    assert main(["train", str(RECIPE), "--out", str(out), "--resume", "--allow-collapse", "--set", *over]) == 0

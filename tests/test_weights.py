@@ -10,7 +10,8 @@ import torch
 
 from conftest import shared_path
 from metasr_adapter.adapters.mzsr import MZSRNet
-from metasr_adapter.io.weights import WeightsMismatchError, load_weights, read_weights, save_weights
+from metasr_adapter.io.weights import (CHECKSUM_KEY, WeightsCorruptedError, WeightsMismatchError, load_weights,
+                                        read_metadata, read_weights, save_weights)
 from test_tf_checkpoint import write_bundle
 
 
@@ -52,6 +53,57 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     other = load_weights(small_net(1), path)
     assert_same_state(other.state_dict(), net.state_dict())
     assert [p.name for p in path.parent.iterdir()] == ["net.pth"]  # no temp file left behind
+
+
+def _flip_exponent_byte(path: Path, tensor: torch.Tensor) -> None:
+    """Damage one float32 value of ``tensor`` in the file at ``path``: XOR a bit of its exponent byte."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(tensor.detach().contiguous().numpy().tobytes())
+    assert at >= 0, "the tensor's bytes are not stored as they are"
+    raw[at + 3] ^= 0x40  # little-endian float32: the 4th byte holds the sign and the exponent's high bits
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_damaged_file_written_by_save_weights_is_refused(tmp_path: Path, suffix: str) -> None:
+    """Issue 20: one flipped exponent byte in a non-bundled file changed the results and the run exited 0.
+    save_weights records a checksum of the tensors; reading verifies it. Files without one load as before."""
+    net = small_net(0)
+    path = save_weights(net, tmp_path / f"net{suffix}", arch="mzsr", scale=2.0)
+    assert read_metadata(path) == {"arch": "mzsr", "scale": 2.0, "model": "MZSRNet"}  # the checksum is not metadata
+    assert_same_state(load_weights(small_net(1), path).state_dict(), net.state_dict())  # intact: loads
+    _flip_exponent_byte(path, net.conv2.weight)
+    with pytest.raises(WeightsCorruptedError, match=rf"{path.name} is corrupted.*download it again.*re-train"):
+        read_weights(path)
+    with pytest.raises(ValueError, match="corrupted"):  # the command line's one-line error (a ValueError)
+        load_weights(small_net(1), path)
+
+    # third-party files (no checksum) are read as before, damaged or not: there is nothing to check against
+    other = tmp_path / f"third_party{suffix}"
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(other), metadata={"format": "pt"})
+    else:
+        torch.save({"params": sd, "metadata": {"arch": "mzsr"}}, other)
+    assert_same_state(read_weights(other), sd)
+    _flip_exponent_byte(other, sd["conv2.weight"])
+    assert not torch.equal(read_weights(other)["conv2.weight"], sd["conv2.weight"])
+
+
+def test_the_checksum_does_not_depend_on_format_or_metadata(tmp_path: Path) -> None:
+    """The recorded checksum is the tensors' fingerprint: saving the same tensors again with other metadata
+    (tools/package_weights.py re-saves a run's weights) records the same value; 0-d tensors are handled."""
+    from safetensors import safe_open
+
+    sd = {**small_net(0).state_dict(), "step": torch.tensor(7)}  # a 0-d int64 buffer
+    a = save_weights(sd, tmp_path / "a.pth", name="x")
+    b = save_weights(read_weights(a), tmp_path / "b.safetensors", name="y", commit="abc")
+    with safe_open(str(b), framework="pt") as f:
+        recorded = f.metadata()[CHECKSUM_KEY]
+    assert recorded == torch.load(a, weights_only=True)[CHECKSUM_KEY] and recorded.startswith("tensors:")
+    assert_same_state(read_weights(b), sd)
 
 
 def test_save_is_atomic_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,9 +17,9 @@ from metasr_adapter.zssr.core import (
     father_probabilities,
     kernel_shift,
     resolve_zssr_kernel,
-    zssr_main,
     zssr_super_resolve,
 )
+from metasr_adapter.cli.zssr import zssr_main
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -37,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metasr_adapter.io.atomic import load_checked  # noqa: E402
+from metasr_adapter.atomic import load_checked  # noqa: E402
 from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
 from metasr_adapter.io.weights import read_metadata, read_weights, save_weights, tensor_fingerprint  # noqa: E402
 from metasr_adapter.ops.degradation_spec import PhotoDegradations  # noqa: E402
@@ -56,6 +56,24 @@ def _parent_sidecar(name: str, dest: Path) -> Path | None:
         if (folder / f"{name}.json").is_file():
             return folder / f"{name}.json"
     return None
+
+
+def _parent_at_run_commits(run: Path, parent_file: Path, parent_sha256: str) -> str | None:
+    """Fingerprint of the parent for a fine-tuning run that predates ``parent_fingerprint``: accepted only when
+    the parent's file, as committed at every commit the run's sessions ran on, has the bundled file's sha256."""
+    import hashlib
+    import subprocess
+
+    info = json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").is_file() else {}
+    commits = {s.get("commit") for s in info.get("sessions", [])}
+    if not commits or None in commits:
+        return None
+    rel = parent_file.resolve().relative_to(ROOT).as_posix()
+    for commit in commits:
+        blob = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=ROOT, capture_output=True)
+        if blob.returncode != 0 or hashlib.sha256(blob.stdout).hexdigest() != parent_sha256:
+            return None
+    return tensor_fingerprint(read_weights(parent_file))
 
 
 def _parent_start(run: Path, recipe: dict, parent: str | None, dest: Path) -> tuple[str, dict | None]:
@@ -78,8 +96,16 @@ def _parent_start(run: Path, recipe: dict, parent: str | None, dest: Path) -> tu
     dest = sidecar.parent
     if not pinfo["lineage"].get("descends_from_random_init", pinfo["lineage"]["start"].startswith("random")):
         raise SystemExit(f"--parent {parent}: its lineage does not start from random initialisation")
-    if tensor_fingerprint(read_weights(run / "start_weights.pth")) != \
-            tensor_fingerprint(read_weights(dest / pinfo["filename"])):
+    parent_tensors = tensor_fingerprint(read_weights(dest / pinfo["filename"]))
+    fine_tuned = recipe["pretrain"]["iterations"] > 0 and recipe["pretrain"]["degradation"] == "photo"
+    if fine_tuned:  # start_weights.pth holds the fine-tuned result; the run records what it loaded
+        recorded = read_metadata(run / "start_weights.pth").get("parent_fingerprint")
+        if recorded is None:
+            recorded = _parent_at_run_commits(run, dest / pinfo["filename"], pinfo["sha256"])
+        if recorded != parent_tensors:
+            raise SystemExit(f"{run}: the fine-tuning run started from tensors {recorded}, not {parent} "
+                             f"({parent_tensors}); a run packaged with --parent must start from exactly those weights")
+    elif tensor_fingerprint(read_weights(run / "start_weights.pth")) != parent_tensors:
         raise SystemExit(f"{run}/start_weights.pth is not {parent} ({dest / pinfo['filename']}): a run packaged with "
                          "--parent must start from exactly those weights")
     return f"the bundled weights `{parent}` (sha256 {pinfo['sha256'][:12]}…), themselves trained here from random " \
@@ -363,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         if summ.get("photo_weights", {}).get("fingerprint") != tensor_fingerprint(state):
             print(f"{f}: left out: measured with other photo weights ({summ.get('photo_weights')})")
             continue
-        photos[f.stem.replace("_summary", "")] = {
+        name = f.stem.replace("_summary", "")
+        if f.parent.name not in ("real_photos", name):  # a split written with --out (e.g. bsd100_51-74/)
+            name = f.parent.name
+        photos[name] = {
             "cases": g["default"]["cases"], "plain": g.get(args.photo_column, {}).get("mean"),
             "default": g["default"]["mean"], "default_worst": g["default"]["worst"], "source": f.as_posix()}
     if photos:

@@ -1,4 +1,6 @@
-"""Test-time adaptation: :class:`MetaSR`, learning-rate schedules, folder evaluation."""
-from .metasr import AdaptInfo, Adaptation, AdaptStep, MetaSR
+"""Test-time adaptation: :class:`MetaSR` (and :func:`load_pretrained`, a MetaSR with bundled weights), the
+adaptation step it shares with meta-training and the kernel search (:mod:`.step`), learning-rate schedules
+(:mod:`.schedules`) and batches of images (:mod:`.batch`)."""
+from .metasr import AdaptInfo, Adaptation, AdaptStep, MetaSR, load_pretrained
 
-__all__ = ["MetaSR", "Adaptation", "AdaptInfo", "AdaptStep"]
+__all__ = ["MetaSR", "Adaptation", "AdaptInfo", "AdaptStep", "load_pretrained"]

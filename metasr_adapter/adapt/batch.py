@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ..io.atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from ..ops.imageio import IMAGE_EXTENSIONS, read_image, write_image
 
 __all__ = ["ImageOutcome", "adapt_many", "adapt_folder", "expand_inputs", "plan_outputs", "describe_settings",

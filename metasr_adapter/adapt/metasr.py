@@ -3,24 +3,29 @@
 ``MetaSR(model, scale).adapt(lr_img, kernel, steps)`` takes a few self-supervised gradient
 steps on the LR image and its downscaled "son" (SPEC §5) and returns the SR image. The
 wrapped model is never modified: adaptation runs on a private copy of its parameters
-(``torch.func.functional_call``), so it is unchanged after ``adapt`` returns or fails.
+(``torch.func.functional_call``), so it is unchanged after ``adapt`` returns or fails. Each step is
+:func:`~metasr_adapter.adapt.step.sgd_step`'s, the one meta-training's inner loop takes.
+:func:`load_pretrained` gives a MetaSR with bundled weights.
+
+``kernel="estimate"`` is resolved by the kernel estimators, a layer above this one, through
+:mod:`metasr_adapter.resolvers` (the package's ``__init__`` registers them).
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..adapters.contract import fit_output, takes_upsampled_input, tiled_forward
+from ..adapters.contract import eval_mode, fit_output, takes_upsampled_input, tiled_forward
 from ..adapters.contract import tile_overlap as tile_overlap_for
 from ..ops.backprojection import back_project
 from ..ops.degrade import degrade, imresize
@@ -28,10 +33,13 @@ from ..devices import resolve_device, same_device
 from ..ops.imageio import ImageFormat, to_tensor
 from ..ops.degradation_spec import DegradationSpec
 from ..ops.kernels import KernelSpec, resolve_kernel
+from ..ops.losses import get_loss
 from ..precision import PRECISIONS, autocast, bf16_supported
-from .schedules import Schedule, get_schedule
+from ..resolvers import kernel_resolver, kernel_resolver_names
+from .schedules import PerParameterSchedule, Schedule, get_schedule, step_size
+from .step import autograd_ready, clone_weights, gradients, grad_mode, select_parameters, sgd_update
 
-__all__ = ["MetaSR", "Adaptation", "AdaptInfo", "AdaptStep"]
+__all__ = ["MetaSR", "Adaptation", "AdaptInfo", "AdaptStep", "load_pretrained"]
 
 #: LR pixels on each side that one bicubic-upsampled pixel reads (the cubic kernel spans ±2), plus one
 _BICUBIC_SUPPORT = 3
@@ -68,25 +76,19 @@ def _infer_in_channels(model: nn.Module) -> int:
     return 3
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _functional_forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return functional_call(model, params, (x,))
 
 
-@contextlib.contextmanager
-def _grad_mode() -> Iterator[None]:
-    """Autograd on, also inside ``torch.no_grad()`` and ``torch.inference_mode()`` blocks."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
+def _check_rates_cover(schedule: Schedule, names: Sequence[str]) -> None:
+    """Learned per-parameter rates must name every adapted parameter (checked once, not at each step)."""
+    rates = getattr(schedule, "rates", None)
+    if isinstance(schedule, PerParameterSchedule) and rates is not None:
+        missing = [n for n in names if n not in rates]
+        if missing:
+            raise ValueError(f"the learned learning rates cover {len(rates)} parameter tensors but not {missing[:3]}"
+                             f"{' …' if len(missing) > 3 else ''}; adapt only the parameters they were learned for "
+                             "(adapt_params=), or pass schedule=/lr= for one rate for all")
 
 
 class Adaptation:
@@ -117,14 +119,13 @@ class Adaptation:
         self.augment = augment
         self.generator = generator
         self.info = AdaptInfo()
-        with _grad_mode():
+        with grad_mode():  # pipelines call adapt under torch.no_grad() / torch.inference_mode()
             self._prepare(lr_img, kernel, generator)
 
     def _prepare(self, lr_img: np.ndarray | torch.Tensor, kernel: KernelSpec, generator: torch.Generator | None) -> None:
         m = self.owner
         x, alpha, fmt = to_tensor(lr_img, channels=m.in_channels, dtype=m.dtype, device=m.device)
-        if x.is_inference():  # made under torch.inference_mode(): autograd cannot use it
-            x = x.clone()
+        x = autograd_ready(x)  # a tensor made under torch.inference_mode() is copied
         #: the LR image as a 1xCxHxW tensor (the adaptation target)
         self.lr_image: torch.Tensor = x
         self.alpha = alpha
@@ -145,40 +146,62 @@ class Adaptation:
             )
         self.out_shape = (math.ceil(h * s), math.ceil(w * s))
         with torch.no_grad():
-            # resampling runs in float64 like the official numpy code; the network sees its own dtype
-            x64 = x.double()
-            if self.degradation is not None:  # blur + grid, noise, 8 bits, JPEG: the photo's own chain
-                son = self.degradation.apply(x64, s, generator=generator)
-            else:
-                son = degrade(x64, kernel.kernel, s, ds_method=kernel.ds_method)
-            if self.noise_std > 0:
-                son = son + self.noise_std * torch.randn(son.shape, generator=generator, dtype=son.dtype).to(son.device)
-            son = son.clamp(0, 1).to(m.dtype)  # the official code keeps the son in float32
-            self.son = son
-            # the network's input for the son, fixed across steps (SPEC §5: recomputed identically each step)
-            self.son_input = m._network_input(son.double(), (h, w)).to(m.dtype)
-            del x64  # the LR image's network input is made when the SR image is (per tile under a budget)
-        # the adapted parameters get private copies; the others are passed to the network as they are
-        self.params = {k: v.detach().clone().requires_grad_(k in m.adapt_names) for k, v in m._param_items()}
+            self.son, self.son_input = self._son_of(x, kernel, self.degradation, generator)
+        #: the fast weights: private copies of every parameter, the adapted ones requiring gradients
+        self.params = clone_weights(m._param_items(), m.adapt_names)
         self.steps_done = 0
+        self._augmented: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # dihedral mode -> (son input, target)
         self._crop_rng: torch.Generator | None = None
         self._t0 = time.perf_counter()
+
+    def _son_of(self, x: torch.Tensor, kernel: KernelSpec, degradation: DegradationSpec | None,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(son, the network's input for it) of the LR image ``x``: degraded by ``degradation`` (blur + grid,
+        noise, 8 bits, JPEG) or by ``kernel``, plus this session's noise."""
+        m = self.owner
+        # resampling runs in float64 like the official numpy code; the network sees its own dtype
+        x64 = x.double()
+        if degradation is not None:  # blur + grid, noise, 8 bits, JPEG: the photo's own chain
+            son = degradation.apply(x64, m.scale, generator=generator)
+        else:
+            son = degrade(x64, kernel.kernel, m.scale, ds_method=kernel.ds_method)
+        if self.noise_std > 0:
+            son = son + self.noise_std * torch.randn(son.shape, generator=generator, dtype=son.dtype).to(son.device)
+        son = son.clamp(0, 1).to(m.dtype)  # the official code keeps the son in float32
+        # the network's input for the son, fixed across steps (SPEC §5: recomputed identically each step)
+        return son, m._network_input(son.double(), tuple(x.shape[-2:])).to(m.dtype)
+
+    def _augmented_pair(self, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(son input, target) for the LR image turned/flipped by dihedral ``mode``. The image (and the
+        blur kernel with it) is transformed first and degraded afterwards, as ZSSR does: flipping a
+        son made by direct subsampling would move it by s-1 pixels against its LR target."""
+        from ..ops.augment import dihedral
+
+        if mode == 0:
+            return self.son_input, self.lr_image
+        if mode not in self._augmented:
+            k, deg = self.kernel, self.degradation
+            turned = None if k.kernel is None else np.ascontiguousarray(dihedral(k.kernel, mode, dims=(0, 1)))
+            k = KernelSpec(turned, k.ds_method, k.name)
+            if deg is not None:
+                deg = dataclasses.replace(deg, kernel=k)
+            target = dihedral(self.lr_image, mode).contiguous()
+            with grad_mode(False):
+                self._augmented[mode] = (self._son_of(target, k, deg, self.generator)[1], target)
+        return self._augmented[mode]
 
     def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
         """The self-supervised loss ``loss_fn(f(son), LR)`` (L1 by default) at the current weights, and the
         gradients of the adapted parameters."""
-        inp, target = self._training_pair()
-        if self.augment:
-            from ..ops.augment import dihedral
+        mode = int(torch.randint(0, 8, (1,), generator=self.generator)) if self.augment else 0
+        inp, target = self._training_pair(*self._augmented_pair(mode))
+        owner = self.owner
 
-            mode = int(torch.randint(0, 8, (1,), generator=self.generator))
-            inp, target = dihedral(inp, mode), dihedral(target, mode)
-        names = self.owner.adapt_names
-        with _grad_mode():  # pipelines call adapt under torch.no_grad() / torch.inference_mode()
-            out = self.owner._run(self.params, inp, tuple(target.shape[-2:]))
-            loss = self.owner.loss_fn(out, target)
-            grads = torch.autograd.grad(loss, [self.params[n] for n in names], allow_unused=True)
-        return float(loss.detach()), {n: g for n, g in zip(names, grads) if g is not None}
+        def loss_at(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+            return owner.loss_fn(owner._run(weights, inp, tuple(target.shape[-2:])), target)
+
+        loss, grads = gradients(self.params, owner.adapt_names, loss_at, precision=owner.precision)
+        return float(loss.detach()), grads
 
     def loss(self, params: dict[str, torch.Tensor] | None = None) -> float:
         """The self-supervised loss ``loss_fn(f(son), LR)`` on the whole son (no crop, no gradient), with
@@ -189,10 +212,13 @@ class Adaptation:
             out = self.owner._run(weights, self.son_input, tuple(self.lr_image.shape[-2:]))
             return float(self.owner.loss_fn(out.float(), self.lr_image.float()))
 
-    def _training_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(network input of the son, LR target); above the wrapper's ``max_pixels`` an aligned random
-        crop of about ``max_pixels`` LR pixels, a new one each step (ZSSR-style; bounded memory)."""
-        inp, target = self.son_input, self.lr_image
+    def _training_pair(self, inp: torch.Tensor | None = None, target: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(network input of the son, LR target) — the unturned pair unless given; above the wrapper's
+        ``max_pixels`` an aligned random crop of about ``max_pixels`` LR pixels, a new one each step (ZSSR-style;
+        bounded memory)."""
+        if inp is None or target is None:
+            inp, target = self.son_input, self.lr_image
         budget = self.owner.max_pixels
         h, w = target.shape[-2:]
         if budget is None or h * w <= budget:
@@ -219,9 +245,8 @@ class Adaptation:
             raise FloatingPointError(
                 f"adaptation step {self.steps_done}: the loss is {loss} (learning rate {lr:g}); the weights or the "
                 "input are not finite, or an earlier step diverged; lower the learning rate (lr=/--lr, schedule=)")
-        with _grad_mode(), torch.no_grad():
-            for n, g in grads.items():
-                self.params[n].sub_(g, alpha=lr)
+        t = self.steps_done
+        self.params = sgd_update(self.params, grads, lambda name: step_size(self.schedule, name, t))
         if not all(bool(torch.isfinite(self.params[n]).all()) for n in grads):
             raise FloatingPointError(
                 f"adaptation step {self.steps_done} made the weights non-finite (learning rate {lr:g}, loss "
@@ -259,9 +284,10 @@ class Adaptation:
         """The SR image as a 1xCxsHxsW tensor clipped to [0, 1], from the current fast weights
         (:meth:`result` gives it in the caller's format).
 
-        With ``self_ensemble`` the network runs on the 8 flips/rotations of the input; as in ZSSR,
-        each de-transformed output is back-projected (when ``back_projection`` > 0), their
-        median is taken, and the median is back-projected once more.
+        With ``self_ensemble`` the network runs on the 8 flips/rotations of the input (on the direct grid
+        only the 2 that keep the output aligned: identity and transpose); as in ZSSR, each de-transformed
+        output is back-projected (when ``back_projection`` > 0), their median is taken, and the median
+        is back-projected once more.
         """
         with torch.inference_mode(False), torch.no_grad():  # normal tensors out, also inside inference_mode
             return self._sr_tensor(self_ensemble=self_ensemble, back_projection=back_projection)
@@ -278,9 +304,11 @@ class Adaptation:
 
         if not self_ensemble:
             return finish(run(self.lr_image))
-        from ..ops.augment import geometric_self_ensemble
+        from ..ops.augment import ensemble_modes, geometric_self_ensemble
 
-        sr = geometric_self_ensemble(run, self.lr_image, reduce="median", post=finish)
+        # on the direct grid only the identity and the transpose keep the output aligned (ops.augment)
+        modes = ensemble_modes(self.kernel.ds_method)
+        sr = geometric_self_ensemble(run, self.lr_image, modes, reduce="median", post=finish)
         return finish(sr)
 
     def result(self, *, self_ensemble: bool = False, back_projection: int = 0) -> np.ndarray | torch.Tensor:
@@ -345,8 +373,6 @@ class MetaSR:
         max_pixels: int | None = None,
         compile: bool = False,
     ) -> None:
-        from ..meta.learner import get_loss, select_parameters
-
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         #: what the loaded weights were trained for (``load_model`` records it); the defaults below come from it
@@ -382,6 +408,7 @@ class MetaSR:
         #: names of the parameters that adaptation changes (the same rule as meta-training's adapt_params)
         self.adapt_params = None if adapt_params is None else list(adapt_params)
         self.adapt_names = select_parameters(model, self.adapt_params, include_frozen=adapt_params is not None)
+        _check_rates_cover(self.schedule, self.adapt_names)
         #: SR inference in tiles of this many network-input pixels (None = the whole image at once)
         self.tile = None if tile is None else int(tile)
         if self.tile is not None and self.tile < 1:
@@ -459,7 +486,7 @@ class MetaSR:
                 return self._compiled(self.model, {**params, **buffers}, t)
             return functional_call(self.model, {**params, **buffers}, (t,))
 
-        with _eval_mode(self.model), self._autocast():
+        with eval_mode(self.model), self._autocast():
             if tiled and self.tile is not None and not torch.is_grad_enabled():  # inference: bounded memory, same result
                 y = tiled_forward(forward, inp, self.tile, self.tile_overlap, 1.0 if self.upsample_input else self.scale)
             else:
@@ -482,14 +509,20 @@ class MetaSR:
     ) -> Adaptation:
         """Prepare the adaptation of one image (son, network inputs, fast weights). ``kernel="estimate"``
         estimates it first (:func:`~metasr_adapter.estimate.estimate_kernel`, gaussian method, this wrapper's
-        network); an estimate that did not converge raises ValueError rather than being used."""
+        network); an estimate that did not converge raises ValueError rather than being used. (The name is
+        resolved through :mod:`metasr_adapter.resolvers`, where other names can be registered.)"""
         if lr is not None and schedule is not None:
             raise ValueError("give either lr= (a constant) or schedule=, not both")
         estimate = None
-        if isinstance(kernel, str) and kernel.strip().lower() == "estimate":
-            from ..estimate.api import estimate_for_metasr
-
-            kernel, estimate = estimate_for_metasr(self, lr_img, ds_method, seed=seed)
+        resolver = kernel_resolver(kernel)
+        if resolver is not None:
+            kernel, estimate = resolver(self, lr_img, ds_method, seed=seed)
+        elif isinstance(kernel, str) and kernel.strip().lower() == "estimate":
+            raise ValueError("kernel='estimate' has no resolver registered (metasr_adapter/__init__.py registers the "
+                             "kernel estimators; registered now: "
+                             f"{', '.join(kernel_resolver_names()) or 'none'}): register one with "
+                             "metasr_adapter.resolvers.register_kernel_resolver('estimate', ...), or estimate the "
+                             "kernel with metasr_adapter.estimate_kernel and pass it")
         degradation = None
         if isinstance(kernel, DegradationSpec):
             if ds_method is not None and ds_method != kernel.grid:
@@ -498,6 +531,7 @@ class MetaSR:
             degradation, kernel = kernel, kernel.kernel
         spec = resolve_kernel(kernel, ds_method)
         sched = get_schedule(lr) if lr is not None else (get_schedule(schedule) if schedule is not None else self.schedule)
+        _check_rates_cover(sched, self.adapt_names)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         session = Adaptation(self, lr_img, spec, sched, noise_std=noise_std, augment=augment, generator=gen,
                              degradation=degradation)
@@ -563,3 +597,28 @@ class MetaSR:
             f"MetaSR({type(self.model).__name__}, scale={self.scale:g}, upsample_input={self.upsample_input}, "
             f"precision={self.precision!r}, device={self.device})"
         )
+
+
+def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = None, device: Any = None,
+                    **metasr_kwargs: Any) -> MetaSR:
+    """A ready :class:`MetaSR` with bundled weights ``name`` and the scale, test-time schedule, loss and
+    adapted parameters they were meta-trained for.
+
+    ``name=None`` picks the bundled MZSR x2 weights for ``kernel_ds_method`` (``'direct'`` by default;
+    ``'bicubic'`` for g^b kernels). ``metasr_kwargs`` override the wrapper's settings.
+    """
+    from ..io.pretrained import default_weights, get_weights, load_model
+    from ..io.weights import read_metadata
+
+    if name is None:
+        info = default_weights("mzsr", scale=2.0, ds_method=kernel_ds_method or "direct")
+        if info is None:
+            raise ValueError("this install ships no bundled weights; build MetaSR(load_model(arch, PATH), scale) instead")
+    else:
+        info = get_weights(name)
+    model = load_model(info.arch, info.name)
+    if device is not None:
+        model = model.to(resolve_device(device))
+    kwargs = {"schedule": info.schedule, "loss": info.loss, "device": device,
+              "adapt_params": read_metadata(info.path).get("adapt_params"), **metasr_kwargs}
+    return MetaSR(model, info.scale, **kwargs)

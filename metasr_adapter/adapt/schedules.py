@@ -1,13 +1,16 @@
 """Adaptation learning-rate schedules: a step index (0-based) -> learning rate.
 
 The named presets are the hand-tuned per-model schedules of the official MZSR test code
-(SPEC §5). A constant schedule is ``constant(lr)``.
+(SPEC §5). A constant schedule is ``constant(lr)``. Meta-trained weights may carry learned rates, one
+per adapted parameter tensor and step (:class:`PerParameterSchedule`, MAML++'s LSLR); every adaptation
+step asks :func:`step_size` for the rate of each tensor.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["Schedule", "SCHEDULES", "get_schedule", "constant", "piecewise"]
+__all__ = ["Schedule", "SCHEDULES", "get_schedule", "constant", "piecewise", "PerParameterSchedule", "step_size"]
 
 Schedule = Callable[[int], float]
 
@@ -46,10 +49,60 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
-def get_schedule(schedule: str | float | Schedule) -> Schedule:
-    """A named preset, a constant learning rate, or a callable returned unchanged."""
+class PerParameterSchedule:
+    """Learned learning rates: ``rates[name][step]`` for each adapted parameter tensor (MAML++ LSLR).
+
+    Steps past the learned ones keep the last learned rate. Called with a step alone it returns the
+    geometric mean over tensors (for logs); :func:`step_size` gives each tensor its own rate. Saved in
+    weights metadata as ``{"per_parameter": {name: [α_0, …]}}``.
+    """
+
+    def __init__(self, rates: Mapping[str, Sequence[float]]) -> None:
+        if not rates:
+            raise ValueError("a per-parameter schedule needs at least one parameter name")
+        table: dict[str, tuple[float, ...]] = {}
+        for name, values in rates.items():
+            vals = tuple(float(v) for v in values)
+            if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+                raise ValueError(f"learned rates of {name!r} must be finite numbers > 0, got {list(values)!r}")
+            table[str(name)] = vals
+        self.rates = table
+
+    def param_lr(self, name: str, step: int) -> float:
+        if name not in self.rates:
+            raise KeyError(f"no learned learning rate for parameter {name!r}; the weights' rates cover "
+                           f"{len(self.rates)} tensors (e.g. {sorted(self.rates)[:3]}); adapt only those, or pass "
+                           "schedule=/lr= to use one rate for all")
+        vals = self.rates[name]
+        return vals[min(int(step), len(vals) - 1)]
+
+    def __call__(self, step: int) -> float:
+        logs = [math.log(v[min(int(step), len(v) - 1)]) for v in self.rates.values()]
+        return math.exp(sum(logs) / len(logs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"per_parameter": {n: list(v) for n, v in self.rates.items()}}
+
+    def __repr__(self) -> str:
+        steps = max(len(v) for v in self.rates.values())
+        return f"PerParameterSchedule({len(self.rates)} tensors, {steps} steps, mean α_0 {self(0):.3g})"
+
+
+def step_size(schedule: Schedule, name: str, step: int) -> float:
+    """The learning rate of parameter ``name`` at adaptation step ``step`` under ``schedule``."""
+    per_param = getattr(schedule, "param_lr", None)
+    return float(per_param(name, step)) if per_param is not None else float(schedule(step))
+
+
+def get_schedule(schedule: str | float | Schedule | Mapping[str, Any]) -> Schedule:
+    """A named preset, a constant learning rate, learned per-parameter rates (``{"per_parameter": {…}}``,
+    as weights metadata stores them), or a callable returned unchanged."""
     if callable(schedule):
         return schedule
+    if isinstance(schedule, Mapping):
+        if set(schedule) != {"per_parameter"} or not isinstance(schedule["per_parameter"], Mapping):
+            raise ValueError(f"a schedule dict must be {{'per_parameter': {{name: [rates]}}}}, got keys {sorted(schedule)}")
+        return PerParameterSchedule(schedule["per_parameter"])
     if isinstance(schedule, (int, float)) and not isinstance(schedule, bool):
         return constant(float(schedule))
     if isinstance(schedule, str):

@@ -4,12 +4,26 @@ One definition, used by :class:`~metasr_adapter.MetaSR` and :class:`~metasr_adap
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["takes_upsampled_input", "fit_output", "tile_overlap", "tiled_forward"]
+__all__ = ["takes_upsampled_input", "fit_output", "tile_overlap", "tiled_forward", "eval_mode"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in eval mode (batch norm on its running statistics, no dropout) and give it back in the
+    train/eval mode it had: adaptation and the kernel search use a wrapped network without changing it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def takes_upsampled_input(model: nn.Module, override: bool | None = None) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adapt.evaluate import synthesize_lr
+from ..pipelines.evaluate import synthesize_lr
 from ..ops.imageio import modcrop, read_image
 from ..ops.kernels import resolve_kernel
 from ..ops.metrics import psnr, to_uint8
@@ -29,7 +29,7 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], output: str | Path, crop:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io.atomic import atomic_write
+    from ..atomic import atomic_write
 
     rows = 2 if crop else 1
     fig, axes = plt.subplots(rows, len(panels), figsize=(3.2 * len(panels), 3.4 * rows), squeeze=False)
@@ -138,7 +138,7 @@ def crops_figure(full: np.ndarray, panels: list[tuple[str, np.ndarray]], output:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from ..io.atomic import atomic_write
+    from ..atomic import atomic_write
 
     boxes = _textured_boxes(full, size)
     colours = ["red", "cyan", "yellow"]
@@ -169,9 +169,10 @@ def crops_figure(full: np.ndarray, panels: list[tuple[str, np.ndarray]], output:
 
 
 def run_photo_demo(metasr, weights: str, *, image: str | None = None, quality: int = 75, steps: int = 5,
-                   output: str = "metasr_demo.png") -> int:
+                   output: str = "metasr_demo.png", specialists: dict | None = None) -> int:
     """A web JPEG of the photo (half size, bicubic, JPEG ``quality``) through the photo path, against PIL bicubic
-    and the plain network; prints the scores and the path's choice, writes the crops figure."""
+    and the plain network; prints the scores and the path's choice, writes the crops figure. ``specialists``:
+    the photo path's grid specialists (see :func:`~metasr_adapter.pipelines.photo.upscale_photo`)."""
     import tempfile
 
     from PIL import Image
@@ -193,11 +194,13 @@ def run_photo_demo(metasr, weights: str, *, image: str | None = None, quality: i
     bic = np.asarray(Image.fromarray(lr).resize((w, h), Image.BICUBIC))
     print(f"photo {w}x{h} -> a web JPEG: PIL bicubic to {lr.shape[1]}x{lr.shape[0]}, JPEG quality {q} "
           f"({len(data) / 1024:.0f} KiB); weights {weights}")
-    plain = upscale_photo(lr, metasr, steps=0, jpeg_quality=q, weights_name=weights)
-    sr, info = upscale_photo(lr, metasr, steps=steps, jpeg_quality=q, weights_name=weights, return_info=True)
+    plain, plain_info = upscale_photo(lr, metasr, steps=0, jpeg_quality=q, weights_name=weights,
+                                      specialists=specialists, return_info=True)
+    sr, info = upscale_photo(lr, metasr, steps=steps, jpeg_quality=q, weights_name=weights, specialists=specialists,
+                             return_info=True)
     for line in info.summary_lines():
         print(line)
-    scores = {"PIL bicubic": psnr(bic, gt, 2), f"{weights}, no adaptation": psnr(plain, gt, 2),
+    scores = {"PIL bicubic": psnr(bic, gt, 2), f"{plain_info.weights}, no adaptation": psnr(plain, gt, 2),
               "metasr adapt (default)": psnr(sr, gt, 2)}
     print(f"{'':>28} {'PSNR (dB, Y)':>14}")
     for name, value in scores.items():

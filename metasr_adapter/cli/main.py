@@ -71,6 +71,12 @@ def _memory_budget(args: argparse.Namespace, model, scale: float, upsample_input
     return tile or None, max_pixels or None
 
 
+def _add_run_args(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """``--seed`` and ``--quiet``, the same in every subcommand."""
+    p.add_argument("--seed", type=int, default=None, help=seed_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", default=None,
                    help="blur kernel of the LR image: gd0.2, gd2.0, gdani, gb1.3, bicubic, a .mat/.npy file, "
@@ -123,12 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="SR image to write; for a folder or glob of inputs, the output folder (images already "
                         "there are skipped, so a killed run resumes; a NAME.png.json sidecar per image)")
+    _add_run_args(p, "random seed of the kernel estimate, adaptation crops and the photo path's draws "
+                     "(default: their fixed defaults)")
     p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser("eval", help="PSNR/SSIM over a folder at several step counts")
     p.add_argument("--gt-dir", required=True, help="folder of HR ground-truth images")
     p.add_argument("--lr-dir", default=None, help="folder of LR images (default: synthesised from GT with --kernel)")
-    p.add_argument("--method", choices=["metasr", "zssr"], default="metasr")
+    p.add_argument("--method", choices=["metasr", "zssr"], default="metasr",
+                   help="the SR method: metasr (adapt the weights; the default) or zssr (a network trained on each "
+                        "image). The kernel estimator is --estimator (metasr zssr, metasr estimate-kernel)")
     _add_model_args(p, weights_required=False)
     _add_adapt_args(p)
     p.add_argument("--steps", type=_steps_list, default=[0, 1, 10], help="comma-separated step counts (default 0,1,10)")
@@ -137,16 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--zssr-preset", default=None,
                    help="ZSSR preset for --method zssr (default: kernel when --kernel is a blur kernel, else ideal_x2)")
-    from ..zssr.core import add_kernel_shift_argument
+    from .zssr import add_kernel_shift_argument
 
-    add_kernel_shift_argument(p, "--zssr-kernel-shift")
+    add_kernel_shift_argument(p, "--zssr-kernel-shift")  # the old spelling, still accepted
     p.add_argument("--zssr-iters", type=int, default=None, help="ZSSR iteration cap for --method zssr")
     p.add_argument("--json", default=None, help="write the full report as JSON")
     p.add_argument("--save-dir", default=None, help="write the SR images here")
+    _add_run_args(p, "random seed of ZSSR (--method zssr; default 0) and of the adaptation's crops")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("zssr", help="zero-shot SR: train an image-specific network on the LR image itself")
-    from ..zssr.core import add_zssr_arguments, run_zssr_cli
+    from .zssr import add_zssr_arguments, run_zssr_cli
 
     add_zssr_arguments(p)
     p.set_defaults(func=run_zssr_cli)
@@ -154,20 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate-kernel", help="estimate the blur kernel of an LR image (blind mode) and write it")
     p.add_argument("lr_image", help="the LR image")
     p.add_argument("-o", "--output", required=True, help="kernel file to write: .mat (key 'kernel') or .npy")
-    p.add_argument("--method", choices=["gaussian", "kernelgan"], default="gaussian",
+    p.add_argument("--estimator", "--method", dest="estimator", choices=["gaussian", "kernelgan"], default="gaussian",
                    help="gaussian: search the anisotropic Gaussian family, scored by the meta-trained network "
-                        "(default); kernelgan: an internal GAN in the manner of KernelGAN (any kernel shape)")
+                        "(default); kernelgan: an internal GAN in the manner of KernelGAN (any kernel shape). "
+                        "The spelling of `metasr zssr --estimator`; --method is the old one, still accepted")
     p.add_argument("--plot", default=None, metavar="PNG", help="also write a picture of the kernel")
     p.add_argument("--json", default=None, help="also write the estimate and its diagnostics as JSON")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--evals", type=int, default=None, metavar="N", help="gaussian: candidate kernels scored (default 40)")
     p.add_argument("--iters", type=int, default=None, metavar="N", help="kernelgan: iterations (default 500)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_args(p, "random seed of the crops and the initialisation (default 0)")
     _add_model_args(p, weights_required=False)
     p.set_defaults(func=_cmd_estimate_kernel, kernel="estimate", ds_method="direct")
 
     p = sub.add_parser("train", help="pretrain -> meta-train -> evaluate, driven by a recipe YAML")
-    from ..training.train import add_train_arguments, run_train_cli
+    from .train import add_train_arguments, run_train_cli
 
     add_train_arguments(p)
     p.set_defaults(func=run_train_cli)
@@ -270,14 +281,18 @@ def _is_photo(kernel) -> bool:
 def _photo_setup(args: argparse.Namespace):
     """The photo path's MetaSR (``--weights`` or the bundled photo weights), its grid and step count."""
     from ..io.pretrained import BUNDLED_WEIGHTS
-    from ..pipelines.photo import PHOTO_MAX_PIXELS, PHOTO_STEPS, PHOTO_WEIGHTS
+    from ..pipelines.photo import PHOTO_MAX_PIXELS, PHOTO_STEPS, PHOTO_WEIGHTS, load_grid_specialists
 
-    if args.weights is None:  # the bundled photo weights, unless another architecture was asked for
+    chosen = args.weights is None
+    if chosen:  # the bundled photo weights, unless another architecture was asked for
         args.weights = next((w for w in PHOTO_WEIGHTS if w in BUNDLED_WEIGHTS
                              and args.arch in (None, BUNDLED_WEIGHTS[w].arch)), None)
     if args.max_pixels is None:
         args.max_pixels = PHOTO_MAX_PIXELS
     msr = _load_metasr(args)
+    # weights chosen here may hand a plain resize to the network trained for it; --weights X is used as given
+    args.photo_specialists = (load_grid_specialists(device=msr.device, precision=msr.precision)
+                              if chosen and args.weights in PHOTO_WEIGHTS else {})
     grid = args.ds_method or ("direct" if args.weights_meta.get("ds_method") == "direct" else "centred")
     if grid not in ("direct", "centred"):
         raise ValueError(f"--kernel photo with --ds-method {grid}: the photo path estimates the blur on a 'centred' "
@@ -286,7 +301,7 @@ def _photo_setup(args: argparse.Namespace):
     return msr, grid, steps
 
 
-def _run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool):
+def _run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool, specialists=None, seed=None):
     """One photo through :func:`~metasr_adapter.pipelines.photo.upscale_photo` (JPEG quality from the file)."""
     from ..ops.imageio import read_image
     from ..ops.jpeg import read_jpeg_quality
@@ -307,7 +322,8 @@ def _run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool):
         bars[0].set_postfix(loss=f"{rec.loss:.5f}")
 
     sr, info = upscale_photo(read_image(path), msr, steps=steps, jpeg_quality=read_jpeg_quality(path), grid=grid,
-                             weights_name=weights, callback=on_step, return_info=True)
+                             weights_name=weights, specialists=specialists, callback=on_step, return_info=True,
+                             **({} if seed is None else {"seed": seed}))
     for bar in bars:
         bar.close()
     return sr, info
@@ -322,7 +338,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         return _cmd_adapt_folder(args)
     if _is_photo(args.kernel):
         msr, grid, steps = _photo_setup(args)
-        sr, info = _run_photo(msr, args.lr_image, grid, steps, args.weights_used, show=True)
+        sr, info = _run_photo(msr, args.lr_image, grid, steps, args.weights_used, show=not args.quiet,
+                              specialists=args.photo_specialists, seed=args.seed)
         for line in info.summary_lines():
             print(line)
         out = write_image(args.output, sr)
@@ -336,17 +353,17 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     if _is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
         from ..estimate.api import estimate_for_metasr
 
-        kernel, est = estimate_for_metasr(msr, lr_img, args.ds_method, progress=True)
+        kernel, est = estimate_for_metasr(msr, lr_img, args.ds_method, seed=args.seed, progress=not args.quiet)
         print(f"estimated kernel: {est.summary()}")
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=args.steps, desc="adapt", unit="step", disable=args.steps == 0)
+    bar = tqdm(total=args.steps, desc="adapt", unit="step", disable=args.steps == 0 or args.quiet)
 
     def on_step(rec) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{rec.loss:.5f}", lr=f"{rec.lr:g}")
 
-    sr, info = msr.adapt(lr_img, kernel, args.steps, ds_method=args.ds_method, callback=on_step,
+    sr, info = msr.adapt(lr_img, kernel, args.steps, ds_method=args.ds_method, callback=on_step, seed=args.seed,
                          back_projection=args.back_projection, self_ensemble=args.self_ensemble, return_info=True)
     bar.close()
     out = write_image(args.output, sr)
@@ -364,7 +381,7 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
 
     lr_img = read_image(args.lr_image)
     options = {}
-    if args.method == "gaussian":
+    if args.estimator == "gaussian":
         model = _load_metasr(args)
         if args.evals is not None:
             options["max_evals"] = args.evals
@@ -373,7 +390,8 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
         _setup(args)
         if args.iters is not None:
             options["iters"] = args.iters
-    est = estimate_kernel(lr_img, args.scale or 2, args.method, model=model, progress=not args.quiet, seed=args.seed,
+    est = estimate_kernel(lr_img, args.scale or 2, args.estimator, model=model, progress=not args.quiet,
+                          seed=0 if args.seed is None else args.seed,
                           **options)
     out = est.save(args.output)
     print(f"estimated kernel: {est.summary()}")
@@ -385,13 +403,13 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        from ..io.atomic import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
 
         atomic_write_bytes(args.json, (json.dumps(est.to_dict(), indent=1) + "\n").encode())
         print(f"wrote {args.json}")
     if not est.converged:
         print(f"metasr estimate-kernel: warning: the estimate did not converge ({est.reason}); {out} holds it for "
-              "inspection only: check it (--plot) before passing it to adapt, or try the other --method", file=sys.stderr)
+              "inspection only: check it (--plot) before passing it to adapt, or try the other --estimator", file=sys.stderr)
         return 1
     return 0
 
@@ -404,18 +422,21 @@ def _cmd_adapt_folder(args: argparse.Namespace) -> int:
         msr, grid, steps = _photo_setup(args)
 
         def run_one(path):
-            sr, info = _run_photo(msr, path, grid, steps, args.weights_used, show=False)
+            sr, info = _run_photo(msr, path, grid, steps, args.weights_used, show=False,
+                                  specialists=args.photo_specialists, seed=args.seed)
             return sr, info.to_dict()
 
         outcomes = adapt_folder(msr, files, args.output, kernel="photo", steps=steps, run_one=run_one,
-                                settings=_folder_settings(args, grid=grid), flag="-o")
+                                settings=_folder_settings(args, grid=grid), flag="-o", progress=not args.quiet)
     else:
         if args.steps is None:
             args.steps = 1
         msr = _load_metasr(args)
+        seed = {} if args.seed is None else {"seed": args.seed}
         outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps,
                                 ds_method=args.ds_method, back_projection=args.back_projection,
-                                self_ensemble=args.self_ensemble, settings=_folder_settings(args), flag="-o")
+                                self_ensemble=args.self_ensemble, settings=_folder_settings(args), flag="-o",
+                                progress=not args.quiet, **seed)
     done = [o for o in outcomes if o.status == "done"]
     skipped = [o for o in outcomes if o.status == "skipped"]
     failed = [o for o in outcomes if o.status == "failed"]
@@ -439,11 +460,12 @@ def _folder_settings(args: argparse.Namespace, **extra) -> dict:
         weights = file_fingerprint(weights)
     return {"weights": weights, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "param_key": args.param_key,
             "scale": args.scale, "precision": args.precision, "schedule": args.schedule, "lr": args.lr,
-            "loss": args.loss, "max_pixels": args.max_pixels, **extra}
+            "loss": args.loss, "max_pixels": args.max_pixels,
+            **({} if args.seed is None else {"seed": args.seed}), **extra}
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..adapt.evaluate import evaluate_folder
+    from ..pipelines.evaluate import evaluate_folder
 
     if args.method == "metasr":
         msr, scale, zcfg = _load_metasr(args), None, None
@@ -456,14 +478,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         preset = args.zssr_preset or default_preset(resolve_kernel(args.kernel, args.ds_method))
         zcfg = ZSSRConfig.preset(preset, kernel_shift=args.kernel_shift, precision=args.precision,
-                                 device=str(_setup(args)))
+                                 device=str(_setup(args)), **({} if args.seed is None else {"seed": args.seed}))
         if args.zssr_iters is not None:
             zcfg.max_iters = args.zssr_iters
     report = evaluate_folder(
         msr, args.gt_dir, lr_dir=args.lr_dir, kernel=args.kernel, steps=args.steps, schedule=None,
         ds_method=args.ds_method, crop_border=args.crop_border, include_bicubic=args.bicubic,
         back_projection=args.back_projection, self_ensemble=args.self_ensemble, limit=args.limit,
-        method=args.method, zssr_config=zcfg, scale=scale, save_dir=args.save_dir,
+        method=args.method, zssr_config=zcfg, scale=scale, save_dir=args.save_dir, seed=args.seed,
+        progress=not args.quiet,
     )
     print(report.format_table())
     if args.json:
@@ -482,7 +505,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise ValueError(f"--quality {args.quality}: a JPEG quality is 1..100 (75 is libjpeg's default)")
         msr, _, steps = _photo_setup(args)
         return run_photo_demo(msr, args.weights_used, image=args.image, quality=args.quality, steps=steps,
-                              output=args.output)
+                              output=args.output, specialists=args.photo_specialists)
     if args.steps is None:
         args.steps = 10
 

@@ -24,7 +24,7 @@ METHODS = ("gaussian", "kernelgan")
 
 def save_kernel(path: str | os.PathLike, kernel: np.ndarray) -> Path:
     """Write a kernel as ``.mat`` (variable ``kernel``, what ``--kernel K.mat`` reads) or ``.npy``, atomically."""
-    from ..io.atomic import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     p = Path(path)
     k = np.asarray(kernel, dtype=np.float64)
@@ -70,7 +70,7 @@ class KernelEstimate:
                 f"the kernel estimate ({self.method}) did not converge, so it was not used: {self.reason}. "
                 "Give the kernel explicitly (kernel='K.mat', --kernel K.mat), try the other estimator "
                 f"(estimate_kernel(img, method={'kernelgan' if self.method == 'gaussian' else 'gaussian'!r}) or "
-                "`metasr estimate-kernel --method ...`, then pass its kernel), or use a larger, more detailed image")
+                "`metasr estimate-kernel --estimator ...`, then pass its kernel), or use a larger, more detailed image")
         return self
 
     def to_spec(self) -> KernelSpec:
@@ -106,11 +106,9 @@ def _config(cls: type, ksize: int, options: dict[str, Any]):
 
 
 def _as_metasr(model: Any, scale: int):
-    from ..adapt.metasr import MetaSR
+    from ..adapt.metasr import MetaSR, load_pretrained
 
     if model is None:
-        from ..io.pretrained import load_pretrained
-
         return load_pretrained("mzsr_x2_direct")
     if isinstance(model, MetaSR):
         if float(model.scale) != scale:

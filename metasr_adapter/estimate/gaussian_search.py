@@ -32,11 +32,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
-from ..adapt.metasr import _eval_mode
+from ..adapt.schedules import step_size
+from ..adapt.step import autograd_ready, clone_weights, functional_loss, grad_mode, sgd_step
+from ..adapters.contract import eval_mode
 from ..ops.degrade import degrade, imresize
 from ..ops.kernels import anisotropic_gaussian
+from ..precision import autocast
 from .checks import even_floor, textured_crops
 
 __all__ = ["GaussianSearchConfig", "GaussianSearchResult", "gaussian_search", "canonical_params"]
@@ -123,7 +125,7 @@ class _Scorer:
             inner.append((i - top, j - left))
         self.windows, self.inner = wins, inner
         dev, dt = msr.device, msr.dtype
-        self.targets = torch.cat([lr[..., i:i + c, j:j + c] for i, j in corners]).to(dev, dt)
+        self.targets = autograd_ready(torch.cat([lr[..., i:i + c, j:j + c] for i, j in corners]).to(dev, dt))
         self.names = list(msr.adapt_names)
 
     def inputs(self, kernel: np.ndarray) -> torch.Tensor:
@@ -138,33 +140,31 @@ class _Scorer:
                     out.append(up[..., i:i + c, j:j + c])
                 else:
                     out.append(son[..., i // s:(i + c) // s, j // s:(j + c) // s])
-        return torch.cat(out).to(msr.device, msr.dtype)
+        return autograd_ready(torch.cat(out).to(msr.device, msr.dtype))
 
     def __call__(self, kernel: np.ndarray) -> float:
+        """The loss after ``steps`` adaptation steps on the crops' (son, LR) pairs: the test-time step
+        (:func:`~metasr_adapter.adapt.step.sgd_step`) with the wrapper's loss, schedule and precision."""
         msr, m = self.msr, self.cfg.margin
         x, y = self.inputs(kernel), self.targets
-        params = {n: p.detach().clone().requires_grad_(n in self.names) for n, p in msr.model.named_parameters()}
-        buffers = dict(msr.model.named_buffers())
+        params = clone_weights(msr.model.named_parameters(), self.names)
         inner = (slice(None), slice(None), slice(m, y.shape[-2] - m), slice(m, y.shape[-1] - m))
 
-        def loss_at() -> torch.Tensor:
-            out = functional_call(msr.model, {**params, **buffers}, (x,))
-            if out.shape[-2:] != y.shape[-2:]:
+        def cropped_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            if out.shape[-2:] != target.shape[-2:]:
                 raise ValueError(f"the network maps a {tuple(x.shape[-2:])} input to {tuple(out.shape[-2:])}, not the "
                                  f"{tuple(y.shape[-2:])} the x{self.s} estimate needs; check scale/upsample_input")
-            return msr.loss_fn(out[inner], y[inner])
+            return msr.loss_fn(out[inner], target[inner])
 
-        with _eval_mode(msr.model), torch.inference_mode(False), torch.enable_grad():
+        def loss_at(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_loss(msr.model, weights, x, y, loss_fn=cropped_loss)
+
+        with eval_mode(msr.model):
             for t in range(self.cfg.steps):
-                loss = loss_at()
-                grads = torch.autograd.grad(loss, [params[n] for n in self.names], allow_unused=True)
-                lr = float(msr.schedule(t))
-                with torch.no_grad():
-                    for n, g in zip(self.names, grads):
-                        if g is not None:
-                            params[n].sub_(g, alpha=lr)
-            with torch.no_grad():
-                return float(loss_at())
+                params, _ = sgd_step(params, self.names, loss_at, lambda name, t=t: step_size(msr.schedule, name, t),
+                                     precision=msr.precision)
+            with grad_mode(False), autocast(msr.precision, x.device.type):
+                return float(loss_at(params))
 
 
 def gaussian_search(msr, lr: torch.Tensor, cfg: GaussianSearchConfig | None = None, *, seed: int = 0,

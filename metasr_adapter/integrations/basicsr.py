@@ -1,5 +1,6 @@
-"""BasicSR integration: build any BasicSR architecture from its ``network_g`` options and load its
-checkpoint, ready for :class:`~metasr_adapter.MetaSR` and meta-training.
+"""BasicSR integration: build any BasicSR architecture from its ``network_g`` options, ready for
+:class:`~metasr_adapter.MetaSR` and meta-training (``get_model("basicsr", ...)``); its checkpoint loads with
+:func:`~metasr_adapter.io.pretrained.load_basicsr_model` (options file and weights in one call).
 
 ``basicsr`` is optional (``pip install basicsr``; it needs torchvision). Its last release, 1.4.2,
 imports ``torchvision.transforms.functional_tensor``, which torchvision 0.17 removed (fixed on
@@ -22,7 +23,7 @@ from typing import Any, Callable, Mapping
 import yaml
 from torch import nn
 
-__all__ = ["import_basicsr", "build_basicsr_network", "load_basicsr_model", "BASICSR_HINT"]
+__all__ = ["import_basicsr", "build_basicsr_network", "BASICSR_HINT"]
 
 BASICSR_HINT = ("pip install basicsr (with torchvision; 1.4.2 is the last release). For RCAN checkpoints "
                 "BasicSR is not needed: use arch 'rcan', which loads them directly")
@@ -78,18 +79,3 @@ def build_basicsr_network(options: Mapping[str, Any] | str | os.PathLike | None 
     net = build_network(dict(net_opts))
     net.upsample_input = False
     return net
-
-
-def load_basicsr_model(
-    options: Mapping[str, Any] | str | os.PathLike,
-    weights: str | os.PathLike,
-    *,
-    param_key: str = "params_ema",
-    strict: bool = True,
-) -> nn.Module:
-    """Build the network of a BasicSR options file (or ``network_g`` dict) and load ``weights``
-    (``param_key`` ``'params_ema'`` or ``'params'``, as BasicSR's ``path.param_key_g``)."""
-    from ..io.weights import load_weights
-
-    net = build_basicsr_network(options)
-    return load_weights(net, weights, param_key=param_key, strict=strict)

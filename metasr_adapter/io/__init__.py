@@ -1,2 +1,2 @@
-"""Files: weights (PyTorch, numpy, TensorFlow checkpoints without TensorFlow), the bundled weights
-registry, atomic and checksummed writes."""
+"""Files: weights (PyTorch, numpy, TensorFlow checkpoints without TensorFlow), and the bundled weights
+registry. Atomic and checksummed writes, which every layer uses, are :mod:`metasr_adapter.atomic`."""

@@ -1,4 +1,6 @@
-"""Building a network with its weights: ``load_model(arch, weights)``, and the project's own weights.
+"""Building a network with its weights: ``load_model(arch, weights)`` (and ``load_basicsr_model`` for a BasicSR
+options file), and the project's own weights. A ready :class:`~metasr_adapter.MetaSR` with bundled weights is
+:func:`~metasr_adapter.adapt.metasr.load_pretrained`, next to MetaSR.
 
 Bundled weights live in ``metasr_adapter/weights/``: ``NAME.pth`` (written by
 :func:`~metasr_adapter.io.weights.save_weights`), ``NAME.json`` (a :class:`WeightsInfo`: architecture,
@@ -12,16 +14,16 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+import os
 from typing import Any, Mapping
 
 from torch import nn
 
 from ..adapters import get_model
-from ..devices import resolve_device
 from ..errors import UnknownNameError
 
 __all__ = ["WeightsInfo", "BUNDLED_WEIGHTS", "WEIGHTS_DIR", "default_weights", "get_weights", "list_weights",
-           "load_model", "load_pretrained"]
+           "load_model", "load_basicsr_model"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # metasr_adapter/weights/ (data files)
 #: metadata of a weights file that MetaSR uses as its defaults (explicit arguments win)
@@ -165,27 +167,18 @@ def load_model(
     return model
 
 
-def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = None, device: Any = None,
-                    **metasr_kwargs: Any):
-    """A ready :class:`~metasr_adapter.adapt.metasr.MetaSR` with bundled weights ``name`` and the scale,
-    test-time schedule and loss they were meta-trained for.
+def load_basicsr_model(
+    options: Mapping[str, Any] | str | os.PathLike,
+    weights: str | os.PathLike,
+    *,
+    param_key: str = "params_ema",
+    strict: bool = True,
+) -> nn.Module:
+    """Build the network of a BasicSR options file (or ``network_g`` dict) and load ``weights``
+    (``param_key`` ``'params_ema'`` or ``'params'``, as BasicSR's ``path.param_key_g``); needs ``basicsr``
+    (see :mod:`metasr_adapter.integrations.basicsr`)."""
+    from ..integrations.basicsr import build_basicsr_network
+    from .weights import load_weights
 
-    ``name=None`` picks the bundled MZSR x2 weights for ``kernel_ds_method`` (``'direct'`` by default;
-    ``'bicubic'`` for g^b kernels). ``metasr_kwargs`` override the wrapper's settings.
-    """
-    from ..adapt.metasr import MetaSR
-
-    if name is None:
-        info = default_weights("mzsr", scale=2.0, ds_method=kernel_ds_method or "direct")
-        if info is None:
-            raise ValueError("this install ships no bundled weights; build MetaSR(load_model(arch, PATH), scale) instead")
-    else:
-        info = get_weights(name)
-    from .weights import read_metadata
-
-    model = load_model(info.arch, info.name)
-    if device is not None:
-        model = model.to(resolve_device(device))
-    kwargs = {"schedule": info.schedule, "loss": info.loss, "device": device,
-              "adapt_params": read_metadata(info.path).get("adapt_params"), **metasr_kwargs}
-    return MetaSR(model, info.scale, **kwargs)
+    net = build_basicsr_network(options)
+    return load_weights(net, weights, param_key=param_key, strict=strict)

@@ -4,7 +4,8 @@ Accepted forms (``read_weights``):
 
 * a TensorFlow V2 checkpoint: its prefix, ``.index`` or ``.data-*`` path, or a directory with one;
 * ``.npz`` arrays;
-* ``.safetensors`` files (no pickle; :func:`save_weights` puts the adapter metadata in the header);
+* ``.safetensors`` files (no pickle; :func:`save_weights` puts the adapter metadata and a checksum of the
+  tensors in the header; the checksum is verified on reading);
 * ``.pth`` / ``.pt`` PyTorch files, loaded with ``torch.load(weights_only=True)``: a plain state
   dict or a dict holding one under ``params_ema`` / ``params`` (BasicSR), ``state_dict`` or ``model``.
 
@@ -27,10 +28,11 @@ import torch
 from torch import nn
 
 from ..errors import UnknownNameError, UserTypeError
-from .atomic import atomic_save, atomic_write_bytes
+from ..atomic import atomic_save, atomic_write_bytes
 from .tf_checkpoint import is_tf_checkpoint, list_tf_checkpoint, read_tf_checkpoint
 
-__all__ = ["read_weights", "load_weights", "save_weights", "WeightsMismatchError", "ACCEPTED_FORMS"]
+__all__ = ["read_weights", "load_weights", "save_weights", "WeightsMismatchError", "WeightsCorruptedError",
+           "ACCEPTED_FORMS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 StateDict = dict[str, torch.Tensor]
@@ -42,8 +44,30 @@ _AUTO_KEYS = ("params_ema", "params", "state_dict", "model")
 _TORCH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt", ".tar")
 
 
+#: where :func:`save_weights` records the :func:`tensor_fingerprint` of the tensors it writes: a key of the
+#: safetensors header, a top-level entry of a ``.pth`` dict (beside 'params' and 'metadata')
+CHECKSUM_KEY = "metasr_checksum"
+
+
 class WeightsMismatchError(ValueError):
     """The weights do not fit the model: missing/unexpected keys or shape mismatches."""
+
+
+class WeightsCorruptedError(ValueError):
+    """A file written by :func:`save_weights` whose tensors no longer match the checksum recorded in it."""
+
+
+def _verify_checksum(path: Path, state: Mapping[str, torch.Tensor], recorded: Any) -> None:
+    """Compare the tensors read from ``path`` with the checksum ``save_weights`` recorded (None: a file
+    written elsewhere, or before checksums were recorded: nothing to check)."""
+    if recorded is None:
+        return
+    found = tensor_fingerprint(state)
+    if found != recorded:
+        raise WeightsCorruptedError(
+            f"{path} is corrupted: its tensors do not match the checksum recorded when metasr wrote it "
+            f"({str(recorded)[:20]}…, found {found[:20]}…); download it again, or re-train it (a training run's "
+            "--resume re-saves its weights from checkpoint.pt)")
 
 
 def _from_arrays(arrays: Mapping[str, np.ndarray]) -> StateDict:
@@ -132,17 +156,20 @@ def _safetensors_header(path: Path) -> dict[str, str]:
 def _read_safetensors(path: Path) -> StateDict:
     from safetensors.torch import load
 
-    _safetensors_header(path)  # the clear error for a damaged file
+    header = _safetensors_header(path)  # the clear error for a damaged file
     try:
         state = load(path.read_bytes())
     except Exception as e:
         raise ValueError(f"{path} is not a readable .safetensors file ({e}); it may be truncated") from e
+    _verify_checksum(path, state, header.get(CHECKSUM_KEY))
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def _read_torch(path: Path, param_key: str) -> StateDict:
     obj = _torch_load(path)
     state = _unwrap(obj, param_key, path)
+    if isinstance(obj, Mapping) and state is obj.get("params"):  # the layout save_weights writes
+        _verify_checksum(path, state, obj.get(CHECKSUM_KEY))
     return {(k[len("module."):] if k.startswith("module.") else k): v.detach() for k, v in state.items()}
 
 
@@ -256,6 +283,10 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
     schedule, loss, recipe, commit...): ``.safetensors`` (no pickle; the metadata as JSON in the
     header, key ``metasr_adapter``) or ``.pth``/``.pt`` (``{'params': ..., 'metadata': ...}``, loads with
     ``torch.load(weights_only=True)``). Both load with :func:`read_weights` / :func:`read_metadata`.
+
+    The file also records the :func:`tensor_fingerprint` of its tensors (``CHECKSUM_KEY``, outside the
+    metadata): :func:`read_weights` recomputes it and raises :class:`WeightsCorruptedError` when the file
+    was damaged since. Files without it (written elsewhere, or by older versions) load unchecked.
     """
     target = Path(os.fspath(path))
     if target.suffix.lower() not in (".pth", ".pt", ".safetensors"):
@@ -274,12 +305,13 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
             raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
         params[str(k)] = v.detach().cpu().clone()
     meta = {str(k): _check_metadata(v, repr(k)) for k, v in metadata.items()}
+    checksum = tensor_fingerprint(params)  # read_weights verifies it: a damaged file is refused, not used
     if target.suffix.lower() == ".safetensors":
         from safetensors.torch import save
 
-        header = {"metasr_adapter": json.dumps(meta, sort_keys=True), "format": "pt"}
+        header = {"metasr_adapter": json.dumps(meta, sort_keys=True), "format": "pt", CHECKSUM_KEY: checksum}
         return atomic_write_bytes(target, save({k: v.contiguous() for k, v in params.items()}, metadata=header))
-    return atomic_save({"params": params, "metadata": meta}, target)
+    return atomic_save({"params": params, "metadata": meta, CHECKSUM_KEY: checksum}, target)
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:
@@ -308,5 +340,6 @@ def tensor_fingerprint(model_or_state_dict: nn.Module | Mapping[str, torch.Tenso
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape: a 0-d tensor (e.g. a step counter) cannot be viewed as bytes; the bytes are the same
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "tensors:" + h.hexdigest()

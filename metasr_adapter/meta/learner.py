@@ -26,15 +26,15 @@ in the environment (before Python starts): spinning OpenMP threads otherwise cos
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
+from ..adapt.step import autograd_ready, functional_loss, grad_mode, select_parameters, sgd_step, sgd_update
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
 from ..precision import PRECISIONS, autocast
 
@@ -43,11 +43,9 @@ __all__ = [
     "MAMLConfig",
     "MetaLearner",
     "inner_adapt",
-    "functional_loss",
     "mzsr_loss_weights",
     "query_loss_weights",
     "combine_query_losses",
-    "select_parameters",
     "TFAdam",
     "l1_loss",
     "l2_loss",
@@ -177,6 +175,12 @@ class MAMLConfig:
       after the steps whose weight is not 0 (False; the others are reported as None). Under
       ``loss_weighting='last'`` False skips 4 of the 5 query forward passes (38 % of an MLSR
       meta-iteration's FLOPs on IDN); the meta-gradient is the same either way.
+    * ``learn_inner_lr``: meta-learn the inner learning rates with the weights, one per adapted parameter
+      tensor and inner step (MAML++'s LSLR), initialised at ``inner_lr``. They are kept as log α (always
+      > 0) and stepped by their own Adam at ``inner_lr_meta_lr``: at the weights' β (~1e-5) an α near 0.65
+      would hardly move in a CPU run. :meth:`MetaLearner.learned_inner_lrs` returns them; ``metasr train``
+      saves them in the weights' metadata, and :class:`~metasr_adapter.MetaSR` adapts with them by
+      default. Loop task batching with the functional backend only.
     * ``adam_variant``: ``'torch'`` = ``torch.optim.Adam`` (ε added to the bias-corrected sqrt(v̂));
       ``'tf'`` = :class:`TFAdam`, TF1's ``AdamOptimizer`` arithmetic (ε added to the raw sqrt(v), i.e. an
       effective ε/sqrt(1-β2^t): 31.6·ε at the first step). The two differ visibly only while many
@@ -200,6 +204,8 @@ class MAMLConfig:
     adam_variant: str = "torch"
     anneal_span: float = ANNEAL_SPAN
     log_query_losses: bool = True
+    learn_inner_lr: bool = False
+    inner_lr_meta_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         self.validate()
@@ -237,6 +243,13 @@ class MAMLConfig:
             raise ValueError(f"adam_eps={self.adam_eps!r}, adam_betas={self.adam_betas!r}: need eps >= 0 and two betas")
         if not self.anneal_span > 0:
             raise ValueError(f"anneal_span={self.anneal_span!r}: needs a number > 0")
+        if not isinstance(self.learn_inner_lr, bool):
+            raise TypeError(f"learn_inner_lr={self.learn_inner_lr!r}: needs True or False")
+        if not (isinstance(self.inner_lr_meta_lr, (int, float)) and self.inner_lr_meta_lr > 0):
+            raise ValueError(f"inner_lr_meta_lr={self.inner_lr_meta_lr!r}: needs a number > 0")
+        if self.learn_inner_lr and (self.backend, self.task_batching) != ("functional", "loop"):
+            raise ValueError(f"learn_inner_lr=True needs backend='functional' and task_batching='loop' (got "
+                             f"{self.backend!r}, {self.task_batching!r})")
 
     def inner_lrs(self) -> list[float]:
         """α for each inner step (length ``inner_steps``)."""
@@ -349,70 +362,45 @@ def combine_query_losses(query_losses: Tensor, weights: Tensor, reduction: str) 
 # --------------------------------------------------------------------------------------------
 
 
-def select_parameters(model: nn.Module, patterns: Sequence[str] | None, *, include_frozen: bool = False) -> list[str]:
-    """Names of the parameters that adapt: the trainable ones matching any fnmatch pattern (None = all
-    trainable). This one rule serves meta-training's inner steps and test-time adaptation alike.
-
-    ``include_frozen`` lets patterns also name ``requires_grad=False`` parameters (the caller asks for
-    them explicitly). A pattern that matches nothing raises ValueError listing the names.
-    """
-    names = [n for n, p in model.named_parameters() if p.requires_grad or include_frozen]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters (all requires_grad=False); "
-                         "pass adapt_params=['*'] to adapt them anyway")
-    if patterns is None:
-        return names
-    if isinstance(patterns, str):
-        raise TypeError(f"patterns={patterns!r}: needs a list of fnmatch patterns, e.g. [{patterns!r}]")
-    for pat in patterns:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise ValueError(f"adapt_params pattern {pat!r} matches no trainable parameter of "
-                             f"{type(model).__name__}; names are: {shown}")
-    return [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
-
-
-def functional_loss(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
-                    loss_fn: LossFn = l1_loss, precision: str = "fp32") -> Tensor:
-    """``loss_fn(model(x; params), y)``; under bf16 autocast the network runs in bf16, the loss in fp32."""
-    with autocast(precision, x.device.type):
-        out = functional_call(model, dict(params), (x,))
-    return loss_fn(out.to(y.dtype), y)
-
-
 def inner_adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, steps: int,
                 lr: float | Sequence[float], *, create_graph: bool, loss_fn: LossFn = l1_loss,
-                adapt: Sequence[str] | None = None, precision: str = "fp32",
-                return_losses: bool = False) -> list[dict[str, Tensor]] | tuple[list[dict[str, Tensor]], list[Tensor]]:
+                adapt: Sequence[str] | None = None, precision: str = "fp32", return_losses: bool = False,
+                param_lrs: Mapping[str, Tensor] | None = None,
+                ) -> list[dict[str, Tensor]] | tuple[list[dict[str, Tensor]], list[Tensor]]:
     """``steps`` SGD steps ``θ_{j+1} = θ_j - α_j ∇_θ loss_fn(model(x; θ_j), y)`` on the names in ``adapt``.
 
     ``params``: name → tensor (e.g. ``dict(model.named_parameters())``); names left out of the dict
     are taken from the module. ``lr``: one α or one per step. ``create_graph=True`` keeps the inner
     gradients differentiable (second order); ``False`` treats them as constants (first order) while the
-    returned weights still depend on ``params``. Returns the parameter dicts after steps 1..``steps``
-    (and, with ``return_losses``, the support losses at θ_0..θ_{steps-1}).
+    returned weights still depend on ``params``. ``param_lrs``: name → tensor ``[steps]`` of per-tensor rates
+    that replace ``lr`` for those names (learned rates: the result is differentiable in them). Returns the
+    parameter dicts after steps 1..``steps`` (and, with ``return_losses``, the support losses at
+    θ_0..θ_{steps-1}).
     """
     lrs = _per_step_lrs(lr, steps)
+    param_lrs = param_lrs or {}
     fast = dict(params)
     names = [n for n, p in fast.items() if p.is_floating_point()] if adapt is None else list(adapt)
     missing = [n for n in names if n not in fast]
     if missing:
         raise ValueError(f"adapt names {missing} are not in params; params has {sorted(fast)[:8]}...")
-    for n in names:  # e.g. detached weights at test time: gradients are still needed for the steps
-        if not fast[n].requires_grad:
-            fast[n] = fast[n].detach().requires_grad_(True)
+    with grad_mode():  # the steps need gradients, also under torch.no_grad() / torch.inference_mode()
+        x, y = autograd_ready(x), autograd_ready(y)
+        for n in names:  # e.g. detached weights at test time: gradients are still needed for the steps
+            if not fast[n].requires_grad:
+                fast[n] = autograd_ready(fast[n]).detach().requires_grad_(True)
     trajectory: list[dict[str, Tensor]] = []
     losses: list[Tensor] = []
-    with torch.enable_grad():  # the steps need gradients even when called under torch.no_grad()
-        for alpha in lrs:
-            loss = functional_loss(model, fast, x, y, loss_fn=loss_fn, precision=precision)
-            grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=create_graph, allow_unused=True)
-            fast = dict(fast)
-            for n, g in zip(names, grads):
-                if g is not None:  # a parameter the loss does not use keeps its value
-                    fast[n] = fast[n] - alpha * g
-            trajectory.append(fast)
-            losses.append(loss)
+
+    def support_loss(weights: dict[str, Tensor]) -> Tensor:
+        return functional_loss(model, weights, x, y, loss_fn=loss_fn)
+
+    for j, alpha in enumerate(lrs):
+        rate = (lambda n, j=j, alpha=alpha: param_lrs[n][j] if n in param_lrs else alpha) if param_lrs else alpha
+        fast, loss = sgd_step(fast, names, support_loss, rate, create_graph=create_graph, differentiable=True,
+                              precision=precision)
+        trajectory.append(fast)
+        losses.append(loss)
     return (trajectory, losses) if return_losses else trajectory
 
 
@@ -434,10 +422,11 @@ class _Backend:
         self.loss_fn = loss_fn
 
     def task_losses(self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor, lrs: list[float], *, first_order: bool,
-                    precision: str, need_graph: list[bool], skip: list[bool]) -> tuple[Tensor, Tensor]:
+                    precision: str, need_graph: list[bool], skip: list[bool],
+                    param_lrs: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Inputs ``[m, TB, C, H, W]``; returns support losses ``[m]`` and query losses ``[m, N]``.
         ``need_graph[j]``: step j's query loss enters the meta-objective; ``skip[j]``: it is not computed
-        at all (NaN in its column)."""
+        at all (NaN in its column). ``param_lrs``: learned per-tensor rates (loop backend only)."""
         raise NotImplementedError
 
 
@@ -446,12 +435,13 @@ class _LoopBackend(_Backend):
 
     chunk = 1
 
-    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip):
+    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip, param_lrs=None):
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         sup, qry = [], []
         for t in range(xa.shape[0]):
             traj, sl = inner_adapt(self.model, params, xa[t], ya[t], len(lrs), lrs, create_graph=not first_order,
-                                   loss_fn=self.loss_fn, adapt=self.adapt, precision=precision, return_losses=True)
+                                   loss_fn=self.loss_fn, adapt=self.adapt, precision=precision, return_losses=True,
+                                   param_lrs=param_lrs)
             q = []
             for fast, g, k in zip(traj, need_graph, skip):
                 if k:
@@ -470,7 +460,9 @@ class _VmapBackend(_Backend):
 
     chunk = None
 
-    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip):
+    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip, param_lrs=None):
+        if param_lrs:
+            raise ValueError("learned inner learning rates need the loop backend")  # MAMLConfig.validate says so first
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         adapted = {n: params[n] for n in self.adapt}
         fixed = {n: p for n, p in params.items() if n not in adapted}
@@ -489,7 +481,7 @@ class _VmapBackend(_Backend):
                     s0 = loss
                 if first_order:
                     g = {k: v.detach() for k, v in g.items()}
-                fast = {k: fast[k] - alpha * g[k] for k in fast}
+                fast = sgd_update(fast, g, alpha, differentiable=True)
                 if not skip_j:
                     qs.append(loss_at(fast, xq, yq))
             return s0, torch.stack(qs)
@@ -539,7 +531,9 @@ class _L2LBackend(_Backend):
             out = learner(x)
         return self.loss_fn(out.to(y.dtype), y)
 
-    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip):
+    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip, param_lrs=None):
+        if param_lrs:
+            raise ValueError("learned inner learning rates need the loop backend")  # MAMLConfig.validate says so first
         adapt = set(self.adapt)
         sup, qry = [], []
         for t in range(xa.shape[0]):
@@ -602,8 +596,15 @@ class MetaLearner:
         self.loss_fn = loss_fn = get_loss(loss_fn)
         self.adapt_names = select_parameters(model, self.config.adapt_params)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": self.params}]
+        #: learned inner rates as log α, [adapted tensors, inner steps] (``config.learn_inner_lr``)
+        self.log_inner_lr: nn.Parameter | None = None
+        if self.config.learn_inner_lr:
+            start = torch.tensor(self.config.inner_lrs(), dtype=self.params[0].dtype, device=self.params[0].device)
+            self.log_inner_lr = nn.Parameter(start.log().expand(len(self.adapt_names), -1).clone())
+            groups.append({"params": [self.log_inner_lr], "lr": self.config.inner_lr_meta_lr})
         adam = TFAdam if self.config.adam_variant == "tf" else torch.optim.Adam
-        self.optimizer = adam(self.params, lr=self.config.meta_lr, betas=tuple(self.config.adam_betas),
+        self.optimizer = adam(groups, lr=self.config.meta_lr, betas=tuple(self.config.adam_betas),
                               eps=self.config.adam_eps)
         self._backend = _make_backend(self.config, model, self.adapt_names, loss_fn)
         self._backend_key = (self.config.backend, self.config.task_batching, self.config.adam_variant)
@@ -643,12 +644,32 @@ class MetaLearner:
         for s in range(0, mb, size):
             yield slice(s, min(s + size, mb))
 
+    def _param_lrs(self) -> dict[str, Tensor] | None:
+        if self.log_inner_lr is None:
+            return None
+        rates = self.log_inner_lr.exp()
+        return {n: rates[i] for i, n in enumerate(self.adapt_names)}
+
     def _losses(self, tensors: tuple[Tensor, ...], sl: slice, weights: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config
         xa, ya, xb, yb = (t[sl] for t in tensors)
         need = [float(w) != 0.0 for w in weights]
         return self._backend.task_losses(xa, ya, xb, yb, cfg.inner_lrs(), first_order=cfg.first_order,
-                                         precision=cfg.precision, need_graph=need, skip=self._skipped(weights))
+                                         precision=cfg.precision, need_graph=need, skip=self._skipped(weights),
+                                         param_lrs=self._param_lrs())
+
+    @property
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """Everything the meta-optimiser steps: the network's trainable parameters, and the learned log α."""
+        return self.params + ([self.log_inner_lr] if self.log_inner_lr is not None else [])
+
+    def learned_inner_lrs(self) -> dict[str, list[float]] | None:
+        """The learned inner rates, adapted parameter name → one α per inner step (None without
+        ``learn_inner_lr``); ``metasr_adapter.adapt.schedules.PerParameterSchedule`` adapts with them."""
+        if self.log_inner_lr is None:
+            return None
+        rates = self.log_inner_lr.detach().exp().cpu().tolist()
+        return {n: rates[i] for i, n in enumerate(self.adapt_names)}
 
     # ---- public API
     def meta_loss(self, batch: TaskBatch, step: int = 0) -> tuple[Tensor, dict[str, Any]]:
@@ -687,7 +708,7 @@ class MetaLearner:
                 part.backward()
             sups.append(sup.detach())
             qrys.append(qry.detach())
-        ddp.all_reduce_grads(self.params)
+        ddp.all_reduce_grads(self.meta_parameters)
         sums = ddp.all_reduce_sum(torch.cat([torch.cat(sups).sum().view(1), torch.cat(qrys).sum(0)]))
         total = sums[1:] / mb
         return {"meta_loss": float(combine_query_losses(total, weights, reduction)),
@@ -711,18 +732,30 @@ class MetaLearner:
         self.optimizer.step()
         self.iteration += 1
         info["grad_norm"] = float(norm)
+        if self.log_inner_lr is not None:  # learned rates: their spread, for the log
+            rates = self.log_inner_lr.detach().exp()
+            info["inner_lr_min"], info["inner_lr_max"] = float(rates.min()), float(rates.max())
         return info
 
     def state_dict(self) -> dict[str, Any]:
         """Model weights, Adam state, the iteration counter and the config (for reference)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "iteration": self.iteration, "config": asdict(self.config)}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "iteration": self.iteration, "config": asdict(self.config)}
+        if self.log_inner_lr is not None:
+            state["log_inner_lr"] = self.log_inner_lr.detach().clone()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (model, Adam state, iteration counter)."""
         missing = [k for k in ("model", "optimizer") if k not in state]
         if missing:
             raise KeyError(f"MetaLearner state is missing {missing}; expected the output of MetaLearner.state_dict()")
+        if (self.log_inner_lr is not None) != ("log_inner_lr" in state):
+            raise ValueError("the MetaLearner state was saved with learn_inner_lr="
+                             f"{'log_inner_lr' in state} but this learner has learn_inner_lr={self.log_inner_lr is not None}")
         self.model.load_state_dict(state["model"])
+        if self.log_inner_lr is not None:
+            with torch.no_grad():
+                self.log_inner_lr.copy_(state["log_inner_lr"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state.get("iteration", 0))

@@ -225,7 +225,7 @@ class PatchPool:
         self._lr = np.ascontiguousarray(np.stack(lr_all)) if self.lr_scale is not None else None
         self._origin = np.asarray(origin, dtype=np.int64)
         if cache is not None:
-            from ..io.atomic import atomic_write
+            from ..atomic import atomic_write
 
             arrays = {"hr": self._hr, "origin": self._origin}
             if self._lr is not None:
@@ -311,7 +311,7 @@ def _check_sampler_args(pool: Any, meta_batch: int, task_batch: int, ds_method: 
 class TaskSampler:
     """MZSR meta-batches (SPEC §3b) from a :class:`PatchPool`.
 
-    Per task: a scale from ``scales``; one kernel ``random_kernel(k1=k1_factor·scale, kernel_size)``;
+    Per task: a scale from ``scales``; one kernel ``random_kernel(k1=k1_factor·scale, kernel_size, k0=min_var)``;
     ``2·task_batch`` HR patches; LR = blur + ``ds_method`` subsampling; ``+ noise_std·randn`` (drawn
     even when 0, like the official code) and clip to [0, 1]; network input = bicubic upsampling of
     the LR back to the HR size when ``upsample_input`` (pre-upsampling networks such as MZSR), else
@@ -338,6 +338,7 @@ class TaskSampler:
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         stream: int = 0,
+        min_var: float = 1.0,
     ) -> None:
         _check_sampler_args(pool, meta_batch, task_batch, ds_method)
         scales = [float(s) for s in scales]
@@ -351,6 +352,9 @@ class TaskSampler:
         self.scales = scales
         self.kernel_size = int(kernel_size)
         self.k1_factor = float(k1_factor)
+        self.min_var = float(min_var)  # the smallest kernel variance (SPEC §3c: 1)
+        if not 0 < self.min_var <= self.k1_factor * min(scales):
+            raise ValueError(f"min_var={min_var} must be > 0 and at most k1_factor·scale = {self.k1_factor * min(scales)}")
         self.ds_method = ds_method
         self.noise_std = float(noise_std)
         self.upsample_input = bool(upsample_input)
@@ -370,7 +374,7 @@ class TaskSampler:
         for _ in range(mb):
             s = float(rng.choice(self.scales))
             scales.append(s)
-            kernels.append(random_kernel(self.k1_factor * s, self.kernel_size, rng))
+            kernels.append(random_kernel(self.k1_factor * s, self.kernel_size, rng, k0=self.min_var))
             lh = int(math.ceil(ps * (1.0 / s)))  # LR size as the official fix_scale_and_size computes it
             for _ in range(2 * tb):
                 noise.append(rng.randn(lh, lh, 3))
@@ -457,6 +461,7 @@ class MLSRTaskSampler(TaskSampler):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         family: Any = None,
+        min_var: float = 1.0,
     ) -> None:
         from ..ops.degradation_spec import PhotoDegradations
 
@@ -475,6 +480,9 @@ class MLSRTaskSampler(TaskSampler):
         self.meta_batch, self.task_batch = int(meta_batch), int(task_batch)
         self.scale, self.kernel = s, kernel
         self.kernel_size, self.k1_factor, self.ds_method = int(kernel_size), float(k1_factor), ds_method
+        self.min_var = float(min_var)
+        if not 0 < self.min_var <= self.k1_factor * s:
+            raise ValueError(f"min_var={min_var} must be > 0 and at most k1_factor·scale = {self.k1_factor * s}")
         self.upsample_input = bool(upsample_input)
         self.seed = int(seed)
         self.dtype = dtype
@@ -514,7 +522,8 @@ class MLSRTaskSampler(TaskSampler):
             out.update({k: v.reshape(mb, tb, *v.shape[1:]) for k, v in pairs.items()})
             return {k: v.contiguous() for k, v in out.items()}
         if self.kernel == "random":
-            ks = np.stack([random_kernel(self.k1_factor * self.scale, self.kernel_size, rng) for _ in range(mb)])
+            ks = np.stack([random_kernel(self.k1_factor * self.scale, self.kernel_size, rng, k0=self.min_var)
+                           for _ in range(mb)])
             ktens = torch.from_numpy(ks).to(self.dtype)
             per_sample = ktens.repeat_interleave(tb, dim=0)
             out["kernels"] = ktens

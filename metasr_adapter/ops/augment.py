@@ -20,6 +20,8 @@ from torch import Tensor, nn
 __all__ = [
     "DIHEDRAL_MODES",
     "AXIS_PRESERVING_MODES",
+    "GRID_SAFE_DIRECT_MODES",
+    "ensemble_modes",
     "REDUCTIONS",
     "dihedral",
     "inverse_dihedral",
@@ -36,6 +38,10 @@ DIHEDRAL_MODES: tuple[int, ...] = tuple(range(8))
 #: the four modes that keep H and W in place (0°, 180°, and their flips): safe when the
 #: two axes are scaled differently
 AXIS_PRESERVING_MODES: tuple[int, ...] = (0, 1, 4, 5)
+#: the modes that commute with direct subsampling (keep pixel (0, 0) of each s×s block where it is):
+#: the identity and the transpose (mode 3: a quarter turn, then an up-down flip). Every other mode flips
+#: an axis, which moves a directly subsampled image by s-1 HR pixels against its HR image
+GRID_SAFE_DIRECT_MODES: tuple[int, ...] = (0, 3)
 
 REDUCTIONS = ("median", "median_lower", "mean")
 
@@ -87,6 +93,14 @@ def median_reduce(stack: Tensor, dim: int = 0, *, lower: bool = False) -> Tensor
     if n % 2 == 1 or lower:
         return ordered.select(dim, (n - 1) // 2)
     return 0.5 * (ordered.select(dim, n // 2 - 1) + ordered.select(dim, n // 2))
+
+
+def ensemble_modes(ds_method: str, isotropic: bool = True) -> tuple[int, ...]:
+    """The dihedral modes a self-ensemble may use for LR images made with subsampling ``ds_method``
+    (``'direct'``, ``'centred'``, ``'bicubic'``): all 8 on symmetric grids, only those of
+    :data:`GRID_SAFE_DIRECT_MODES` on the direct grid; without ``isotropic`` scaling, none that swap axes."""
+    modes = GRID_SAFE_DIRECT_MODES if ds_method == "direct" else DIHEDRAL_MODES
+    return tuple(m for m in modes if isotropic or m in AXIS_PRESERVING_MODES)
 
 
 def geometric_self_ensemble(

@@ -10,8 +10,10 @@ float64 numpy code to round-off.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Any, Sequence, Union
+import threading
+from collections import OrderedDict
+from functools import update_wrapper
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
@@ -39,6 +41,85 @@ Scale = Union[float, Sequence[float]]
 # ----------------------------------------------------------------------------------------------
 # geometry (float64 numpy, cached)
 # ----------------------------------------------------------------------------------------------
+class CacheInfo(NamedTuple):
+    """Counters of a :func:`_bounded_cache`: ``functools.lru_cache``'s four and the bytes held."""
+
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+    nbytes: int
+    max_bytes: int
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes held by a cached value: numpy arrays and tensors, alone or in a tuple."""
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    return 0
+
+
+def _bounded_cache(maxsize: int, max_bytes: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A least-recently-used cache bounded by entry count *and* by the bytes of the arrays it holds.
+
+    ``functools.lru_cache`` bounds only the count, and one resampling matrix of a photo-sized axis is
+    up to 16 MB: a folder of photos of different sizes filled the caches with hundreds of MB. Here the
+    oldest entries go as soon as either bound is passed; the newest one always stays, so a single
+    result larger than ``max_bytes`` is still reused by the next call with the same geometry.
+    ``cache_info()`` / ``cache_clear()`` work as for ``lru_cache``."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        entries: OrderedDict[tuple, Any] = OrderedDict()
+        sizes: dict[tuple, int] = {}
+        lock = threading.Lock()
+        counts = {"hits": 0, "misses": 0, "bytes": 0}
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = args + (_KEYWORDS, *sorted(kwargs.items())) if kwargs else args
+            with lock:
+                if key in entries:
+                    entries.move_to_end(key)
+                    counts["hits"] += 1
+                    return entries[key]
+                counts["misses"] += 1
+            value = fn(*args, **kwargs)  # outside the lock: another thread may compute the same entry, harmlessly
+            size = _nbytes(value)
+            with lock:
+                if key not in entries:
+                    entries[key] = value
+                    sizes[key] = size
+                    counts["bytes"] += size
+                while len(entries) > 1 and (len(entries) > maxsize or counts["bytes"] > max_bytes):
+                    old, _ = entries.popitem(last=False)
+                    counts["bytes"] -= sizes.pop(old)
+            return value
+
+        def cache_info() -> CacheInfo:
+            with lock:
+                return CacheInfo(counts["hits"], counts["misses"], maxsize, len(entries), counts["bytes"], max_bytes)
+
+        def cache_clear() -> None:
+            with lock:
+                entries.clear()
+                sizes.clear()
+                counts.update(hits=0, misses=0, bytes=0)
+
+        update_wrapper(wrapper, fn)
+        wrapper.cache_info = cache_info  # type: ignore[attr-defined]
+        wrapper.cache_clear = cache_clear  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+_MB = 1 << 20
+_KEYWORDS = object()  # separates positional from keyword arguments in a cache key
+
+
 def cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with a = -0.5 (MATLAB's 'bicubic')."""
     ax = np.abs(x)
@@ -78,7 +159,7 @@ def _raw_weights(in_len: int, out_len: int, scale: float, antialiasing: bool) ->
     return weights, indices.astype(np.int64) - 1
 
 
-@lru_cache(maxsize=256)
+@_bounded_cache(maxsize=256, max_bytes=16 * _MB)
 def resample_weights(
     in_len: int, out_len: int, scale: float, antialiasing: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +175,7 @@ def resample_weights(
     return weights, indices
 
 
-@lru_cache(maxsize=256)
+@_bounded_cache(maxsize=256, max_bytes=4 * _MB)
 def direct_indices(in_len: int, out_len: int, scale: float) -> np.ndarray:
     """SPEC §2b: ``round(linspace(0, in_len - scale, out_len))`` with numpy's half-to-even rounding.
 
@@ -111,7 +192,7 @@ def direct_indices(in_len: int, out_len: int, scale: float) -> np.ndarray:
 DENSE_MAX_ENTRIES = 1 << 21
 
 
-@lru_cache(maxsize=64)
+@_bounded_cache(maxsize=64, max_bytes=32 * _MB)  # float64: only the source of _torch_matrix
 def _dense_matrix(in_len: int, out_len: int, scale: float, antialiasing: bool) -> np.ndarray:
     weights, indices = resample_weights(in_len, out_len, scale, antialiasing)
     mat = np.zeros((out_len, in_len))
@@ -121,7 +202,7 @@ def _dense_matrix(in_len: int, out_len: int, scale: float, antialiasing: bool) -
     return mat
 
 
-@lru_cache(maxsize=32)
+@_bounded_cache(maxsize=32, max_bytes=64 * _MB)  # the working set of a few photo sizes
 def _torch_matrix(
     in_len: int, out_len: int, scale: float, antialiasing: bool, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
@@ -129,7 +210,7 @@ def _torch_matrix(
         return torch.tensor(_dense_matrix(in_len, out_len, scale, antialiasing), dtype=dtype, device=device)
 
 
-@lru_cache(maxsize=32)
+@_bounded_cache(maxsize=32, max_bytes=32 * _MB)
 def _torch_taps(
     in_len: int, out_len: int, scale: float, antialiasing: bool, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -142,13 +223,13 @@ def _torch_taps(
         )
 
 
-@lru_cache(maxsize=512)
+@_bounded_cache(maxsize=512, max_bytes=4 * _MB)
 def _direct_index_t(in_len: int, out_len: int, scale: float, device: torch.device) -> Tensor:
     with torch.inference_mode(False):
         return torch.tensor(direct_indices(in_len, out_len, scale), dtype=torch.long, device=device)
 
 
-@lru_cache(maxsize=512)
+@_bounded_cache(maxsize=512, max_bytes=4 * _MB)
 def _pad_index_t(n: int, before: int, after: int, device: torch.device) -> Tensor:
     """Gather indices that pad a length-``n`` axis half-sample symmetrically by (before, after)."""
     with torch.inference_mode(False):

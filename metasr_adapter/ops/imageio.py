@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..io.atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 __all__ = ["read_image", "write_image", "modcrop", "list_images", "to_tensor", "ImageFormat", "IMAGE_EXTENSIONS"]
 

@@ -90,15 +90,16 @@ def _uniform_draw(rng: Any) -> float:
     return float(rng.random_sample())
 
 
-def random_kernel(k1: float, ksize: int = 15, rng: Any = None) -> np.ndarray:
+def random_kernel(k1: float, ksize: int = 15, rng: Any = None, *, k0: float = 1.0) -> np.ndarray:
     """MZSR's ``generate_kernel(k1, ksize)``: a random anisotropic Gaussian (SPEC §3c).
 
-    Draw order: ``theta = π·U``, ``l1 = 1 + (k1-1)·U``, ``l2 = 1 + (l1-1)·U`` (so ``l2 ≤ l1``).
+    Draw order: ``theta = π·U``, ``l1 = k0 + (k1-k0)·U``, ``l2 = k0 + (l1-k0)·U`` (so ``l2 ≤ l1``).
     ``rng``: ``None`` (numpy's global legacy state, like the official code), an int seed,
-    a ``np.random.RandomState`` or a ``np.random.Generator``. For x2 the official ``k1`` is 5.0.
+    a ``np.random.RandomState`` or a ``np.random.Generator``. For x2 the official ``k1`` is 5.0 and
+    ``k0`` (the smallest variance) is 1; ``k0 = 0.2`` also draws sharp kernels such as g^d_0.2.
     """
-    if not k1 >= 1:
-        raise ValueError(f"k1 is the largest variance and must be >= 1 (5.0 for x2); got {k1}")
+    if not 0 < k0 <= k1:
+        raise ValueError(f"k0={k0}, k1={k1}: the variances need 0 < k0 <= k1 (official x2: k0 = 1, k1 = 5)")
     if rng is None:
         rng = np.random.mtrand._rand
     elif isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
@@ -106,8 +107,8 @@ def random_kernel(k1: float, ksize: int = 15, rng: Any = None) -> np.ndarray:
     elif not isinstance(rng, (np.random.RandomState, np.random.Generator)):
         raise TypeError(f"rng must be None, an int seed, a RandomState or a Generator; got {type(rng).__name__}")
     theta = math.pi * _uniform_draw(rng)
-    l1 = 1.0 + (k1 - 1.0) * _uniform_draw(rng)
-    l2 = 1.0 + (l1 - 1.0) * _uniform_draw(rng)
+    l1 = k0 + (k1 - k0) * _uniform_draw(rng)
+    l2 = k0 + (l1 - k0) * _uniform_draw(rng)
     return anisotropic_gaussian(ksize, theta, l1, l2)
 
 

@@ -1,1 +1,2 @@
-"""End-to-end paths built from the layers below (adaptation, estimation, degradations): the photo path."""
+"""End-to-end paths built from the layers below (adaptation, estimation, degradations, ZSSR): the photo path
+(:mod:`.photo`) and folder evaluation (:mod:`.evaluate`)."""

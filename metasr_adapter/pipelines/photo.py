@@ -27,10 +27,16 @@ from ..estimate.degradation import DegradationEstimate, estimate_degradation
 from ..ops.degradation_spec import DegradationSpec
 from ..ops.imageio import to_tensor
 
-__all__ = ["PHOTO_WEIGHTS", "PHOTO_STEPS", "PhotoInfo", "upscale_photo", "load_photo_model"]
+__all__ = ["PHOTO_WEIGHTS", "GRID_SPECIALISTS", "PHOTO_STEPS", "PhotoInfo", "upscale_photo", "load_photo_model",
+           "load_grid_specialists"]
 
 #: bundled weights of the photo path, best first (the first one installed is used)
 PHOTO_WEIGHTS = ("idn_x2_photo", "idn_x2_bicubic")
+#: bundled weights trained for one sampling grid alone: when the estimate finds that a photo was made on
+#: that grid with no extra blur (a plain resize), the network trained for exactly that degradation is used.
+#: Measured on BSD100 (benchmarks/real_photos.py), idn_x2_bicubic beats the photo weights by ~1 dB on plain
+#: bicubic resizes, and the photo weights win on blurred or noisy ones.
+GRID_SPECIALISTS = {"bicubic": "idn_x2_bicubic"}
 #: adaptation steps of the photo path
 PHOTO_STEPS = 5
 #: LR pixels per adaptation step (a random crop of the training region above it)
@@ -58,9 +64,11 @@ class PhotoInfo:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     precision: str = "fp32"
+    #: why a grid specialist replaced the photo weights (None: it did not)
+    routed: str | None = None
 
     def summary_lines(self) -> list[str]:
-        lines = [f"weights: {self.weights} ({self.precision})"]
+        lines = [f"weights: {self.weights} ({self.precision})" + (f": {self.routed}" if self.routed else "")]
         if self.estimate is not None:
             lines.append(f"degradation: {self.estimate.summary()}")
         lines.append(f"choice: {self.choice} ({self.reason})")
@@ -71,13 +79,14 @@ class PhotoInfo:
                 "steps": self.steps, "choice": self.choice, "reason": self.reason,
                 "heldout_loss_plain": self.heldout_loss_plain, "heldout_loss_adapted": self.heldout_loss_adapted,
                 "holdout_band": self.holdout_band, "losses": self.losses, "seconds": self.seconds,
-                "precision": self.precision}
+                "precision": self.precision, "routed": self.routed}
 
 
 def load_photo_model(weights: str | None = None, *, device: Any = None, precision: str = "fp32") -> tuple[MetaSR, str]:
     """The photo path's :class:`MetaSR` (bundled ``weights``, default: the first of :data:`PHOTO_WEIGHTS`
     that is installed), with the adaptation budget of the photo path; and the weights' name."""
-    from ..io.pretrained import BUNDLED_WEIGHTS, load_pretrained
+    from ..adapt.metasr import load_pretrained
+    from ..io.pretrained import BUNDLED_WEIGHTS
 
     if weights is None:
         weights = next((w for w in PHOTO_WEIGHTS if w in BUNDLED_WEIGHTS), None)
@@ -86,6 +95,14 @@ def load_photo_model(weights: str | None = None, *, device: Any = None, precisio
                              "or pass your own MetaSR")
     msr = load_pretrained(weights, device=device, precision=precision, max_pixels=PHOTO_MAX_PIXELS, tile=512)
     return msr, weights
+
+
+def load_grid_specialists(*, device: Any = None, precision: str = "fp32") -> dict[str, tuple[MetaSR, str]]:
+    """The installed :data:`GRID_SPECIALISTS`, grid → (MetaSR, weights name), ready for ``upscale_photo``."""
+    from ..io.pretrained import BUNDLED_WEIGHTS
+
+    return {grid: load_photo_model(name, device=device, precision=precision)
+            for grid, name in GRID_SPECIALISTS.items() if name in BUNDLED_WEIGHTS}
 
 
 def _bands(h: int, w: int) -> dict[str, tuple[slice, slice]]:
@@ -118,6 +135,7 @@ def upscale_photo(
     weights_name: str | None = None,
     margin: float = MARGIN,
     seed: int = 0,
+    specialists: dict[str, tuple[MetaSR, str]] | None = None,
     callback: Callable[[AdaptStep], None] | None = None,
     return_info: bool = False,
 ):
@@ -133,6 +151,9 @@ def upscale_photo(
         grid: the sampling grid assumed by the estimate: ``'centred'`` (photos) or ``'direct'``.
         margin: relative held-out improvement the adapted weights need to be used.
         seed: crops and noise draws.
+        specialists: grid → (MetaSR, name) of networks trained for that grid alone, used instead of ``msr``
+            when the estimate finds a plain resize on that grid (default: :func:`load_grid_specialists` when
+            ``msr`` is None, none when a ``msr`` is given).
         callback: called after every adaptation step.
         return_info: also return a :class:`PhotoInfo`.
 
@@ -145,6 +166,8 @@ def upscale_photo(
     t0 = time.perf_counter()
     if msr is None:
         msr, weights_name = load_photo_model()
+        if specialists is None:
+            specialists = load_grid_specialists(device=msr.device, precision=msr.precision)
     info = PhotoInfo(weights=weights_name or type(msr.model).__name__, estimate=None, steps=steps,
                      precision=msr.precision)
     x, _, _ = to_tensor(lr_img, channels=msr.in_channels, dtype=msr.dtype, device=msr.device)
@@ -152,6 +175,11 @@ def upscale_photo(
     if degradation is None:
         info.estimate = estimate_degradation(lr_img, msr, jpeg_quality=jpeg_quality, grid=grid, seed=seed)
         degradation = info.estimate.spec
+        plain_resize = degradation.kernel.kernel is None  # no blur beyond the grid's own filter
+        if specialists and plain_resize and degradation.grid in specialists:
+            msr, name = specialists[degradation.grid]
+            info.weights, info.precision = name, msr.precision
+            info.routed = f"the estimate is a plain {degradation.grid} resize, the degradation {name} was trained for"
     full = msr.start(lr_img, degradation, seed=seed)
     if steps == 0 or min(h, w) < MIN_ADAPT_SIDE:
         info.reason = "no adaptation asked (steps=0)" if steps == 0 else \

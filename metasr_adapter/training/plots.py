@@ -67,7 +67,7 @@ def psnr_vs_steps(
 
 def _save(fig, ax, path: str | os.PathLike, title: str | None, *, legend_loc: str, legend_size: int) -> Path:
     """Grid, legend and title on ``ax``, then the figure written atomically as a PNG; returns its path."""
-    from ..io.atomic import atomic_write
+    from ..atomic import atomic_write
 
     ax.grid(True, alpha=0.3)
     ax.legend(loc=legend_loc, fontsize=legend_size)

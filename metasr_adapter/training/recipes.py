@@ -98,6 +98,8 @@ SCHEMA: dict[str, Any] = {
         "scales": Key([2.0], (list,), "SCALE_LIST: one scale drawn per task (SPEC §3b)", list_of=float, minimum=1),
         "kernel_size": Key(15, (int,), "random kernel size (SPEC §3c: 15 at every scale)", minimum=1),
         "kernel_k1_factor": Key(2.5, _NUM, "k1 = factor * scale: the largest variance (SPEC §3b/§3c: 2.5)", minimum=0, exclusive=True),
+        "kernel_min_var": Key(1.0, _NUM, "the smallest variance of the random kernels (SPEC §3c: 1; 0.2 also "
+                              "draws sharp kernels such as g^d_0.2)", minimum=0, exclusive=True),
         "ds_method": Key("direct", (str,), "subsampling after the blur (SPEC §2b)", choices=DS_METHODS),
         "noise_std": Key(0.0, _NUM, "std of Gaussian noise added to the LR (SPEC §3b: 0.0)", minimum=0),
         "num_workers": Key(1, (int,), "DataLoader worker processes generating tasks (0 = in the training process)", minimum=0),
@@ -163,6 +165,10 @@ SCHEMA: dict[str, Any] = {
         "log_query_losses": Key(True, (bool,), "log the query loss after every inner step (false: only the "
                                 "steps that enter the meta-loss are computed, the rest logged as null; under "
                                 "loss_weighting 'last' that skips 4 of 5 query forward passes)"),
+        "learn_inner_lr": Key(False, (bool,), "meta-learn one inner learning rate per adapted tensor and inner step "
+                              "(MAML++ LSLR), starting at inner_lr; saved in the weights, used by adapt (SPEC: false)"),
+        "inner_lr_meta_lr": Key(1e-3, _NUM, "Adam learning rate of the learned inner rates (kept as log α); unused "
+                                "unless learn_inner_lr", minimum=0, exclusive=True),
     },
     "eval": {
         "gt_dir": Key(None, (str,), "HR ground-truth folder (null = skip evaluation and the plot)",

@@ -18,7 +18,6 @@ function of ``(seed, step)`` and the checkpoint holds the model, optimiser and R
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 from .. import distributed as ddp
-from ..io.atomic import atomic_write_text, load_checked, save_checked
+from ..atomic import atomic_write_text, load_checked, save_checked
 from .recipes import dump_recipe, load_recipe, recipe_diff, recipe_hash, validate_recipe
 
 __all__ = [
@@ -45,8 +44,6 @@ __all__ = [
     "PLOT_NAME",
     "run_training",
     "build_model",
-    "add_train_arguments",
-    "run_train_cli",
     "MetricsLog",
 ]
 
@@ -62,6 +59,13 @@ _CHECKPOINT_FORMAT = 1
 #: testing hook: "STAGE:STEP" makes the process SIGKILL itself right after completing that step
 #: (after that step's checkpoint, if any); "STAGE:STEP:raise" raises instead
 KILL_ENV = "METASR_TRAIN_KILL_AFTER"
+#: a probe (or the final evaluation) this many dB below the run's reference — its first probe, or the
+#: starting weights' evaluation — is reported as a collapse; best PSNR over the step counts both measured
+COLLAPSE_DB = 3.0
+#: ... and so is a final evaluation this many dB below bicubic interpolation (a reference every run has)
+COLLAPSE_BICUBIC_DB = 10.0
+#: the exit status of ``metasr train`` whose final weights collapsed (unless --allow-collapse)
+COLLAPSE_EXIT = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,26 +80,11 @@ def _device(name: str) -> torch.device:
 def environment_info() -> dict[str, Any]:
     """Where code runs: the git commit of this package (when it is a checkout), CPU, threads, torch."""
     import platform
-    import subprocess
 
-    root = Path(__file__).resolve().parents[2]  # the checkout holding metasr_adapter/
-    commit, dirty = None, None
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip() or None
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-        dirty = bool(status.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from ..provenance import cpu_model, source_commit
+
+    commit, dirty = source_commit()
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"commit": commit, "dirty": dirty, "cpu": cpu, "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__,
@@ -273,6 +262,85 @@ def _maybe_kill(stage: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _fmt_rate(value: Any, factor: float = 1.0) -> str:
+    """A learning rate (or a list of them, e.g. per-step inner rates) as YAML for ``--set``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(f"{float(v) * factor:g}" for v in value) + "]"
+    return f"{float(value) * factor:g}"
+
+
+def _rate_hint(recipe: Mapping[str, Any], stage: str, first: str | None = None) -> str:
+    """The recipe keys that set ``stage``'s step sizes with their values, ``first`` (the most likely
+    culprit) leading, and the ``--set`` that lowers it tenfold."""
+    if stage == "pretrain":
+        keys = {"pretrain.lr": recipe["pretrain"]["lr"]}
+    else:
+        m = recipe["meta"]
+        keys = {"meta.meta_lr": m["meta_lr"], "meta.inner_lr": m["inner_lr"]}
+        if m.get("learn_inner_lr"):
+            keys["meta.inner_lr_meta_lr"] = m.get("inner_lr_meta_lr")
+    first = first if first in keys else next(iter(keys))
+    others = [f"{k} = {_fmt_rate(v)}" for k, v in keys.items() if k != first and v is not None]
+    text = f"most likely {first} = {_fmt_rate(keys[first])} is too large"
+    if others:
+        text += f" (also check {', '.join(others)})"
+    return f"{text}; lower it, e.g. --set {first}={_fmt_rate(keys[first], 0.1)}"
+
+
+def _finite_step(info: Mapping[str, Any]) -> bool:
+    """Whether a step's logged losses are finite (None: a loss that was not computed)."""
+    values: list[Any] = []
+    for key in ("loss", "meta_loss", "support_loss", "query_losses"):
+        v = info.get(key)
+        values.extend(v if isinstance(v, (list, tuple)) else [v])
+    return all(v is None or math.isfinite(float(v)) for v in values)
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    with torch.no_grad():
+        flags = [torch.isfinite(p).all() for p in model.parameters()]
+        return bool(torch.stack(flags).all()) if flags else True
+
+
+def _divergence_message(recipe: Mapping[str, Any], stage: str, step: int, info: Mapping[str, Any],
+                        cause: str | None = None) -> str:
+    """Why ``stage`` stopped at ``step`` (1-based, as in the metrics log) with non-finite numbers, naming
+    the recipe key that most likely caused it and the ``--set`` that fixes it."""
+    shown = ", ".join(f"{k} {float(info[k]):.4g}" for k in ("loss", "support_loss", "meta_loss")
+                      if isinstance(info.get(k), (int, float)))
+    what = shown or cause or "non-finite weights"
+    if stage == "pretrain":
+        return f"pretraining diverged at step {step} ({what}): {_rate_hint(recipe, 'pretrain')}"
+    support = info.get("support_loss")
+    finite_support = isinstance(support, (int, float)) and math.isfinite(support)
+    if not info:  # the step itself raised
+        how, first = cause or "a non-finite value", "meta.inner_lr"
+    elif finite_support and (support <= 1.0 or step == 1):
+        # the weights still fit the support images (an image loss of working weights is well below 1):
+        # the inner adaptation steps blew up
+        how, first = "the inner adaptation steps diverged", "meta.inner_lr"
+    elif step == 1 and not finite_support:
+        w = recipe["model"]["weights"]
+        return (f"meta-training stopped at meta-iteration 1 ({what}): the starting weights give a non-finite loss "
+                f"before any meta-update; check model.weights = {w}" if w is not None else
+                f"meta-training stopped at meta-iteration 1 ({what}): the starting weights give a non-finite loss "
+                f"before any meta-update; check the pretraining ({_rate_hint(recipe, 'pretrain')})")
+    elif support is not None:
+        # the weights were broken before this iteration's inner steps: the meta-updates did it
+        how, first = "the earlier meta-updates broke the weights", "meta.meta_lr"
+    else:
+        how, first = "the meta-update made the weights non-finite", "meta.meta_lr"
+    return f"meta-training diverged at meta-iteration {step} ({what}; {how}): {_rate_hint(recipe, 'meta', first)}"
+
+
+def _psnr_drop(current: Mapping[str, Any], reference: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``(best current, best reference)`` mean PSNR over the adaptation step counts both measured."""
+    common = [k for k in current if str(k).isdigit() and k in reference]
+    if not common:
+        return None
+    return max(float(current[k]) for k in common), max(float(reference[k]) for k in common)
+
+
 # ----------------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------------
@@ -283,6 +351,8 @@ class _Run:
         self.resume = resume
         self.ckpt_path = out_dir / CHECKPOINT_NAME
         self.main = ddp.is_main()  # rank 0 (or the only process) writes every file
+        self._parent_fingerprint: str | None = None  # tensors a fine-tuning run started from
+        self._learner: Any = None  # the meta stage's MetaLearner (learned inner rates)
         self.log = MetricsLog(out_dir / METRICS_NAME, enabled=self.main)
         self.hash = recipe_hash(recipe)
         self.device = _device(recipe["device"])
@@ -294,6 +364,8 @@ class _Run:
         # the meta-learner's and sampler's state at the end of the meta stage, kept in the 'eval' and 'done'
         # checkpoints so that a finished run can be extended exactly (--resume with more meta.iterations)
         self.meta_state: dict[str, Any] | None = None
+        self._first_probe: tuple[str, int, dict[str, float]] | None = None  # the collapse checks' reference
+        self.collapse: str | None = None  # the final evaluation's collapse message (None: not collapsed)
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, stage: str, step: int, extra: Mapping[str, Any] | None = None, elapsed: float = 0.0) -> Path:
@@ -422,7 +494,7 @@ class _Run:
             for step in range(start, total):
                 batch = next(batches)
                 in_step = True
-                info = step_fn(batch, step)
+                info = self._checked_step(stage, step_fn, batch, step)
                 done = step + 1
                 in_step = False
                 if done % log_every == 0 or done == total:
@@ -432,7 +504,9 @@ class _Run:
                 if probe_every > 0 and self.main and (done % probe_every == 0 or done == total):
                     p0 = time.perf_counter()
                     secs = p0 - t0
-                    self.log.write({"stage": stage, "step": done, "probe": self._probe(),
+                    probe = self._probe()
+                    flag = self._probe_collapse(stage, done, probe)  # {"collapse": why}, or {}
+                    self.log.write({"stage": stage, "step": done, "probe": probe, **flag,
                                     "run_seconds": round(before + secs, 3), "threads": threads, "time": time.time()})
                     t0 += time.perf_counter() - p0  # probe time is not training time
                 bar.update(1)
@@ -463,10 +537,90 @@ class _Run:
             raise TrainingInterrupted(stage, done, self.ckpt_path, self.stop.requested)
         self.stage_seconds[stage] = time.perf_counter() - t0
 
+    def _checked_step(self, stage: str, step_fn: Any, batch: Any, step: int) -> dict[str, Any]:
+        """``step_fn`` with non-finite losses or weights stopped at once, with the recipe key to change
+        (before: NaN weights trained on, and the evaluation blamed its own adaptation rate)."""
+        try:
+            info = step_fn(batch, step)
+        except FloatingPointError as exc:
+            why = _divergence_message(self.recipe, stage, step + 1, {}, "a non-finite loss")
+            raise FloatingPointError(why) from exc
+        if not _finite_step(info):
+            raise FloatingPointError(_divergence_message(self.recipe, stage, step + 1, info))
+        assert self.model is not None
+        if not _finite_weights(self.model):
+            raise FloatingPointError(_divergence_message(
+                self.recipe, stage, step + 1, {}, "finite losses, but the update made the weights non-finite"))
+        return info
+
+    def _reference_probe(self) -> tuple[str, int, dict[str, float]] | None:
+        """The run's first probe ``(stage, step, mean PSNR)``: from this session, or from the log on resume."""
+        if self._first_probe is None:
+            for rec in self.log.read():
+                if isinstance(rec.get("probe"), dict) and rec["probe"]:
+                    self._first_probe = (rec["stage"], int(rec["step"]), rec["probe"])
+                    break
+        return self._first_probe
+
+    def _collapse_message(self, what: str, current: Mapping[str, Any], ref_name: str,
+                          reference: Mapping[str, Any], stages: Sequence[str]) -> str | None:
+        drop = _psnr_drop(current, reference)
+        if drop is None or drop[0] >= drop[1] - COLLAPSE_DB:
+            return None
+        hints = "; ".join(_rate_hint(self.recipe, st, "meta.meta_lr") for st in stages)
+        return (f"{what} collapsed: mean PSNR {drop[0]:.2f} dB, {drop[1] - drop[0]:.1f} dB below {ref_name} "
+                f"({drop[1]:.2f} dB); {hints}")
+
+    def _probe_collapse(self, stage: str, step: int, probe: Mapping[str, float] | None) -> dict[str, str]:
+        """Compare a probe with the run's first one: a warning, and ``{"collapse": message}`` for its log line."""
+        if not probe:
+            return {}
+        ref = self._reference_probe()
+        if ref is None:
+            self._first_probe = (stage, step, dict(probe))
+            return {}
+        msg = self._collapse_message(f"the weights at {stage} step {step}", probe,
+                                     f"the run's first probe ({ref[0]} step {ref[1]})", ref[2], [stage])
+        if msg is None:
+            return {}
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        return {"collapse": msg}
+
+    def _final_collapse(self, results: Mapping[str, Any] | None) -> str | None:
+        """The final evaluation against the starting weights' evaluation, the first probe and bicubic."""
+        if not results or "meta_trained" not in results:
+            return None
+        r = self.recipe
+        stages = [st for st, it in (("pretrain", r["pretrain"]["iterations"]), ("meta", r["meta"]["iterations"]))
+                  if it > 0 and not (st == "pretrain" and r["model"]["weights"] is not None
+                                     and r["pretrain"]["degradation"] != "photo")]
+        if not stages:
+            return None  # nothing was trained: the weights are what the run started from
+        final = results["meta_trained"]["mean_psnr"]
+        what = "the trained weights"
+        if "start" in results and "meta" in stages:
+            msg = self._collapse_message(what, final, "the starting weights", results["start"]["mean_psnr"], ["meta"])
+            if msg:
+                return msg
+        ref = self._reference_probe()
+        if ref is not None:
+            later = [st for st in stages if STAGES.index(st) >= STAGES.index(ref[0])]
+            msg = self._collapse_message(what, final, f"the run's first probe ({ref[0]} step {ref[1]})", ref[2],
+                                         later or stages)
+            if msg:
+                return msg
+        bicubic = final.get("bicubic")
+        steps = [float(v) for k, v in final.items() if str(k).isdigit()]
+        if bicubic is not None and steps and max(steps) < float(bicubic) - COLLAPSE_BICUBIC_DB:
+            hints = "; ".join(_rate_hint(r, st, "meta.meta_lr") for st in stages)
+            return (f"{what} collapsed: mean PSNR {max(steps):.2f} dB, {float(bicubic) - max(steps):.1f} dB below "
+                    f"bicubic interpolation ({float(bicubic):.2f} dB); {hints}")
+        return None
+
     # -- stages ----------------------------------------------------------------------------------
     def stage_pretrain(self, ckpt: dict[str, Any] | None) -> None:
         from ..meta.pretrain import KernelPairSampler, PairSampler, PhotoPairSampler, Pretrainer
-        from ..io.weights import load_weights
+        from ..io.weights import load_weights, tensor_fingerprint
 
         r, p = self.recipe, self.recipe["pretrain"]
         assert self.model is not None
@@ -474,6 +628,9 @@ class _Run:
         if r["model"]["weights"] is not None and (ckpt is None or ckpt["stage"] != "pretrain"):
             # a resumed fine-tuning run gets its weights from the checkpoint instead
             load_weights(self.model, _weights_file(r["model"]["weights"]))
+            self._parent_fingerprint = tensor_fingerprint(self.model)
+        elif ckpt is not None and ckpt["stage"] == "pretrain":
+            self._parent_fingerprint = ckpt.get("parent_fingerprint")
         if (r["model"]["weights"] is not None and not fine_tune) or p["iterations"] == 0:
             if r["model"]["weights"] is not None:
                 source = f"loaded from {r['model']['weights']}"
@@ -501,7 +658,7 @@ class _Run:
             pool = self._pool(self._train_dir(p["train_dir"]), p["patch_size"], p["stride"], p["augment"], None)
             sampler = KernelPairSampler(
                 pool, p["batch_size"], kernels=p["kernels"], scales=d["scales"], kernel_size=d["kernel_size"],
-                k1_factor=d["kernel_k1_factor"], ds_method=d["ds_method"], noise_std=d["noise_std"],
+                k1_factor=d["kernel_k1_factor"], min_var=d["kernel_min_var"], ds_method=d["ds_method"], noise_std=d["noise_std"],
                 upsample_input=upsample_input, seed=r["seed"],
             )
         else:
@@ -515,13 +672,17 @@ class _Run:
 
         if start < p["iterations"]:
             self._loop("pretrain", start, p["iterations"], self._loader(sampler, start, p["iterations"]), step_fn,
-                       lambda: {"pretrainer": trainer.state_dict(), "sampler": sampler.state_dict()},
+                       lambda: {"pretrainer": trainer.state_dict(), "sampler": sampler.state_dict(),
+                                "parent_fingerprint": self._parent_fingerprint},
                        r["output"]["pretrain_checkpoint_every"], elapsed)
         how = {"bicubic": "bicubic pairs, SPEC §8", "kernel": "random-kernel pairs",
                "photo": "photo-degradation pairs"}[p["degradation"]]
+        extra = {}
         if fine_tune:
             how += f", from {r['model']['weights']}"
-        self._save_weights(START_WEIGHTS, source=f"pretrained {p['iterations']} steps ({how})")
+            if self._parent_fingerprint:  # lets tools/package_weights.py check a fine-tuned run's parent
+                extra["parent_fingerprint"] = self._parent_fingerprint
+        self._save_weights(START_WEIGHTS, source=f"pretrained {p['iterations']} steps ({how})", **extra)
 
     def stage_meta(self, ckpt: dict[str, Any] | None) -> None:
         from ..meta.learner import MAMLConfig, MetaLearner
@@ -534,9 +695,11 @@ class _Run:
             loss_weighting=m["loss_weighting"], grad_clip=m["grad_clip"], adapt_params=m["adapt_params"],
             backend=m["backend"], precision=m["precision"], task_batching=m["task_batching"],
             channels_last=m["channels_last"], adam_variant=m["adam_variant"], anneal_span=float(m["anneal_span"]),
-            log_query_losses=m["log_query_losses"],
+            log_query_losses=m["log_query_losses"], learn_inner_lr=m["learn_inner_lr"],
+            inner_lr_meta_lr=m["inner_lr_meta_lr"],
         )
         learner = MetaLearner(self.model, cfg, loss_fn=m["loss"])
+        self._learner = learner  # probes and the saved metadata read its learned rates
         start, elapsed = 0, 0.0
         if ckpt is not None and ckpt["stage"] == "meta":
             start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
@@ -552,13 +715,13 @@ class _Run:
                     raise ValueError(f"data.noise_std={d['noise_std']}: MLSR tasks add no noise; set it to 0")
                 sampler = MLSRTaskSampler(
                     pool, meta_batch=m["meta_batch"], task_batch=m["task_batch"], scale=d["scales"][0],
-                    kernel=d["kernel"], kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"],
+                    kernel=d["kernel"], kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"], min_var=d["kernel_min_var"],
                     ds_method=d["ds_method"], upsample_input=upsample_input, seed=r["seed"], family=d["photo"],
                 )
             else:
                 sampler = TaskSampler(
                     pool, meta_batch=m["meta_batch"], task_batch=m["task_batch"], scales=d["scales"],
-                    kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"], ds_method=d["ds_method"],
+                    kernel_size=d["kernel_size"], k1_factor=d["kernel_k1_factor"], min_var=d["kernel_min_var"], ds_method=d["ds_method"],
                     noise_std=d["noise_std"], upsample_input=upsample_input, seed=r["seed"],
                 )
             if ckpt is not None and ckpt["stage"] == "meta" and "sampler" in ckpt:
@@ -591,7 +754,7 @@ class _Run:
         """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
         r = self.recipe
         meta = {"arch": r["model"]["name"], "arch_kwargs": model_kwargs(r), "scale": float(r["model"]["scale"]),
-                "ds_method": trained_ds_method(r), "schedule": r["eval"]["schedule"], "loss": r["meta"]["loss"],
+                "ds_method": trained_ds_method(r), "schedule": self._adapt_schedule(), "loss": r["meta"]["loss"],
                 "adapt_params": r["meta"]["adapt_params"]}
         if trained_on_photos(r):
             from ..ops.degradation_spec import PhotoDegradations
@@ -599,20 +762,41 @@ class _Run:
             meta["degradation"] = {"family": "photo", **PhotoDegradations.from_dict(r["data"]["photo"]).to_dict()}
         return meta
 
+    def _adapt_schedule(self) -> Any:
+        """The test-time schedule of the trained weights: the learned inner rates (``meta.learn_inner_lr``,
+        as ``{"per_parameter": …}``), else ``eval.schedule``."""
+        from ..io.weights import read_metadata
+
+        if self._learner is not None and self._learner.log_inner_lr is not None:
+            return {"per_parameter": self._learner.learned_inner_lrs()}
+        final = self.out / FINAL_WEIGHTS
+        if self.recipe["meta"]["learn_inner_lr"] and final.is_file():  # resumed after meta-training
+            saved = read_metadata(final).get("schedule")
+            if isinstance(saved, dict):
+                return saved
+        return self.recipe["eval"]["schedule"]
+
     def _evaluate(self, model: nn.Module, label: str, include_bicubic: bool,
-                  steps: Sequence[int] | None = None) -> dict[str, Any]:
-        from ..adapt.evaluate import evaluate_folder
+                  steps: Sequence[int] | None = None, schedule: Any = None) -> dict[str, Any]:
+        from ..pipelines.evaluate import evaluate_folder
         from ..adapt.metasr import MetaSR
 
         e = self.recipe["eval"]
-        msr = MetaSR(model, float(self.recipe["model"]["scale"]), schedule=e["schedule"], device=self.device,
+        schedule = e["schedule"] if schedule is None else schedule
+        msr = MetaSR(model, float(self.recipe["model"]["scale"]), schedule=schedule, device=self.device,
                      loss=self.recipe["meta"]["loss"], adapt_params=self.recipe["meta"]["adapt_params"])
         kernel = e["kernel"]
-        report = evaluate_folder(
-            msr, e["gt_dir"], lr_dir=e["lr_dir"], kernel=kernel,
-            steps=list(range(e["max_steps"] + 1)) if steps is None else list(steps),
-            ds_method=e["ds_method"], include_bicubic=include_bicubic, progress=self.progress, limit=e["limit"],
-        )
+        try:
+            report = evaluate_folder(
+                msr, e["gt_dir"], lr_dir=e["lr_dir"], kernel=kernel,
+                steps=list(range(e["max_steps"] + 1)) if steps is None else list(steps),
+                ds_method=e["ds_method"], include_bicubic=include_bicubic, progress=self.progress, limit=e["limit"],
+            )
+        except FloatingPointError as exc:  # MetaSR's message names its own arguments (lr=/--lr), not the recipe's
+            rates = ("the learned inner rates (meta.learn_inner_lr; lower meta.inner_lr_meta_lr)"
+                     if isinstance(schedule, Mapping) else f"eval.schedule = {schedule!r} (--set eval.schedule=...)")
+            raise FloatingPointError(f"evaluating the {label} weights: the adaptation diverged ({exc}); its "
+                                     f"learning rate comes from {rates}") from exc
         out = report.to_dict()
         out["label"] = label
         return out
@@ -631,7 +815,8 @@ class _Run:
         saved = self.progress
         self.progress = False
         try:
-            report = self._evaluate(model, "probe", include_bicubic=False, steps=e["probe_steps"])
+            report = self._evaluate(model, "probe", include_bicubic=False, steps=e["probe_steps"],
+                                    schedule=self._adapt_schedule())
         finally:
             self.progress = saved
             self.model.train(was_training)
@@ -654,7 +839,8 @@ class _Run:
             start_model = build_model(self.recipe).to(self.device)
             load_weights(start_model, self.out / START_WEIGHTS)
             results["start"] = self._evaluate(start_model, "starting point", include_bicubic=False)
-        results["meta_trained"] = self._evaluate(self.model, "meta-trained", include_bicubic=True)
+        results["meta_trained"] = self._evaluate(self.model, "meta-trained", include_bicubic=True,
+                                                 schedule=self._adapt_schedule())
         atomic_write_text(self.out / EVAL_NAME, json.dumps(results, indent=2) + "\n")
         curves = {}
         names = {"start": "starting point", "meta_trained": "meta-trained"}
@@ -664,6 +850,10 @@ class _Run:
                 curves[names[key]] = {int(k): v for k, v in mp.items() if k.isdigit()}
                 self.log.write({"stage": "eval", "step": e["max_steps"], "model": key,
                                 "mean_psnr": {k: v for k, v in mp.items()}, "time": time.time()})
+        collapse = self._final_collapse(results)
+        if collapse:
+            warnings.warn(collapse, UserWarning, stacklevel=2)
+            self.log.write({"stage": "eval", "step": e["max_steps"], "collapse": collapse, "time": time.time()})
         baseline = results["meta_trained"]["mean_psnr"].get("bicubic")
         from .plots import psnr_vs_steps
 
@@ -784,6 +974,7 @@ class _Run:
             "psnr_meta_trained": curve("meta_trained"),
             "psnr_bicubic": (results or {}).get("meta_trained", {}).get("mean_psnr", {}).get("bicubic"),
             "stage_seconds": dict(self.stage_seconds),
+            "collapse": self._final_collapse(results),  # None, or why the final weights look wrecked
         }
 
 
@@ -842,97 +1033,3 @@ def run_training(
         out = Path("runs", rec.get("name") or "run").resolve()
     rec["output"]["dir"] = str(out)
     return _Run(rec, out, resume).run()
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-# ----------------------------------------------------------------------------------------------
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``metasr train RECIPE [--set key=value ...] [--resume] [--out DIR]``."""
-    parser.add_argument("recipe", nargs="?", default=None,
-                        help="recipe YAML (e.g. recipes/mzsr_x2.yaml); optional with --resume --out DIR")
-    parser.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override recipe keys, e.g. --set meta.iterations=100 data.num_workers=2 "
-                             "(values are YAML; relative paths resolve against the working directory)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in the output folder from its last checkpoint")
-    parser.add_argument("--out", default=None, help="run folder (default: the recipe's output.dir)")
-    parser.add_argument("--show", action="store_true", help="print the resolved recipe and exit")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    return parser
-
-
-def _check_run_folder(folder: str | os.PathLike | None, flag: str) -> None:
-    """Refuse a run folder that is an existing file (or lies under one) before any work."""
-    if folder is None:
-        return
-    p = Path(folder)
-    for q in (p, *p.parents):
-        if q.exists():
-            if not q.is_dir():
-                what = "is a file" if q == p else f"lies under {q}, which is a file"
-                raise NotADirectoryError(f"{flag} {folder} {what}; give a folder for the run (it is created if "
-                                         "missing)")
-            return
-
-
-def run_train_cli(args: argparse.Namespace) -> int:
-    """Entry point of ``metasr train`` (after :func:`add_train_arguments`)."""
-    overrides = [item for group in (args.overrides or []) for item in group]
-    _check_run_folder(args.out, "--out")
-    recipe_path = args.recipe
-    if recipe_path is None:  # `--set k=v RECIPE`: argparse hands the recipe to --set
-        files = [o for o in overrides if "=" not in o and o.lower().endswith((".yaml", ".yml"))]
-        if len(files) == 1:
-            recipe_path = files[0]
-            overrides.remove(recipe_path)
-    if recipe_path is None:
-        if not (args.resume and args.out):
-            raise ValueError("give a RECIPE file (or --resume --out DIR to continue a run with its saved recipe)")
-        recipe_path = Path(args.out) / "recipe.yaml"
-    recipe = load_recipe(recipe_path, overrides)
-    if args.show:
-        print(dump_recipe(recipe), end="")
-        return 0
-    if args.out is None:
-        _check_run_folder(recipe["output"]["dir"], "output.dir")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        summary = run_training(recipe, resume=args.resume, out_dir=args.out)
-    except TrainingInterrupted as exc:
-        print(f"\nmetasr train: {exc}. Continue with --resume.", file=sys.stderr)
-        return ddp.exit_rank(130) if ddp.is_distributed() else 130
-    except KeyboardInterrupt:
-        print("\nmetasr train: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
-        return ddp.exit_rank(130) if ddp.is_distributed() else 130
-    if ddp.is_main():
-        print(_format_summary(summary))
-    if ddp.is_distributed():  # a torchrun rank: leave the group so that the launcher sees a clean exit
-        ddp.exit_rank(0)
-    return 0
-
-
-def _format_summary(s: Mapping[str, Any]) -> str:
-    lines = [f"run folder:   {s['out_dir']}", f"checkpoint:   {s['checkpoint']}", f"metrics log:  {s['metrics_log']}"]
-    if s.get("plot"):
-        lines.append(f"plot:         {s['plot']}")
-    start, meta = s.get("psnr_start"), s.get("psnr_meta_trained")
-    if meta:
-        steps = sorted(meta)
-        lines.append("mean PSNR (dB) after k adaptation steps:")
-        lines.append("  k       " + "".join(f"{k:>8d}" for k in steps))
-        if start:
-            lines.append("  start   " + "".join(f"{start.get(k, math.nan):8.3f}" for k in steps))
-        lines.append("  meta    " + "".join(f"{meta[k]:8.3f}" for k in steps))
-        if s.get("psnr_bicubic") is not None:
-            lines.append(f"  bicubic {s['psnr_bicubic']:8.3f}")
-    secs = s.get("stage_seconds") or {}
-    if secs:
-        lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in secs.items()))
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _p = add_train_arguments(argparse.ArgumentParser(prog="metasr train"))
-    sys.exit(run_train_cli(_p.parse_args()))

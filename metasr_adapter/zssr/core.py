@@ -22,11 +22,9 @@ Differences from the official TensorFlow code, all deliberate:
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapters.contract import fit_output, takes_upsampled_input
-from ..ops.augment import AXIS_PRESERVING_MODES, DIHEDRAL_MODES, REDUCTIONS, dihedral, geometric_self_ensemble, random_crop
+from ..ops.augment import AXIS_PRESERVING_MODES, DIHEDRAL_MODES, REDUCTIONS, dihedral, ensemble_modes, geometric_self_ensemble, random_crop
 from ..ops.backprojection import back_project
 from ..ops.degrade import degrade, imresize
 from ..devices import resolve_device
@@ -56,9 +54,8 @@ __all__ = [
     "resolve_zssr_kernel",
     "father_probabilities",
     "zssr_super_resolve",
-    "add_zssr_arguments",
-    "run_zssr_cli",
-    "zssr_main",
+    "default_preset",
+    "scale_pair",
 ]
 
 
@@ -153,7 +150,7 @@ class ZSSRConfig:
             if not self.scale_factors:
                 raise ValueError("ZSSRConfig.scale_factors is empty; use None for one jump to the requested scale")
             for sf in self.scale_factors:
-                _pair(sf, "scale factor")
+                scale_pair(sf, "scale factor")
             if isinstance(bp, (list, tuple)) and len(bp) != len(self.scale_factors):
                 raise ValueError(
                     f"back_projection_iters has {len(bp)} entries but there are {len(self.scale_factors)} "
@@ -186,7 +183,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _pair(sf: Any, what: str = "scale") -> tuple[float, float]:
+def scale_pair(sf: Any, what: str = "scale") -> tuple[float, float]:
+    """A scale factor as ``(vertical, horizontal)``, each a finite number >= 1; ValueError naming ``what``
+    otherwise."""
     if isinstance(sf, (int, float, np.integer, np.floating)) and not isinstance(sf, bool):
         pair = (float(sf), float(sf))
     elif isinstance(sf, (list, tuple)) and len(sf) == 2:
@@ -220,7 +219,7 @@ def kernel_shift(kernel: Any, scale: Any) -> np.ndarray:
     total = k.sum()
     if not np.isfinite(total) or total <= 0:
         raise ValueError(f"kernel must have a positive, finite sum; got {total}")
-    sh, sw = _pair(scale)
+    sh, sw = scale_pair(scale)
     centre = np.array(ndimage.center_of_mass(k))
     target = np.array([k.shape[0] // 2 + (sh - 1) / 2, k.shape[1] // 2 + (sw - 1) / 2])
     shift = target - centre
@@ -462,8 +461,8 @@ class ZSSR:
 
         cfg = self.config
         t_start = time.perf_counter()
-        final = _pair(scale, "scale")
-        stages = [_pair(s, "scale factor") for s in cfg.scale_factors] if cfg.scale_factors is not None else [final]
+        final = scale_pair(scale, "scale")
+        stages = [scale_pair(s, "scale factor") for s in cfg.scale_factors] if cfg.scale_factors is not None else [final]
         if stages[-1] != final:
             raise ValueError(
                 f"the last scale factor {stages[-1]} of the config differs from scale={scale!r}; "
@@ -658,10 +657,8 @@ class ZSSR:
         """Self-ensemble (median of the flips/rotations, each back-projected) and a final back-projection."""
         cfg = self.config
         isotropic = sf[0] == sf[1]
-        if cfg.self_ensemble:
-            modes: Sequence[int] = DIHEDRAL_MODES if isotropic else AXIS_PRESERVING_MODES
-        else:
-            modes = (0,)
+        # on the direct grid, flips move the output by s-1 pixels: only identity and transpose (ops.augment)
+        modes: Sequence[int] = ensemble_modes(ds_method, isotropic) if cfg.self_ensemble else (0,)
 
         def apply(inp: Tensor) -> Tensor:
             out_hw = (math.ceil(inp.shape[-2] * sf[0]), math.ceil(inp.shape[-1] * sf[1]))
@@ -680,7 +677,7 @@ class ZSSR:
 
 
 # ----------------------------------------------------------------------------------------------
-# functional entry points (evaluation, CLI)
+# functional entry points (evaluation; the command line is metasr_adapter.cli.zssr)
 # ----------------------------------------------------------------------------------------------
 def default_preset(kernel: Any) -> str:
     """The preset ZSSR uses for ``kernel``: 'kernel' for a blur kernel, 'ideal_x2' for None/bicubic."""
@@ -708,132 +705,3 @@ def zssr_super_resolve(
     if config is None:
         config = ZSSRConfig.preset(default_preset(kernel))
     return ZSSR(config, model).run(lr_img, kernel, scale, progress=progress)
-
-
-def add_zssr_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``metasr zssr`` arguments to ``parser``."""
-    parser.add_argument("lr_image", help="the LR image to super-resolve")
-    parser.add_argument("--kernel", default=None,
-                        help="downscaling kernel: a .mat (key 'Kernel'/'kernel') or .npy file, a name (gd2.0...), "
-                             "'bicubic' (default: bicubic, the ideal case), or 'estimate' (blind mode: estimate it "
-                             "from the image first, x2 only; see --estimator)")
-    parser.add_argument("--estimator", choices=("gaussian", "kernelgan"), default=None,
-                        help="with --kernel estimate only: 'gaussian' (the default; a search scored by the bundled "
-                             "MZSR weights) or 'kernelgan' (internal GAN, no network needed)")
-    parser.add_argument("--scale", type=float, default=2.0, help="SR factor (default 2)")
-    parser.add_argument("-o", "--output", required=True, help="SR image to write")
-    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                        help="settings: ideal_x2, gradual_x2, kernel, real, fast "
-                             "(default: kernel when --kernel is given, else ideal_x2)")
-    parser.add_argument("--iters", type=int, default=None, help="iteration cap per scale stage (default 3000)")
-    parser.add_argument("--noise", type=float, default=None, help="std of the noise added to the LR sons (0-1 scale)")
-    parser.add_argument("--back-projection", type=int, default=None, metavar="N",
-                        help="back-projection iterations (default: the preset's)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                        help="bf16 = autocast + channels_last (only fast on GPUs and CPUs with AMX/AVX512-BF16)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--gt", default=None, help="ground-truth HR image: print the Y-PSNR of the result")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-    add_kernel_shift_argument(parser, "--kernel-shift")
-    if not any(a.dest == "threads" for a in parser._actions):
-        parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def add_kernel_shift_argument(parser: argparse.ArgumentParser, flag: str) -> None:
-    """The one command-line switch for ZSSR's kernel centring (``metasr zssr --kernel-shift``,
-    ``metasr eval --method zssr --zssr-kernel-shift``); dest ``kernel_shift``, off by default.
-
-    Off: LR images made by this package's degrade (and MZSR's test sets) are aligned with their kernel,
-    and centring them costs dB (29.01 against 32.57 on a degrade-made image). On: LR images made by
-    ZSSR's own resizer (the official ZSSR examples), as the official code always does.
-    """
-    parser.add_argument(flag, dest="kernel_shift", action="store_true",
-                        help="centre the kernel as the official ZSSR does: for LR images made by ZSSR's own resizer "
-                             "(its examples); off for LR made by this package's degrade or MZSR's test sets")
-
-
-def run_zssr_cli(args: argparse.Namespace) -> int:
-    """Run ``metasr zssr`` with parsed ``args``; returns the exit code."""
-    from ..ops.imageio import read_image, write_image
-    from ..ops.metrics import psnr
-
-    src, dst = args.lr_image, args.output
-    if os.path.isfile(src) and os.path.exists(dst) and os.path.samefile(src, dst):  # never overwrite the input
-        from pathlib import Path
-
-        other = Path(dst).with_name(Path(dst).stem + "_sr" + Path(dst).suffix)
-        raise ValueError(f"-o/--output {dst} is the input image {src} itself: the result would overwrite it; give "
-                         f"another output name, e.g. -o {other}")
-    if getattr(args, "threads", None):
-        torch.set_num_threads(int(args.threads))
-    device = str(resolve_device(args.device))
-    lr_img = read_image(args.lr_image)
-    kernel = args.kernel
-    if isinstance(kernel, str) and kernel.strip().lower() == "estimate":  # blind mode
-        from ..estimate.api import estimate_kernel
-
-        est = estimate_kernel(lr_img, args.scale, getattr(args, "estimator", None) or "gaussian", progress=not args.quiet,
-                              seed=args.seed)
-        print(f"estimated kernel: {est.summary()}")
-        kernel = est.require_converged().to_spec()
-    preset = args.preset or default_preset(kernel)
-    overrides: dict[str, Any] = {"precision": args.precision, "seed": args.seed, "device": device,
-                                 "kernel_shift": bool(args.kernel_shift)}
-    if args.iters is not None:
-        overrides["max_iters"] = args.iters
-    if args.noise is not None:
-        overrides["noise_std"] = args.noise
-    if args.back_projection is not None:
-        overrides["back_projection_iters"] = args.back_projection
-    cfg = ZSSRConfig.preset(preset, **overrides)
-    gt = read_image(args.gt) if args.gt else None
-    sr, info = ZSSR(cfg).run(lr_img, kernel, args.scale, progress=not args.quiet, return_info=True)
-    out = write_image(args.output, sr)
-    per_stage = ", ".join(f"x{s['scale'][0]:g}: {s['iterations']} it" for s in info.stages)
-    print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) with preset {preset!r} in {info.seconds:.1f} s "
-          f"({per_stage}; {info.iters_per_second:.2f} it/s)")
-    if gt is not None:
-        sr_cmp, gt_cmp = _match_gt(sr, gt)
-        border = int(math.ceil(max(_pair(args.scale))))
-        value = psnr(sr_cmp, gt_cmp, crop_border=border)
-        base = psnr(_match_gt(_bicubic_baseline(lr_img, args.scale, sr.shape[:2]), gt)[0], gt_cmp, crop_border=border)
-        print(f"PSNR vs GT (Y, shave {border}): ZSSR {value:.2f} dB, bicubic {base:.2f} dB")
-    return 0
-
-
-def _match_gt(sr: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop SR and GT to their common top-left extent (GT sizes often are not multiples of the scale)."""
-    if gt.ndim == 3 and gt.shape[2] == 4:
-        gt = gt[:, :, :3]
-    if sr.ndim != gt.ndim:
-        raise ValueError(f"SR is {sr.shape} but GT is {gt.shape}: give an RGB GT for an RGB image (or both gray)")
-    hh, ww = min(sr.shape[0], gt.shape[0]), min(sr.shape[1], gt.shape[1])
-    if abs(sr.shape[0] - gt.shape[0]) > 4 or abs(sr.shape[1] - gt.shape[1]) > 4:
-        raise ValueError(f"SR size {sr.shape[:2]} and GT size {gt.shape[:2]} differ by more than the scale allows")
-    return sr[:hh, :ww], gt[:hh, :ww]
-
-
-def _bicubic_baseline(lr_img: np.ndarray, scale: Any, out_hw: tuple[int, int]) -> np.ndarray:
-    """MATLAB-bicubic upsampling of ``lr_img`` to ``out_hw``, in the input's format."""
-    from ..ops.imageio import to_tensor
-
-    x, alpha, fmt = to_tensor(lr_img, channels=3)
-    up = imresize(x, _pair(scale), output_shape=out_hw).clamp(0, 1)
-    return fmt.restore(up, None if alpha is None else imresize(alpha, _pair(scale), output_shape=out_hw))
-
-
-def zssr_main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone ``metasr zssr`` (``python -m metasr_adapter.zssr.core LR.png -o SR.png``)."""
-    parser = add_zssr_arguments(argparse.ArgumentParser(prog="metasr zssr", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
-    try:
-        return run_zssr_cli(args)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        print(f"metasr zssr: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(zssr_main())

@@ -1,7 +1,8 @@
 """Atomic file writes: a temp file in the same folder, then ``os.replace``.
 
 A reader (or a resumed run) never sees a half-written checkpoint, even if the process is
-killed in the middle of a save.
+killed in the middle of a save. A root-level utility (it imports nothing of the package), so that
+every layer, from image files (``ops``) to checkpoints (``training``), writes through it.
 """
 from __future__ import annotations
 

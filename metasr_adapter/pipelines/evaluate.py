@@ -1,4 +1,5 @@
-"""Evaluate test-time adaptation over a folder of images: PSNR/SSIM after each step count."""
+"""Evaluate test-time adaptation (or ZSSR, ``method="zssr"``) over a folder of images: PSNR/SSIM after each step
+count. A pipeline: it runs the adaptation layer and ZSSR side by side."""
 from __future__ import annotations
 
 import json
@@ -65,7 +66,7 @@ class EvalReport:
         }
 
     def save_json(self, path: str | Path) -> None:
-        from ..io.atomic import atomic_write_text
+        from ..atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -122,6 +123,7 @@ def evaluate_folder(
     zssr_config: Any = None,
     scale: float | None = None,
     save_dir: str | Path | None = None,
+    seed: int | None = None,
 ) -> EvalReport:
     """Score SR over the images of ``gt_dir`` (paired by sorted order with ``lr_dir``).
 
@@ -130,7 +132,8 @@ def evaluate_folder(
     (``metasr`` may be None, give ``scale``) with ``zssr_config``; None = the 'kernel' preset for a blur
     kernel, else 'ideal_x2', both with ``kernel_shift=False`` (the LR images made by
     :func:`~metasr_adapter.ops.degrade.degrade` need no centring). Without ``lr_dir`` the LR images are synthesised
-    from the GT with ``kernel``. PSNR/SSIM on Y, shaving ``crop_border`` (default: the scale).
+    from the GT with ``kernel``. PSNR/SSIM on Y, shaving ``crop_border`` (default: the scale). ``seed``: each
+    adaptation's random draws (crops under ``max_pixels``; see :meth:`~metasr_adapter.MetaSR.start`).
     """
     if method not in ("metasr", "zssr"):
         raise ValueError(f"method={method!r}; use 'metasr' or 'zssr'")
@@ -171,7 +174,7 @@ def evaluate_folder(
             bic = bic[..., 0] if gt.ndim == 2 else bic
             row.psnr["bicubic"], row.ssim["bicubic"] = _score(bic, gt, crop)
         if method == "metasr":
-            session = metasr.start(lr_img, spec, schedule=schedule, lr=lr)
+            session = metasr.start(lr_img, spec, schedule=schedule, lr=lr, seed=seed)
             for k in range(steps[-1] + 1):
                 if k in steps:
                     sr = session.result(self_ensemble=self_ensemble, back_projection=back_projection)

@@ -1,0 +1,199 @@
+"""Benchmark result files name no machine paths and record how they were made (benchmarks/_record.py)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import py_compile
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+#: tracked files that are not text (or not ours to read as text)
+BINARY_SUFFIXES = {".safetensors", ".png", ".jpg", ".jpeg", ".pth", ".pt", ".npz", ".npy", ".gz", ".zip", ".mat",
+                   ".index", ".bmp", ".tif", ".tiff", ".webp", ".pdf"}
+#: scripts in benchmarks/ that write result files without benchmarks/_record.py, and why
+RECORD_EXCEPTIONS = {
+    "real_photos.py": "records its own command line and commit; maintained with the photo path (issue #18) by "
+                      "another owner, so it is moved to _record.py separately",
+}
+
+
+def _module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def record():
+    return _module("_record", BENCH / "_record.py")
+
+
+# ---------------------------------------------------------------------------------------------
+# portable_path
+# ---------------------------------------------------------------------------------------------
+def test_a_path_inside_the_checkout_becomes_relative_to_it(record) -> None:
+    assert record.portable_path(ROOT / "benchmarks" / "results" / "x.json") == "benchmarks/results/x.json"
+    assert record.portable_path(str(ROOT / "runs" / "a" / ".." / "b.pth")) == "runs/b.pth"
+    assert record.portable_path(ROOT) == "."
+
+
+def test_a_path_under_the_shared_folder_beside_the_checkout_becomes_dot_dot_shared(record) -> None:
+    baby = ROOT.parent / "shared" / "data" / "mzsr_g20" / "Set5" / "baby.png"
+    assert record.portable_path(baby) == "../shared/data/mzsr_g20/Set5/baby.png"
+    assert record.portable_path(str(baby)) == "../shared/data/mzsr_g20/Set5/baby.png"
+    assert record.portable_path(ROOT.parent / "shared") == "../shared"
+
+
+def test_any_other_absolute_path_keeps_only_its_file_name(record, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "deep" / "meta_trained.pth"
+    assert not str(elsewhere).startswith(str(ROOT) + "/")
+    assert record.portable_path(elsewhere) == "<outside>/meta_trained.pth"
+    sibling = ROOT.parent / "another-checkout" / "runs" / "w.pth"  # beside the checkout, but not ../shared
+    assert record.portable_path(sibling) == "<outside>/w.pth"
+
+
+def test_names_and_relative_paths_pass_through(record) -> None:
+    assert record.portable_path("idn_x2_bicubic") == "idn_x2_bicubic"  # a bundled weights name
+    assert record.portable_path("random") == "random"
+    assert record.portable_path("runs/x/meta_trained.pth") == "runs/x/meta_trained.pth"
+    assert record.portable_path(Path("runs") / "y.json") == "runs/y.json"
+    assert record.portable_path(None) is None
+
+
+def test_arguments_with_paths_after_an_equals_sign_are_made_portable(record, tmp_path: Path) -> None:
+    shared_set5 = ROOT.parent / "shared" / "data" / "set5"
+    assert record.portable_arg(f"set5={shared_set5}") == "set5=../shared/data/set5"
+    assert record.portable_arg(f"--json={ROOT / 'runs' / 'o.json'}") == "--json=runs/o.json"
+    assert record.portable_arg(f"(a) label={tmp_path / 'm.jsonl'}") == "(a) label=<outside>/m.jsonl"
+    assert record.portable_arg("data.kernel=random") == "data.kernel=random"
+    assert record.portable_arg("--steps") == "--steps"
+
+
+# ---------------------------------------------------------------------------------------------
+# result_record
+# ---------------------------------------------------------------------------------------------
+def test_result_record_names_command_commit_cpu_and_threads_without_machine_paths(record, tmp_path: Path) -> None:
+    argv = ["--lr", str(ROOT.parent / "shared" / "data" / "baby.png"), "--json", str(ROOT / "runs" / "o.json"),
+            "--weights", str(tmp_path / "w.npz"), "--label", "two words"]
+    rec = record.result_record(argv, threads=3, script=BENCH / "bench_adapt.py")
+    for key in ("command", "commit", "dirty", "cpu", "cpu_flags", "threads", "torch", "python", "date"):
+        assert key in rec, key
+    assert rec["command"] == ("python benchmarks/bench_adapt.py --lr ../shared/data/baby.png --json runs/o.json "
+                              "--weights '<outside>/w.npz' --label 'two words'")
+    assert str(ROOT) not in rec["command"] and str(ROOT.parent) + "/" not in rec["command"]
+    assert rec["threads"] == 3
+    assert rec["cpu"] and rec["date"].endswith("+00:00")
+    if shutil.which("git") and (ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", rec["commit"] or ""), rec["commit"]
+        assert isinstance(rec["dirty"], bool)
+    json.dumps(rec)  # goes into a JSON file as it is
+
+
+def test_result_record_defaults_to_this_process_threads_and_arguments(record, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(sys, "argv", [str(BENCH / "table2.py"), "--sets", f"set5={ROOT.parent / 'shared' / 's5'}"])
+    rec = record.result_record()
+    assert rec["command"] == "python benchmarks/table2.py --sets set5=../shared/s5"
+    assert rec["threads"] == torch.get_num_threads() and rec["torch"] == torch.__version__
+
+
+def test_cpu_flags_lists_the_relevant_flags_present(record) -> None:
+    info = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx2 avx512f amx_tile avx512_bf16 amx_bf16\n"
+    assert record.cpu_flags(info) == ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    assert record.cpu_flags("flags\t: fpu sse2 avx2\n") == ["avx2"]
+    assert record.cpu_flags("model name\t: no flags line\n") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the repository
+# ---------------------------------------------------------------------------------------------
+def _tracked_files() -> list[Path]:
+    if shutil.which("git") is None:
+        pytest.skip("git is not available")
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("not a git checkout")
+    return [ROOT / name for name in out.stdout.decode("utf-8", "surrogateescape").split("\0") if name]
+
+
+def test_no_tracked_text_file_names_the_machine_path_of_the_checkout() -> None:
+    parent = str(ROOT.parent)
+    if ROOT.parent == Path(ROOT.anchor):
+        pytest.skip("the checkout sits at the top of the file system: no parent folder to look for")
+    # the parent folder as the start of a path (not inside a URL or a longer path that merely ends the same)
+    pattern = re.compile(rb"(?<![\w./-])" + re.escape((parent + "/").encode()))
+    offenders = []
+    for path in _tracked_files():
+        if path.suffix.lower() in BINARY_SUFFIXES or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            continue  # binary
+        for number, line in enumerate(data.splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{path.relative_to(ROOT).as_posix()}:{number}")
+                break
+    assert not offenders, (f"tracked files name the machine path {parent}/ (write paths through "
+                           f"benchmarks/_record.py portable_path): {offenders}")
+
+
+def _result_writers() -> dict[str, str]:
+    writes = re.compile(r"json\.dump|\.write_text\(|atomic_write_text\(|savefig\(")
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(BENCH.glob("*.py"))
+            if p.name != "_record.py" and writes.search(p.read_text(encoding="utf-8"))}
+
+
+def test_every_benchmark_that_writes_results_records_its_run() -> None:
+    writers = _result_writers()
+    assert {"bench_tf_baseline.py", "mlsr_tables.py", "table2.py"} <= set(writers)  # the check sees the scripts
+    missing = [name for name, src in writers.items()
+               if name not in RECORD_EXCEPTIONS and not re.search(r"^from _record import .*result_record", src, re.M)]
+    assert not missing, f"these benchmarks write results without benchmarks/_record.py result_record: {missing}"
+    stale = [name for name in RECORD_EXCEPTIONS if name not in writers]
+    assert not stale, f"RECORD_EXCEPTIONS names scripts that no longer write results: {stale}"
+    raw_argv = [name for name, src in writers.items()
+                if name not in RECORD_EXCEPTIONS and re.search(r"""(["']argv["']\s*:|argv=)\s*sys\.argv\b""", src)]
+    assert not raw_argv, f"these benchmarks write sys.argv as it is (use _record.portable_argv): {raw_argv}"
+
+
+def test_every_benchmark_script_compiles(tmp_path: Path) -> None:
+    for path in sorted(BENCH.glob("*.py")):
+        py_compile.compile(str(path), cfile=str(tmp_path / (path.stem + ".pyc")), doraise=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/bench_tf_baseline.py (TensorFlow is not needed for these)
+# ---------------------------------------------------------------------------------------------
+def test_tf_baseline_help_and_a_missing_lr_image_is_one_clear_line(tmp_path: Path) -> None:
+    script = str(BENCH / "bench_tf_baseline.py")
+    r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--threads" in r.stdout and "--lr" in r.stdout, r.stderr
+    missing = tmp_path / "no" / "baby.png"
+    r = subprocess.run([sys.executable, script, "--lr", str(missing), "--framework", "torch"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(missing) in lines[0] and "../shared/data/mzsr_g20/Set5/baby.png" in lines[0] and "--lr PATH" in lines[0]
+
+
+def test_tf_baseline_passes_threads_to_both_children() -> None:
+    tfb = _module("bench_tf_baseline", BENCH / "bench_tf_baseline.py")
+    args = argparse.Namespace(tf_python="tfpy", torch_python="torchpy", repeats=1, meta_repeats=1, only=["sr_512"],
+                              weights="w.npz", lr="baby.png", threads=2)
+    for fw in ("tf", "torch"):
+        cmd = tfb.child_args(args, fw)
+        assert cmd[cmd.index("--threads") + 1] == "2" and cmd[cmd.index("--lr") + 1] == "baby.png"
+    args.threads = None
+    assert "--threads" not in tfb.child_args(args, "torch")
