@@ -22,19 +22,20 @@ _EXPORTS: dict[str, str] = {
     "MZSRNet": "adapters.mzsr", "RCAN": "adapters.rcan", "IDN": "adapters.idn", "load_model": "io.pretrained", "WeightsInfo": "io.pretrained",
     "BUNDLED_WEIGHTS": "io.pretrained", "load_pretrained": "adapt.metasr", "list_weights": "io.pretrained",
     "get_weights": "io.pretrained", "read_weights": "io.weights", "load_weights": "io.weights",
-    "save_weights": "io.weights", "read_tf_checkpoint": "io.tf_checkpoint",
+    "save_weights": "io.weights",
     # degradations and kernels
-    "imresize": "ops.degrade", "blur": "ops.degrade", "subsample_direct": "ops.degrade",
+    "degrade": "ops.degrade", "imresize": "ops.degrade", "blur": "ops.degrade", "DegradationSpec": "ops.degradation_spec",
     "KernelSpec": "ops.kernels", "named_kernel": "ops.kernels", "resolve_kernel": "ops.kernels", "load_kernel": "ops.kernels",
     "anisotropic_gaussian": "ops.kernels", "random_kernel": "ops.kernels",
     # metrics, schedules, evaluation
     "psnr": "ops.metrics", "ssim": "ops.metrics", "get_schedule": "adapt.schedules", "back_project": "ops.backprojection",
     "evaluate_folder": "pipelines.evaluate", "read_image": "ops.imageio", "write_image": "ops.imageio",
-    # devices and errors
-    "resolve_device": "devices", "same_device": "devices", "UserInputError": "errors",
-    # meta-training
-    "MetaLearner": "meta.learner", "MAMLConfig": "meta.learner", "TaskBatch": "meta.learner", "TaskSampler": "meta.tasks",
-    "MLSRTaskSampler": "meta.tasks", "PatchPool": "meta.tasks", "get_loss": "ops.losses",
+    # errors
+    "UserInputError": "errors",
+    # real photos: estimate, choose the network, adapt, check
+    "upscale_photo": "pipelines.photo",
+    # meta-training (task samplers, patch pools and task batches stay in metasr_adapter.meta)
+    "MetaLearner": "meta.learner", "MAMLConfig": "meta.learner", "get_loss": "ops.losses",
     # zero-shot SR
     "ZSSR": "zssr.core", "ZSSRConfig": "zssr.core",
     # blind mode: kernel estimation

@@ -260,3 +260,16 @@ def test_the_graph_sees_every_kind_of_import(tmp_path, monkeypatch, source, expe
     fake.write_text(source)
     monkeypatch.setitem(MODULES, f"{PACKAGE}.training.fake", fake)
     assert expected in [t for t, _, _ in imports_of(f"{PACKAGE}.training.fake")]
+
+
+def test_the_public_api_is_the_users_core() -> None:
+    """Issue #20: the top-level names are what a user calls (degrade and the photo path included); training
+    internals (patch pools, task batches, samplers) and low-level readers stay in their modules."""
+    import metasr_adapter as m
+
+    for name in ("MetaSR", "load_pretrained", "load_model", "degrade", "DegradationSpec", "upscale_photo",
+                 "estimate_kernel", "MetaLearner", "MAMLConfig", "ZSSR", "psnr", "read_image", "write_image"):
+        assert name in m.__all__ and getattr(m, name) is not None, name
+    for name in ("PatchPool", "TaskBatch", "TaskSampler", "MLSRTaskSampler", "read_tf_checkpoint",
+                 "subsample_direct", "resolve_device", "same_device"):
+        assert name not in m.__all__, name

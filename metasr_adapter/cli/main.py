@@ -45,8 +45,9 @@ def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--scale", type=float, default=None, help="SR factor (default: the weights' own, else 2)")
     from ..precision import PRECISIONS
 
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                   help="bf16 = autocast + channels_last (fast on GPUs and CPUs with AMX)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default=None,
+                   help="bf16 = autocast (fast on GPUs and CPUs with AVX512-BF16 or AMX); default fp32, and for the "
+                        "photo path bf16 where it is fast")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
@@ -264,7 +265,7 @@ def _load_metasr(args: argparse.Namespace):
     from ..adapters.contract import takes_upsampled_input
 
     tile, max_pixels = _memory_budget(args, model, scale, takes_upsampled_input(model))
-    return MetaSR(model, scale, schedule=schedule, precision=args.precision, device=device, loss=loss,
+    return MetaSR(model, scale, schedule=schedule, precision=args.precision or "fp32", device=device, loss=loss,
                   adapt_params=meta.get("adapt_params"), tile=tile, max_pixels=max_pixels)
 
 
@@ -281,7 +282,7 @@ def _is_photo(kernel) -> bool:
 def _photo_setup(args: argparse.Namespace):
     """The photo path's MetaSR (``--weights`` or the bundled photo weights), its grid and step count."""
     from ..io.pretrained import BUNDLED_WEIGHTS
-    from ..pipelines.photo import PHOTO_MAX_PIXELS, PHOTO_STEPS, PHOTO_WEIGHTS, load_grid_specialists
+    from ..pipelines.photo import PHOTO_MAX_PIXELS, PHOTO_STEPS, PHOTO_WEIGHTS, load_grid_specialists, photo_precision
 
     chosen = args.weights is None
     if chosen:  # the bundled photo weights, unless another architecture was asked for
@@ -289,6 +290,8 @@ def _photo_setup(args: argparse.Namespace):
                              and args.arch in (None, BUNDLED_WEIGHTS[w].arch)), None)
     if args.max_pixels is None:
         args.max_pixels = PHOTO_MAX_PIXELS
+    if args.precision is None:  # bf16 where it is fast (the output's first line says which ran)
+        args.precision = photo_precision(args.device)
     msr = _load_metasr(args)
     # weights chosen here may hand a plain resize to the network trained for it; --weights X is used as given
     args.photo_specialists = (load_grid_specialists(device=msr.device, precision=msr.precision)
@@ -459,7 +462,7 @@ def _folder_settings(args: argparse.Namespace, **extra) -> dict:
     if weights not in BUNDLED_WEIGHTS and weights != "random" and Path(weights).is_file():
         weights = file_fingerprint(weights)
     return {"weights": weights, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "param_key": args.param_key,
-            "scale": args.scale, "precision": args.precision, "schedule": args.schedule, "lr": args.lr,
+            "scale": args.scale, "precision": args.precision or "fp32", "schedule": args.schedule, "lr": args.lr,
             "loss": args.loss, "max_pixels": args.max_pixels,
             **({} if args.seed is None else {"seed": args.seed}), **extra}
 
@@ -477,7 +480,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from ..zssr.core import default_preset
 
         preset = args.zssr_preset or default_preset(resolve_kernel(args.kernel, args.ds_method))
-        zcfg = ZSSRConfig.preset(preset, kernel_shift=args.kernel_shift, precision=args.precision,
+        zcfg = ZSSRConfig.preset(preset, kernel_shift=args.kernel_shift, precision=args.precision or "fp32",
                                  device=str(_setup(args)), **({} if args.seed is None else {"seed": args.seed}))
         if args.zssr_iters is not None:
             zcfg.max_iters = args.zssr_iters
