@@ -52,6 +52,9 @@ def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
+#: the step counts ``metasr eval`` scores by default
+DEFAULT_EVAL_STEPS = (0, 1, 10)
+
 #: the command line's memory budget (the library's MetaSR has none unless asked): SR in 512² tiles, and
 #: adaptation on 512x512-pixel crops of larger LR images; a 4000x3000 photo then peaks at ~3.5 GB
 #: (benchmarks/bench_memory.py --modes cli)
@@ -142,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "image). The kernel estimator is --estimator (metasr zssr, metasr estimate-kernel)")
     _add_model_args(p, weights_required=False)
     _add_adapt_args(p)
-    p.add_argument("--steps", type=_steps_list, default=[0, 1, 10], help="comma-separated step counts (default 0,1,10)")
+    p.add_argument("--steps", type=_steps_list, default=None,
+                   help=f"comma-separated step counts (default {','.join(map(str, DEFAULT_EVAL_STEPS))}; --method metasr)")
     p.add_argument("--crop-border", type=int, default=None, help="pixels shaved before scoring (default: the scale)")
     p.add_argument("--bicubic", action="store_true", help="also score plain bicubic upsampling")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
@@ -242,6 +246,7 @@ def _load_metasr(args: argparse.Namespace):
     weights, meta = _choose_weights(args)
     args.weights_used, args.weights_meta = weights, meta
     trained_scale = meta.get("scale")
+    given_scale = args.scale
     if args.scale is not None and trained_scale is not None and float(trained_scale) != float(args.scale):
         raise ValueError(f"--scale {args.scale:g} but the weights {weights!r} were trained for x{float(trained_scale):g}; "
                          f"use --scale {float(trained_scale):g} or weights trained for x{args.scale:g}")
@@ -250,8 +255,8 @@ def _load_metasr(args: argparse.Namespace):
     arch = args.arch or meta.get("arch") or "mzsr"
     if arch == "spandrel":  # the checkpoint carries its scale
         model = load_model("spandrel", weights).to(device)
-        if args.scale is not None and float(args.scale) != model.scale:
-            raise ValueError(f"--scale {args.scale:g} but spandrel detects a x{model.scale} {model.architecture} in "
+        if given_scale is not None and float(given_scale) != model.scale:  # not the default 2 set above
+            raise ValueError(f"--scale {given_scale:g} but spandrel detects a x{model.scale} {model.architecture} in "
                              f"{weights}; use --scale {model.scale} or leave it out")
         scale = args.scale = float(model.scale)
     else:
@@ -390,7 +395,7 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
             options["max_evals"] = args.evals
     else:
         model = None
-        _setup(args)
+        options["device"] = _setup(args)  # --precision: refused by _check_options unless fp32
         if args.iters is not None:
             options["iters"] = args.iters
     est = estimate_kernel(lr_img, args.scale or 2, args.estimator, model=model, progress=not args.quiet,
@@ -647,12 +652,83 @@ def _check_eval_folders(args: argparse.Namespace) -> None:
                              "left to score; remove it from the folder (GT images are usually hundreds of pixels)")
 
 
+#: ``metasr eval --method zssr``: MetaSR's options, which ZSSR has no use for, and why (flag, dest, "unset" test)
+_METASR_ONLY_REASONS = {
+    "model": "ZSSR trains its own network from scratch on each image, so no weights or architecture are loaded",
+    "adapt": "ZSSR's training is set by --zssr-preset and --zssr-iters, not by MetaSR's adaptation options",
+    "result": "ZSSR's back-projection and self-ensemble come from --zssr-preset",
+}
+_METASR_ONLY = (("--weights", "weights", None, "model"), ("--arch", "arch", None, "model"),
+                ("--arch-kwargs", "arch_kwargs", None, "model"), ("--param-key", "param_key", "auto", "model"),
+                ("--schedule", "schedule", None, "adapt"), ("--lr", "lr", None, "adapt"),
+                ("--loss", "loss", None, "adapt"), ("--steps", "steps", None, "adapt"),
+                ("--tile", "tile", None, "adapt"), ("--max-pixels", "max_pixels", None, "adapt"),
+                ("--back-projection", "back_projection", 0, "result"),
+                ("--self-ensemble", "self_ensemble", False, "result"))
+#: ``metasr eval --method metasr``: the options of ZSSR
+_ZSSR_ONLY = (("--zssr-preset", "zssr_preset", None), ("--zssr-iters", "zssr_iters", None),
+              ("--kernel-shift", "kernel_shift", False))
+
+
+def _given(args: argparse.Namespace, table) -> list:
+    """The rows of ``table`` (flag, dest, default, ...) whose option was given (differs from its default)."""
+    return [row for row in table if getattr(args, row[1], row[2]) != row[2]]
+
+
+def _flags(rows) -> tuple[str, str]:
+    """``('--a, --b', 'do')``: the flags of ``rows`` and the verb that agrees with them."""
+    return ", ".join(r[0] for r in rows), "does" if len(rows) == 1 else "do"
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    """``metasr eval``: refuse the options the chosen --method does not use, rather than ignore them."""
+    if args.method == "zssr":
+        rows = _given(args, _METASR_ONLY)
+        if rows:
+            flags, verb = _flags(rows)
+            reasons = "; ".join(dict.fromkeys(_METASR_ONLY_REASONS[r[3]] for r in rows))
+            raise ValueError(f"{flags} {verb} not apply to --method zssr: {reasons}. Leave "
+                             f"{'it' if len(rows) == 1 else 'them'} out, or use --method metasr")
+    else:
+        rows = _given(args, _ZSSR_ONLY)
+        if rows:
+            flags, verb = _flags(rows)
+            raise ValueError(f"{flags} {verb} not apply to --method {args.method} (they set ZSSR's training); add "
+                             f"--method zssr, or leave {'it' if len(rows) == 1 else 'them'} out")
+
+
+def _check_estimator_options(args: argparse.Namespace) -> None:
+    """``metasr estimate-kernel``: refuse the options the chosen --estimator does not use."""
+    if args.estimator == "kernelgan":
+        rows = _given(args, (("--weights", "weights", None), ("--arch", "arch", None),
+                             ("--arch-kwargs", "arch_kwargs", None), ("--param-key", "param_key", "auto"),
+                             ("--evals", "evals", None)))
+        if rows:
+            flags, verb = _flags(rows)
+            raise ValueError(f"{flags} {verb} not apply to --estimator kernelgan: it trains its own small GAN on the "
+                             "image (no network is loaded; --evals counts the gaussian search's candidates). Leave "
+                             f"{'it' if len(rows) == 1 else 'them'} out, or use --estimator gaussian")
+        if args.precision not in (None, "fp32"):
+            raise ValueError(f"--precision {args.precision} with --estimator kernelgan: KernelGAN trains in fp32 (its "
+                             "kernel priors and the tiny kernel taps need it); leave --precision out, or use "
+                             "--estimator gaussian")
+    elif args.iters is not None:
+        raise ValueError(f"--iters {args.iters} does not apply to --estimator {args.estimator}: it counts KernelGAN's "
+                         "iterations; the gaussian search's budget is --evals")
+
+
 def _check_options(args: argparse.Namespace) -> None:
     """Options checked before any work: outputs writable, counts in range."""
     from pathlib import Path
 
     if args.command == "eval" and getattr(args, "kernel", "") is None:
         args.kernel = "gd2.0"
+    if args.command == "eval":
+        _check_method_options(args)
+        if args.steps is None:
+            args.steps = list(DEFAULT_EVAL_STEPS)
+    if args.command == "estimate-kernel":
+        _check_estimator_options(args)
     if _is_photo(getattr(args, "kernel", None)) and args.command not in ("adapt", "demo"):
         raise ValueError(f"--kernel photo works with `metasr adapt` (and demo); for `metasr {args.command}` give a "
                          "kernel (gd2.0, bicubic, K.mat...)")

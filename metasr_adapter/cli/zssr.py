@@ -91,7 +91,7 @@ def run_zssr_cli(args: argparse.Namespace) -> int:
         from ..estimate.api import estimate_kernel
 
         est = estimate_kernel(lr_img, args.scale, getattr(args, "estimator", None) or "gaussian", progress=not args.quiet,
-                              seed=args.seed)
+                              seed=args.seed, device=device)  # on --device, as ZSSR itself
         print(f"estimated kernel: {est.summary()}")
         kernel = est.require_converged().to_spec()
     preset = args.preset or default_preset(kernel)

@@ -105,22 +105,23 @@ def _config(cls: type, ksize: int, options: dict[str, Any]):
     return replace(cls(), ksize=ksize, **options)
 
 
-def _as_metasr(model: Any, scale: int):
+def _as_metasr(model: Any, scale: int, device: Any = None):
     from ..adapt.metasr import MetaSR, load_pretrained
 
     if model is None:
-        return load_pretrained("mzsr_x2_direct")
+        return load_pretrained("mzsr_x2_direct", device=device)
     if isinstance(model, MetaSR):
         if float(model.scale) != scale:
             raise ValueError(f"the model is a x{model.scale:g} MetaSR but scale={scale}; give a x{scale} model")
         return model
     if isinstance(model, torch.nn.Module):
-        return MetaSR(model, scale)
+        return MetaSR(model, scale, **({} if device is None else {"device": device}))
     raise TypeError(f"model must be a MetaSR, an nn.Module or None (the bundled mzsr_x2_direct); got {type(model).__name__}")
 
 
 def estimate_kernel(lr_img: np.ndarray | torch.Tensor, scale: int = 2, method: str = "gaussian", *, model: Any = None,
-                    progress: bool = False, seed: int = 0, ksize: int = 15, **options: Any) -> KernelEstimate:
+                    progress: bool = False, seed: int = 0, ksize: int = 15, device: Any = None,
+                    **options: Any) -> KernelEstimate:
     """Estimate the blur kernel that made ``lr_img`` (blur, then direct x``scale`` subsampling).
 
     Args:
@@ -133,6 +134,9 @@ def estimate_kernel(lr_img: np.ndarray | torch.Tensor, scale: int = 2, method: s
             (its adaptation settings are used), an ``nn.Module`` (wrapped with ``MetaSR(model, scale)``) or
             None for the bundled ``mzsr_x2_direct``. Ignored by ``'kernelgan'``.
         progress: show a tqdm bar.
+        device: where the estimate runs: ``'kernelgan'`` trains its GAN there, ``'gaussian'`` loads the bundled
+            network there when ``model`` is None (or wraps an ``nn.Module`` there); a given MetaSR keeps its own
+            device. None = CUDA when available, else CPU (a MetaSR or ``nn.Module``: the model's device).
         seed: crops and initialisation are drawn from it (same seed, same estimate).
         ksize: side of the returned kernel (odd).
         options: fields of :class:`~metasr_adapter.estimate.gaussian_search.GaussianSearchConfig` or
@@ -153,7 +157,7 @@ def estimate_kernel(lr_img: np.ndarray | torch.Tensor, scale: int = 2, method: s
         from .gaussian_search import GaussianSearchConfig, gaussian_search
 
         cfg = _config(GaussianSearchConfig, int(ksize), options)
-        msr = _as_metasr(model, s)
+        msr = _as_metasr(model, s, device)
         res = gaussian_search(msr, lr, cfg, seed=seed, progress=progress)
         return KernelEstimate(
             kernel=res.kernel, method=method, converged=res.converged, seconds=time.perf_counter() - t0, scale=s,
@@ -163,11 +167,14 @@ def estimate_kernel(lr_img: np.ndarray | torch.Tensor, scale: int = 2, method: s
     from .kernelgan import KernelGANConfig, kernelgan
 
     cfg = _config(KernelGANConfig, int(ksize), options)
-    res = kernelgan(lr, cfg, seed=seed, progress=progress)
+    from ..devices import resolve_device
+
+    dev = resolve_device(device)
+    res = kernelgan(lr, cfg, seed=seed, progress=progress, device=dev)
     return KernelEstimate(
         kernel=res.kernel, method=method, converged=res.converged, seconds=time.perf_counter() - t0, scale=s,
         reason=res.reason, loss_history=[r["loss_g"] for r in res.history],
-        diagnostics={"final": res.history[-1] if res.history else {}, "raw_sum": res.raw_sum,
+        diagnostics={"final": res.history[-1] if res.history else {}, "raw_sum": res.raw_sum, "device": str(dev),
                      "config": {k: v for k, v in cfg.__dict__.items()}})
 
 

@@ -164,14 +164,15 @@ def bicubic_kernel(size: int, scale: int = 2) -> np.ndarray:
 class _Priors:
     """The paper's kernel priors, as functions of the composed kernel."""
 
-    def __init__(self, r: int, cfg: KernelGANConfig, dtype: torch.dtype) -> None:
+    def __init__(self, r: int, cfg: KernelGANConfig, dtype: torch.dtype, device: torch.device | None = None) -> None:
         c = (r - 1) / 2
-        yy, xx = torch.meshgrid(torch.arange(r, dtype=dtype), torch.arange(r, dtype=dtype), indexing="ij")
+        yy, xx = torch.meshgrid(torch.arange(r, dtype=dtype, device=device), torch.arange(r, dtype=dtype, device=device),
+                                indexing="ij")
         rho = torch.sqrt((yy - c) ** 2 + (xx - c) ** 2)
         free = r / 4  # no penalty within this radius; full weight from the edge's midpoints outwards
         self.mask = ((rho - free) / (c - free)).clamp(0, 1)
         self.yy, self.xx, self.c = yy, xx, c
-        self.bicubic = torch.tensor(bicubic_kernel(r), dtype=dtype)
+        self.bicubic = torch.tensor(bicubic_kernel(r), dtype=dtype, device=device)
         self.cfg = cfg
 
     def __call__(self, k: torch.Tensor, with_bicubic: bool) -> tuple[torch.Tensor, dict[str, float]]:
@@ -194,19 +195,22 @@ class _Priors:
         return loss, {n: float(v.detach()) for n, v in terms.items()}
 
 
-def _sampler(img: torch.Tensor, crop: int, generator: torch.Generator) -> Callable[[], torch.Tensor]:
+def _sampler(img: torch.Tensor, crop: int, generator: torch.Generator,
+             device: torch.device | None = None) -> Callable[[], torch.Tensor]:
     """Random ``crop``² crops of a 1x1xHxW image, drawn with probability growing with their texture (as the
-    paper samples crops by gradient magnitude), each position at least a little likely."""
+    paper samples crops by gradient magnitude), each position at least a little likely. The positions are
+    drawn on the CPU (``generator``'s device); the crops are cut from a copy of the image on ``device``."""
     h, w = img.shape[-2:]
     energy = F.avg_pool2d(F.pad(texture_map(img), (0, 1, 0, 1)), crop, stride=1)[0, 0].flatten()
     prob = energy.sqrt() + 0.1 * energy.sqrt().mean() + 1e-12
     prob = (prob / prob.sum()).float()
     cols = w - crop + 1
+    src = img if device is None else img.to(device)
 
     def draw() -> torch.Tensor:
         idx = int(torch.multinomial(prob, 1, generator=generator))
         i, j = divmod(idx, cols)
-        return img[..., i:i + crop, j:j + crop]
+        return src[..., i:i + crop, j:j + crop]
 
     return draw
 
@@ -221,9 +225,17 @@ def _postprocess(k: np.ndarray, cfg: KernelGANConfig) -> np.ndarray:
 
 
 def kernelgan(lr: torch.Tensor, cfg: KernelGANConfig | None = None, *, seed: int = 0, progress: bool = False,
-              callback: Callable[[dict[str, float]], None] | None = None) -> KernelGANResult:
-    """Estimate the x2 kernel of ``lr`` (the checked 1x3xHxW float64 image) with an internal GAN."""
+              callback: Callable[[dict[str, float]], None] | None = None,
+              device: str | torch.device | None = None) -> KernelGANResult:
+    """Estimate the x2 kernel of ``lr`` (the checked 1x3xHxW float64 image) with an internal GAN.
+
+    ``device``: where G and D train (None = CUDA when available, else CPU). The crops are drawn and the
+    networks initialised on the CPU from ``seed`` whatever the device, so devices differ only by rounding.
+    """
+    from ..devices import resolve_device
+
     cfg = (cfg or KernelGANConfig()).validate()
+    dev = resolve_device(device)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     dtype = torch.float32
@@ -236,15 +248,16 @@ def kernelgan(lr: torch.Tensor, cfg: KernelGANConfig | None = None, *, seed: int
         raise ValueError(f"LR image of {h}x{wd} pixels is too small for KernelGAN (needs {cfg.receptive_field + 2 * cfg.d_kernel} "
                          "pixels per side); use a larger image, or method='gaussian'")
     d_crop = (g_crop - cfg.receptive_field) // 2 + 1
-    draw_g, draw_d = _sampler(luma, g_crop, gen), _sampler(luma, d_crop, gen)
+    draw_g, draw_d = _sampler(luma, g_crop, gen, dev), _sampler(luma, d_crop, gen, dev)
 
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's global RNG untouched
         torch.manual_seed(int(seed))
         G = LinearGenerator(cfg.g_kernels, cfg.g_width)
         D = PatchDiscriminator(1, cfg.d_width, cfg.d_kernel, cfg.d_depth)
+    G, D = G.to(dev), D.to(dev)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
-    priors = _Priors(cfg.receptive_field, cfg, dtype)
+    priors = _Priors(cfg.receptive_field, cfg, dtype, dev)
     decay_iter = int(cfg.decay_at * cfg.iters)
     bicubic_until = int(round(cfg.bicubic_iters * cfg.iters))
     history: list[dict[str, float]] = []
@@ -283,7 +296,7 @@ def kernelgan(lr: torch.Tensor, cfg: KernelGANConfig | None = None, *, seed: int
                     raise FloatingPointError(f"KernelGAN diverged at iteration {it} (losses {rec}); try another seed")
                 history.append(rec)
                 if it % 5 == 0 or it == cfg.iters - 1:
-                    snapshots.append((it, k.detach().double().numpy().copy()))
+                    snapshots.append((it, k.detach().double().cpu().numpy().copy()))
                 if bar is not None:
                     bar.update(1)
                     if it % 10 == 0:
