@@ -29,3 +29,23 @@ def test_adapt_one_image_example(tmp_path, photo):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "step  2:" in res.stdout and out.is_file()
+
+
+def test_upscale_photos_example(tmp_path, photo):
+    import io
+    import json
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(photo[200:264, 200:296]).save(buf, "JPEG", quality=80)
+    (tmp_path / "a.jpg").write_bytes(buf.getvalue())
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "upscale_photos.py"), str(tmp_path / "a.jpg"), "-o",
+         str(tmp_path / "out"), "--steps", "1"], capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    info = json.loads((tmp_path / "out" / "a_x2.json").read_text())
+    assert info["estimate"]["degradation"]["jpeg_quality"] == 80 and info["choice"] in ("adapted", "plain")
+    assert (tmp_path / "out" / "a_x2.png").is_file() and "a.jpg: weights: idn_x2_" in res.stdout
