@@ -2,6 +2,7 @@
 
     python benchmarks/bench_adapt.py [--lr PATH] [--weights W] [--repeats 3] [--steps 1,10]
     python benchmarks/bench_adapt.py --precisions fp32,fp32+compile      # torch.compile (compile time excluded)
+    python benchmarks/bench_adapt.py --precisions fp32+nchw,fp32+cl --rounds 3 --threads 1   # layouts
 
 Reports the median wall time of the adaptation loop and of the whole call, the peak resident
 memory growth, and the speed ratio against the official TensorFlow code (SPEC §0: 0.445 s /
@@ -60,14 +61,29 @@ def time_adapt(msr: MetaSR, lr: np.ndarray, steps: int, repeats: int) -> dict:
     return {"loop_s": statistics.median(loops[1:]), "call_s": statistics.median(calls[1:])}
 
 
+def _wrapper(net: MZSRNet, config: str) -> MetaSR:
+    """``PRECISION[+compile][+nchw|+cl]`` -> a MetaSR (layout default: the library's choice for this CPU)."""
+    prec, *opts = config.split("+")
+    bad = [o for o in opts if o not in ("compile", "nchw", "cl")]
+    if bad:
+        raise SystemExit(f"--precisions {config!r}: unknown option {bad[0]!r}; use +compile, +nchw or +cl")
+    layout = True if "cl" in opts else False if "nchw" in opts else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return MetaSR(net, 2, precision=prec, compile="compile" in opts, channels_last=layout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lr", default=None, help="LR image (default: a 256x256 crop of the bundled photo)")
     ap.add_argument("--weights", default=None, help="weights for MZSRNet (speed does not depend on them)")
     ap.add_argument("--steps", default="1,10")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per configuration and round")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="round-robin rounds over the configurations (medians over rounds x repeats)")
     ap.add_argument("--precisions", default="fp32,bf16",
-                    help="comma-separated: fp32, bf16, fp32+compile (torch.compile'd network, fp32)")
+                    help="comma-separated PRECISION[+compile][+nchw|+cl]: fp32, bf16, fp32+compile "
+                         "(torch.compile'd network), fp32+nchw / fp32+cl (force the layout of the adaptation steps)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -81,27 +97,40 @@ def main() -> None:
         load_weights(net, args.weights)
     print(f"CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"fast bf16: {bf16_supported(torch.device('cpu'))}; LR {lr.shape[1]}x{lr.shape[0]}")
-    rows = []
+    configs = args.precisions.split(",")
+    step_counts = [int(s) for s in args.steps.split(",")]
+    wrappers = {c: _wrapper(net, c) for c in configs}
+    for c, msr in wrappers.items():
+        if "compile" in c:
+            time_adapt(msr, lr, max(step_counts), 1)  # compile every size first
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for prec in args.precisions.split(","):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            msr = MetaSR(net, 2, precision=prec.split("+")[0], compile=prec.endswith("+compile"))
-            if prec.endswith("+compile"):
-                time_adapt(msr, lr, max(int(s) for s in args.steps.split(",")), 1)  # compile every size first
-        for steps in [int(s) for s in args.steps.split(",")]:
-            r = time_adapt(msr, lr, steps, args.repeats)
-            r.update(precision=prec, steps=steps,
+    times: dict[tuple[str, int], list[dict]] = {(c, k): [] for c in configs for k in step_counts}
+    for r in range(args.rounds):
+        for c in configs:
+            for k in step_counts:
+                times[(c, k)].append(time_adapt(wrappers[c], lr, k, args.repeats))
+    rows = []
+    for c in configs:
+        for steps in step_counts:
+            got = times[(c, steps)]
+            r = {"loop_s": statistics.median(t["loop_s"] for t in got),
+                 "call_s": statistics.median(t["call_s"] for t in got)}
+            r.update(precision=c, steps=steps, channels_last=wrappers[c].channels_last,
                      peak_rss_mb=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
             off = OFFICIAL.get(steps)
             if off:
                 r["speedup_loop_vs_official"] = off[0] / r["loop_s"]
                 r["speedup_call_vs_official"] = off[1] / r["call_s"]
             rows.append(r)
-            print(f"{prec:5s} {steps:3d} steps: loop {r['loop_s']:.3f} s, call {r['call_s']:.3f} s"
+            print(f"{c:12s} {steps:3d} steps: loop {r['loop_s']:.3f} s, call {r['call_s']:.3f} s"
                   + (f"  (official TF: {off[0]:.3f} / {off[1]:.2f} s -> x{r['speedup_loop_vs_official']:.2f} /"
-                     f" x{r['speedup_call_vs_official']:.2f})" if off else "")
-                  + f", peak RSS growth {r['peak_rss_mb']:.0f} MB")
+                     f" x{r['speedup_call_vs_official']:.2f})" if off else ""))
+    base = {r["steps"]: r for r in rows if r["precision"] == configs[0]}
+    for r in rows:
+        if r["precision"] != configs[0]:
+            ratio = r["loop_s"] / base[r["steps"]]["loop_s"]
+            r[f"loop_vs_{configs[0]}"] = ratio
+            print(f"{r['precision']} / {configs[0]}, {r['steps']} steps: adaptation loop {ratio:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "cpu": cpu_name(), "torch": torch.__version__, "rows": rows,

@@ -4,7 +4,9 @@
 numbers or shows progress, ``--device`` for train too. The old spellings stay accepted."""
 from __future__ import annotations
 
+import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -27,6 +29,19 @@ def test_estimate_kernel_names_its_estimator_as_zssr_does(parser, flag):
     assert parser.parse_args(["estimate-kernel", "lr.png", "-o", "k.npy"]).estimator == "gaussian"
     assert parser.parse_args(["zssr", "lr.png", "-o", "sr.png", "--kernel", "estimate", flag if flag == "--estimator"
                               else "--estimator", "kernelgan"]).estimator == "kernelgan"
+
+
+@pytest.mark.parametrize("flag", ["--kernelgan-iters", "--iters"])
+def test_iters_counts_zssr_iterations_and_kernelgan_has_its_own_name(parser, flag):
+    """`--iters` (zssr) and `--zssr-iters` (eval) count ZSSR's iterations; KernelGAN's are `--kernelgan-iters`
+    (estimate-kernel's old `--iters`, still accepted but no longer shown)."""
+    args = parser.parse_args(["estimate-kernel", "lr.png", "-o", "k.npy", "--estimator", "kernelgan", flag, "7"])
+    assert args.iters == 7
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    shown = sub.choices["estimate-kernel"].format_help()
+    assert re.search(r"^\s+--kernelgan-iters N", shown, re.M) and not re.search(r"^\s+--iters\b", shown, re.M)
+    assert parser.parse_args(["zssr", "lr.png", "-o", "sr.png", "--iters", "9"]).iters == 9
+    assert parser.parse_args(["eval", "--gt-dir", "g", "--method", "zssr", "--zssr-iters", "9"]).zssr_iters == 9
 
 
 @pytest.mark.parametrize("flag", ["--kernel-shift", "--zssr-kernel-shift"])

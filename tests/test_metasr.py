@@ -288,3 +288,31 @@ def test_augment_and_noise_are_seeded(small_lr):
     plain = msr.adapt(small_lr, "gd2.0", steps=3)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, plain)
+
+
+@pytest.mark.parametrize("faster", [True, False])
+def test_adaptation_steps_run_channels_last_where_that_layout_is_faster(small_lr, monkeypatch, faster):
+    """fp32 adaptation steps run NHWC where `channels_last_trains_faster` says so (CPUs with AVX-512: 0.88x the
+    NCHW step time, benchmarks/bench_adapt.py), NCHW elsewhere; channels_last= overrides; the result is the same
+    arithmetic (float round-off only)."""
+    from metasr_adapter.adapt import metasr as metasr_module
+
+    monkeypatch.setattr(metasr_module, "channels_last_trains_faster", lambda device: faster)
+    net = tiny_net()
+    seen: list[bool] = []
+    hook = net.conv1.register_forward_hook(
+        lambda mod, inp, out: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last)
+                                          and not inp[0].is_contiguous()))
+    auto = MetaSR(net, 2)
+    assert auto.channels_last is faster
+    session = auto.start(small_lr, "gd2.0")
+    seen.clear()
+    session.step()
+    assert seen and all(s is faster for s in seen)  # the step's forward passes, in the chosen layout
+    other = MetaSR(net, 2, channels_last=not faster)
+    assert other.channels_last is (not faster)
+    hook.remove()
+    a = auto.adapt(small_lr, "gd2.0", steps=3, return_info=True)
+    b = other.adapt(small_lr, "gd2.0", steps=3, return_info=True)
+    assert np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1
+    assert np.allclose(a[1].losses, b[1].losses, rtol=1e-4)

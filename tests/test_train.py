@@ -459,3 +459,49 @@ def test_collapsed_weights_are_flagged_and_make_train_exit_non_zero(data, tmp_pa
     # the finished run: the same verdict on --resume, and --allow-collapse accepts it
     assert main(["train", str(RECIPE), "--out", str(out), "--resume", "--set", *over]) == 3
     assert main(["train", str(RECIPE), "--out", str(out), "--resume", "--allow-collapse", "--set", *over]) == 0
+
+
+def test_a_run_exports_the_weights_of_its_last_checkpoint_with_their_learned_rates(
+    data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`metasr train -o DIR --export-weights PATH`: mid-run, the checkpoint's tensors and learned rates; after
+    the run, the same file as meta_trained.pth; the run folder is left as it was."""
+    from metasr_adapter import MetaSR, load_model
+    from metasr_adapter.adapt.schedules import PerParameterSchedule
+    from metasr_adapter.cli.main import main
+    from metasr_adapter.io.weights import read_metadata
+    from metasr_adapter.training.recipes import load_recipe
+
+    run = tmp_path / "run"
+    rec = load_recipe(RECIPE, _tiny(data, **{"pretrain.iterations": 2, "meta.iterations": 4,
+                                             "meta.learn_inner_lr": "true", "meta.inner_lr_meta_lr": 0.1,
+                                             "eval.max_steps": 1, "eval.probe_steps": "[0, 1]",
+                                             "eval.evaluate_start": "false"}))
+    monkeypatch.setenv(KILL_ENV, "meta:3:raise")  # checkpoint at 2, crash after step 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(rec, out_dir=run)
+    monkeypatch.delenv(KILL_ENV)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    snap = tmp_path / "snap.pth"
+    assert main(["train", "-o", str(run), "--export-weights", str(snap)]) == 0
+    assert "meta stage, step 2" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    ck = load_checked(run / "checkpoint.pt")
+    got = _params(snap)
+    assert got.keys() == ck["model"].keys() and all(torch.equal(got[k], ck["model"][k]) for k in got)
+    rates = read_metadata(snap)["schedule"]["per_parameter"]
+    want = ck["learner"]["log_inner_lr"].exp()
+    assert sorted(rates) == sorted(got) and all(len(v) == 5 for v in rates.values())
+    assert torch.allclose(torch.tensor([rates[n] for n in _params(snap)]), want)  # in the model's order
+    assert not torch.allclose(want, torch.full_like(want, 0.01))  # learned: not the starting rate
+    assert isinstance(MetaSR(load_model("mzsr", snap)).schedule, PerParameterSchedule)
+
+    run_training(rec, out_dir=run, resume=True)  # finished: the export is the final weights
+    assert main(["train", "-o", str(run), "--export-weights", str(snap)]) == 0
+    final = _params(run / "meta_trained.pth")
+    got = _params(snap)
+    assert all(torch.equal(got[k], final[k]) for k in final)
+    assert read_metadata(snap)["schedule"] == read_metadata(run / "meta_trained.pth")["schedule"]
+
+    assert main(["train", "-o", str(tmp_path / "empty"), "--export-weights", str(snap)]) == 2
+    assert "holds no run to export" in capsys.readouterr().err

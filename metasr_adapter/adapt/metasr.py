@@ -34,7 +34,7 @@ from ..ops.imageio import ImageFormat, to_tensor
 from ..ops.degradation_spec import DegradationSpec
 from ..ops.kernels import KernelSpec, resolve_kernel
 from ..ops.losses import get_loss
-from ..precision import PRECISIONS, autocast, bf16_supported
+from ..precision import PRECISIONS, autocast, bf16_supported, channels_last_trains_faster
 from ..resolvers import kernel_resolver, kernel_resolver_names
 from .schedules import PerParameterSchedule, Schedule, get_schedule, step_size
 from .step import autograd_ready, clone_weights, gradients, grad_mode, select_parameters, sgd_update
@@ -355,6 +355,9 @@ class MetaSR:
         adapt_params: fnmatch patterns of the parameters adaptation may change (meta-training's
             ``adapt_params``; saved weights carry it). None = every parameter with
             ``requires_grad=True``: frozen parameters stay frozen unless patterns name them.
+        channels_last: NHWC layout in the adaptation steps; None (default) = with bf16, and in fp32 where
+            :func:`~metasr_adapter.precision.channels_last_trains_faster` says so (CPUs with AVX-512). The
+            arithmetic is the same; float round-off differs (SR outputs within one 8-bit level).
     """
 
     def __init__(
@@ -372,6 +375,7 @@ class MetaSR:
         tile_overlap: int | None = None,
         max_pixels: int | None = None,
         compile: bool = False,
+        channels_last: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -405,6 +409,10 @@ class MetaSR:
         if not same_device(self.device, first.device):
             raise ValueError(f"model is on {first.device} but device={str(device)!r}; move it with model.to(device)")
         self.device = first.device
+        #: NHWC images and weights in the adaptation steps (bf16; fp32 where measured faster, see
+        #: :func:`~metasr_adapter.precision.channels_last_trains_faster`); the same arithmetic either way
+        self.channels_last = (precision == "bf16" or channels_last_trains_faster(self.device)) \
+            if channels_last is None else bool(channels_last)
         #: names of the parameters that adaptation changes (the same rule as meta-training's adapt_params)
         self.adapt_params = None if adapt_params is None else list(adapt_params)
         self.adapt_names = select_parameters(model, self.adapt_params, include_frozen=adapt_params is not None)
@@ -434,13 +442,13 @@ class MetaSR:
     def _param_items(self) -> list[tuple[str, torch.Tensor]]:
         """Every parameter (adapted or not): the network runs on this full dict."""
         items = [(n, p) for n, p in self.model.named_parameters()]
-        if self.precision == "bf16":
+        if self.channels_last:
             items = [(n, p.contiguous(memory_format=torch.channels_last) if p.ndim == 4 else p) for n, p in items]
         return items
 
     def _network_input(self, x: torch.Tensor, out_shape: tuple[int, int]) -> torch.Tensor:
         inp = imresize(x, self.scale, output_shape=out_shape) if self.upsample_input else x
-        if self.precision == "bf16":
+        if self.channels_last and inp.dim() == 4:
             inp = inp.contiguous(memory_format=torch.channels_last)
         return inp
 

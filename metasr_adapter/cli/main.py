@@ -177,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="PNG", help="also write a picture of the kernel")
     p.add_argument("--json", default=None, help="also write the estimate and its diagnostics as JSON")
     p.add_argument("--evals", type=int, default=None, metavar="N", help="gaussian: candidate kernels scored (default 40)")
-    p.add_argument("--iters", type=int, default=None, metavar="N", help="kernelgan: iterations (default 500)")
+    p.add_argument("--kernelgan-iters", dest="iters", type=int, default=None, metavar="N",
+                   help="kernelgan: its GAN's training iterations (default 500). `--iters` is the old spelling, still "
+                        "accepted; elsewhere --iters / --zssr-iters count ZSSR's iterations")
+    p.add_argument("--iters", dest="iters", type=int, default=None, help=argparse.SUPPRESS)
     _add_run_args(p, "random seed of the crops and the initialisation (default 0)")
     _add_model_args(p, weights_required=False)
     p.set_defaults(func=_cmd_estimate_kernel, kernel="estimate", ds_method="direct")
@@ -713,7 +716,7 @@ def _check_estimator_options(args: argparse.Namespace) -> None:
                              "kernel priors and the tiny kernel taps need it); leave --precision out, or use "
                              "--estimator gaussian")
     elif args.iters is not None:
-        raise ValueError(f"--iters {args.iters} does not apply to --estimator {args.estimator}: it counts KernelGAN's "
+        raise ValueError(f"--kernelgan-iters {args.iters} does not apply to --estimator {args.estimator}: it counts KernelGAN's "
                          "iterations; the gaussian search's budget is --evals")
 
 
@@ -774,9 +777,9 @@ def _check_options(args: argparse.Namespace) -> None:
                              "with one of those")
         if args.plot:
             _check_output(args.plot, "--plot", image=True)
-        for flag in ("evals", "iters"):
-            if getattr(args, flag) is not None and getattr(args, flag) < 1:
-                raise ValueError(f"--{flag} {getattr(args, flag)}: must be >= 1")
+        for flag, dest in (("--evals", "evals"), ("--kernelgan-iters", "iters")):
+            if getattr(args, dest) is not None and getattr(args, dest) < 1:
+                raise ValueError(f"{flag} {getattr(args, dest)}: must be >= 1")
         if args.scale is not None:
             from ..estimate.checks import check_scale
 

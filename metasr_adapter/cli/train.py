@@ -15,7 +15,7 @@ import torch
 
 from .. import distributed as ddp
 from ..training.recipes import dump_recipe, load_recipe
-from ..training.train import COLLAPSE_EXIT, TrainingInterrupted, run_training
+from ..training.train import COLLAPSE_EXIT, TrainingInterrupted, export_run_weights, run_training
 
 __all__ = ["add_train_arguments", "run_train_cli"]
 
@@ -39,6 +39,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars (the same as --set output.progress=false)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--export-weights", default=None, metavar="PATH",
+                        help="write the weights of the run in -o DIR as its last checkpoint holds them (with the "
+                             "metadata of its final weights) and exit; the run may go on meanwhile")
     parser.add_argument("--allow-collapse", action="store_true",
                         help=f"exit 0 even when the final evaluation finds the trained weights collapsed "
                              f"(default: exit {COLLAPSE_EXIT}; the run's files are kept either way)")
@@ -63,6 +66,8 @@ def run_train_cli(args: argparse.Namespace) -> int:
     """Entry point of ``metasr train`` (after :func:`add_train_arguments`)."""
     overrides = [item for group in (args.overrides or []) for item in group]
     _check_run_folder(args.out, "-o/--output")
+    if getattr(args, "export_weights", None):
+        return _export(args, overrides)
     recipe_path = args.recipe
     if recipe_path is None:  # `--set k=v RECIPE`: argparse hands the recipe to --set
         files = [o for o in overrides if "=" not in o and o.lower().endswith((".yaml", ".yml"))]
@@ -104,6 +109,22 @@ def run_train_cli(args: argparse.Namespace) -> int:
     if ddp.is_distributed():  # a torchrun rank: leave the group so that the launcher sees a clean exit
         return ddp.exit_rank(status)
     return status
+
+
+def _export(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``metasr train -o DIR --export-weights PATH``: the run's current weights, the run untouched."""
+    if args.out is None:
+        if args.recipe is None:
+            raise ValueError("--export-weights: give the run folder with -o DIR (or the RECIPE that names it)")
+        folder = load_recipe(args.recipe, overrides)["output"]["dir"]
+    else:
+        folder = args.out
+    if folder is None:
+        raise ValueError("--export-weights: the recipe names no output.dir; give the run folder with -o DIR")
+    done = export_run_weights(folder, args.export_weights)
+    print(f"wrote {done['path']}: the weights of {folder} at its last checkpoint ({done['stage']} stage, "
+          f"step {done['step']})")
+    return 0
 
 
 def _format_summary(s: Mapping[str, Any]) -> str:

@@ -157,7 +157,8 @@ SCHEMA: dict[str, Any] = {
         "task_batching": Key("loop", (str,), "tasks one after another ('loop', least memory) or all at once "
                              "('vmap', functional backend)", choices=("loop", "vmap")),
         "channels_last": Key(False, (bool,), "NHWC image layout in meta-training (measured slower in fp32 on "
-                             "AVX2 CPUs; see MAMLConfig)"),
+                             "AVX2 CPUs, faster with bf16 on AVX512-BF16 ones: benchmarks/bench_meta.py; may "
+                             "change on --resume)"),
         "adam_variant": Key("torch", (str,), "meta-optimiser arithmetic: 'torch' (torch.optim.Adam) or 'tf' "
                             "(TF1 AdamOptimizer, the official code's)", choices=("torch", "tf")),
         "anneal_span": Key(10000.0 / 3.0, _NUM, "loss_weighting='maml++': meta-steps over which the query-loss "
@@ -200,9 +201,11 @@ SCHEMA: dict[str, Any] = {
 # evaluation settings may change, e.g. to point eval.gt_dir at another copy of the data).
 # meta.iterations may change too (train longer, or stop early): every batch depends only on
 # (seed, step), so the steps already taken are the same either way; train.py checks that the
-# checkpoint is not already past the new count.
+# checkpoint is not already past the new count. meta.channels_last and meta.task_batching change how the
+# same arithmetic is laid out (as device does), not what it computes: a run may switch to the faster layout
+# when it resumes on another CPU, at the cost of float round-off.
 HASH_EXCLUDE = ("output", "data.num_workers", "data.cache_dir", "device", "meta.iterations", "eval",
-                "pretrain.probe_every", "meta.probe_every")
+                "pretrain.probe_every", "meta.probe_every", "meta.channels_last", "meta.task_batching")
 
 # eval.kernel values that are names, not paths
 _KERNEL_WORDS = ("bicubic", "cubic", "none")

@@ -353,6 +353,7 @@ class _Run:
         self.main = ddp.is_main()  # rank 0 (or the only process) writes every file
         self._parent_fingerprint: str | None = None  # tensors a fine-tuning run started from
         self._learner: Any = None  # the meta stage's MetaLearner (learned inner rates)
+        self._checkpoint_rates: dict[str, list[float]] | None = None  # learned rates read by export_weights
         self.log = MetricsLog(out_dir / METRICS_NAME, enabled=self.main)
         self.hash = recipe_hash(recipe)
         self.device = _device(recipe["device"])
@@ -744,11 +745,14 @@ class _Run:
             self.meta_state = {"learner": ckpt["learner"], "sampler": ckpt["sampler"], "elapsed": elapsed}
         self._save_weights(FINAL_WEIGHTS, source=f"meta-trained {total} iterations", recipe=r.get("name"))
 
-    def _save_weights(self, name: str, **metadata: Any) -> None:
+    def _save_weights(self, name: str | Path, **metadata: Any) -> Path:
+        """Save the model as ``name`` (relative to the run folder) with the metadata that rebuilds and adapts it."""
         from ..io.weights import save_weights
 
+        path = self.out / name
         if self.main:
-            save_weights(self.model, self.out / name, **self._arch_meta(), **metadata)
+            save_weights(self.model, path, **self._arch_meta(), **metadata)
+        return path
 
     def _arch_meta(self) -> dict[str, Any]:
         """Metadata that lets ``load_model(arch, path)`` / ``metasr eval --weights`` rebuild the network."""
@@ -769,6 +773,8 @@ class _Run:
 
         if self._learner is not None and self._learner.log_inner_lr is not None:
             return {"per_parameter": self._learner.learned_inner_lrs()}
+        if self._checkpoint_rates is not None:
+            return {"per_parameter": self._checkpoint_rates}
         final = self.out / FINAL_WEIGHTS
         if self.recipe["meta"]["learn_inner_lr"] and final.is_file():  # resumed after meta-training
             saved = read_metadata(final).get("schedule")
@@ -1000,6 +1006,39 @@ def _weights_file(spec: str) -> str:
         info.verify()
         return str(info.path)
     return spec
+
+
+def export_run_weights(run_dir: str | os.PathLike, path: str | os.PathLike) -> dict[str, Any]:
+    """Save the weights of the run in ``run_dir`` as its last checkpoint holds them, while the run may go on.
+
+    The file carries the metadata the run's final weights would (architecture, scale, degradation, loss and
+    test-time schedule, learned inner rates included), so ``metasr eval --weights PATH`` and ``load_model``
+    use it as they use ``meta_trained.pth``. Nothing in ``run_dir`` changes. Returns ``{"path", "stage",
+    "step"}``.
+    """
+    folder = Path(run_dir)
+    saved = folder / "recipe.yaml"
+    if not (folder / CHECKPOINT_NAME).is_file() or not saved.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no run to export (it needs {CHECKPOINT_NAME} and recipe.yaml); "
+                                "give the -o folder of a `metasr train` run")
+    run = _Run(load_recipe(saved), folder, resume=True)
+    run.main = True
+    ckpt = run.load_checkpoint()
+    run.model = build_model(run.recipe)
+    run.model.load_state_dict(ckpt["model"])
+    learner = ckpt.get("learner") or (ckpt.get("meta_state") or {}).get("learner") or {}  # meta / eval, done
+    log_rates = learner.get("log_inner_lr")
+    if log_rates is not None:
+        from ..adapt.step import select_parameters
+
+        names = select_parameters(run.model, run.recipe["meta"]["adapt_params"])
+        rates = log_rates.exp().tolist()
+        run._checkpoint_rates = {n: rates[i] for i, n in enumerate(names)}
+    stage, step = str(ckpt["stage"]), int(ckpt["step"])
+    target = Path(path).resolve()
+    run._save_weights(target, source=f"exported from {folder.name}'s checkpoint ({stage} stage, step {step})",
+                      recipe=run.recipe.get("name"))
+    return {"path": str(target), "stage": stage, "step": step}
 
 
 def run_training(
