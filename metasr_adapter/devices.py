@@ -2,6 +2,12 @@
 
 ``torch.device('cuda') != torch.device('cuda:0')`` although both name the same GPU once the index is
 resolved; every device check in this package goes through :func:`same_device`.
+
+One rule for ``device=None`` across the package: work on a model the caller gives runs where that model
+is (``MetaSR``, ``estimate_kernel(model=...)``, ``ZSSR(model=...)``); a function that builds or loads its own
+network puts it on CUDA when available, else the CPU (``load_pretrained``, ``load_photo_model``, ZSSR's own
+network, KernelGAN, the gaussian estimator's bundled network), as the command line's ``--device`` default
+does. ``load_model`` alone returns a CPU module, as ``torch.load`` and ``torchvision.models.get_model`` do.
 """
 from __future__ import annotations
 

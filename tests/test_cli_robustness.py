@@ -393,3 +393,32 @@ def test_resolve_device_refuses_devices_that_cannot_run_a_network():
     with pytest.raises(ValueError, match="'meta'"):
         resolve_device("meta")
     assert resolve_device("cpu").type == "cpu"
+
+
+# ---- structure: --kernel and --weights are parsed once, at the edge ---------------------------------
+@pytest.mark.parametrize("folder", [False, True])
+def test_adapt_reads_the_kernel_file_and_the_weights_file_once(tmp_path, lr_png, lr_folder, tiny_x2, monkeypatch,
+                                                               folder):
+    """One `metasr adapt` read its .npy kernel twice and its .pth three times (issue #20, structure 3); a folder
+    read the kernel once per image. Now each file is read once and the parsed objects are passed down."""
+    from metasr_adapter.ops.kernels import named_kernel
+
+    kernel = tmp_path / "k.npy"
+    np.save(kernel, named_kernel("gd2.0").kernel)
+    reads = {"np.load": 0, "torch.load": 0}
+    real_np, real_torch = np.load, torch.load
+
+    def np_load(path, *a, **k):
+        reads["np.load"] += str(path) == str(kernel)
+        return real_np(path, *a, **k)
+
+    def torch_load(path, *a, **k):
+        reads["torch.load"] += str(path) == str(tiny_x2)
+        return real_torch(path, *a, **k)
+
+    monkeypatch.setattr(np, "load", np_load)
+    monkeypatch.setattr(torch, "load", torch_load)
+    src, out = (lr_folder, tmp_path / "out") if folder else (lr_png, tmp_path / "sr.png")
+    assert main(["adapt", str(src), "-o", str(out), "--weights", str(tiny_x2), "--kernel", str(kernel),
+                 "--steps", "1", "--quiet"]) == 0
+    assert reads == {"np.load": 1, "torch.load": 1}

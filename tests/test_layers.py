@@ -246,6 +246,22 @@ def test_the_adaptation_gradient_is_taken_in_one_place():
     assert used == set(AUTOGRAD_GRAD_ALLOWED), f"entries no longer needed: {set(AUTOGRAD_GRAD_ALLOWED) - used}"
 
 
+def test_lr_names_a_learning_rate_and_lr_img_an_image():
+    """One name for each (issue #20, structure 4): ``lr`` is a learning rate, as in torch.optim; an LR image is
+    ``lr_img`` (or ``lr_image``). No parameter called ``lr`` holds an image."""
+    wrong = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            a = node.args
+            for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs]:
+                note = ast.unparse(arg.annotation) if arg.annotation is not None else ""
+                if arg.arg == "lr" and re.search(r"Tensor|ndarray|Image", note):
+                    wrong.append(f"{path.relative_to(ROOT.parent)}:{arg.lineno} lr: {note}")
+    assert not wrong, "parameters named lr that hold an image (call them lr_img):\n" + "\n".join(wrong)
+
+
 @pytest.mark.parametrize("source, expected", [
     ("from ..ops.imageio import read_image", "metasr_adapter.ops.imageio"),
     ("from .. import distributed", "metasr_adapter.distributed"),

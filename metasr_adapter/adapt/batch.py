@@ -182,10 +182,22 @@ def adapt_many(msr, images: Iterable[Any], kernel: Any = "gd2.0", steps: int = 1
         yield msr.adapt(arr, kernel, steps, return_info=True, **adapt_kwargs)
 
 
+def _parsed_once(kernel: Any, ds_method: str | None) -> Any:
+    """A kernel file or array parsed once for the whole folder; names resolved per image ('estimate') and
+    whole degradation descriptions pass through."""
+    from ..ops.degradation_spec import DegradationSpec
+    from ..ops.kernels import resolve_kernel
+    from ..resolvers import kernel_resolver
+
+    if isinstance(kernel, DegradationSpec) or kernel_resolver(kernel) is not None:
+        return kernel
+    return resolve_kernel(kernel, ds_method)
+
+
 def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = "gd2.0", steps: int = 10,
                  suffix: str = ".png", skip_existing: bool = True, progress: bool = True,
                  run_one: Callable[[Path], tuple[Any, dict[str, Any]]] | None = None,
-                 settings: dict[str, Any] | None = None, flag: str = "out_dir",
+                 settings: dict[str, Any] | None = None, flag: str = "out_dir", kernel_spec: Any = None,
                  **adapt_kwargs: Any) -> list[ImageOutcome]:
     """Adapt to every image of ``inputs`` (see :func:`expand_inputs`) and write ``out_dir/NAME{suffix}``
     with a sidecar ``NAME{suffix}.json`` (losses, learning rates, seconds, kernel, the run's settings; with
@@ -199,6 +211,8 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
     passed off as this run's results. A failing image is recorded (``status='failed'``, the error in its
     outcome and sidecar) and the batch goes on. ``run_one(path) -> (sr, details)`` replaces ``msr.adapt``
     (e.g. the photo path); ``details`` goes into the sidecar. ``flag`` names ``out_dir`` in messages.
+    ``kernel_spec``: ``kernel`` already parsed (a :class:`~metasr_adapter.ops.kernels.KernelSpec`; the command
+    line parses ``--kernel`` once); else a kernel file or array is parsed here, once for all the images.
     """
     from tqdm.auto import tqdm
 
@@ -207,6 +221,8 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
     recorded = describe_settings(kernel, steps, **{**adapt_kwargs, **(settings or {})})
     if skip_existing:
         _check_resumable(targets, recorded, flag)
+    run_kernel = kernel_spec if kernel_spec is not None or run_one is not None \
+        else _parsed_once(kernel, adapt_kwargs.get("ds_method"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kernel_name = kernel if isinstance(kernel, str) else type(kernel).__name__
@@ -224,7 +240,7 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
                 o = ImageOutcome(str(f), str(target), "done", time.perf_counter() - t0,
                                  list(details.get("losses", [])), kernel=kernel_name, details=details)
             else:
-                sr, info = msr.adapt(read_image(f), kernel, steps, return_info=True, **adapt_kwargs)
+                sr, info = msr.adapt(read_image(f), run_kernel, steps, return_info=True, **adapt_kwargs)
                 est = getattr(info, "kernel_estimate", None)
                 o = ImageOutcome(str(f), str(target), "done", time.perf_counter() - t0, list(info.losses),
                                  list(info.lrs), kernel_name,

@@ -294,7 +294,7 @@ class Adaptation:
 
     def _sr_tensor(self, *, self_ensemble: bool, back_projection: int) -> torch.Tensor:
         owner = self.owner
-        run = lambda lr: owner._super_resolve(self.params, lr)
+        run = lambda img: owner._super_resolve(self.params, img)
 
         def finish(y: torch.Tensor) -> torch.Tensor:
             y = owner._fit(y, self.out_shape).clamp_(0, 1)  # y is the network's fresh output: clip in place
@@ -458,13 +458,13 @@ class MetaSR:
     def _fit(self, y: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         return fit_output(y, shape, self.scale, self.upsample_input)
 
-    def _super_resolve(self, params: dict[str, torch.Tensor], lr: torch.Tensor) -> torch.Tensor:
+    def _super_resolve(self, params: dict[str, torch.Tensor], lr_img: torch.Tensor) -> torch.Tensor:
         """The network's SR output for an LR image (1xCxHxW, ``self.dtype``), before :meth:`_fit`. Under a
         tile budget, a network that takes the bicubic-upsampled image gets it tile by tile: each LR window
         (with the receptive radius plus the bicubic support as margin) is upsampled and run on its own, so
         no full-size float64 upsampled copy exists; with an integer scale the result equals the untiled
         one to float round-off (bicubic weights depend only on the offset, which a whole-pixel shift keeps)."""
-        h, w = lr.shape[-2:]
+        h, w = lr_img.shape[-2:]
         out_shape = (math.ceil(h * self.scale), math.ceil(w * self.scale))
         if self.upsample_input and self.tile is not None and not torch.is_grad_enabled() \
                 and float(self.scale).is_integer():
@@ -475,8 +475,8 @@ class MetaSR:
                 return self._run(params, inp, None, tiled=False)
 
             margin = math.ceil(self.tile_overlap / s) + _BICUBIC_SUPPORT
-            return tiled_forward(window_sr, lr, max(1, self.tile // s), margin, s)
-        inp = self._network_input(lr.double(), out_shape).to(self.dtype)
+            return tiled_forward(window_sr, lr_img, max(1, self.tile // s), margin, s)
+        inp = self._network_input(lr_img.double(), out_shape).to(self.dtype)
         return self._run(params, inp, out_shape if self.upsample_input else None)
 
     def _run(self, params: dict[str, torch.Tensor], inp: torch.Tensor, out_shape: tuple[int, int] | None,
@@ -613,7 +613,8 @@ def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = N
     adapted parameters they were meta-trained for.
 
     ``name=None`` picks the bundled MZSR x2 weights for ``kernel_ds_method`` (``'direct'`` by default;
-    ``'bicubic'`` for g^b kernels). ``metasr_kwargs`` override the wrapper's settings.
+    ``'bicubic'`` for g^b kernels). ``device``: None = CUDA when available, else CPU. ``metasr_kwargs`` override
+    the wrapper's settings.
     """
     from ..io.pretrained import default_weights, get_weights, load_model
     from ..io.weights import read_metadata
@@ -624,9 +625,8 @@ def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = N
             raise ValueError("this install ships no bundled weights; build MetaSR(load_model(arch, PATH), scale) instead")
     else:
         info = get_weights(name)
-    model = load_model(info.arch, info.name)
-    if device is not None:
-        model = model.to(resolve_device(device))
-    kwargs = {"schedule": info.schedule, "loss": info.loss, "device": device,
+    dev = resolve_device(device)  # None: CUDA when available (the package's device rule, see devices.py)
+    model = load_model(info.arch, info.name).to(dev)
+    kwargs = {"schedule": info.schedule, "loss": info.loss, "device": dev,
               "adapt_params": read_metadata(info.path).get("adapt_params"), **metasr_kwargs}
     return MetaSR(model, info.scale, **kwargs)

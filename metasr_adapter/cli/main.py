@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -211,17 +211,19 @@ def _setup(args: argparse.Namespace):
     return resolve_device(args.device)
 
 
-def _choose_weights(args: argparse.Namespace) -> tuple[str, dict]:
-    """The weights to load (``--weights``, or the bundled ones that fit the kernel) and their metadata
-    (scale, ds_method, schedule, loss; empty for files that carry none)."""
+def _choose_weights(args: argparse.Namespace) -> tuple[str, dict, Any]:
+    """The weights to load (``--weights``, or the bundled ones that fit the kernel), their metadata
+    (scale, ds_method, schedule, loss; empty for files that carry none), and what ``load_model`` takes: the
+    name, or for a file of the user's the :class:`~metasr_adapter.io.weights.WeightsFile` read here, once."""
     from ..ops.kernels import resolve_kernel
     from ..io.pretrained import BUNDLED_WEIGHTS, default_weights, list_weights
-    from ..io.weights import read_metadata
+    from ..io.weights import open_weights, read_metadata
 
     weights = args.weights
     if weights is None:
         try:  # blind mode (--kernel estimate) models direct subsampling
-            ds = "direct" if _is_estimate(args.kernel) else resolve_kernel(args.kernel, args.ds_method).ds_method
+            ds = "direct" if _is_estimate(args.kernel) else (
+                getattr(args, "kernel_spec", None) or resolve_kernel(args.kernel, args.ds_method)).ds_method
         except (ValueError, FileNotFoundError):
             ds = args.ds_method  # the kernel's own error comes later, with its context
         info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds)
@@ -234,10 +236,13 @@ def _choose_weights(args: argparse.Namespace) -> tuple[str, dict]:
     if weights in BUNDLED_WEIGHTS:
         info = BUNDLED_WEIGHTS[weights]
         return weights, {**read_metadata(info.path), "scale": info.scale, "ds_method": info.ds_method,
-                         "schedule": info.schedule, "loss": info.loss}
+                         "schedule": info.schedule, "loss": info.loss}, weights
     if weights == "random":
-        return weights, {}
-    return weights, read_metadata(weights)
+        return weights, {}, weights
+    if (args.arch or "").lower() == "spandrel":  # spandrel reads the checkpoint itself
+        return weights, read_metadata(weights), weights
+    loaded = open_weights(weights, param_key=args.param_key)
+    return weights, loaded.metadata, loaded
 
 
 def _load_metasr(args: argparse.Namespace):
@@ -246,7 +251,7 @@ def _load_metasr(args: argparse.Namespace):
     from ..io.pretrained import load_model
 
     device = _setup(args)
-    weights, meta = _choose_weights(args)
+    weights, meta, source = _choose_weights(args)
     args.weights_used, args.weights_meta = weights, meta
     trained_scale = meta.get("scale")
     given_scale = args.scale
@@ -263,7 +268,7 @@ def _load_metasr(args: argparse.Namespace):
                              f"{weights}; use --scale {model.scale} or leave it out")
         scale = args.scale = float(model.scale)
     else:
-        model = load_model(args.arch, weights, param_key=args.param_key,
+        model = load_model(args.arch, source, param_key=args.param_key,
                            arch_defaults=scale_kwargs(arch, scale), **(args.arch_kwargs or {})).to(device)
     if getattr(args, "lr", None) is not None:
         schedule = args.lr
@@ -360,7 +365,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         args.steps = 1
     msr = _load_metasr(args)
     lr_img = read_image(args.lr_image)
-    kernel = args.kernel
+    kernel = getattr(args, "kernel_spec", None) or args.kernel  # parsed once, in _check_options
     if _is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
         from ..estimate.api import estimate_for_metasr
 
@@ -447,7 +452,7 @@ def _cmd_adapt_folder(args: argparse.Namespace) -> int:
         outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps,
                                 ds_method=args.ds_method, back_projection=args.back_projection,
                                 self_ensemble=args.self_ensemble, settings=_folder_settings(args), flag="-o",
-                                progress=not args.quiet, **seed)
+                                progress=not args.quiet, kernel_spec=getattr(args, "kernel_spec", None), **seed)
     done = [o for o in outcomes if o.status == "done"]
     skipped = [o for o in outcomes if o.status == "skipped"]
     failed = [o for o in outcomes if o.status == "failed"]
@@ -801,7 +806,8 @@ def _check_options(args: argparse.Namespace) -> None:
             and getattr(args, "method", "metasr") == "metasr":  # ZSSR accepts estimated kernels as they are
         from ..ops.kernels import resolve_kernel
 
-        resolve_kernel(args.kernel, args.ds_method)  # a bad kernel file fails here, not after the model loads
+        # parsed once, here: a bad kernel file fails before the model loads, and the commands use this spec
+        args.kernel_spec = resolve_kernel(args.kernel, args.ds_method)
     if args.command == "zssr" and args.estimator is not None and not _is_estimate(args.kernel):
         raise ValueError(f"--estimator {args.estimator} is used only with --kernel estimate (given --kernel "
                          f"{args.kernel or 'bicubic'}); add --kernel estimate or leave --estimator out")

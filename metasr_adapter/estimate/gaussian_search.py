@@ -106,14 +106,14 @@ def canonical_params(l1: float, l2: float, theta: float) -> tuple[float, float, 
 class _Scorer:
     """Scores kernels: degrade the crops' windows, adapt ``steps`` steps on (son → LR), return the loss."""
 
-    def __init__(self, msr, lr: torch.Tensor, corners: list[tuple[int, int]], cfg: GaussianSearchConfig) -> None:
+    def __init__(self, msr, lr_img: torch.Tensor, corners: list[tuple[int, int]], cfg: GaussianSearchConfig) -> None:
         self.msr, self.cfg = msr, cfg
         s = int(msr.scale)
         c = cfg.crop
         # LR windows around each crop with room for the blur and the bicubic upsampling; even offsets keep
         # direct subsampling on the full image's grid
         pad = even_floor(cfg.ksize // 2 + 6) + 2
-        h, w = lr.shape[-2:]
+        h, w = lr_img.shape[-2:]
         self.s, self.pad, self.c = s, pad, c
         wins, inner = [], []
         for i, j in corners:
@@ -121,11 +121,11 @@ class _Scorer:
             top, left = top - top % s, left - left % s
             bottom, right = min(h, i + c + pad), min(w, j + c + pad)
             bottom, right = top + even_floor(bottom - top), left + even_floor(right - left)
-            wins.append(lr[..., top:bottom, left:right])
+            wins.append(lr_img[..., top:bottom, left:right])
             inner.append((i - top, j - left))
         self.windows, self.inner = wins, inner
         dev, dt = msr.device, msr.dtype
-        self.targets = autograd_ready(torch.cat([lr[..., i:i + c, j:j + c] for i, j in corners]).to(dev, dt))
+        self.targets = autograd_ready(torch.cat([lr_img[..., i:i + c, j:j + c] for i, j in corners]).to(dev, dt))
         self.names = list(msr.adapt_names)
 
     def inputs(self, kernel: np.ndarray) -> torch.Tensor:
@@ -167,22 +167,22 @@ class _Scorer:
                 return float(loss_at(params))
 
 
-def gaussian_search(msr, lr: torch.Tensor, cfg: GaussianSearchConfig | None = None, *, seed: int = 0,
+def gaussian_search(msr, lr_img: torch.Tensor, cfg: GaussianSearchConfig | None = None, *, seed: int = 0,
                     progress: bool = False, callback: Callable[[dict[str, float]], None] | None = None
                     ) -> GaussianSearchResult:
     """Search (λ1, λ2, θ) for the kernel whose son the wrapper's network adapts to best.
 
     ``msr``: a :class:`~metasr_adapter.MetaSR` (its network, adapted parameters, loss and schedule are used;
-    the network is not modified). ``lr``: the checked 1x3xHxW float64 LR image (see ``checks.prepare_image``).
+    the network is not modified). ``lr_img``: the checked 1x3xHxW float64 LR image (see ``checks.prepare_image``).
     """
     cfg = (cfg or GaussianSearchConfig()).validate()
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
-    h, w = lr.shape[-2:]
+    h, w = lr_img.shape[-2:]
     crop = even_floor(min(cfg.crop, h, w))
     run_cfg = cfg if crop == cfg.crop else GaussianSearchConfig(**{**cfg.__dict__, "crop": crop})
-    corners = textured_crops(lr, crop, cfg.crops, generator=gen)
-    scorer = _Scorer(msr, lr, corners, run_cfg)
+    corners = textured_crops(lr_img, crop, cfg.crops, generator=gen)
+    scorer = _Scorer(msr, lr_img, corners, run_cfg)
     lo, hi = cfg.var_range
     cache: dict[tuple[float, float, float], float] = {}
     history: list[dict[str, float]] = []

@@ -224,10 +224,10 @@ def _postprocess(k: np.ndarray, cfg: KernelGANConfig) -> np.ndarray:
     return pad_to(k / k.sum(), cfg.ksize)
 
 
-def kernelgan(lr: torch.Tensor, cfg: KernelGANConfig | None = None, *, seed: int = 0, progress: bool = False,
+def kernelgan(lr_img: torch.Tensor, cfg: KernelGANConfig | None = None, *, seed: int = 0, progress: bool = False,
               callback: Callable[[dict[str, float]], None] | None = None,
               device: str | torch.device | None = None) -> KernelGANResult:
-    """Estimate the x2 kernel of ``lr`` (the checked 1x3xHxW float64 image) with an internal GAN.
+    """Estimate the x2 kernel of ``lr_img`` (the checked 1x3xHxW float64 image) with an internal GAN.
 
     ``device``: where G and D train (None = CUDA when available, else CPU). The crops are drawn and the
     networks initialised on the CPU from ``seed`` whatever the device, so devices differ only by rounding.
@@ -239,8 +239,8 @@ def kernelgan(lr: torch.Tensor, cfg: KernelGANConfig | None = None, *, seed: int
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     dtype = torch.float32
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=lr.dtype).view(1, 3, 1, 1)
-    luma = (lr[:, :3] * w).sum(1, keepdim=True).to(dtype)
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=lr_img.dtype).view(1, 3, 1, 1)
+    luma = (lr_img[:, :3] * w).sum(1, keepdim=True).to(dtype)
     h, wd = luma.shape[-2:]
     g_crop = min(cfg.g_crop, h, wd)
     g_crop -= (g_crop - cfg.receptive_field) % 2  # an even G output

@@ -118,8 +118,8 @@ def load_model(
     arch_defaults: Mapping[str, Any] | None = None,
     **arch_kwargs: Any,
 ) -> nn.Module:
-    """Build ``arch`` and load ``weights``: a path, a bundled weights name (``'mzsr_x2_direct'``), or
-    None for the bundled default of ``arch``.
+    """Build ``arch`` and load ``weights``: a path, a bundled weights name (``'mzsr_x2_direct'``), a
+    :class:`~metasr_adapter.io.weights.WeightsFile` already read, or None for the bundled default of ``arch``.
 
     ``arch=None`` takes the architecture saved with the weights (files written by this package and
     the bundled ones carry it), else ``'mzsr'``. An explicit ``arch`` that contradicts the saved one
@@ -131,8 +131,12 @@ def load_model(
     bundled for ``arch``, ValueError says how to give some; ``weights='random'`` asks for the
     random initialisation explicitly.
     """
-    from .weights import load_weights, read_metadata
+    from .weights import WeightsFile, load_weights, read_metadata
 
+    if isinstance(weights, WeightsFile):  # read once by the caller: its metadata comes with it
+        metadata, where = weights.metadata, weights.source
+    else:
+        metadata = where = None
     if arch is not None and arch.lower() == "spandrel":  # the checkpoint describes its own architecture
         from ..integrations.spandrel import load_spandrel_model
 
@@ -152,10 +156,11 @@ def load_model(
         info = BUNDLED_WEIGHTS[weights]
         info.verify()
         weights = info.path
-    metadata = read_metadata(weights)
+    if metadata is None:
+        metadata, where = read_metadata(weights), weights
     saved_arch = metadata.get("arch")
     if arch is not None and saved_arch is not None and str(saved_arch).lower() != arch.lower():
-        raise ValueError(f"{weights} holds {saved_arch!r} weights but arch={arch!r} was asked for; "
+        raise ValueError(f"{where} holds {saved_arch!r} weights but arch={arch!r} was asked for; "
                          f"use arch={saved_arch!r} (--arch {saved_arch}) or leave it out")
     arch = arch or saved_arch or "mzsr"
     saved = dict(metadata.get("arch_kwargs") or {})

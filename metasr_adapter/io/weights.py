@@ -20,6 +20,7 @@ import os
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Union
 
@@ -31,8 +32,8 @@ from ..errors import UnknownNameError, UserTypeError
 from ..atomic import atomic_save, atomic_write_bytes
 from .tf_checkpoint import is_tf_checkpoint, list_tf_checkpoint, read_tf_checkpoint
 
-__all__ = ["read_weights", "load_weights", "save_weights", "WeightsMismatchError", "WeightsCorruptedError",
-           "ACCEPTED_FORMS"]
+__all__ = ["read_weights", "load_weights", "save_weights", "open_weights", "WeightsFile", "WeightsMismatchError",
+           "WeightsCorruptedError", "ACCEPTED_FORMS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 StateDict = dict[str, torch.Tensor]
@@ -166,7 +167,11 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_torch(path: Path, param_key: str) -> StateDict:
-    obj = _torch_load(path)
+    return _torch_state(_torch_load(path), param_key, path)
+
+
+def _torch_state(obj: Any, param_key: str, path: Path) -> StateDict:
+    """The state dict inside a loaded PyTorch file, its checksum verified where save_weights recorded one."""
     state = _unwrap(obj, param_key, path)
     if isinstance(obj, Mapping) and state is obj.get("params"):  # the layout save_weights writes
         _verify_checksum(path, state, obj.get(CHECKSUM_KEY))
@@ -213,7 +218,7 @@ def _fmt_keys(keys: list[str], limit: int = 10) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_weights(model: nn.Module, path: PathLike | Mapping[str, torch.Tensor], *, param_key: str = "auto",
+def load_weights(model: nn.Module, path: "PathLike | Mapping[str, torch.Tensor] | WeightsFile", *, param_key: str = "auto",
                  strict: bool = True) -> nn.Module:
     """Load weights (a path in any accepted form, or a state dict) into ``model``; returns ``model``.
 
@@ -221,7 +226,9 @@ def load_weights(model: nn.Module, path: PathLike | Mapping[str, torch.Tensor], 
     first. ``strict=True`` raises :class:`WeightsMismatchError` listing missing keys, unexpected keys and
     shape mismatches; ``strict=False`` loads the keys whose shapes match and warns about the rest.
     """
-    if isinstance(path, Mapping):
+    if isinstance(path, WeightsFile):
+        state, source = dict(path.state), path.source
+    elif isinstance(path, Mapping):
         state, source = dict(path), "the given state dict"
     else:
         state, source = read_weights(path, param_key=param_key), os.fspath(path)
@@ -312,6 +319,28 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
         header = {"metasr_adapter": json.dumps(meta, sort_keys=True), "format": "pt", CHECKSUM_KEY: checksum}
         return atomic_write_bytes(target, save({k: v.contiguous() for k, v in params.items()}, metadata=header))
     return atomic_save({"params": params, "metadata": meta, CHECKSUM_KEY: checksum}, target)
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file read once: its state dict, the metadata saved with it, and its path (for messages).
+    ``load_model`` and ``load_weights`` take it in place of the path, so a caller that needs the metadata
+    first (the command line: scale, schedule, architecture) does not read the file again."""
+
+    source: str
+    state: StateDict
+    metadata: dict[str, Any]
+
+
+def open_weights(path: PathLike, *, param_key: str = "auto") -> WeightsFile:
+    """Read ``path`` (any accepted form) once into a :class:`WeightsFile`."""
+    p = Path(os.fspath(path))
+    if p.is_file() and p.suffix.lower() in (".pth", ".pt"):
+        obj = _torch_load(p)
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        state = _torch_state(obj, param_key, p)
+        return WeightsFile(os.fspath(path), state, dict(meta) if isinstance(meta, dict) else {})
+    return WeightsFile(os.fspath(path), read_weights(p, param_key=param_key), read_metadata(p))
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:

@@ -493,11 +493,11 @@ class MLSRTaskSampler(TaskSampler):
             return imresize(x, 1.0 / self.scale).clamp(0, 1)
         return degrade(x, k, self.scale, self.ds_method).clamp(0, 1)
 
-    def _input(self, lr: torch.Tensor) -> torch.Tensor:
+    def _input(self, lr_img: torch.Tensor) -> torch.Tensor:
         if not self.upsample_input:
-            return lr
-        h, w = lr.shape[-2:]
-        return imresize(lr, self.scale, output_shape=(int(h * self.scale), int(w * self.scale)))
+            return lr_img
+        h, w = lr_img.shape[-2:]
+        return imresize(lr_img, self.scale, output_shape=(int(h * self.scale), int(w * self.scale)))
 
     @torch.no_grad()
     def sample_arrays(self, iteration: int) -> dict[str, torch.Tensor]:

@@ -15,18 +15,18 @@ __all__ = ["back_project"]
 
 def back_project(
     sr: torch.Tensor,
-    lr: torch.Tensor,
+    lr_img: torch.Tensor,
     kernel: np.ndarray | torch.Tensor | None,
     scale: float,
     ds_method: str = "direct",
     iters: int = 4,
 ) -> torch.Tensor:
-    """Back-project ``lr`` (NCHW) into ``sr`` (NCHW); ``kernel=None`` means bicubic downscaling."""
+    """Back-project ``lr_img`` (NCHW) into ``sr`` (NCHW); ``kernel=None`` means bicubic downscaling."""
     if iters < 0:
         raise ValueError(f"iters={iters} must be >= 0")
-    lr_shape = tuple(lr.shape[-2:])
+    lr_shape = tuple(lr_img.shape[-2:])
     sr_shape = tuple(sr.shape[-2:])
     for _ in range(iters):
         down = degrade(sr, kernel, scale, ds_method=ds_method, output_shape=lr_shape)
-        sr = (sr + imresize(lr - down, scale, output_shape=sr_shape)).clamp(0, 1)
+        sr = (sr + imresize(lr_img - down, scale, output_shape=sr_shape)).clamp(0, 1)
     return sr

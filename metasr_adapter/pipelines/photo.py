@@ -89,8 +89,7 @@ def photo_precision(device: Any = None) -> str:
     from ..devices import resolve_device
     from ..precision import bf16_supported
 
-    return "bf16" if bf16_supported(resolve_device(device) if device is not None else torch.device("cpu")) \
-        else "fp32"
+    return "bf16" if bf16_supported(resolve_device(device)) else "fp32"  # None: CUDA when available, as the model
 
 
 def load_photo_model(weights: str | None = None, *, device: Any = None, precision: str = "auto") -> tuple[MetaSR, str]:

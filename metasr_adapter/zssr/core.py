@@ -389,7 +389,7 @@ class ZSSR:
             p = next(iter(self._given_model.parameters()), None)
             if p is not None:
                 return p.device
-        return torch.device("cpu")
+        return resolve_device(None)  # its own network: CUDA when available (the package's rule, devices.py)
 
     def _fresh_net(self, generator: torch.Generator, device: torch.device) -> nn.Module:
         cfg = self.config
