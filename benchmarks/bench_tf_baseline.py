@@ -348,7 +348,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             batch = TaskBatch(support_x=ia, support_y=la, query_x=ib, query_y=lb)
             for name in meta:
                 cfg = MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=(name == "meta_fo"),
-                                 meta_lr=META_LR)
+                                 meta_lr=META_LR, channels_last=args.meta_channels_last)
                 learner = MetaLearner(net(), cfg)
                 counter = iter(range(10_000))
                 results[name] = timed(lambda: learner.meta_step(batch, next(counter)), args.meta_repeats)
@@ -357,6 +357,8 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
         "framework": "torch",
         "version": torch.__version__,
         "threads": f"intra {torch.get_num_threads()}, inter {torch.get_num_interop_threads()}",
+        "adapt_channels_last": msr.channels_last,
+        "meta_channels_last": bool(args.meta_channels_last),
         "lr_image": lr_src,
     }
     return {"info": info, "times": results, "notes": notes}
@@ -399,6 +401,8 @@ def child_args(args: argparse.Namespace, framework: str) -> list[str]:
            "--lr", args.lr]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.meta_channels_last:
+        cmd += ["--meta-channels-last"]
     return cmd
 
 
@@ -462,6 +466,9 @@ def main() -> None:
                     help="256x256 LR image (default: ../shared/data/mzsr_g20/Set5/baby.png beside the repository)")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra- and inter-op threads of torch and TF in both child processes (default: theirs)")
+    ap.add_argument("--meta-channels-last", action="store_true",
+                    help="torch meta-iterations in NHWC (MAMLConfig.channels_last); adaptation takes the library's "
+                         "default layout either way")
     ap.add_argument("--tf-python", default=DEFAULT_TF_PY)
     ap.add_argument("--torch-python", default=DEFAULT_TORCH_PY)
     ap.add_argument("--json", default=None, help="write all results here")

@@ -19,14 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import result_record  # noqa: E402  (benchmarks/_record.py)
 
 
-def table(runs: dict[str, Path], steps: tuple[int, ...]) -> str:
-    """Every probe of every run as Markdown rows, the best ``steps[-1]`` probe of each run in bold."""
+def table(runs: dict[str, Path], steps: tuple[int, ...], start: dict[str, float] | None = None) -> str:
+    """Every probe of every run as Markdown rows, the best ``steps[-1]`` probe of each run in bold
+    (``start``: label → CPU-hours before the run's first step)."""
     from metasr_adapter.training.plots import read_probes
 
     head = "| run | stage | step | CPU-h | " + " | ".join(f"{k} step{'s' if k != 1 else ''}" for k in steps) + " |"
     lines = [head, "|" + "---|" * (4 + len(steps))]
     for label, path in runs.items():
-        probes = read_probes(path)
+        probes = read_probes(path, (start or {}).get(label, 0.0))
         best = max((p["probe"].get(str(steps[-1]), float("-inf")) for p in probes), default=None)
         for p in probes:
             cells = []
@@ -40,7 +41,8 @@ def table(runs: dict[str, Path], steps: tuple[int, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSONL")
+    ap.add_argument("runs", nargs="+", metavar="LABEL=METRICS_JSONL[@HOURS]",
+                    help="a run's probes; @HOURS: the CPU-hours its starting weights cost (a run continuing another)")
     ap.add_argument("--out", required=True, help="PNG to write (the Markdown table goes beside it)")
     ap.add_argument("--steps", default="0,1,10", help="probe step counts to draw (default 0,1,10)")
     ap.add_argument("--baseline", type=float, default=None, help="a horizontal reference line (e.g. bicubic PSNR)")
@@ -50,21 +52,30 @@ def main(argv: list[str] | None = None) -> int:
     from metasr_adapter.training.plots import psnr_vs_cpu_hours
 
     runs: dict[str, Path] = {}
+    start: dict[str, float] = {}
     for spec in args.runs:
         label, sep, path = spec.rpartition("=")
         if not sep or not label:
-            ap.error(f"{spec!r}: give LABEL=path/to/metrics.jsonl")
+            ap.error(f"{spec!r}: give LABEL=path/to/metrics.jsonl[@HOURS]")
+        path, at, hours = path.partition("@")
+        if at:
+            try:
+                start[label] = float(hours)
+            except ValueError:
+                ap.error(f"{spec!r}: @{hours} is not a number of CPU-hours (a run that continues another: "
+                         "LABEL=metrics.jsonl@HOURS, the hours its starting weights cost)")
         if not Path(path).is_file():
             ap.error(f"{path}: no such metrics file")
         runs[label] = Path(path)
     steps = tuple(int(k) for k in args.steps.split(","))
     ylim = tuple(float(v) for v in args.ylim.split(",")) if args.ylim else None
-    png = psnr_vs_cpu_hours(runs, args.out, steps=steps, title=args.title, baseline=args.baseline, ylim=ylim)
+    png = psnr_vs_cpu_hours(runs, args.out, steps=steps, title=args.title, baseline=args.baseline, ylim=ylim,
+                            start_hours=start)
     md = Path(args.out).with_suffix(".md")
     rec = result_record(argv, script=__file__)
     dirty = " with uncommitted changes" if rec["dirty"] else ""
     md.write_text(f"# {args.title}\n\nCommand: `{rec['command']}` (commit {rec['commit'] or 'unknown'}{dirty}, "
-                  f"{rec['date']})\n\n" + table(runs, steps), encoding="utf-8")
+                  f"{rec['date']})\n\n" + table(runs, steps, start), encoding="utf-8")
     print(f"wrote {png} and {md}")
     return 0
 

@@ -99,6 +99,8 @@ def main() -> int:
     ap.add_argument("--schedule-direct", default=None, help="default: the weights' own (mzsr_direct)")
     ap.add_argument("--schedule-bicubic", default=None, help="default: the weights' own (mzsr_bicubic)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images of each set")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="adaptation and SR precision (default fp32, the paper's; bf16: autocast)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/table2")
     ap.add_argument("--redo", action="store_true", help="recompute cells that already have a JSON file")
@@ -115,7 +117,8 @@ def main() -> int:
     def wrapper(weights: str, schedule: str | None, fallback: str) -> MetaSR:
         meta = ({"schedule": BUNDLED_WEIGHTS[weights].schedule} if weights in BUNDLED_WEIGHTS
                 else read_metadata(weights))
-        return MetaSR(load_model("mzsr", weights), 2, schedule=schedule or meta.get("schedule") or fallback)
+        return MetaSR(load_model("mzsr", weights), 2, schedule=schedule or meta.get("schedule") or fallback,
+                      precision=args.precision)
 
     msrs = {}  # built on first use: a run of g^d kernels only needs no bicubic weights
     builders = {"direct": lambda: wrapper(args.weights_direct, args.schedule_direct, "mzsr_direct"),
@@ -133,6 +136,7 @@ def main() -> int:
                 msrs[which] = builders[which]()
             cell = run_cell(msrs[which], folder, kernel, args.limit, not args.quiet)
             cell["weights"] = portable_path(args.weights_direct if which == "direct" else args.weights_bicubic)
+            cell["precision"] = args.precision
             cell["record"] = record
             path.write_text(json.dumps(cell, indent=2) + "\n")
             mp = cell["mean_psnr"]

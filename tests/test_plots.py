@@ -61,3 +61,18 @@ def test_a_far_baseline_is_named_in_the_legend_instead_of_squashing_the_curves(t
     assert baseline_fits([33.6, 34.5], 33.0)
     out = psnr_vs_steps(curves, tmp_path / "f.png", baseline=27.04)
     assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_a_run_that_continues_another_starts_at_its_parents_cpu_hours(tmp_path):
+    """LABEL=metrics.jsonl@HOURS: a fine-tuning run (the #19 LSLR run continues mzsr_x2_direct) is drawn from the
+    hours its starting weights cost, so the curves compare equal budgets."""
+    c = _metrics(tmp_path / "c.jsonl", [("meta", 50, 1800.0, 1, {"0": 34.0, "1": 34.1, "10": 34.5})])
+    assert [p["cpu_hours"] for p in read_probes(c, start_hours=1.5)] == [2.0]
+    out = tmp_path / "c.png"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_training.py"), f"(d) continued={c}@1.5",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| (d) continued | meta | 50 | 2.00 | 34.00 | 34.10 | **34.50** |" in out.with_suffix(".md").read_text()
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_training.py"), f"x={c}@soon",
+                          "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "@soon is not a number" in bad.stderr

@@ -79,9 +79,10 @@ def _save(fig, ax, path: str | os.PathLike, title: str | None, *, legend_loc: st
     return out
 
 
-def read_probes(metrics_jsonl: str | os.PathLike) -> list[dict]:
+def read_probes(metrics_jsonl: str | os.PathLike, start_hours: float = 0.0) -> list[dict]:
     """The in-training probe records of a run's ``metrics.jsonl``, each with ``cpu_hours`` added
-    (training seconds × threads / 3600; probe time excluded), in training order."""
+    (``start_hours`` + training seconds × threads / 3600; probe time excluded), in training order.
+    ``start_hours``: what the run's starting weights already cost, for a run that continues another."""
     import json
 
     out = []
@@ -91,7 +92,7 @@ def read_probes(metrics_jsonl: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue  # a line cut by a kill
         if isinstance(rec, dict) and rec.get("probe"):
-            rec["cpu_hours"] = float(rec["run_seconds"]) * int(rec.get("threads", 1)) / 3600.0
+            rec["cpu_hours"] = float(start_hours) + float(rec["run_seconds"]) * int(rec.get("threads", 1)) / 3600.0
             out.append(rec)
     return out
 
@@ -104,10 +105,12 @@ def psnr_vs_cpu_hours(
     title: str | None = None,
     baseline: float | None = None,
     ylim: tuple[float, float] | None = None,
+    start_hours: Mapping[str, float] | None = None,
 ) -> Path:
     """PSNR after ``steps`` adaptation steps against CPU-hours of training (``ylim``: zoom on a PSNR range), one colour per run
     (``runs``: label → ``metrics.jsonl``), one line style per step count; a dotted vertical line marks
-    where each run's meta stage begins."""
+    where each run's meta stage begins. ``start_hours``: label → CPU-hours already spent on the run's starting
+    weights (a run that continues another starts where that one ended)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -119,7 +122,7 @@ def psnr_vs_cpu_hours(
     fig = Figure(figsize=(7.0, 4.6), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     for n, (label, metrics) in enumerate(runs.items()):
-        probes = read_probes(metrics)
+        probes = read_probes(metrics, (start_hours or {}).get(label, 0.0))
         if not probes:
             raise ValueError(f"{metrics} holds no probe records: train with pretrain.probe_every / meta.probe_every > 0")
         colour = f"C{n}"
