@@ -2,6 +2,8 @@
 refused with one line and exit 2; one it can use reaches the code that runs (device, precision, scale)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -229,3 +231,31 @@ def test_spandrel_takes_the_detected_scale_without_scale(tmp_path, fake_spandrel
     assert main([*argv, "--scale", "2"]) == 2
     err = _one_error_line(capsys)
     assert "--scale 2" in err and "x4" in err, err
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_adapt_runs_bf16_by_default_where_it_is_fast_and_says_so(tmp_path, photo, monkeypatch, capsys, fast):
+    """#21.3: with --precision left out, `metasr adapt` runs bf16 where bf16 is fast (Set5's Table 2 cells moved
+    by at most 0.04 dB, 1.8x faster) and names the precision in its output; eval stays fp32; --precision wins."""
+    import metasr_adapter.precision as precision
+    from metasr_adapter import MZSRNet
+    from metasr_adapter.io.weights import save_weights
+    from metasr_adapter.ops.imageio import write_image
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: fast)
+    weights = save_weights(MZSRNet(width=8, depth=3), tmp_path / "w.pth", arch="mzsr",
+                           arch_kwargs={"width": 8, "depth": 3}, scale=2.0)
+    write_image(tmp_path / "lr.png", photo[:24, :28])
+    base = ["adapt", str(tmp_path / "lr.png"), "--weights", str(weights), "--kernel", "gd2.0", "--quiet",
+            "--steps", "1", "--threads", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # bf16 forced on a CPU without fast bf16 kernels
+        assert main([*base, "-o", str(tmp_path / "a.png")]) == 0
+    out = capsys.readouterr().out
+    assert ("bf16 (bf16 where it is fast" in out) if fast else out.rstrip().endswith("fp32"), out
+    assert main([*base, "-o", str(tmp_path / "b.png"), "--precision", "fp32"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("fp32")
+    from metasr_adapter.cli.main import _default_precision
+
+    assert _default_precision("eval", torch.device("cpu")) == "fp32"
+    assert _default_precision("demo", torch.device("cpu")) == ("bf16" if fast else "fp32")

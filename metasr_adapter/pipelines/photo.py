@@ -87,9 +87,9 @@ def photo_precision(device: Any = None) -> str:
     GPUs), else ``'fp32'``. On BSD100 (``benchmarks/results/real_photos/precision/``) bf16 ran the default
     path 1.7x faster (median) on an AVX512-BF16 EPYC, and no image moved by more than 0.003 dB."""
     from ..devices import resolve_device
-    from ..precision import bf16_supported
+    from ..precision import auto_precision
 
-    return "bf16" if bf16_supported(resolve_device(device)) else "fp32"  # None: CUDA when available, as the model
+    return auto_precision(resolve_device(device))  # None: CUDA when available, as the model
 
 
 def load_photo_model(weights: str | None = None, *, device: Any = None, precision: str = "auto") -> tuple[MetaSR, str]:
