@@ -145,3 +145,38 @@ def test_the_default_demo_is_a_web_jpeg_that_beats_bicubic(tmp_path, capsys):
     scores = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"^\s*(.+?)\s+(\d+\.\d{4})$", text, re.M)}
     assert scores["metasr adapt (default)"] > scores["PIL bicubic"] + 0.3, scores
     assert read_image(out).shape[1] > 800
+
+
+def test_the_preferred_bundled_weights_are_the_default_of_their_kind(monkeypatch):
+    """A sidecar's "preferred": true makes those weights the default of their architecture, scale and
+    subsampling (a better meta-trained file replaces the default without renaming the older one)."""
+    from metasr_adapter.io import pretrained
+
+    base = dict(arch="mzsr", scale=2.0, schedule="mzsr_direct", description="d")
+    reg = {"a_old": pretrained.WeightsInfo(name="a_old", filename="a.safetensors", ds_method="direct", **base),
+           "b_new": pretrained.WeightsInfo(name="b_new", filename="b.safetensors", ds_method="direct",
+                                           preferred=True, adapt_steps=10, **base),
+           "c_bic": pretrained.WeightsInfo(name="c_bic", filename="c.safetensors", ds_method="bicubic", **base)}
+    monkeypatch.setattr(pretrained, "BUNDLED_WEIGHTS", reg)
+    assert pretrained.default_weights("mzsr", scale=2, ds_method="direct").name == "b_new"
+    assert pretrained.default_weights("mzsr", scale=2, ds_method="bicubic").name == "c_bic"
+    reg["b_new"] = pretrained.WeightsInfo(name="b_new", filename="b.safetensors", ds_method="direct", **base)
+    assert pretrained.default_weights("mzsr", scale=2, ds_method="direct").name == "a_old"  # by name otherwise
+
+
+def test_adapt_takes_the_step_count_the_weights_were_meta_trained_for(tmp_path, photo, capsys):
+    """Weights meta-trained for N steps (metadata adapt_steps) are adapted N steps when --steps is not given;
+    --steps wins; weights without it take 1 step as before."""
+    from metasr_adapter import MZSRNet
+    from metasr_adapter.cli.main import main
+    from metasr_adapter.io.weights import save_weights
+    from metasr_adapter.ops.imageio import write_image
+
+    write_image(tmp_path / "lr.png", photo[:32, :36])
+    kw = dict(arch="mzsr", arch_kwargs={"width": 8, "depth": 3}, scale=2.0)
+    three = save_weights(MZSRNet(width=8, depth=3), tmp_path / "three.pth", adapt_steps=3, **kw)
+    plain = save_weights(MZSRNet(width=8, depth=3), tmp_path / "plain.pth", **kw)
+    base = ["adapt", str(tmp_path / "lr.png"), "--kernel", "gd2.0", "--quiet", "--threads", "1", "--precision", "fp32"]
+    for weights, extra, want in ((three, [], 3), (three, ["--steps", "2"], 2), (plain, [], 1)):
+        assert main([*base, "--weights", str(weights), "-o", str(tmp_path / "o.png"), *extra]) == 0
+        assert f"after {want} step(s)" in capsys.readouterr().out

@@ -216,8 +216,13 @@ def _stage_lines(lin: dict) -> list[str]:
 def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | None, t2: dict,
                mlsr: dict | None = None, limits: list[str] | None = None, photos: dict | None = None) -> str:
     arch = info["arch"]
-    use = (f"`MetaSR(load_model('mzsr', '{name}'), {info['scale']:g}, schedule='{info['schedule']}')`, "
-           if arch == "mzsr" else f"`load_model('{arch}', '{name}')`, ")
+    learned = isinstance(info["schedule"], dict)
+    if learned:  # the rates live in the file's metadata, and MetaSR(load_model(...)) takes them from there
+        use = f"`MetaSR(load_model('{arch}', '{name}'))` (its learned rates, scale and loss come from the file), "
+    elif arch == "mzsr":
+        use = f"`MetaSR(load_model('mzsr', '{name}'), {info['scale']:g}, schedule='{info['schedule']}')`, "
+    else:
+        use = f"`load_model('{arch}', '{name}')`, "
     lines = [
         f"# {name}",
         "",
@@ -228,6 +233,12 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
         f"* Test-time use: {use}or `load_pretrained('{name}')`, or `metasr adapt LR.png --weights {name}`. "
         + (f"Kernels blurred then **{info['ds_method']}**-subsampled." if arch == "mzsr" else
            f"Adaptation: {info['loss'].upper()} loss, plain SGD at α = {info['schedule']}."),
+        *([f"* Learned inner learning rates (MAML++ LSLR): one α per tensor and adaptation step, "
+           f"{min(min(v) for v in info['schedule']['per_parameter'].values()):.4f}–"
+           f"{max(max(v) for v in info['schedule']['per_parameter'].values()):.4f}; `adapt` uses them by default."]
+          if learned and "per_parameter" in info["schedule"] else []),
+        *([f"* Meant for {info['adapt_steps']} adaptation steps: `metasr adapt` takes {info['adapt_steps']} when "
+           "`--steps` is not given."] if info.get("adapt_steps") is not None else []),
         f"* sha256 `{info['sha256']}`.",
         "",
         "## Lineage",
@@ -342,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="benchmarks/real_photos.py summaries (SET_summary.json) whose rows were measured with "
                          "these weights as the photo path's network")
     ap.add_argument("--photo-column", default="photo_0", help="this model's no-adaptation column in --photo-results")
+    ap.add_argument("--adapt-steps", type=int, default=None,
+                    help="the adaptation steps these weights are meant for (the command line's default --steps)")
+    ap.add_argument("--preferred", action="store_true",
+                    help="make these the default bundled weights of their architecture, scale and subsampling")
     ap.add_argument("--dest", type=Path, default=WEIGHTS_DIR)
     args = ap.parse_args(argv)
     if args.mlsr_tables and args.mlsr_model is None:
@@ -362,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"arch": own["arch"], "arch_kwargs": own["arch_kwargs"], "scale": float(own["scale"]),
             "ds_method": trained_ds_method(recipe), "schedule": own["schedule"], "loss": own["loss"],
             "adapt_params": own.get("adapt_params"), "recipe": lin["recipe"], "commit": commit, "name": args.name}
+    if args.adapt_steps is not None:
+        if args.adapt_steps < 0:
+            raise SystemExit(f"--adapt-steps {args.adapt_steps}: give a step count >= 0")
+        meta["adapt_steps"] = int(args.adapt_steps)
     if trained_on_photos(recipe):
         meta["degradation"] = {"family": "photo", **PhotoDegradations.from_dict(recipe["data"].get("photo")).to_dict()}
     args.dest.mkdir(parents=True, exist_ok=True)
@@ -403,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
             "loss": meta["loss"], "sha256": sha, "lineage": lin_small, "metrics": metrics}
     if "degradation" in meta:
         info["degradation"] = meta["degradation"]
+    if "adapt_steps" in meta:
+        info["adapt_steps"] = meta["adapt_steps"]
+    if args.preferred:
+        info["preferred"] = True
     (args.dest / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
     card_info = {**meta, "sha256": sha, "params": sum(v.numel() for v in state.values()), "bytes": out.stat().st_size}
     card = model_card(args.name, args.description, card_info, lin, set5, t2, mlsr, args.limits, photos)

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, weights_required=False)
     _add_adapt_args(p)
     p.add_argument("--steps", type=int, default=None,
-                   help="adaptation steps (default: 5 on the photo path, else 1)")
+                   help="adaptation steps (default: 5 on the photo path, else the count the weights were "
+                        "meta-trained for, else 1)")
     p.add_argument("-o", "--output", required=True,
                    help="SR image to write; for a folder or glob of inputs, the output folder (images already "
                         "there are skipped, so a killed run resumes; a NAME.png.json sidecar per image)")
@@ -237,7 +238,7 @@ def _choose_weights(args: argparse.Namespace) -> tuple[str, dict, Any]:
     if weights in BUNDLED_WEIGHTS:
         info = BUNDLED_WEIGHTS[weights]
         return weights, {**read_metadata(info.path), "scale": info.scale, "ds_method": info.ds_method,
-                         "schedule": info.schedule, "loss": info.loss}, weights
+                         "schedule": info.schedule, "loss": info.loss, "adapt_steps": info.adapt_steps}, weights
     if weights == "random":
         return weights, {}, weights
     if (args.arch or "").lower() == "spandrel":  # spandrel reads the checkpoint itself
@@ -372,9 +373,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         out = write_image(args.output, sr)
         print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) in {info.seconds:.1f} s")
         return 0
-    if args.steps is None:
-        args.steps = 1
     msr = _load_metasr(args)
+    if args.steps is None:  # the weights' own count (meta-trained for it), else 1
+        args.steps = int(args.weights_meta.get("adapt_steps") or 1)
     lr_img = read_image(args.lr_image)
     kernel = getattr(args, "kernel_spec", None) or args.kernel  # parsed once, in _check_options
     if _is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
@@ -458,9 +459,9 @@ def _cmd_adapt_folder(args: argparse.Namespace) -> int:
         outcomes = adapt_folder(msr, files, args.output, kernel="photo", steps=steps, run_one=run_one,
                                 settings=_folder_settings(args, grid=grid), flag="-o", progress=not args.quiet)
     else:
-        if args.steps is None:
-            args.steps = 1
         msr = _load_metasr(args)
+        if args.steps is None:  # the weights' own count (meta-trained for it), else 1
+            args.steps = int(args.weights_meta.get("adapt_steps") or 1)
         seed = {} if args.seed is None else {"seed": args.seed}
         outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps,
                                 ds_method=args.ds_method, back_projection=args.back_projection,

@@ -27,7 +27,7 @@ __all__ = ["WeightsInfo", "BUNDLED_WEIGHTS", "WEIGHTS_DIR", "default_weights", "
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # metasr_adapter/weights/ (data files)
 #: metadata of a weights file that MetaSR uses as its defaults (explicit arguments win)
-WEIGHTS_DEFAULT_KEYS = ("scale", "schedule", "loss", "adapt_params", "ds_method", "degradation")
+WEIGHTS_DEFAULT_KEYS = ("scale", "schedule", "loss", "adapt_params", "ds_method", "degradation", "adapt_steps")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class WeightsInfo:
     filename: str
     scale: float
     ds_method: str
-    schedule: str
+    schedule: Any  # a preset name, or learned rates {"per_parameter": {tensor: [α per step]}}
     description: str
     loss: str = "l1"
     sha256: str | None = None
@@ -48,6 +48,11 @@ class WeightsInfo:
     #: the degradation family the weights were trained on (e.g. ``{"family": "photo", ...}``; None: the
     #: kernel family of ``ds_method``)
     degradation: dict[str, Any] | None = None
+    #: the adaptation steps the weights were meta-trained to be used with: the command line's default --steps
+    #: (None: 1). Weights with learned rates can score lower after 0-1 steps than after 10.
+    adapt_steps: int | None = None
+    #: the default among bundled weights of the same architecture, scale and subsampling
+    preferred: bool = False
 
     @property
     def path(self) -> Path:
@@ -99,10 +104,11 @@ def get_weights(name: str) -> WeightsInfo:
 def default_weights(arch: str = "mzsr", *, scale: float | None = None, ds_method: str | None = None) -> WeightsInfo | None:
     """The bundled weights for ``arch`` that fit ``scale`` and ``ds_method`` (None = any), or None.
 
-    Weights trained for the requested subsampling are preferred; with no match for it, the first
-    weights of the right architecture and scale are returned.
+    Weights trained for the requested subsampling are preferred (among them, the one whose sidecar says
+    ``preferred``); with no match for it, the first weights of the right architecture and scale are returned.
     """
     fits = [w for w in BUNDLED_WEIGHTS.values() if w.arch == arch and (scale is None or float(w.scale) == float(scale))]
+    fits.sort(key=lambda w: not w.preferred)  # stable: the preferred first, then by name
     for w in fits:
         if ds_method is None or w.ds_method == ds_method:
             return w
