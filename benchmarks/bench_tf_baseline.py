@@ -401,7 +401,7 @@ def child_args(args: argparse.Namespace, framework: str) -> list[str]:
            "--lr", args.lr]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    if args.meta_channels_last:
+    if getattr(args, "meta_channels_last", False):
         cmd += ["--meta-channels-last"]
     return cmd
 
