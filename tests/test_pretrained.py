@@ -180,3 +180,17 @@ def test_adapt_takes_the_step_count_the_weights_were_meta_trained_for(tmp_path, 
     for weights, extra, want in ((three, [], 3), (three, ["--steps", "2"], 2), (plain, [], 1)):
         assert main([*base, "--weights", str(weights), "-o", str(tmp_path / "o.png"), *extra]) == 0
         assert f"after {want} step(s)" in capsys.readouterr().out
+
+
+def test_the_library_adapts_as_many_steps_as_the_weights_were_meta_trained_for(tmp_path, photo):
+    from metasr_adapter import MetaSR, MZSRNet, load_model
+    from metasr_adapter.io.weights import save_weights
+
+    kw = dict(arch="mzsr", arch_kwargs={"width": 8, "depth": 3}, scale=2.0)
+    msr = MetaSR(load_model("mzsr", save_weights(MZSRNet(width=8, depth=3), tmp_path / "t.pth", adapt_steps=3, **kw)))
+    _, info = msr.adapt(photo[:32, :36], "gd2.0", return_info=True)
+    assert len(info.losses) == 3
+    _, info = msr.adapt(photo[:32, :36], "gd2.0", 2, return_info=True)
+    assert len(info.losses) == 2
+    _, info = MetaSR(MZSRNet(width=8, depth=3), 2).adapt(photo[:32, :36], "gd2.0", return_info=True)
+    assert len(info.losses) == 1  # no such metadata: one step, as before

@@ -550,7 +550,7 @@ class MetaSR:
         self,
         lr_img: np.ndarray | torch.Tensor,
         kernel: str | np.ndarray | torch.Tensor | KernelSpec | DegradationSpec | None = "gd2.0",
-        steps: int = 1,
+        steps: int | None = None,
         *,
         lr: float | None = None,
         schedule: str | float | Schedule | None = None,
@@ -571,7 +571,8 @@ class MetaSR:
                 path, an array, a :class:`KernelSpec`, a whole
                 :class:`~metasr_adapter.ops.degradation_spec.DegradationSpec` (blur + grid, noise, JPEG), ``None``/``"bicubic"`` for bicubic, or ``"estimate"``
                 to estimate it first (blind mode; ``info.kernel_estimate`` holds the estimate).
-            steps: number of gradient steps (0 = plain inference).
+            steps: number of gradient steps (0 = plain inference); None = the count the loaded weights were
+                meta-trained for (their ``adapt_steps`` metadata), else 1.
             lr / schedule: a constant learning rate, or a schedule (default: the wrapper's).
             ds_method: ``"direct"`` or ``"bicubic"`` subsampling (default: the kernel's).
             back_projection: back-projection iterations after SR (``True`` = 4, SPEC §7).
@@ -583,6 +584,8 @@ class MetaSR:
 
         Returns the SR image in the input's format; ``(sr, info)`` with ``return_info``.
         """
+        if steps is None:
+            steps = int(self.weights_metadata.get("adapt_steps") or 1)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"steps={steps!r} must be a non-negative integer")
         session = self.start(
