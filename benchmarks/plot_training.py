@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=float, default=None, help="a horizontal reference line (e.g. bicubic PSNR)")
     ap.add_argument("--ylim", default=None, metavar="LO,HI", help="zoom on a PSNR range, e.g. 33.8,34.8")
     ap.add_argument("--title", default="Set5 g^d_2.0 x2: Y-PSNR against training CPU-hours")
+    ap.add_argument("--legend", default="lower right", help="legend position (matplotlib loc), e.g. 'lower left'")
     args = ap.parse_args(argv)
     from metasr_adapter.training.plots import psnr_vs_cpu_hours
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = tuple(int(k) for k in args.steps.split(","))
     ylim = tuple(float(v) for v in args.ylim.split(",")) if args.ylim else None
     png = psnr_vs_cpu_hours(runs, args.out, steps=steps, title=args.title, baseline=args.baseline, ylim=ylim,
-                            start_hours=start)
+                            start_hours=start, legend_loc=args.legend)
     md = Path(args.out).with_suffix(".md")
     rec = result_record(argv, script=__file__)
     dirty = " with uncommitted changes" if rec["dirty"] else ""

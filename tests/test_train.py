@@ -505,3 +505,22 @@ def test_a_run_exports_the_weights_of_its_last_checkpoint_with_their_learned_rat
 
     assert main(["train", "-o", str(tmp_path / "empty"), "--export-weights", str(snap)]) == 2
     assert "holds no run to export" in capsys.readouterr().err
+
+
+def test_a_run_finished_at_its_checkpoint_keeps_the_meta_stages_time(resume_setup, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped at a checkpoint and finished there (`--resume --set meta.iterations=STEP`), the run used to record
+    no meta-stage seconds, so the weights' lineage lost the stage's training time."""
+    from metasr_adapter.training.recipes import load_recipe
+
+    over, _ = resume_setup
+    run = tmp_path / "stopped"
+    monkeypatch.setenv(KILL_ENV, "meta:5:raise")  # checkpoint at 4
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(load_recipe(RECIPE, [*over, "meta.iterations=100"]), out_dir=run)
+    monkeypatch.delenv(KILL_ENV)
+    took = float(load_checked(run / "checkpoint.pt")["elapsed"])
+    assert took > 0
+    run_training(load_recipe(RECIPE, [*over, "meta.iterations=4"]), out_dir=run, resume=True)
+    done = load_checked(run / "checkpoint.pt")
+    assert done["stage"] == "done" and done["stage_seconds"]["meta"] == pytest.approx(took)

@@ -106,6 +106,7 @@ def psnr_vs_cpu_hours(
     baseline: float | None = None,
     ylim: tuple[float, float] | None = None,
     start_hours: Mapping[str, float] | None = None,
+    legend_loc: str = "lower right",
 ) -> Path:
     """PSNR after ``steps`` adaptation steps against CPU-hours of training (``ylim``: zoom on a PSNR range), one colour per run
     (``runs``: label → ``metrics.jsonl``), one line style per step count; a dotted vertical line marks
@@ -141,4 +142,4 @@ def psnr_vs_cpu_hours(
     ax.set_ylabel("mean PSNR (dB)")
     if ylim is not None:
         ax.set_ylim(*ylim)
-    return _save(fig, ax, path, title, legend_loc="lower right", legend_size=8)
+    return _save(fig, ax, path, title, legend_loc=legend_loc, legend_size=8)

@@ -743,6 +743,7 @@ class _Run:
                                "elapsed": self.stage_seconds["meta"]}
         elif ckpt is not None and "learner" in ckpt and "sampler" in ckpt:  # resumed exactly at the last iteration
             self.meta_state = {"learner": ckpt["learner"], "sampler": ckpt["sampler"], "elapsed": elapsed}
+            self.stage_seconds["meta"] = elapsed  # the stage's time so far (the lineage of the weights counts it)
         self._save_weights(FINAL_WEIGHTS, source=f"meta-trained {total} iterations", recipe=r.get("name"))
 
     def _save_weights(self, name: str | Path, **metadata: Any) -> Path:
