@@ -6,7 +6,7 @@ The SPEC §0/§4 wall times of the official TF1 code were measured on some other
 they cannot be compared with a PyTorch number taken here. This script measures both on the
 machine it runs on:
 
-* ``--framework tf`` (run it with a Python that has ``tensorflow-cpu``, e.g. ``/tmp/tfvenv``):
+* ``--framework tf`` (run it with a Python that has ``tensorflow-cpu``: ``--tf-python`` or ``$METASR_TF_PYTHON``):
   a TF2 re-implementation of the same work, written from the SPEC (§1, §4, §5), compiled with
   ``tf.function`` (graph mode, no XLA, TF's default thread pools), fused resource-update ops as
   TF1's ``GradientDescentOptimizer`` / ``AdamOptimizer`` use them:
@@ -63,7 +63,7 @@ HERE = Path(__file__).resolve()
 SHARED = HERE.parents[2] / "shared"  # ../shared beside the repository
 DEFAULT_WEIGHTS = str(SHARED / "weights" / "mzsr_official" / "mzsr_pretrained_bicubic.npz")
 DEFAULT_LR = str(SHARED / "data" / "mzsr_g20" / "Set5" / "baby.png")
-DEFAULT_TF_PY = "/tmp/tfvenv/bin/python"
+DEFAULT_TF_PY = os.environ.get("METASR_TF_PYTHON") or "python3"  # a Python with tensorflow-cpu
 DEFAULT_TORCH_PY = str(HERE.parents[1] / ".venv" / "bin" / "python")
 RESULT_TAG = "BENCH_RESULT_JSON:"
 
@@ -469,7 +469,8 @@ def main() -> None:
     ap.add_argument("--meta-channels-last", action="store_true",
                     help="torch meta-iterations in NHWC (MAMLConfig.channels_last); adaptation takes the library's "
                          "default layout either way")
-    ap.add_argument("--tf-python", default=DEFAULT_TF_PY)
+    ap.add_argument("--tf-python", default=DEFAULT_TF_PY,
+                    help="a Python with tensorflow-cpu (default: $METASR_TF_PYTHON, else python3)")
     ap.add_argument("--torch-python", default=DEFAULT_TORCH_PY)
     ap.add_argument("--json", default=None, help="write all results here")
     ap.add_argument("--emit", action="store_true", help=argparse.SUPPRESS)

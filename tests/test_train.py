@@ -224,16 +224,23 @@ def test_resume_after_crashes_in_both_stages_gives_identical_weights(
     _assert_same_run(ref, run)
 
 
+def _crash_a_100_iteration_run_after_step_5(over: list[str], run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run planned for 100 meta-iterations that crashes after step 5 (its last checkpoint: step 4)."""
+    from metasr_adapter.training.recipes import load_recipe
+
+    monkeypatch.setenv(KILL_ENV, "meta:5:raise")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(load_recipe(RECIPE, [*over, "meta.iterations=100"]), out_dir=run)
+    monkeypatch.delenv(KILL_ENV)
+
+
 def test_resume_may_change_meta_iterations(resume_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run planned for 100 iterations, crashed after 5 and resumed with 7, equals a 7-iteration run."""
     from metasr_adapter.training.recipes import load_recipe
 
     over, ref = resume_setup
     run = tmp_path / "shortened"
-    monkeypatch.setenv(KILL_ENV, "meta:5:raise")  # checkpoint at 4
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_training(load_recipe(RECIPE, [*over, "meta.iterations=100"]), out_dir=run)
-    monkeypatch.delenv(KILL_ENV)
+    _crash_a_100_iteration_run_after_step_5(over, run, monkeypatch)  # checkpoint at 4
     with pytest.raises(ValueError, match="already took 4"):
         run_training(load_recipe(RECIPE, [*over, "meta.iterations=3"]), out_dir=run, resume=True)
     run_training(load_recipe(RECIPE, over), out_dir=run, resume=True)
@@ -515,10 +522,7 @@ def test_a_run_finished_at_its_checkpoint_keeps_the_meta_stages_time(resume_setu
 
     over, _ = resume_setup
     run = tmp_path / "stopped"
-    monkeypatch.setenv(KILL_ENV, "meta:5:raise")  # checkpoint at 4
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_training(load_recipe(RECIPE, [*over, "meta.iterations=100"]), out_dir=run)
-    monkeypatch.delenv(KILL_ENV)
+    _crash_a_100_iteration_run_after_step_5(over, run, monkeypatch)  # checkpoint at 4
     took = float(load_checked(run / "checkpoint.pt")["elapsed"])
     assert took > 0
     run_training(load_recipe(RECIPE, [*over, "meta.iterations=4"]), out_dir=run, resume=True)

@@ -37,6 +37,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _record import portable_path  # noqa: E402  (benchmarks/_record.py: no machine paths in tracked files)
 from metasr_adapter.atomic import load_checked  # noqa: E402
 from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
 from metasr_adapter.io.weights import read_metadata, read_weights, save_weights, tensor_fingerprint  # noqa: E402
@@ -187,7 +189,7 @@ def mlsr_rows(files: list[Path], model: str, fingerprint: str) -> dict:
             if key in rows and rows[key]["images"] > len(entry["images"]):
                 continue
             rows[key] = {"images": len(entry["images"]), "psnr": m["mean_psnr"], "ssim": m["mean_ssim"],
-                         "source": f.as_posix()}
+                         "source": portable_path(f)}
     return rows
 
 
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     set5 = json.loads((run / "eval.json").read_text())["meta_trained"] if (run / "eval.json").is_file() else None
     metrics = {}
     if set5:
-        metrics["train_eval"] = {"kernel": set5["settings"]["kernel"], "lr_dir": set5["settings"]["lr_dir"],
+        metrics["train_eval"] = {"kernel": set5["settings"]["kernel"], "lr_dir": portable_path(set5["settings"]["lr_dir"]),
                                  "mean_psnr": {k: round(v, 4) for k, v in set5["mean_psnr"].items()}}
     t2 = table2_rows(args.table2, meta["ds_method"])
     if t2:
@@ -413,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f.parent.name
         photos[name] = {
             "cases": g["default"]["cases"], "plain": g.get(args.photo_column, {}).get("mean"),
-            "default": g["default"]["mean"], "default_worst": g["default"]["worst"], "source": f.as_posix()}
+            "default": g["default"]["mean"], "default_worst": g["default"]["worst"], "source": portable_path(f)}
     if photos:
         metrics["real_photos"] = photos
     lin_small = {k: v for k, v in lin.items() if k != "recipe_resolved"}
