@@ -285,6 +285,11 @@ def _load_metasr(args: argparse.Namespace):
                   adapt_params=meta.get("adapt_params"), tile=tile, max_pixels=max_pixels)
 
 
+def _steps_or_the_weights(args: argparse.Namespace) -> int:
+    """``--steps``, else the count the loaded weights were meta-trained for (``adapt_steps``), else 1."""
+    return args.steps if args.steps is not None else int(args.weights_meta.get("adapt_steps") or 1)
+
+
 def _default_precision(command: str, device) -> str:
     """``--precision`` left out: bf16 where it is fast for ``adapt`` and ``demo`` (Table 2 cells within 0.04 dB of
     fp32, 1.8x faster: ``precision.auto_precision``); fp32 for ``eval`` and the rest, whose numbers are the
@@ -374,8 +379,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) in {info.seconds:.1f} s")
         return 0
     msr = _load_metasr(args)
-    if args.steps is None:  # the weights' own count (meta-trained for it), else 1
-        args.steps = int(args.weights_meta.get("adapt_steps") or 1)
+    args.steps = _steps_or_the_weights(args)
     lr_img = read_image(args.lr_image)
     kernel = getattr(args, "kernel_spec", None) or args.kernel  # parsed once, in _check_options
     if _is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
@@ -460,8 +464,7 @@ def _cmd_adapt_folder(args: argparse.Namespace) -> int:
                                 settings=_folder_settings(args, grid=grid), flag="-o", progress=not args.quiet)
     else:
         msr = _load_metasr(args)
-        if args.steps is None:  # the weights' own count (meta-trained for it), else 1
-            args.steps = int(args.weights_meta.get("adapt_steps") or 1)
+        args.steps = _steps_or_the_weights(args)
         seed = {} if args.seed is None else {"seed": args.seed}
         outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps,
                                 ds_method=args.ds_method, back_projection=args.back_projection,
