@@ -34,7 +34,11 @@ speed, but the size does: both sides read Set5 baby (``--lr``, default
 ``../shared/data/mzsr_g20/Set5/baby.png``; the script stops with a one-line message when it is
 missing) and the TF side uses a stand-in son upsampling.
 
-``--threads N`` sets torch's intra- and inter-op threads (``torch.set_num_threads`` /
+The GFLOP/s columns divide each measurement's work, counted once by torch's FLOP counter
+(``torch.utils.flop_counter``; TF does the same arithmetic), by each side's time; in brackets, the share of
+a 2048x2048 fp32 matmul timed in the torch processes. The torch side keeps freed memory in the process as the ``metasr`` command does
+(``metasr_adapter.allocator.retain_freed_memory``; ``--torch-malloc default`` measures glibc's own
+thresholds, which page-fault on every adaptation step). ``--threads N`` sets torch's intra- and inter-op threads (``torch.set_num_threads`` /
 ``set_num_interop_threads``) and TF's (``tf.config.threading``) to N in both child processes, and
 ``OMP_NUM_THREADS=N`` in their environment; without it each framework picks its defaults. The
 ``--json`` file holds a ``record`` (command, commit, CPU model and flags, threads, versions; see
@@ -304,6 +308,10 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             pass
     from metasr_adapter import MetaSR, MZSRNet
     from metasr_adapter.adapters.mzsr import mzsr_state_dict_from_tf
+    from metasr_adapter.allocator import allocator_settings, retain_freed_memory
+
+    if args.torch_malloc == "retain":  # as the command line does (metasr_adapter/allocator.py)
+        retain_freed_memory()
 
     state = mzsr_state_dict_from_tf(dict(np.load(args.weights)))
 
@@ -353,15 +361,39 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
                 counter = iter(range(10_000))
                 results[name] = timed(lambda: learner.meta_step(batch, next(counter)), args.meta_repeats)
 
+    # the work of each measurement in FLOPs (torch's FLOP counter, one untimed run; TF does the same arithmetic),
+    # and a 2048x2048 fp32 matmul in this process: the GFLOP/s columns and their share of the matmul's
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops: dict[str, int] = {}
+    for name in results:
+        with FlopCounterMode(display=False) as counter:
+            if name.startswith("adapt_"):
+                start()
+                for _ in range(int(name.split("_")[1])):
+                    holder["s"].step()
+            elif name == "sr_512":
+                holder["s"].sr_tensor()
+            else:
+                learner = MetaLearner(net(), MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, meta_lr=META_LR,
+                                                        first_order=(name == "meta_fo"),
+                                                        channels_last=args.meta_channels_last))
+                learner.meta_step(batch, 0)
+        flops[name] = int(counter.get_total_flops())
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    matmul_s = min(timed(lambda: a @ b, 5))
+
     info = {
         "framework": "torch",
         "version": torch.__version__,
         "threads": f"intra {torch.get_num_threads()}, inter {torch.get_num_interop_threads()}",
         "adapt_channels_last": msr.channels_last,
         "meta_channels_last": bool(args.meta_channels_last),
+        "malloc": allocator_settings(),
         "lr_image": lr_src,
     }
-    return {"info": info, "times": results, "notes": notes}
+    return {"info": info, "times": results, "notes": notes, "flops": flops,
+            "matmul_gflops": 2 * 2048 ** 3 / matmul_s / 1e9}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +435,8 @@ def child_args(args: argparse.Namespace, framework: str) -> list[str]:
         cmd += ["--threads", str(args.threads)]
     if getattr(args, "meta_channels_last", False):
         cmd += ["--meta-channels-last"]
+    if framework == "torch":
+        cmd += ["--torch-malloc", getattr(args, "torch_malloc", "retain")]
     return cmd
 
 
@@ -435,16 +469,34 @@ def report(rounds: dict[str, list[dict[str, Any]]], load: dict[str, float] | Non
             continue
         tf_s, pt_s = med.get("tf"), med.get("torch")
         ratio = pt_s / tf_s if tf_s and pt_s else None
+        torch_runs = rounds.get("torch") or []
+        work = next((r["flops"][name] for r in torch_runs if (r.get("flops") or {}).get(name)), None)
+        peak = statistics.median(r["matmul_gflops"] for r in torch_runs if r.get("matmul_gflops")) \
+            if any(r.get("matmul_gflops") for r in torch_runs) else None
+        gf = {fw: (work / t / 1e9 if work and t else None) for fw, t in (("tf", tf_s), ("torch", pt_s))}
         rows.append({"measurement": name, "label": LABELS[name], "tf_s": tf_s, "torch_s": pt_s,
-                     "torch_over_tf": ratio, "per_round": per_round, "spec_official_s": SPEC_OFFICIAL.get(name)})
-    head = f"{'measurement':38s} {'TF (s)':>8s} {'torch (s)':>9s} {'torch/TF':>8s}  {'SPEC TF (other CPU)':>19s}"
+                     "torch_over_tf": ratio, "per_round": per_round, "spec_official_s": SPEC_OFFICIAL.get(name),
+                     "gflop": work / 1e9 if work else None, "tf_gflops_per_s": gf["tf"],
+                     "torch_gflops_per_s": gf["torch"], "matmul_gflops_per_s": peak})
+    head = (f"{'measurement':38s} {'TF (s)':>8s} {'torch (s)':>9s} {'torch/TF':>8s}  {'GFLOP':>6s} "
+            f"{'TF GFLOP/s':>10s} {'torch GFLOP/s':>13s}  {'SPEC TF (other CPU)':>19s}")
     print(head)
     print("-" * len(head))
+
+    def rate(r: dict[str, Any], fw: str) -> str:
+        g, peak = r[f"{fw}_gflops_per_s"], r["matmul_gflops_per_s"]
+        return "n/a" if g is None else f"{g:.0f}" + (f" ({g / peak:.2f})" if peak else "")
+
     for r in rows:
         ratio = f"{r['torch_over_tf']:.2f}" if r["torch_over_tf"] else "n/a"
+        gflop = f"{r['gflop']:.0f}" if r["gflop"] else "n/a"
         print(f"{r['label']:38s} {fmt(r['tf_s']):>8s} {fmt(r['torch_s']):>9s} "
-              f"{ratio:>8s}  "
+              f"{ratio:>8s}  {gflop:>6s} {rate(r, 'tf'):>10s} {rate(r, 'torch'):>13s}  "
               f"{(r['spec_official_s'] or '-'):>19s}")
+    peaks = [r["matmul_gflops_per_s"] for r in rows if r["matmul_gflops_per_s"]]
+    if peaks:
+        print(f"(in brackets: the share of a 2048x2048 fp32 matmul measured in the torch processes, "
+              f"{peaks[0]:.0f} GFLOP/s)")
     for fw, runs in rounds.items():
         for name, note in (runs[0].get("notes") or {}).items():
             print(f"note ({fw}, {name}): {note}")
@@ -466,6 +518,9 @@ def main() -> None:
                     help="256x256 LR image (default: ../shared/data/mzsr_g20/Set5/baby.png beside the repository)")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra- and inter-op threads of torch and TF in both child processes (default: theirs)")
+    ap.add_argument("--torch-malloc", choices=["retain", "default"], default="retain",
+                    help="retain: keep freed memory as `metasr` does (metasr_adapter.allocator.retain_freed_memory); "
+                         "default: glibc's own thresholds (page faults on every adaptation step)")
     ap.add_argument("--meta-channels-last", action="store_true",
                     help="torch meta-iterations in NHWC (MAMLConfig.channels_last); adaptation takes the library's "
                          "default layout either way")

@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--count {args.count}: give at least 1 image")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from metasr_adapter.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as the command line does: no page faults on every adaptation step
     record = result_record(argv=argv, script=__file__)
 
     folder = Path(args.data_dir)

@@ -108,6 +108,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from metasr_adapter.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as the command line does: no page faults on every adaptation step
     record = result_record(script=__file__)
 
     from metasr_adapter import MetaSR

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: the layers, low to high: a module may import its own layer and the ones below it, never one above
 LAYERS: list[tuple[str, set[str]]] = [
     # they import nothing of the package (resolvers: names a lower layer accepts and a higher one resolves)
-    ("root utilities", {"errors", "devices", "precision", "atomic", "distributed", "resolvers", "provenance"}),
+    ("root utilities", {"errors", "devices", "precision", "allocator", "atomic", "distributed", "resolvers",
+                        "provenance"}),
     ("ops", {"ops"}),
     # other libraries' networks (BasicSR, spandrel): they use nothing of this package; the adapters'
     # registry names them and io's load_model builds spandrel checkpoints with them

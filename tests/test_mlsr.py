@@ -487,3 +487,13 @@ def test_the_gradient_probe_measures_first_and_second_order_meta_gradients(train
     assert zero["cos_fo_sup"] == pytest.approx(1, abs=1e-5) and zero["cos_so_sup"] == pytest.approx(1, abs=1e-5)
     assert small["rel_displacement"] > 0 and small["cos_fo_sup"] < 1 - 1e-7
     assert out.with_suffix(".md").read_text().count("\n|") >= 3
+
+
+def test_the_model_card_states_the_kernel_variances_of_the_runs_own_recipe() -> None:
+    """The card said "[1, 5)" for every MZSR run, also for the sharp-kernel recipe that draws from 0.2."""
+    pack = _packager()
+    sharp = load_recipe(RECIPES / "mzsr_x2_cpu_sharp_lslr.yaml")
+    official = load_recipe(RECIPES / "mzsr_x2_cpu.yaml")
+    assert pack.kernel_range_line(sharp) == "* Trained on Gaussian kernels with variances in [0.2, 5) (x2); g^d_0.2 lies inside."
+    assert pack.kernel_range_line(official).startswith("* Trained on Gaussian kernels with variances in [1, 5) (x2); "
+                                                       "kernels far outside")

@@ -215,6 +215,16 @@ def _stage_lines(lin: dict) -> list[str]:
     return lines
 
 
+def kernel_range_line(recipe: dict) -> str:
+    """The card's line on the training kernels' variances, read from the run's recipe (``data.kernel_min_var``
+    up to ``kernel_k1_factor`` x scale, as :class:`~metasr_adapter.meta.tasks.TaskSampler` draws them)."""
+    d = recipe["data"]
+    scales = d.get("scales") or [recipe["model"]["scale"]]
+    low, high = float(d.get("kernel_min_var", 1.0)), float(d.get("kernel_k1_factor", 2.5)) * min(scales)
+    outside = "g^d_0.2 lies inside" if low <= 0.2 else "kernels far outside (e.g. g^d_0.2) rely on adaptation alone"
+    return f"* Trained on Gaussian kernels with variances in [{low:g}, {high:g}) (x{min(scales):g}); {outside}."
+
+
 def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | None, t2: dict,
                mlsr: dict | None = None, limits: list[str] | None = None, photos: dict | None = None) -> str:
     arch = info["arch"]
@@ -321,8 +331,7 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
         f"* Trained for {hours / 3600:.1f} CPU-hours on 291 images"
         + ("; the paper's model saw DIV2K, 500k pretraining steps and 60k-100k second-order meta-iterations on a GPU."
            if arch == "mzsr" else "; the paper's networks were trained on DIV2K on GPUs."),
-        *(["* Trained on Gaussian kernels with variances in [1, 5) (x2); kernels far outside (e.g. g^d_0.2) rely on "
-           "adaptation alone."] if arch == "mzsr" else []),
+        *([kernel_range_line(lin["recipe_resolved"])] if arch == "mzsr" and "recipe_resolved" in lin else []),
         "* The training images (T91, BSDS300) carry their owners' research-use terms; the weights are released "
         "with the project's licence.",
     ]
