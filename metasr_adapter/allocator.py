@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 
-__all__ = ["retain_freed_memory", "allocator_settings", "DEFAULT_RETAINED_BYTES"]
+__all__ = ["retain_freed_memory", "retain_from_environment", "allocator_settings", "DEFAULT_RETAINED_BYTES"]
 
 #: freed memory kept by default: 2 GiB, the largest glibc takes (an int), above the ~1.4 GiB working set of
 #: an adaptation step on a 512x512 LR image (a smaller limit trims the whole free top of the heap each step)
