@@ -14,7 +14,9 @@ machine it runs on:
       baby size): plain SGD steps on ``mean |LR - f(ILR_son)|`` with the Directx2 schedule; the
       network runs at 256x256 on the son's bicubic upsampling. Weights are re-set before each
       repetition (untimed), as the official code restores them per image.
-    - ``sr_512``: the final SR forward pass at 512x512 (clipped).
+    - ``sr_512``: the final SR forward pass at 512x512 (clipped), on the bicubic-upsampled LR image
+      prepared untimed on both sides (until 2026-12-03 the torch side also timed its float64 bicubic
+      resize inside ``sr_tensor()``, about 3% of the row).
     - ``meta_so`` / ``meta_fo``: one MAML meta-iteration, meta-batch 5, task-batch 4, 64x64x3
       patches, 5 inner SGD steps (alpha 0.01), the query loss after every inner step (weights
       0.2, reduce_mean), Adam 1e-4; tasks mapped with ``tf.map_fn``; second order, or first
@@ -323,13 +325,25 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
     from metasr_adapter.ops.imageio import read_image
 
     lr_np, lr_src = lr_image(args.lr, read_image)
-    msr = MetaSR(net(), 2)
+    msr = MetaSR(net(), 2, precision=args.torch_precision)
     results: dict[str, list[float]] = {}
     notes: dict[str, str] = {}
     holder: dict[str, Any] = {}
 
     def start() -> None:
         holder["s"] = msr.start(lr_np, "gd2.0")
+
+    def sr_network() -> torch.Tensor:
+        """The network on the bicubic-upsampled LR image, clipped: the work TF's ``super_resolve`` times. The
+        upsampling is prepared untimed on both sides (``sr_tensor()`` adds a float64 bicubic resize of the
+        LR image, outside the network)."""
+        s = holder["s"]
+        if "ilr" not in holder:
+            with torch.no_grad():
+                holder["ilr"] = msr._network_input(s.lr_image.double(), (2 * s.lr_image.shape[-2],
+                                                                         2 * s.lr_image.shape[-1])).float()
+        with torch.no_grad():
+            return msr._run(s.params, holder["ilr"], None).clamp_(0, 1)
 
     for name in which:
         if name.startswith("adapt_"):
@@ -342,7 +356,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             results[name] = timed(loop, args.repeats, setup=start)
         elif name == "sr_512":
             start()
-            results[name] = timed(lambda: holder["s"].sr_tensor(), args.repeats)
+            results[name] = timed(sr_network, args.repeats)
 
     meta = [m for m in which if m.startswith("meta_")]
     if meta:
@@ -356,7 +370,8 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             batch = TaskBatch(support_x=ia, support_y=la, query_x=ib, query_y=lb)
             for name in meta:
                 cfg = MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=(name == "meta_fo"),
-                                 meta_lr=META_LR, channels_last=args.meta_channels_last)
+                                 meta_lr=META_LR, channels_last=args.meta_channels_last,
+                                 precision=args.torch_precision)
                 learner = MetaLearner(net(), cfg)
                 counter = iter(range(10_000))
                 results[name] = timed(lambda: learner.meta_step(batch, next(counter)), args.meta_repeats)
@@ -373,11 +388,12 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
                 for _ in range(int(name.split("_")[1])):
                     holder["s"].step()
             elif name == "sr_512":
-                holder["s"].sr_tensor()
+                sr_network()
             else:
                 learner = MetaLearner(net(), MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, meta_lr=META_LR,
                                                         first_order=(name == "meta_fo"),
-                                                        channels_last=args.meta_channels_last))
+                                                        channels_last=args.meta_channels_last,
+                                                        precision=args.torch_precision))
                 learner.meta_step(batch, 0)
         flops[name] = int(counter.get_total_flops())
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -389,6 +405,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
         "threads": f"intra {torch.get_num_threads()}, inter {torch.get_num_interop_threads()}",
         "adapt_channels_last": msr.channels_last,
         "meta_channels_last": bool(args.meta_channels_last),
+        "precision": args.torch_precision,
         "malloc": allocator_settings(),
         "lr_image": lr_src,
     }
@@ -436,7 +453,8 @@ def child_args(args: argparse.Namespace, framework: str) -> list[str]:
     if getattr(args, "meta_channels_last", False):
         cmd += ["--meta-channels-last"]
     if framework == "torch":
-        cmd += ["--torch-malloc", getattr(args, "torch_malloc", "retain")]
+        cmd += ["--torch-malloc", getattr(args, "torch_malloc", "retain"),
+                "--torch-precision", getattr(args, "torch_precision", "fp32")]
     return cmd
 
 
@@ -521,6 +539,9 @@ def main() -> None:
     ap.add_argument("--torch-malloc", choices=["retain", "default"], default="retain",
                     help="retain: keep freed memory as `metasr` does (metasr_adapter.allocator.retain_freed_memory); "
                          "default: glibc's own thresholds (page faults on every adaptation step)")
+    ap.add_argument("--torch-precision", choices=["fp32", "bf16"], default="fp32",
+                    help="the torch side's precision (MetaSR / MAMLConfig precision=; bf16 is autocast, fast on CPUs "
+                         "with AVX512-BF16 or AMX); TF stays fp32, as the official code")
     ap.add_argument("--meta-channels-last", action="store_true",
                     help="torch meta-iterations in NHWC (MAMLConfig.channels_last); adaptation takes the library's "
                          "default layout either way")

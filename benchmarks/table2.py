@@ -68,19 +68,23 @@ def run_cell(msr, gt_dir: Path, kernel: str, limit: int | None, progress: bool) 
 
 
 def markdown(cells: dict[tuple[str, str], dict], weights: dict[str, str]) -> str:
+    scales = sorted({float(c.get("scale", 2)) for c in cells.values()}) or [2.0]
+    if len(scales) > 1:
+        raise SystemExit(f"the cells in one --out folder have scales {scales}; give each scale its own --out")
+    scale = scales[0]
     lines = [
-        "# MZSR Table 2 protocol, x2: Y-PSNR / SSIM",
+        f"# MZSR Table 2 protocol, x{scale:g}: Y-PSNR / SSIM",
         "",
         f"Weights: g^d kernels `{weights['direct']}`, g^b_1.3 `{weights['bicubic']}` (each cell's JSON names the "
-        "file it used). LR synthesised from HR (uint8); shave 2. Paper = MZSR's Table 2 (trained on DIV2K with "
-        "the full recipe). `images` < the set's size: a subset (the first N by name).",
+        f"file it used). LR synthesised from HR (uint8); shave {scale:g}. Paper = MZSR's Table 2 (x2 only; trained "
+        "on DIV2K with the full recipe). `images` < the set's size: a subset (the first N by name).",
         "",
         "| set | kernel | images | bicubic | 0 steps | 1 step | 10 steps | paper MZSR(1) | paper MZSR(10) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, kernel), c in sorted(cells.items(), key=lambda kv: (kv[0][0], KERNELS.index(kv[0][1]))):
         mp, ms = c["mean_psnr"], c["mean_ssim"]
-        paper = PAPER.get((name, kernel))
+        paper = PAPER.get((name, kernel)) if scale == 2 else None
 
         def cell(col: str) -> str:
             return f"{mp[col]:.2f} / {ms[col]:.4f}"
@@ -118,10 +122,14 @@ def main() -> int:
     from metasr_adapter.io.weights import read_metadata
 
     def wrapper(weights: str, schedule: str | None, fallback: str) -> MetaSR:
-        meta = ({"schedule": BUNDLED_WEIGHTS[weights].schedule} if weights in BUNDLED_WEIGHTS
-                else read_metadata(weights))
-        return MetaSR(load_model("mzsr", weights), 2, schedule=schedule or meta.get("schedule") or fallback,
-                      precision=args.precision)
+        if weights in BUNDLED_WEIGHTS:
+            info = BUNDLED_WEIGHTS[weights]
+            meta = {"schedule": info.schedule, "scale": info.scale}
+        else:
+            meta = read_metadata(weights)
+        # the scale the weights were trained for (x4 weights evaluated at x2 would give numbers for the wrong task)
+        return MetaSR(load_model("mzsr", weights), int(meta.get("scale") or 2),
+                      schedule=schedule or meta.get("schedule") or fallback, precision=args.precision)
 
     msrs = {}  # built on first use: a run of g^d kernels only needs no bicubic weights
     builders = {"direct": lambda: wrapper(args.weights_direct, args.schedule_direct, "mzsr_direct"),
@@ -140,6 +148,7 @@ def main() -> int:
             cell = run_cell(msrs[which], folder, kernel, args.limit, not args.quiet)
             cell["weights"] = portable_path(args.weights_direct if which == "direct" else args.weights_bicubic)
             cell["precision"] = args.precision
+            cell["scale"] = msrs[which].scale
             cell["record"] = record
             path.write_text(json.dumps(cell, indent=2) + "\n")
             mp = cell["mean_psnr"]
@@ -155,7 +164,8 @@ def main() -> int:
     weights = {"direct": portable_path(args.weights_direct), "bicubic": portable_path(args.weights_bicubic)}
     (out / "table2.md").write_text(markdown(cells, weights))
     summary = {f"{n}/{k}": {"images": len(c["images"]), "mean_psnr": c["mean_psnr"], "mean_ssim": c["mean_ssim"],
-                            "paper_mzsr_1_10": PAPER.get((n, k)), "seconds": c["seconds"], "weights": c.get("weights"),
+                            "paper_mzsr_1_10": PAPER.get((n, k)) if float(c.get("scale", 2)) == 2 else None,
+                            "scale": c.get("scale", 2), "seconds": c["seconds"], "weights": c.get("weights"),
                             "record": c.get("record")}  # the run that measured the cell
                for (n, k), c in cells.items()}
     (out / "table2.json").write_text(json.dumps(summary, indent=2) + "\n")

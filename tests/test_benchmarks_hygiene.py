@@ -197,3 +197,69 @@ def test_tf_baseline_passes_threads_to_both_children() -> None:
         assert cmd[cmd.index("--threads") + 1] == "2" and cmd[cmd.index("--lr") + 1] == "baby.png"
     args.threads = None
     assert "--threads" not in tfb.child_args(args, "torch")
+
+
+def test_tf_baseline_passes_the_torch_precision_to_the_torch_child_only() -> None:
+    """The ≤ 0.5 goal compares torch's bf16 with TF's fp32 in one alternating run."""
+    tfb = _module("bench_tf_baseline", BENCH / "bench_tf_baseline.py")
+    args = argparse.Namespace(tf_python="tfpy", torch_python="torchpy", repeats=1, meta_repeats=1, only=["sr_512"],
+                              weights="w.npz", lr="baby.png", threads=None, torch_precision="bf16")
+    cmd = tfb.child_args(args, "torch")
+    assert cmd[cmd.index("--torch-precision") + 1] == "bf16"
+    assert "--torch-precision" not in tfb.child_args(args, "tf")
+
+
+def test_tf_baseline_times_the_same_sr_work_on_the_torch_side(tmp_path: Path, monkeypatch) -> None:
+    """sr_512 times the network on a prepared bicubic upsampling, as the TF side does; the torch side timed
+    sr_tensor(), whose float64 bicubic resize TF never timed."""
+    import numpy as np
+
+    from metasr_adapter.ops import degrade
+    from metasr_adapter.ops.imageio import write_image
+
+    tfb = _module("bench_tf_baseline", BENCH / "bench_tf_baseline.py")
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for k in range(1, 9):
+        cin, cout = (3 if k == 1 else 64), (3 if k == 8 else 64)
+        arrays[f"MODEL/conv{k}/kernel"] = rng.normal(0, 0.01, (3, 3, cin, cout)).astype(np.float32)
+        arrays[f"MODEL/conv{k}/bias"] = np.zeros(cout, np.float32)
+    np.savez(tmp_path / "w.npz", **arrays)
+    write_image(tmp_path / "lr.png", rng.random((32, 32, 3)).astype(np.float32))
+    calls = []
+    real = degrade.imresize
+    monkeypatch.setattr("metasr_adapter.adapt.metasr.imresize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = argparse.Namespace(threads=None, torch_malloc="default", weights=str(tmp_path / "w.npz"),
+                              lr=str(tmp_path / "lr.png"), repeats=3, meta_repeats=1, meta_channels_last=False,
+                              torch_precision="fp32")
+    res = tfb.bench_torch(args, ["sr_512"])
+    assert len(res["times"]["sr_512"]) == 3 and res["info"]["precision"] == "fp32"
+    # one resize for the son, one for the prepared input, one more in the FLOP count's run of sr_network: none
+    # per timed repetition
+    assert len(calls) <= 3, len(calls)
+
+
+def test_table2_evaluates_weights_at_the_scale_they_were_trained_for(tmp_path: Path, monkeypatch) -> None:
+    """table2.py wrapped every model at x2: x4 weights gave numbers for the wrong task, next to the paper's x2 row."""
+    import numpy as np
+
+    from metasr_adapter import MZSRNet
+    from metasr_adapter.io.weights import save_weights
+    from metasr_adapter.ops.imageio import write_image
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    weights = save_weights(MZSRNet(width=8, depth=2), tmp_path / "x4.pth", arch="mzsr",
+                           arch_kwargs={"width": 8, "depth": 2}, scale=4, ds_method="direct", schedule="mzsr_x4")
+    hr = tmp_path / "set5"
+    hr.mkdir()
+    write_image(hr / "a.png", np.random.default_rng(0).random((96, 96, 3)).astype(np.float32))
+    out = tmp_path / "t2"
+    table2 = _module("table2", BENCH / "table2.py")
+    monkeypatch.setattr(sys, "argv", ["table2.py", "--sets", f"set5={hr}", "--kernels", "gd2.0", "--weights-direct",
+                                      str(weights), "--out", str(out), "--quiet", "--threads", "1"])
+    assert table2.main() == 0
+    cell = json.loads((out / "set5_gd2.0.json").read_text())
+    assert cell["settings"]["scale"] == 4.0 and cell["settings"]["crop_border"] == 4 and cell["scale"] == 4
+    md = (out / "table2.md").read_text()
+    assert "x4" in md and "35.20" not in md  # no paper x2 numbers beside an x4 cell

@@ -497,3 +497,20 @@ def test_the_model_card_states_the_kernel_variances_of_the_runs_own_recipe() -> 
     assert pack.kernel_range_line(sharp) == "* Trained on Gaussian kernels with variances in [0.2, 5) (x2); g^d_0.2 lies inside."
     assert pack.kernel_range_line(official).startswith("* Trained on Gaussian kernels with variances in [1, 5) (x2); "
                                                        "kernels far outside")
+
+
+def test_the_model_card_counts_cpu_hours_per_session_and_the_parent_at_its_own_threads(tmp_path: Path) -> None:
+    """The card multiplied the run and its parent by the largest thread count of any session (13.1 CPU-hours for
+    the LSLR run, whose sessions ran at 1 and 2 threads and whose parent ran at 1)."""
+    pack = _packager()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"stage": "meta", "run_seconds": 1800.0, "threads": 1}, {"stage": "meta", "run_seconds": 3600.0, "threads": 2}]))
+    assert pack._mean_threads(run, [1, 2]) == pytest.approx(1.5)
+    assert pack._mean_threads(tmp_path, [1, 2]) == 2.0  # no metrics: the largest thread count, as before
+    lin = {"train_seconds": 3600.0, "threads": [1, 2], "mean_threads": 1.5,
+           "parent": {"train_seconds": 1800.0, "cpu_seconds": 1800.0}}
+    assert pack.cpu_seconds(lin) == pytest.approx(3600 * 1.5 + 1800)
+    old_parent = pack.cpu_seconds({"train_seconds": 1800.0, "threads": [1]})  # a lineage packaged before
+    assert old_parent == 1800.0

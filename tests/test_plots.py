@@ -25,7 +25,9 @@ def test_probes_carry_cpu_hours_and_skip_other_records(tmp_path):
     m = _metrics(tmp_path / "m.jsonl", [("pretrain", 10, 1800.0, 2, {"0": 30.0, "10": 31.0}),
                                         ("meta", 4, 3600.0, 1, {"0": 30.5, "10": 31.5})])
     probes = read_probes(m)
-    assert [p["cpu_hours"] for p in probes] == [1.0, 1.0]
+    # each stretch at its own threads: 1800 s × 2, then 1800 s × 1 (it read 1.0, 1.0: the last record's
+    # threads times the whole run)
+    assert [p["cpu_hours"] for p in probes] == [1.0, 1.5]
     assert [p["stage"] for p in probes] == ["pretrain", "meta"]
 
 

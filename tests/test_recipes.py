@@ -20,7 +20,7 @@ from metasr_adapter.training.recipes import (
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SHIPPED = ["mzsr_x2.yaml", "mzsr_bicubic_x2.yaml", "mzsr_x4.yaml", "mlsr_idn_x2.yaml"]
 CPU_BUDGET = ["mzsr_x2_cpu.yaml", "mzsr_bicubic_x2_cpu.yaml", "mzsr_x2_cpu_official_order.yaml",
-              "mzsr_x2_cpu_long_fomaml.yaml"]
+              "mzsr_x2_cpu_long_fomaml.yaml", "mzsr_x2_cpu_official_order_long.yaml"]
 
 
 def _flat_keys(tree: dict, prefix: str = "") -> set[str]:
@@ -239,3 +239,24 @@ def test_the_sharp_lslr_recipe_continues_bundled_weights_with_sharp_kernels_and_
     assert {k: r["meta"][k] for k in same} == {k: base["meta"][k] for k in same}
     assert r["eval"]["lr_dir"] == base["eval"]["lr_dir"]  # probed on the official g^d_2.0 inputs
 
+
+
+def test_the_long_official_order_recipe_differs_from_strategy_a_in_length_and_arithmetic_speed_only() -> None:
+    """Issue #19 item 2: strategy (a) run longer; the same maths, bf16 + NHWC for the speed (recipe_diff ignores
+    layouts, so precision and the length are all that may differ, besides names, folders and probe spacing)."""
+    a = load_recipe(RECIPES / "mzsr_x2_cpu_official_order.yaml")
+    long = load_recipe(RECIPES / "mzsr_x2_cpu_official_order_long.yaml")
+    allowed = {"name", "meta.iterations", "meta.precision", "meta.probe_every", "output.dir", "output.checkpoint_every"}
+    assert set(recipe_diff(a, long)) <= allowed
+    assert long["meta"]["iterations"] >= 10 * a["meta"]["iterations"] and long["meta"]["precision"] == "bf16"
+
+
+def test_the_x4_recipe_continues_our_x2_weights_on_directx4_tasks() -> None:
+    """Issue #19 item 6: x4 from the bundled x2 LSLR weights (SPEC §4 IS_TRANSFER starts x4 from an x2 model)."""
+    _assert_spelled_out_and_explained("mzsr_x4_cpu_sharp_lslr.yaml")
+    r = load_recipe(RECIPES / "mzsr_x4_cpu_sharp_lslr.yaml")
+    official = load_recipe(RECIPES / "mzsr_x4.yaml")
+    assert r["model"]["weights"] == "mzsr_x2_direct_lslr" and r["model"]["scale"] == 4 == official["model"]["scale"]
+    assert r["data"]["scales"] == [4.0] and r["meta"]["task_batch"] == official["meta"]["task_batch"] == 8
+    assert r["eval"]["schedule"] == "mzsr_x4" and r["eval"]["kernel"] == "gd2.0" and r["eval"]["lr_dir"] is None
+    assert r["meta"]["learn_inner_lr"] and r["data"]["kernel_min_var"] == pytest.approx(0.2)

@@ -44,6 +44,7 @@ from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
 from metasr_adapter.io.weights import read_metadata, read_weights, save_weights, tensor_fingerprint  # noqa: E402
 from metasr_adapter.ops.degradation_spec import PhotoDegradations  # noqa: E402
 from metasr_adapter.training.train import trained_ds_method, trained_on_photos  # noqa: E402
+from metasr_adapter.training.cpu_time import mean_threads, read_metrics  # noqa: E402
 
 KERNEL_ORDER = ("gd0.2", "gd2.0", "gdani", "gb1.3")
 
@@ -114,6 +115,22 @@ def _parent_start(run: Path, recipe: dict, parent: str | None, dest: Path) -> tu
            "initialisation", pinfo
 
 
+def _mean_threads(run: Path, threads: list[int]) -> float:
+    """Threads averaged over the run's training time, from its metrics (each session's own --threads);
+    the largest thread count where the run kept no metrics."""
+    metrics = run / "metrics.jsonl"
+    mean = mean_threads(read_metrics(metrics)) if metrics.is_file() else None
+    return mean if mean is not None else float(max(threads or [1]))
+
+
+def cpu_seconds(lin: dict) -> float:
+    """Training CPU-seconds of a lineage (wall seconds × threads), its parent's included. Lineages packaged
+    before ``mean_threads`` was recorded count their largest thread count."""
+    own = lin["train_seconds"] * lin.get("mean_threads", max(lin.get("threads") or [1]))
+    parent = lin.get("parent") or {}
+    return own + parent.get("cpu_seconds", parent.get("train_seconds", 0.0))
+
+
 def lineage(run: Path, parent: str | None = None, dest: Path = WEIGHTS_DIR) -> dict:
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     ckpt = load_checked(run / "checkpoint.pt")  # checksummed by metasr train (weights_only=True)
@@ -149,12 +166,14 @@ def lineage(run: Path, parent: str | None = None, dest: Path = WEIGHTS_DIR) -> d
         "stages": trained,
         "train_seconds": sum(v.get("seconds") or 0.0 for v in trained.values()),
         "threads": threads,
+        "mean_threads": _mean_threads(run, threads),
         "hardware": sorted({f"{s.get('cpu')} ({s.get('cpu_count')} cores)" for s in info["sessions"]}),
     }
     if pinfo is not None:
         pl = pinfo["lineage"]
         out["parent"] = {"name": pinfo["name"], "sha256": pinfo["sha256"], "recipe": pl["recipe"],
-                         "commits": pl["commits"], "train_seconds": pl["train_seconds"], "start": pl["start"]}
+                         "commits": pl["commits"], "train_seconds": pl["train_seconds"],
+                         "cpu_seconds": cpu_seconds(pl), "start": pl["start"]}
     return out
 
 
@@ -320,7 +339,7 @@ def model_card(name: str, description: str, info: dict, lin: dict, set5: dict | 
         lines.append("")
     below = [f"{k} ({r['psnr']['10']:.2f} dB after 10 steps, bicubic {r['psnr']['bicubic']:.2f})"
              for k, r in t2.items() if r["psnr"]["10"] < r["psnr"]["bicubic"]]
-    hours = (lin["train_seconds"] + (lin.get("parent") or {}).get("train_seconds", 0.0)) * max(lin["threads"] or [1])
+    hours = cpu_seconds(lin)
     lines += [
         "## Limits",
         "",

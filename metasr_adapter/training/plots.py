@@ -81,18 +81,15 @@ def _save(fig, ax, path: str | os.PathLike, title: str | None, *, legend_loc: st
 
 def read_probes(metrics_jsonl: str | os.PathLike, start_hours: float = 0.0) -> list[dict]:
     """The in-training probe records of a run's ``metrics.jsonl``, each with ``cpu_hours`` added
-    (``start_hours`` + training seconds × threads / 3600; probe time excluded), in training order.
+    (``start_hours`` + the training CPU-hours up to it: wall seconds × the threads of each stretch,
+    probe time excluded; see :mod:`.cpu_time`), in training order.
     ``start_hours``: what the run's starting weights already cost, for a run that continues another."""
-    import json
+    from .cpu_time import cpu_seconds_of_records, read_metrics
 
     out = []
-    for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if isinstance(rec, dict) and rec.get("probe"):
-            rec["cpu_hours"] = float(start_hours) + float(rec["run_seconds"]) * int(rec.get("threads", 1)) / 3600.0
+    for rec, cpu in cpu_seconds_of_records(read_metrics(metrics_jsonl)):
+        if rec.get("probe"):
+            rec["cpu_hours"] = float(start_hours) + cpu / 3600.0
             out.append(rec)
     return out
 
