@@ -8,6 +8,10 @@ Every configuration is ``order:precision:batching:layout[:backend]`` with order 
 order), precision ``fp32``/``bf16``, batching ``loop``/``vmap`` (tasks one after another, or all at once with
 ``torch.func.vmap`` = grouped convolutions), layout ``nchw``/``cl`` (channels_last images; ``vmap`` is always
 NCHW) and backend ``functional`` (default) or ``learn2learn`` (skipped with a note when not importable).
+A suffix ``@anil`` adapts only ``--anil-params`` in the inner loop (ANIL-style; the frozen layers run once per
+task, ``MAMLConfig.reuse_frozen_prefix``), ``@anil-uncut`` the same without reusing them (every inner step runs
+the whole network): ``so:bf16:loop:cl@anil``. Their error column measures how far ANIL's meta-gradient is
+from full MAML's, not round-off.
 
 For each configuration the script builds the same MZSRNet (θ_T from ``--weights`` when given, else a seeded
 random init) and the same meta-batch of real SR tasks (64x64 crops of matplotlib's Grace Hopper photo, inputs
@@ -73,7 +77,10 @@ def photo_tasks(mb: int, tb: int, size: int, seed: int) -> TaskBatch:
 
 
 def parse_config(text: str) -> dict:
-    parts = text.strip().split(":")
+    body, _, variant = text.strip().partition("@")
+    if variant not in ("", "anil", "anil-uncut"):
+        raise ValueError(f"config {text!r}: the suffix is @anil or @anil-uncut")
+    parts = body.split(":")
     if len(parts) not in (4, 5):
         raise ValueError(f"config {text!r}: expected order:precision:batching:layout[:backend], e.g. so:fp32:loop:cl")
     order, precision, batching, layout = parts[:4]
@@ -81,7 +88,7 @@ def parse_config(text: str) -> dict:
     if order not in ("so", "fo") or layout not in ("nchw", "cl"):
         raise ValueError(f"config {text!r}: order is so|fo and layout nchw|cl")
     return {"name": text.strip(), "order": order, "precision": precision, "batching": batching, "layout": layout,
-            "backend": backend}
+            "backend": backend, "inner_loop": variant or "all"}
 
 
 def make_model(weights: str | None, seed: int) -> MZSRNet:
@@ -108,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated order:precision:batching:layout[:backend]")
     ap.add_argument("--weights", default=None, help="official θ_T .npz (MODEL/convK arrays); default: random init")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--anil-params", default="conv7.*,conv8.*",
+                    help="comma-separated fnmatch patterns that adapt in @anil / @anil-uncut configurations")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
 
@@ -133,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in configs:
         cfg_kw = dict(inner_steps=args.inner_steps, first_order=c["order"] == "fo", precision=c["precision"],
                       task_batching=c["batching"], channels_last=c["layout"] == "cl", backend=c["backend"])
+        if c["inner_loop"] != "all":
+            cfg_kw.update(adapt_params=args.anil_params.split(","), reuse_frozen_prefix=c["inner_loop"] == "anil")
         try:
             model = make_model(args.weights, args.seed)
             learner = MetaLearner(model, MAMLConfig(**cfg_kw))
@@ -160,20 +171,20 @@ def main(argv: list[str] | None = None) -> int:
 
     base = {r["order"]: r["median_s"] for r in rows
             if r["median_s"] and r["precision"] == "fp32" and r["batching"] == "loop" and r["layout"] == "nchw"
-            and r["backend"] == "functional"}
+            and r["backend"] == "functional" and r["inner_loop"] == "all"}
     print()
-    print(f"| backend | order | precision | batching | layout | s/iter (median of {args.iters}) | vs fp32 loop NCHW | "
-          f"meta-grad rel err vs fp32 2nd order |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| backend | order | precision | batching | layout | inner loop | s/iter (median of {args.iters}) | "
+          f"vs fp32 loop NCHW | meta-grad rel err vs fp32 2nd order |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["median_s"] is None:
-            print(f"| {r['backend']} | {r['order']} | {r['precision']} | {r['batching']} | {r['layout']} | skipped: "
-                  f"{r['note']} | | |")
+            print(f"| {r['backend']} | {r['order']} | {r['precision']} | {r['batching']} | {r['layout']} | "
+                  f"{r['inner_loop']} | skipped: {r['note']} | | |")
             continue
         b = base.get(r["order"])
         ratio = f"{r['median_s'] / b:.2f}x" if b else "-"
         print(f"| {r['backend']} | {r['order']} | {r['precision']} | {r['batching']} | {r['layout']} | "
-              f"{r['median_s']:.2f} | {ratio} | {r['rel_err']:.2e} |")
+              f"{r['inner_loop']} | {r['median_s']:.2f} | {ratio} | {r['rel_err']:.2e} |")
     print(f"\nofficial TF (SPEC §4, 2-core CPU, meta-batch 5, task-batch 4, second order): {TF_SECONDS} s/iteration; "
           f"load after: {os.getloadavg()[0]:.2f}")
     if args.json:

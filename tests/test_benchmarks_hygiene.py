@@ -263,3 +263,12 @@ def test_table2_evaluates_weights_at_the_scale_they_were_trained_for(tmp_path: P
     assert cell["settings"]["scale"] == 4.0 and cell["settings"]["crop_border"] == 4 and cell["scale"] == 4
     md = (out / "table2.md").read_text()
     assert "x4" in md and "35.20" not in md  # no paper x2 numbers beside an x4 cell
+
+
+def test_bench_meta_names_the_anil_inner_loops() -> None:
+    bm = _module("bench_meta", BENCH / "bench_meta.py")
+    assert bm.parse_config("so:bf16:loop:cl@anil")["inner_loop"] == "anil"
+    assert bm.parse_config("fo:fp32:loop:nchw@anil-uncut")["inner_loop"] == "anil-uncut"
+    assert bm.parse_config("so:fp32:loop:nchw")["inner_loop"] == "all"
+    with pytest.raises(ValueError, match="@anil or @anil-uncut"):
+        bm.parse_config("so:fp32:loop:nchw@head")

@@ -807,3 +807,40 @@ def test_per_parameter_schedule_adapts_each_tensor_at_its_own_rate():
         msr.start(lr_img, "bicubic", schedule={"per_parameter": {n: [0.1] for n in names if n != "tail.weight"}})
     with pytest.raises(ValueError, match="finite numbers > 0"):
         get_schedule({"per_parameter": {"head.weight": [0.1, -1.0]}})
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_anil_inner_loops_run_the_frozen_layers_once_with_the_same_meta_gradient(first_order, precision):
+    """Only the last layers adapt: MZSRNet's frozen prefix runs once per task and input instead of at every inner
+    step (#19 item 5); the losses and the meta-gradient (all layers, through the prefix) stay the same."""
+    gen = torch.Generator().manual_seed(21)
+    batch = random_batch(2, 2, 3, 12, gen)
+    cfg = dict(inner_steps=3, inner_lr=[0.05, 0.01, 0.03], first_order=first_order, adapt_params=["conv3.*", "conv4.*"],
+               precision=precision)
+    net = _same_init(lambda: MZSRNet(width=8, depth=4), 21)
+    calls = []
+    net.conv1.register_forward_hook(lambda *a: calls.append(1))  # the whole network's path calls its modules
+    g_all, i_all = learner_grad(net, batch, reuse_frozen_prefix=False, **cfg)
+    assert len(calls) == 2 * (3 + 3)  # 2 tasks x (3 support steps + 3 query losses)
+    net2 = _same_init(lambda: MZSRNet(width=8, depth=4), 21)
+    learner = MetaLearner(net2, MAMLConfig(**cfg))
+    assert learner._backend.cut is not None
+    prefix_runs = []
+    cut = learner._backend.cut
+    learner._backend.cut = type(cut)(lambda x, w: prefix_runs.append(1) or cut.prefix(x, w), cut.suffix)
+    i_cut = learner.meta_gradient(batch, 0)
+    assert len(prefix_runs) == 2 * 2  # once per task for the support and once for the query images
+    g_cut = grads_of(net2).detach().clone()
+    tol = 1e-6 if precision == "fp32" else 1e-2
+    assert rel(g_cut.numpy(), g_all.numpy()) < tol
+    assert g_cut[: net2.conv1.weight.numel()].abs().sum() > 0  # the frozen layers get their meta-gradient too
+    np.testing.assert_allclose(i_cut["query_losses"], i_all["query_losses"], rtol=tol)
+
+
+def test_no_cut_when_the_first_layer_adapts_or_a_name_is_not_a_convolutions():
+    net = MZSRNet(width=8, depth=4)
+    assert net.frozen_prefix(["conv1.weight", "conv4.weight"]) is None
+    assert net.frozen_prefix(["conv4.weight", "something.else"]) is None
+    assert net.frozen_prefix(["conv4.bias"]) is not None
+    assert MetaLearner(net, MAMLConfig(adapt_params=None))._backend.cut is None

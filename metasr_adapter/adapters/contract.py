@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["takes_upsampled_input", "fit_output", "tile_overlap", "tiled_forward", "eval_mode"]
+__all__ = ["takes_upsampled_input", "fit_output", "tile_overlap", "tiled_forward", "eval_mode", "FrozenPrefix",
+           "frozen_prefix"]
 
 
 @contextlib.contextmanager
@@ -24,6 +26,26 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
+
+
+@dataclass(frozen=True)
+class FrozenPrefix:
+    """A network cut where only the layers after a frozen prefix adapt (ANIL-style inner loops).
+
+    ``prefix(x, weights)`` runs the layers no adaptation step changes, once per input; ``suffix(state, weights)``
+    runs the rest on the (fast) weights and returns what the whole network returns. The composition is the
+    network's forward, op for op, so a loss through it and its gradients equal the uncut ones.
+    """
+
+    prefix: Callable[[torch.Tensor, Mapping[str, torch.Tensor]], Any]
+    suffix: Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+def frozen_prefix(model: nn.Module, adapted: Collection[str]) -> FrozenPrefix | None:
+    """The network's :class:`FrozenPrefix` for these adapted parameter names, or None when it offers none
+    (a network opts in with a ``frozen_prefix(adapted)`` method) or when its first layer adapts."""
+    fn = getattr(model, "frozen_prefix", None)
+    return fn(adapted) if callable(fn) else None
 
 
 def takes_upsampled_input(model: nn.Module, override: bool | None = None) -> bool:

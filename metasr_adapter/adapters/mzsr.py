@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..ops.conv import conv2d, primitive_derivatives_enabled
+from .contract import FrozenPrefix
 
 __all__ = ["MZSRNet", "mzsr_state_dict_from_tf"]
 
@@ -63,6 +64,43 @@ class MZSRNet(nn.Module):
             # it (one activation less to allocate and write; bitwise the same result)
             h = F.relu(self._conv(k, h), inplace=True)
         return x + self._conv(self.depth, h)
+
+    def frozen_prefix(self, adapted: Iterable[str]) -> FrozenPrefix | None:
+        """When only layers ``k..depth`` adapt (``k > 1``): the cut before layer ``k``. The prefix returns the
+        input (for the global skip) and layer ``k - 1``'s activation; the suffix runs the rest on the given
+        weights. None when a name is not a convolution's or layer 1 adapts."""
+        layers = []
+        for n in adapted:
+            m = re.fullmatch(r"conv(\d+)\.(weight|bias)", n)
+            if m is None:
+                return None
+            layers.append(int(m.group(1)))
+        if not layers or min(layers) <= 1:
+            return None
+        first = min(layers)
+
+        def run(h: torch.Tensor, weights: Mapping[str, torch.Tensor], k: int) -> torch.Tensor:
+            w, b = weights.get(f"conv{k}.weight"), weights.get(f"conv{k}.bias")
+            layer: nn.Conv2d = getattr(self, f"conv{k}")
+            w = layer.weight if w is None else w
+            b = layer.bias if b is None else b
+            if primitive_derivatives_enabled():
+                return conv2d(h, w, b, padding=layer.padding[0])
+            return F.conv2d(h, w, b, padding=layer.padding)
+
+        def prefix(x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            h = x
+            for k in range(1, first):
+                h = F.relu(run(h, weights, k), inplace=True)
+            return x, h
+
+        def suffix(state: tuple[torch.Tensor, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            x, h = state
+            for k in range(first, self.depth):
+                h = F.relu(run(h, weights, k), inplace=True)
+            return x + run(h, weights, self.depth)
+
+        return FrozenPrefix(prefix, suffix)
 
     def _conv(self, k: int, h: torch.Tensor) -> torch.Tensor:
         """Layer ``k``'s convolution: the module's own call (its hooks run), or, after

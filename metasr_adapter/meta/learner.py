@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
 from ..adapt.step import autograd_ready, functional_loss, grad_mode, select_parameters, sgd_step, sgd_update
+from ..adapters.contract import frozen_prefix
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
 from ..precision import PRECISIONS, autocast
 
@@ -181,6 +182,11 @@ class MAMLConfig:
       would hardly move in a CPU run. :meth:`MetaLearner.learned_inner_lrs` returns them; ``metasr train``
       saves them in the weights' metadata, and :class:`~metasr_adapter.MetaSR` adapts with them by
       default. Loop task batching with the functional backend only.
+    * ``reuse_frozen_prefix``: when ``adapt_params`` leaves the first layers out of the inner loop (ANIL-style)
+      and the network offers the cut (:func:`~metasr_adapter.adapters.contract.frozen_prefix`; MZSRNet does),
+      run those layers once per task for the support and the query images instead of at every inner step
+      (loop task batching, functional backend). The same operations on the same values: the losses and the
+      meta-gradient are unchanged (``tests/test_meta.py``), only the repeated work goes.
     * ``adam_variant``: ``'torch'`` = ``torch.optim.Adam`` (ε added to the bias-corrected sqrt(v̂));
       ``'tf'`` = :class:`TFAdam`, TF1's ``AdamOptimizer`` arithmetic (ε added to the raw sqrt(v), i.e. an
       effective ε/sqrt(1-β2^t): 31.6·ε at the first step). The two differ visibly only while many
@@ -206,6 +212,7 @@ class MAMLConfig:
     log_query_losses: bool = True
     learn_inner_lr: bool = False
     inner_lr_meta_lr: float = 1e-3
+    reuse_frozen_prefix: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -243,6 +250,8 @@ class MAMLConfig:
             raise ValueError(f"adam_eps={self.adam_eps!r}, adam_betas={self.adam_betas!r}: need eps >= 0 and two betas")
         if not self.anneal_span > 0:
             raise ValueError(f"anneal_span={self.anneal_span!r}: needs a number > 0")
+        if not isinstance(self.reuse_frozen_prefix, bool):
+            raise TypeError(f"reuse_frozen_prefix={self.reuse_frozen_prefix!r}: needs True or False")
         if not isinstance(self.learn_inner_lr, bool):
             raise TypeError(f"learn_inner_lr={self.learn_inner_lr!r}: needs True or False")
         if not (isinstance(self.inner_lr_meta_lr, (int, float)) and self.inner_lr_meta_lr > 0):
@@ -366,6 +375,7 @@ def inner_adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
                 lr: float | Sequence[float], *, create_graph: bool, loss_fn: LossFn = l1_loss,
                 adapt: Sequence[str] | None = None, precision: str = "fp32", return_losses: bool = False,
                 param_lrs: Mapping[str, Tensor] | None = None,
+                forward: Callable[[Any, Mapping[str, Tensor]], Tensor] | None = None,
                 ) -> list[dict[str, Tensor]] | tuple[list[dict[str, Tensor]], list[Tensor]]:
     """``steps`` SGD steps ``θ_{j+1} = θ_j - α_j ∇_θ loss_fn(model(x; θ_j), y)`` on the names in ``adapt``.
 
@@ -375,7 +385,8 @@ def inner_adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     returned weights still depend on ``params``. ``param_lrs``: name → tensor ``[steps]`` of per-tensor rates
     that replace ``lr`` for those names (learned rates: the result is differentiable in them). Returns the
     parameter dicts after steps 1..``steps`` (and, with ``return_losses``, the support losses at
-    θ_0..θ_{steps-1}).
+    θ_0..θ_{steps-1}). ``forward(x, weights)``: what runs the network on ``x`` (default: the model itself); with a
+    :class:`~metasr_adapter.adapters.contract.FrozenPrefix`'s suffix, ``x`` is its prefix's state, computed once.
     """
     lrs = _per_step_lrs(lr, steps)
     param_lrs = param_lrs or {}
@@ -385,7 +396,8 @@ def inner_adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     if missing:
         raise ValueError(f"adapt names {missing} are not in params; params has {sorted(fast)[:8]}...")
     with grad_mode():  # the steps need gradients, also under torch.no_grad() / torch.inference_mode()
-        x, y = autograd_ready(x), autograd_ready(y)
+        x = autograd_ready(x) if isinstance(x, Tensor) else x
+        y = autograd_ready(y)
         for n in names:  # e.g. detached weights at test time: gradients are still needed for the steps
             if not fast[n].requires_grad:
                 fast[n] = autograd_ready(fast[n]).detach().requires_grad_(True)
@@ -393,7 +405,9 @@ def inner_adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     losses: list[Tensor] = []
 
     def support_loss(weights: dict[str, Tensor]) -> Tensor:
-        return functional_loss(model, weights, x, y, loss_fn=loss_fn)
+        if forward is None:
+            return functional_loss(model, weights, x, y, loss_fn=loss_fn)
+        return loss_fn(forward(x, weights).to(y.dtype), y)  # sgd_step's autocast covers the forward
 
     for j, alpha in enumerate(lrs):
         rate = (lambda n, j=j, alpha=alpha: param_lrs[n][j] if n in param_lrs else alpha) if param_lrs else alpha
@@ -435,20 +449,36 @@ class _LoopBackend(_Backend):
 
     chunk = 1
 
+    def __init__(self, model: nn.Module, adapt: list[str], loss_fn: LossFn, *, reuse_prefix: bool = True) -> None:
+        super().__init__(model, adapt, loss_fn)
+        #: ANIL-style inner loops (only the last layers adapt): the frozen layers run once per task and input
+        self.cut = frozen_prefix(model, adapt) if reuse_prefix else None
+
     def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip, param_lrs=None):
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         sup, qry = [], []
         for t in range(xa.shape[0]):
-            traj, sl = inner_adapt(self.model, params, xa[t], ya[t], len(lrs), lrs, create_graph=not first_order,
+            support, query, forward = xa[t], xb[t], None
+            if self.cut is not None:  # the same ops as the whole network's, with the prefix's part done once
+                with autocast(precision, support.device.type):
+                    support, query = self.cut.prefix(support, params), self.cut.prefix(query, params)
+                forward = self.cut.suffix
+            traj, sl = inner_adapt(self.model, params, support, ya[t], len(lrs), lrs, create_graph=not first_order,
                                    loss_fn=self.loss_fn, adapt=self.adapt, precision=precision, return_losses=True,
-                                   param_lrs=param_lrs)
+                                   param_lrs=param_lrs, forward=forward)
             q = []
             for fast, g, k in zip(traj, need_graph, skip):
                 if k:
                     q.append(_skipped_loss(sl[0]))
                     continue
                 with contextlib.nullcontext() if g else torch.no_grad():
-                    q.append(functional_loss(self.model, fast, xb[t], yb[t], loss_fn=self.loss_fn, precision=precision))
+                    if forward is None:
+                        q.append(functional_loss(self.model, fast, query, yb[t], loss_fn=self.loss_fn,
+                                                 precision=precision))
+                    else:
+                        with autocast(precision, yb.device.type):
+                            out = forward(query, fast)
+                        q.append(self.loss_fn(out.to(yb.dtype), yb[t]))
             sup.append(sl[0])
             qry.append(torch.stack(q))
         return torch.stack(sup), torch.stack(qry)
@@ -568,7 +598,7 @@ def _make_backend(config: MAMLConfig, model: nn.Module, adapt: list[str], loss_f
         return _L2LBackend(model, adapt, loss_fn)
     if config.task_batching == "vmap":
         return _VmapBackend(model, adapt, loss_fn)
-    return _LoopBackend(model, adapt, loss_fn)
+    return _LoopBackend(model, adapt, loss_fn, reuse_prefix=config.reuse_frozen_prefix)
 
 
 # --------------------------------------------------------------------------------------------
