@@ -91,11 +91,12 @@ def clone_weights(items: Iterable[tuple[str, Tensor]], names: Iterable[str]) -> 
 
 
 def functional_loss(model: nn.Module, params: Weights, x: Tensor, y: Tensor, *, loss_fn: LossFn = l1_loss,
-                    precision: str = "fp32") -> Tensor:
+                    precision: str = "fp32", forward: Callable[[object, Weights], Tensor] | None = None) -> Tensor:
     """``loss_fn(model(x; params), y)``; under bf16 autocast the network runs in bf16, the loss in fp32.
-    Parameters and buffers missing from ``params`` are the module's own."""
-    with autocast(precision, x.device.type):
-        out = functional_call(model, dict(params), (x,))
+    Parameters and buffers missing from ``params`` are the module's own. ``forward(x, params)`` replaces the
+    model's own call (a :class:`~metasr_adapter.adapters.contract.FrozenPrefix` suffix, ``x`` its prefix's state)."""
+    with autocast(precision, y.device.type):
+        out = functional_call(model, dict(params), (x,)) if forward is None else forward(x, params)
     return loss_fn(out.to(y.dtype), y)
 
 

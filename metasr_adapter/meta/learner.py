@@ -405,9 +405,7 @@ def inner_adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Te
     losses: list[Tensor] = []
 
     def support_loss(weights: dict[str, Tensor]) -> Tensor:
-        if forward is None:
-            return functional_loss(model, weights, x, y, loss_fn=loss_fn)
-        return loss_fn(forward(x, weights).to(y.dtype), y)  # sgd_step's autocast covers the forward
+        return functional_loss(model, weights, x, y, loss_fn=loss_fn, forward=forward)
 
     for j, alpha in enumerate(lrs):
         rate = (lambda n, j=j, alpha=alpha: param_lrs[n][j] if n in param_lrs else alpha) if param_lrs else alpha
@@ -472,13 +470,8 @@ class _LoopBackend(_Backend):
                     q.append(_skipped_loss(sl[0]))
                     continue
                 with contextlib.nullcontext() if g else torch.no_grad():
-                    if forward is None:
-                        q.append(functional_loss(self.model, fast, query, yb[t], loss_fn=self.loss_fn,
-                                                 precision=precision))
-                    else:
-                        with autocast(precision, yb.device.type):
-                            out = forward(query, fast)
-                        q.append(self.loss_fn(out.to(yb.dtype), yb[t]))
+                    q.append(functional_loss(self.model, fast, query, yb[t], loss_fn=self.loss_fn,
+                                             precision=precision, forward=forward))
             sup.append(sl[0])
             qry.append(torch.stack(q))
         return torch.stack(sup), torch.stack(qry)
