@@ -1,6 +1,7 @@
 """The project's own bundled weights: found by name, intact, described, and they adapt."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from metasr_adapter.cli.main import main
@@ -73,11 +74,49 @@ def test_a_damaged_bundled_file_is_refused(tmp_path):
 
 
 def test_defaults_follow_the_kernel_subsampling():
-    assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct"
+    # a known g^d kernel: the weights that gain from their 10 steps (issue #19); blind mode: the ones good before
+    assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct_lslr"
+    assert default_weights("mzsr", scale=2, ds_method="direct", blind=True).name == "mzsr_x2_direct"
     assert default_weights("mzsr", scale=2, ds_method="bicubic").name == "mzsr_x2_bicubic"
     assert default_weights("mzsr", scale=4) is None
-    assert load_pretrained().schedule(0) == pytest.approx(0.02)  # mzsr_direct starts at 2e-2
+    default = load_pretrained()
+    assert default.weights_metadata["adapt_steps"] == 10 and default.weights_metadata["blind"] is False
+    assert load_pretrained("mzsr_x2_direct").schedule(0) == pytest.approx(0.02)  # mzsr_direct starts at 2e-2
     assert load_pretrained(kernel_ds_method="bicubic").schedule(0) == pytest.approx(0.01)
+
+
+def test_blind_mode_leaves_the_kernel_estimate_to_weights_fit_for_it(monkeypatch):
+    """The command line's --kernel estimate loads the blind-mode weights; a library wrapper on weights unfit
+    for it (learned rates, poor before adaptation) estimates with them and adapts with its own."""
+    import argparse
+
+    from metasr_adapter.cli.main import _choose_weights
+    from metasr_adapter.estimate import api as estimate_api
+
+    args = argparse.Namespace(weights=None, kernel="estimate", ds_method=None, arch=None, scale=None)
+    assert _choose_weights(args)[0] == "mzsr_x2_direct"
+    args.kernel = "gd2.0"
+    assert _choose_weights(args)[0] == "mzsr_x2_direct_lslr"
+    assert estimate_api.blind_weights_name(2) == "mzsr_x2_direct"
+
+    seen = []
+
+    def fake_estimate(lr_img, scale, method, *, model, **kwargs):
+        seen.append(model)
+        from metasr_adapter.estimate.api import KernelEstimate
+        from metasr_adapter.ops.kernels import anisotropic_gaussian
+
+        return KernelEstimate(kernel=anisotropic_gaussian(15, 0, 2, 2), method="gaussian", converged=True, seconds=0)
+
+    monkeypatch.setattr(estimate_api, "estimate_kernel", fake_estimate)
+    img = np.zeros((40, 40, 3), np.uint8)
+    lslr = load_pretrained()
+    _, est = estimate_api.estimate_for_metasr(lslr, img)
+    assert seen[-1] is not lslr and seen[-1].weights_metadata.get("blind") is True
+    assert est.diagnostics["estimated_with"] == "mzsr_x2_direct"
+    direct = load_pretrained("mzsr_x2_direct")
+    _, est = estimate_api.estimate_for_metasr(direct, img)
+    assert seen[-1] is direct and "estimated_with" not in est.diagnostics
 
 
 @pytest.mark.parametrize("name, kernel", [("mzsr_x2_direct", "gd2.0"), ("mzsr_x2_bicubic", "gb1.3")])

@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the adaptation steps these weights are meant for (the command line's default --steps)")
     ap.add_argument("--preferred", action="store_true",
                     help="make these the default bundled weights of their architecture, scale and subsampling")
+    ap.add_argument("--not-blind", action="store_true",
+                    help="unfit for blind mode (a poor judge of kernels before adaptation): --kernel estimate and "
+                         "estimate_kernel() use other bundled weights, and adapt with these")
     ap.add_argument("--dest", type=Path, default=WEIGHTS_DIR)
     args = ap.parse_args(argv)
     if args.mlsr_tables and args.mlsr_model is None:
@@ -456,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         info["adapt_steps"] = meta["adapt_steps"]
     if args.preferred:
         info["preferred"] = True
+    if args.not_blind:
+        info["blind"] = False
     (args.dest / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
     card_info = {**meta, "sha256": sha, "params": sum(v.numel() for v in state.values()), "bytes": out.stat().st_size}
     card = model_card(args.name, args.description, card_info, lin, set5, t2, mlsr, args.limits, photos)

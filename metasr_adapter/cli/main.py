@@ -32,9 +32,11 @@ def _json_object(text: str) -> dict:
 
 def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--weights", required=weights_required, default=None,
-                   help="weights: a bundled name (mzsr_x2_direct, mzsr_x2_bicubic), a TensorFlow checkpoint prefix, "
+                   help="weights: a bundled name (mzsr_x2_direct_lslr, mzsr_x2_direct, mzsr_x2_bicubic; metasr_adapter.list_weights()), "
+                        "a TensorFlow checkpoint prefix, "
                         ".pth/.pt or .npz; 'random' for an untrained network"
-                        + ("" if weights_required else " (default: the bundled weights that match the kernel)"))
+                        + ("" if weights_required else " (default: the bundled weights that match the kernel: mzsr_x2_direct_lslr "
+                                                        "for a known g^d kernel, mzsr_x2_direct for --kernel estimate)"))
     p.add_argument("--arch", default=None,
                    help="network architecture: mzsr, rcan, idn... (metasr_adapter.list_models(); default: the one saved "
                         "with the weights, else mzsr); spandrel: detect it from a community checkpoint")
@@ -228,7 +230,7 @@ def _choose_weights(args: argparse.Namespace) -> tuple[str, dict, Any]:
                 getattr(args, "kernel_spec", None) or resolve_kernel(args.kernel, args.ds_method)).ds_method
         except (ValueError, FileNotFoundError):
             ds = args.ds_method  # the kernel's own error comes later, with its context
-        info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds)
+        info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds, blind=_is_estimate(args.kernel))
         if info is None:
             have = ", ".join(list_weights()) or "none"
             raise ValueError(f"no bundled weights for --arch {args.arch or 'mzsr'}"

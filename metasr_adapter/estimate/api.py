@@ -109,14 +109,27 @@ def _as_metasr(model: Any, scale: int, device: Any = None):
     from ..adapt.metasr import MetaSR, load_pretrained
 
     if model is None:
-        return load_pretrained("mzsr_x2_direct", device=device)
+        return load_pretrained(blind_weights_name(scale), device=device)
     if isinstance(model, MetaSR):
         if float(model.scale) != scale:
             raise ValueError(f"the model is a x{model.scale:g} MetaSR but scale={scale}; give a x{scale} model")
         return model
     if isinstance(model, torch.nn.Module):
         return MetaSR(model, scale, **({} if device is None else {"device": device}))
-    raise TypeError(f"model must be a MetaSR, an nn.Module or None (the bundled mzsr_x2_direct); got {type(model).__name__}")
+    raise TypeError(f"model must be a MetaSR, an nn.Module or None (the bundled blind-mode network, "
+                    f"mzsr_x2_direct at x2); got {type(model).__name__}")
+
+
+def blind_weights_name(scale: float) -> str:
+    """The bundled MZSR weights that estimate kernels at ``scale``: the preferred ones fit for blind mode
+    (``blind`` in their sidecar; ``mzsr_x2_direct`` at x2). ValueError when none is bundled for ``scale``."""
+    from ..io.pretrained import default_weights, list_weights
+
+    info = default_weights("mzsr", scale=float(scale), ds_method="direct", blind=True)
+    if info is None or info.ds_method != "direct":
+        raise ValueError(f"no bundled MZSR weights fit for blind mode at x{scale:g} (bundled: "
+                         f"{', '.join(list_weights('mzsr')) or 'none'}); pass model= (a MetaSR or network) to estimate with")
+    return info.name
 
 
 def estimate_kernel(lr_img: np.ndarray | torch.Tensor, scale: int = 2, method: str = "gaussian", *, model: Any = None,
@@ -181,10 +194,18 @@ def estimate_kernel(lr_img: np.ndarray | torch.Tensor, scale: int = 2, method: s
 def estimate_for_metasr(msr, lr_img: np.ndarray | torch.Tensor, ds_method: str | None = None, *, seed: int | None = None,
                         progress: bool = False) -> tuple[KernelSpec, KernelEstimate]:
     """``MetaSR.adapt(kernel="estimate")``: the gaussian estimate with the wrapper's own network, refused
-    (ValueError) when it did not converge."""
+    (ValueError) when it did not converge. Bundled weights marked unfit for blind mode (``blind: false``,
+    e.g. ``mzsr_x2_direct_lslr``) leave the estimate to the bundled blind-mode network of their scale
+    (:func:`blind_weights_name`, recorded as ``diagnostics["estimated_with"]``) and adapt with their own."""
     if ds_method not in (None, "direct"):
         raise ValueError(f"kernel='estimate' with ds_method={ds_method!r}: the estimators model blur + direct "
                          "subsampling; leave ds_method unset (or 'direct'), or give the kernel explicitly")
-    est = estimate_kernel(lr_img, msr.scale, "gaussian", model=msr, seed=0 if seed is None else seed, progress=progress)
+    estimator = msr
+    if msr.weights_metadata.get("blind") is False:  # bundled weights meta-trained for many steps: a poor judge
+        estimator = _as_metasr(None, int(msr.scale), msr.device)
+    est = estimate_kernel(lr_img, msr.scale, "gaussian", model=estimator, seed=0 if seed is None else seed,
+                          progress=progress)
+    if estimator is not msr:
+        est.diagnostics["estimated_with"] = blind_weights_name(msr.scale)
     est.require_converged()
     return est.to_spec(), est

@@ -27,7 +27,7 @@ __all__ = ["WeightsInfo", "BUNDLED_WEIGHTS", "WEIGHTS_DIR", "default_weights", "
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # metasr_adapter/weights/ (data files)
 #: metadata of a weights file that MetaSR uses as its defaults (explicit arguments win)
-WEIGHTS_DEFAULT_KEYS = ("scale", "schedule", "loss", "adapt_params", "ds_method", "degradation", "adapt_steps")
+WEIGHTS_DEFAULT_KEYS = ("scale", "schedule", "loss", "adapt_params", "ds_method", "degradation", "adapt_steps", "blind")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ class WeightsInfo:
     adapt_steps: int | None = None
     #: the default among bundled weights of the same architecture, scale and subsampling
     preferred: bool = False
+    #: fit for blind mode: the gaussian kernel estimate scores each candidate kernel by a few adaptation steps
+    #: of this network, which needs a network that is good before adaptation (False for weights meta-trained
+    #: for 10 steps with learned rates: their 0-step output is far from the image)
+    blind: bool = True
 
     @property
     def path(self) -> Path:
@@ -101,13 +105,17 @@ def get_weights(name: str) -> WeightsInfo:
     return BUNDLED_WEIGHTS[name]
 
 
-def default_weights(arch: str = "mzsr", *, scale: float | None = None, ds_method: str | None = None) -> WeightsInfo | None:
+def default_weights(arch: str = "mzsr", *, scale: float | None = None, ds_method: str | None = None,
+                    blind: bool = False) -> WeightsInfo | None:
     """The bundled weights for ``arch`` that fit ``scale`` and ``ds_method`` (None = any), or None.
 
     Weights trained for the requested subsampling are preferred (among them, the one whose sidecar says
     ``preferred``); with no match for it, the first weights of the right architecture and scale are returned.
+    ``blind=True`` (the kernel is to be estimated) considers only weights fit for blind mode (``blind`` in
+    their sidecar).
     """
-    fits = [w for w in BUNDLED_WEIGHTS.values() if w.arch == arch and (scale is None or float(w.scale) == float(scale))]
+    fits = [w for w in BUNDLED_WEIGHTS.values() if w.arch == arch and (scale is None or float(w.scale) == float(scale))
+            and (w.blind or not blind)]
     fits.sort(key=lambda w: not w.preferred)  # stable: the preferred first, then by name
     for w in fits:
         if ds_method is None or w.ds_method == ds_method:
@@ -158,12 +166,15 @@ def load_model(
             raise ValueError(f"no weights given and none bundled for {arch or 'mzsr'!r}: pass weights=PATH "
                              "(--weights PATH), or weights='random' for an untrained network")
         weights = info.name
+    bundled = None
     if isinstance(weights, str) and weights in BUNDLED_WEIGHTS:
-        info = BUNDLED_WEIGHTS[weights]
-        info.verify()
-        weights = info.path
+        bundled = BUNDLED_WEIGHTS[weights]
+        bundled.verify()
+        weights = bundled.path
     if metadata is None:
         metadata, where = read_metadata(weights), weights
+    if bundled is not None:  # what only the sidecar says (fitness for blind mode) travels with the network too
+        metadata = {**metadata, "blind": bundled.blind}
     saved_arch = metadata.get("arch")
     if arch is not None and saved_arch is not None and str(saved_arch).lower() != arch.lower():
         raise ValueError(f"{where} holds {saved_arch!r} weights but arch={arch!r} was asked for; "
