@@ -136,6 +136,23 @@ def test_bundled_weights_beat_bicubic_on_an_unseen_photo(photo, name, kernel):
     assert psnr(sr, gt, crop_border=2) > bicubic + 1.0
 
 
+def test_the_default_weights_gain_from_their_steps_on_an_unseen_photo(photo):
+    """The default for a known g^d kernel is meta-trained to be adapted (issue #19): on a photo none of the
+    training images contain, its own step count (10) lifts it far above its start and above bicubic."""
+    from metasr_adapter.ops.degrade import imresize
+    from metasr_adapter.ops.imageio import to_tensor
+    from metasr_adapter.ops.metrics import to_uint8
+
+    gt = photo[40:232, 180:372]
+    spec = resolve_kernel("gd2.0")
+    lr = synthesize_lr(gt, spec, 2)
+    msr = load_pretrained(precision="fp32")
+    start, adapted = (psnr(msr.adapt(lr, spec, steps=n), gt, crop_border=2) for n in (0, None))
+    x, _, _ = to_tensor(lr)
+    bicubic = psnr(to_uint8(imresize(x, 2.0, output_shape=gt.shape[:2]).clamp(0, 1)), gt, crop_border=2)
+    assert adapted > start + 1.0 and adapted > bicubic + 1.0, (start, adapted, bicubic)
+
+
 @pytest.mark.shared
 @pytest.mark.parametrize("name, kernel, floor", [("mzsr_x2_direct", "official", 34.3), ("mzsr_x2_bicubic", "gb1.3", 34.0)])
 def test_adaptation_earns_its_keep_on_set5(name, kernel, floor):
