@@ -251,6 +251,20 @@ def test_the_long_official_order_recipe_differs_from_strategy_a_in_length_and_ar
     assert long["meta"]["iterations"] >= 10 * a["meta"]["iterations"] and long["meta"]["precision"] == "bf16"
 
 
+def test_the_next_x2_candidate_is_the_official_order_with_sharp_kernels_and_learned_rates() -> None:
+    """Issue #19: (a) run longer plus exactly the two changes of the LSLR weights, nothing else."""
+    _assert_spelled_out_and_explained("mzsr_x2_cpu_official_order_sharp_lslr.yaml")
+    long = load_recipe(RECIPES / "mzsr_x2_cpu_official_order_long.yaml")
+    lslr = load_recipe(RECIPES / "mzsr_x2_cpu_sharp_lslr.yaml")
+    cand = load_recipe(RECIPES / "mzsr_x2_cpu_official_order_sharp_lslr.yaml")
+    changed = {"data.kernel_min_var", "meta.inner_lr", "meta.learn_inner_lr", "meta.inner_lr_meta_lr"}
+    assert set(recipe_diff(long, cand)) - {"name", "output.dir"} == changed
+    for key in changed:
+        section, field = key.split(".")
+        assert cand[section][field] == lslr[section][field], key
+    assert cand["model"]["weights"] is None and cand["pretrain"]["degradation"] == "bicubic"
+
+
 def test_the_x4_recipe_continues_our_x2_weights_on_directx4_tasks() -> None:
     """Issue #19 item 6: x4 from the bundled x2 LSLR weights (SPEC §4 IS_TRANSFER starts x4 from an x2 model)."""
     _assert_spelled_out_and_explained("mzsr_x4_cpu_sharp_lslr.yaml")
