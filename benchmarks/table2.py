@@ -72,10 +72,13 @@ def markdown(cells: dict[tuple[str, str], dict], weights: dict[str, str]) -> str
     if len(scales) > 1:
         raise SystemExit(f"the cells in one --out folder have scales {scales}; give each scale its own --out")
     scale = scales[0]
+    kernels = {kernel for _, kernel in cells}
+    used = ", ".join(f"{label} `{weights[key]}`" for key, label, run in (
+        ("direct", "g^d kernels", any(k != "gb1.3" for k in kernels)), ("bicubic", "g^b_1.3", "gb1.3" in kernels)) if run)
     lines = [
         f"# MZSR Table 2 protocol, x{scale:g}: Y-PSNR / SSIM",
         "",
-        f"Weights: g^d kernels `{weights['direct']}`, g^b_1.3 `{weights['bicubic']}` (each cell's JSON names the "
+        f"Weights: {used} (each cell's JSON names the "
         f"file it used). LR synthesised from HR (uint8); shave {scale:g}. Paper = MZSR's Table 2 (x2 only; trained "
         "on DIV2K with the full recipe). `images` < the set's size: a subset (the first N by name).",
         "",

@@ -263,6 +263,7 @@ def test_table2_evaluates_weights_at_the_scale_they_were_trained_for(tmp_path: P
     assert cell["settings"]["scale"] == 4.0 and cell["settings"]["crop_border"] == 4 and cell["scale"] == 4
     md = (out / "table2.md").read_text()
     assert "x4" in md and "35.20" not in md  # no paper x2 numbers beside an x4 cell
+    assert "mzsr_x2_bicubic" not in md  # the header names only the weights its cells used
 
 
 def test_bench_meta_names_the_anil_inner_loops() -> None:
