@@ -147,7 +147,9 @@ def test_the_default_weights_gain_from_their_steps_on_an_unseen_photo(photo):
     spec = resolve_kernel("gd2.0")
     lr = synthesize_lr(gt, spec, 2)
     msr = load_pretrained(precision="fp32")
-    start, adapted = (psnr(msr.adapt(lr, spec, steps=n), gt, crop_border=2) for n in (0, None))
+    with pytest.warns(UserWarning, match="meta-trained for 10 adaptation steps"):
+        start = psnr(msr.adapt(lr, spec, steps=0), gt, crop_border=2)
+    adapted = psnr(msr.adapt(lr, spec), gt, crop_border=2)
     x, _, _ = to_tensor(lr)
     bicubic = psnr(to_uint8(imresize(x, 2.0, output_shape=gt.shape[:2]).clamp(0, 1)), gt, crop_border=2)
     assert adapted > start + 1.0 and adapted > bicubic + 1.0, (start, adapted, bicubic)
@@ -233,9 +235,13 @@ def test_adapt_takes_the_step_count_the_weights_were_meta_trained_for(tmp_path, 
     three = save_weights(MZSRNet(width=8, depth=3), tmp_path / "three.pth", adapt_steps=3, **kw)
     plain = save_weights(MZSRNet(width=8, depth=3), tmp_path / "plain.pth", **kw)
     base = ["adapt", str(tmp_path / "lr.png"), "--kernel", "gd2.0", "--quiet", "--threads", "1", "--precision", "fp32"]
-    for weights, extra, want in ((three, [], 3), (three, ["--steps", "2"], 2), (plain, [], 1)):
+    for weights, extra, want in ((three, [], 3), (three, ["--steps", "2"], 2), (plain, [], 1), (three, ["--steps", "4"], 4)):
         assert main([*base, "--weights", str(weights), "-o", str(tmp_path / "o.png"), *extra]) == 0
-        assert f"after {want} step(s)" in capsys.readouterr().out
+        out = capsys.readouterr()
+        assert f"after {want} step(s)" in out.out
+        # fewer steps than the weights were meta-trained for: a warning that names both counts and the fix
+        assert ("meta-trained for 3 adaptation steps; after --steps 2" in out.err) == (want == 2), out.err
+        assert ("Leave --steps out" in out.err) == (want == 2)
 
 
 def test_the_library_adapts_as_many_steps_as_the_weights_were_meta_trained_for(tmp_path, photo):
@@ -246,7 +252,8 @@ def test_the_library_adapts_as_many_steps_as_the_weights_were_meta_trained_for(t
     msr = MetaSR(load_model("mzsr", save_weights(MZSRNet(width=8, depth=3), tmp_path / "t.pth", adapt_steps=3, **kw)))
     _, info = msr.adapt(photo[:32, :36], "gd2.0", return_info=True)
     assert len(info.losses) == 3
-    _, info = msr.adapt(photo[:32, :36], "gd2.0", 2, return_info=True)
+    with pytest.warns(UserWarning, match="meta-trained for 3 adaptation steps; after steps=2"):
+        _, info = msr.adapt(photo[:32, :36], "gd2.0", 2, return_info=True)
     assert len(info.losses) == 2
     _, info = MetaSR(MZSRNet(width=8, depth=3), 2).adapt(photo[:32, :36], "gd2.0", return_info=True)
     assert len(info.losses) == 1  # no such metadata: one step, as before

@@ -584,10 +584,15 @@ class MetaSR:
 
         Returns the SR image in the input's format; ``(sr, info)`` with ``return_info``.
         """
+        meant = self.weights_metadata.get("adapt_steps")
         if steps is None:
-            steps = int(self.weights_metadata.get("adapt_steps") or 1)
+            steps = int(meant or 1)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"steps={steps!r} must be a non-negative integer")
+        if meant is not None and steps < int(meant):
+            warnings.warn(f"these weights were meta-trained for {int(meant)} adaptation steps; after steps={steps} their "
+                          f"output is usually far worse (see their model card): leave steps out to take {int(meant)}",
+                          UserWarning, stacklevel=2)
         session = self.start(
             lr_img, kernel, schedule=schedule, lr=lr, ds_method=ds_method, noise_std=noise_std, augment=augment, seed=seed
         )

@@ -288,8 +288,17 @@ def _load_metasr(args: argparse.Namespace):
 
 
 def _steps_or_the_weights(args: argparse.Namespace) -> int:
-    """``--steps``, else the count the loaded weights were meta-trained for (``adapt_steps``), else 1."""
-    return args.steps if args.steps is not None else int(args.weights_meta.get("adapt_steps") or 1)
+    """``--steps``, else the count the loaded weights were meta-trained for (``adapt_steps``), else 1. Fewer
+    steps than the weights were meta-trained for get a warning on stderr: such weights start far from the image."""
+    meant = args.weights_meta.get("adapt_steps")
+    if args.steps is not None and meant is not None and args.steps < int(meant):
+        print(f"metasr {args.command}: warning: {args.weights_used} were meta-trained for {int(meant)} adaptation steps; "
+              f"after --steps {args.steps} their output is usually far worse (see their model card). Leave --steps out "
+              f"to take {int(meant)}, or use weights meant for few steps (e.g. --weights mzsr_x2_direct)", file=sys.stderr)
+        import warnings
+
+        warnings.filterwarnings("ignore", message="these weights were meta-trained for")  # said once, here
+    return args.steps if args.steps is not None else int(meant or 1)
 
 
 def _default_precision(command: str, device) -> str:
