@@ -84,7 +84,8 @@ def markdown(result: dict) -> str:
         "",
         "DIV2KRK-like kernel per image (anisotropic Gaussian, λ1, λ2 ~ U(0.6, 5), ±25% multiplicative noise), blur "
         "then direct x2; the true kernel given to `adapt`. Y-PSNR in dB, shave 2. Each weights file adapts with "
-        "the schedule saved in its metadata.",
+        "the schedule saved in its metadata, and finishes each SR with the back-projection (SPEC §7) it carries "
+        "unless `--back-projection` says otherwise.",
         "",
         f"Command: `{result['record']['command']}` (commit {result['record']['commit'][:10]})",
         "",
@@ -92,7 +93,8 @@ def markdown(result: dict) -> str:
         "|---|" + "---|" * (len(steps) + 2),
     ]
     for label, s in result["summary"].items():
-        lines.append(f"| {label} (`{s['weights']}`) | " + " | ".join(f"{s['mean'][str(k)]:.2f}" for k in steps)
+        bp = f", back-projection {s['back_projection']}" if s.get("back_projection") else ""
+        lines.append(f"| {label} (`{s['weights']}`{bp}) | " + " | ".join(f"{s['mean'][str(k)]:.2f}" for k in steps)
                      + f" | {s['gain']:+.2f} | {s['images_gaining']}/{result['count']} |")
     lines += ["", "Per image (" + ", ".join(f"{k}" for k in steps) + " steps):", "",
               "| image | kernel λ1, λ2 | " + " | ".join(result["summary"]) + " |",
@@ -106,6 +108,8 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--back-projection", type=int, default=None, metavar="N",
+                    help="back-projection iterations after every SR (default: each weights' own, else 0)")
     ap.add_argument("--weights", nargs="+", type=_weights_arg, default=[("shipped", "mzsr_x2_direct")],
                     metavar="LABEL=NAME_OR_PATH", help="weights to compare (default: shipped=mzsr_x2_direct)")
     ap.add_argument("--arch", default="mzsr", help="architecture of every weights file (default mzsr)")
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for label, weights in args.weights:
         t0 = time.perf_counter()
-        msr = MetaSR(load_model(args.arch, weights))
+        msr = MetaSR(load_model(args.arch, weights), back_projection=args.back_projection)
         scored = score_weights(msr, images, args.steps, not args.quiet, label)
         rows[label] = [{str(k): v for k, v in r.items()} for r in scored]
         lo, hi = args.steps[0], args.steps[-1]
@@ -162,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[label] = {"weights": portable_path(weights),
                           "mean": {str(k): float(np.mean([r[k] for r in scored])) for k in args.steps},
                           "gain": float(np.mean(gains)), "images_gaining": int(sum(g > 0 for g in gains)),
+                          "back_projection": msr.back_projection,
                           "seconds": round(time.perf_counter() - t0, 1)}
         print(f"{label}: " + " / ".join(f"{summary[label]['mean'][str(k)]:.2f}" for k in args.steps)
               + f" dB at {args.steps} steps; {hi} − {lo}: {summary[label]['gain']:+.2f} dB")

@@ -257,3 +257,51 @@ def test_the_library_adapts_as_many_steps_as_the_weights_were_meta_trained_for(t
     assert len(info.losses) == 2
     _, info = MetaSR(MZSRNet(width=8, depth=3), 2).adapt(photo[:32, :36], "gd2.0", return_info=True)
     assert len(info.losses) == 1  # no such metadata: one step, as before
+
+
+def test_weights_can_carry_their_back_projection_and_it_finishes_known_kernels_only(tmp_path, photo, monkeypatch):
+    """Back-projection (SPEC §7) saved with the weights is MetaSR's default, like the step count: applied to the
+    SR of a given kernel, never to an estimated kernel or a whole degradation; explicit arguments win."""
+    from metasr_adapter import MetaSR, MZSRNet, load_model
+    from metasr_adapter.estimate import api as estimate_api
+    from metasr_adapter.estimate.api import KernelEstimate
+    from metasr_adapter.io.weights import save_weights
+    from metasr_adapter.ops.degradation_spec import DegradationSpec
+    from metasr_adapter.ops.kernels import anisotropic_gaussian
+
+    assert load_pretrained().back_projection == 4 and load_pretrained("mzsr_x2_direct").back_projection == 0
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    kw = dict(arch="mzsr", arch_kwargs={"width": 8, "depth": 3}, scale=2.0)
+    path = save_weights(MZSRNet(width=8, depth=3), tmp_path / "bp.pth", back_projection=2, **kw)
+    msr = MetaSR(load_model("mzsr", path))
+    assert msr.back_projection == 2 and "back_projection=2" in repr(msr)
+    assert MetaSR(load_model("mzsr", path), back_projection=0).back_projection == 0
+    lr = photo[:40, :44]
+    session = msr.start(lr, "gd2.0")
+    session.step()
+    default = session.result()
+    np.testing.assert_array_equal(default, session.result(back_projection=2))
+    assert not np.array_equal(default, session.result(back_projection=0))
+    np.testing.assert_array_equal(msr.adapt(lr, "gd2.0", 1), default)
+    # the command line follows the weights too; --back-projection 0 turns it off
+    out = tmp_path / "o.png"
+    base = ["adapt", "--weights", str(path), "--kernel", "gd2.0", "--steps", "1", "--quiet", "--threads", "1",
+            "--precision", "fp32", "-o", str(out)]
+    write_image(tmp_path / "lr.png", lr)
+    assert main([base[0], str(tmp_path / "lr.png"), *base[1:]]) == 0
+    np.testing.assert_array_equal(read_image(out), default)
+    assert main([base[0], str(tmp_path / "lr.png"), *base[1:], "--back-projection", "0"]) == 0
+    np.testing.assert_array_equal(read_image(out), session.result(back_projection=0))
+    # a whole degradation (noise, JPEG) or an estimated kernel: no back-projection unless asked
+    deg = msr.start(lr, DegradationSpec(kernel=resolve_kernel("gd2.0"), noise_std=0.01))
+    assert deg.default_back_projection == 0
+
+    def fake_estimate(lr_img, scale, method, *, model, **kwargs):
+        return KernelEstimate(kernel=anisotropic_gaussian(15, 0, 2, 2), method="gaussian", converged=True, seconds=0)
+
+    monkeypatch.setattr(estimate_api, "estimate_kernel", fake_estimate)
+    blind = msr.start(lr, "estimate")
+    assert blind.default_back_projection == 0 and session.default_back_projection == 2
+    with pytest.raises(ValueError, match="back_projection=-1"):
+        MetaSR(MZSRNet(width=8, depth=3), 2, back_projection=-1)

@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the adaptation steps these weights are meant for (the command line's default --steps)")
     ap.add_argument("--preferred", action="store_true",
                     help="make these the default bundled weights of their architecture, scale and subsampling")
+    ap.add_argument("--back-projection", type=int, default=None, metavar="N",
+                    help="back-projection iterations (SPEC §7) that finish these weights' SR with a given kernel: "
+                         "MetaSR's default for them, like --adapt-steps")
     ap.add_argument("--not-blind", action="store_true",
                     help="unfit for blind mode (a poor judge of kernels before adaptation): --kernel estimate and "
                          "estimate_kernel() use other bundled weights, and adapt with these")
@@ -461,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         info["preferred"] = True
     if args.not_blind:
         info["blind"] = False
+    if args.back_projection is not None:
+        if args.back_projection < 0:
+            raise SystemExit(f"--back-projection {args.back_projection}: give a number of iterations >= 0")
+        info["back_projection"] = int(args.back_projection)
     (args.dest / f"{args.name}.json").write_text(json.dumps(info, indent=2) + "\n")
     card_info = {**meta, "sha256": sha, "params": sum(v.numel() for v in state.values()), "bytes": out.stat().st_size}
     card = model_card(args.name, args.description, card_info, lin, set5, t2, mlsr, args.limits, photos)

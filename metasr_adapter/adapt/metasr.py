@@ -280,15 +280,27 @@ class Adaptation:
         return save_weights(self.state_dict(), path, adapted_steps=self.steps_done,
                             scale=float(self.owner.scale), **metadata)
 
-    def sr_tensor(self, *, self_ensemble: bool = False, back_projection: int = 0) -> torch.Tensor:
+    @property
+    def default_back_projection(self) -> int:
+        """The back-projection iterations :meth:`sr_tensor` and :meth:`result` apply when not told: the
+        wrapper's (the weights' own), for a kernel that was given; 0 for an estimated kernel or a whole
+        degradation (noise, JPEG), where back-projecting onto the LR image would pull the errors back in."""
+        if self.info.kernel_estimate is not None or self.degradation is not None:
+            return 0
+        return self.owner.back_projection
+
+    def sr_tensor(self, *, self_ensemble: bool = False, back_projection: int | None = None) -> torch.Tensor:
         """The SR image as a 1xCxsHxsW tensor clipped to [0, 1], from the current fast weights
-        (:meth:`result` gives it in the caller's format).
+        (:meth:`result` gives it in the caller's format). ``back_projection``: iterations (SPEC §7); None =
+        :attr:`default_back_projection`.
 
         With ``self_ensemble`` the network runs on the 8 flips/rotations of the input (on the direct grid
         only the 2 that keep the output aligned: identity and transpose); as in ZSSR, each de-transformed
         output is back-projected (when ``back_projection`` > 0), their median is taken, and the median
         is back-projected once more.
         """
+        if back_projection is None:
+            back_projection = self.default_back_projection
         with torch.inference_mode(False), torch.no_grad():  # normal tensors out, also inside inference_mode
             return self._sr_tensor(self_ensemble=self_ensemble, back_projection=back_projection)
 
@@ -311,8 +323,9 @@ class Adaptation:
         sr = geometric_self_ensemble(run, self.lr_image, modes, reduce="median", post=finish)
         return finish(sr)
 
-    def result(self, *, self_ensemble: bool = False, back_projection: int = 0) -> np.ndarray | torch.Tensor:
-        """The SR image in the input's format (numpy dtype/layout, or tensor)."""
+    def result(self, *, self_ensemble: bool = False, back_projection: int | None = None) -> np.ndarray | torch.Tensor:
+        """The SR image in the input's format (numpy dtype/layout, or tensor); ``back_projection`` as in
+        :meth:`sr_tensor`."""
         sr = self.sr_tensor(self_ensemble=self_ensemble, back_projection=back_projection)
         alpha = None
         if self.alpha is not None:
@@ -358,6 +371,10 @@ class MetaSR:
         channels_last: NHWC layout in the adaptation steps; None (default) = with bf16, and in fp32 where
             :func:`~metasr_adapter.precision.channels_last_trains_faster` says so (CPUs with AVX-512). The
             arithmetic is the same; float round-off differs (SR outputs within one 8-bit level).
+        back_projection: back-projection iterations (SPEC §7) that finish every SR image made with a given
+            kernel, unless a call says otherwise; None = the weights' own (``back_projection`` in their metadata,
+            e.g. 4 for ``mzsr_x2_direct_lslr``), else 0 (the official code's default). Not applied to estimated
+            kernels (blind mode) by default: a wrong kernel makes back-projection harmful.
     """
 
     def __init__(
@@ -376,6 +393,7 @@ class MetaSR:
         max_pixels: int | None = None,
         compile: bool = False,
         channels_last: bool | None = None,
+        back_projection: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -437,6 +455,11 @@ class MetaSR:
                 stacklevel=2,
             )
         self.in_channels = _infer_in_channels(model)
+        bp = meta.get("back_projection") if back_projection is None else back_projection
+        if isinstance(bp, bool) or not isinstance(bp or 0, int) or (bp or 0) < 0:
+            raise ValueError(f"back_projection={bp!r}: give a number of iterations >= 0 (SPEC §7 uses 4), or None")
+        #: back-projection iterations after SR with a given kernel when a call does not say (SPEC §7)
+        self.back_projection = int(bp or 0)
 
     # -- network plumbing -------------------------------------------------------------------
     def _param_items(self) -> list[tuple[str, torch.Tensor]]:
@@ -555,7 +578,7 @@ class MetaSR:
         lr: float | None = None,
         schedule: str | float | Schedule | None = None,
         ds_method: str | None = None,
-        back_projection: int | bool = False,
+        back_projection: int | bool | None = None,
         self_ensemble: bool = False,
         augment: bool = False,
         noise_std: float = 0.0,
@@ -575,7 +598,8 @@ class MetaSR:
                 meta-trained for (their ``adapt_steps`` metadata), else 1.
             lr / schedule: a constant learning rate, or a schedule (default: the wrapper's).
             ds_method: ``"direct"`` or ``"bicubic"`` subsampling (default: the kernel's).
-            back_projection: back-projection iterations after SR (``True`` = 4, SPEC §7).
+            back_projection: back-projection iterations after SR (``True`` = 4, SPEC §7); None = the
+                session's default (the weights' own for a given kernel, see ``MetaSR(back_projection=)``).
             self_ensemble: median of the 8 flips/rotations of the input (ZSSR).
             augment: a random flip/rotation of the (son, LR) pair at each step (ZSSR).
             noise_std: Gaussian noise added to the son (ZSSR).
@@ -600,7 +624,7 @@ class MetaSR:
             rec = session.step()
             if callback is not None:
                 callback(rec)
-        bp = 4 if back_projection is True else int(back_projection)
+        bp = 4 if back_projection is True else (None if back_projection is None else int(back_projection))
         sr = session.result(self_ensemble=self_ensemble, back_projection=bp)
         return (sr, session.info) if return_info else sr
 
@@ -611,7 +635,8 @@ class MetaSR:
     def __repr__(self) -> str:
         return (
             f"MetaSR({type(self.model).__name__}, scale={self.scale:g}, upsample_input={self.upsample_input}, "
-            f"precision={self.precision!r}, device={self.device})"
+            f"precision={self.precision!r}, device={self.device}"
+            + (f", back_projection={self.back_projection})" if self.back_projection else ")")
         )
 
 

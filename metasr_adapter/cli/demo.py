@@ -57,7 +57,7 @@ def run_demo(
     ds_method: str | None = None,
     steps: int = 10,
     output: str = "metasr_demo.png",
-    back_projection: int = 0,
+    back_projection: int | None = None,
     self_ensemble: bool = False,
 ) -> int:
     """Degrade, adapt for ``steps`` steps printing PSNR after each, write the comparison PNG."""

@@ -102,7 +102,9 @@ def _add_adapt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=None, help="constant adaptation learning rate instead of a schedule")
     p.add_argument("--loss", choices=["l1", "l2"], default=None,
                    help="self-supervised adaptation loss: l1 (MZSR) or l2 (MLSR) (default: the weights' own, else l1)")
-    p.add_argument("--back-projection", type=int, default=0, metavar="N", help="back-projection iterations (0 = off)")
+    p.add_argument("--back-projection", type=int, default=None, metavar="N",
+                   help="back-projection iterations after SR with the given kernel (SPEC §7; 0 = off; default: the "
+                        "weights' own, 4 for mzsr_x2_direct_lslr, else 0; never applied to an estimated kernel)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help=f"compute the SR image in N x N tiles (bounded memory; same result for local networks; default "
                         f"{DEFAULT_TILE} for networks that declare their receptive radius; 0 = whole image)")
@@ -704,7 +706,7 @@ _METASR_ONLY = (("--weights", "weights", None, "model"), ("--arch", "arch", None
                 ("--schedule", "schedule", None, "adapt"), ("--lr", "lr", None, "adapt"),
                 ("--loss", "loss", None, "adapt"), ("--steps", "steps", None, "adapt"),
                 ("--tile", "tile", None, "adapt"), ("--max-pixels", "max_pixels", None, "adapt"),
-                ("--back-projection", "back_projection", 0, "result"),
+                ("--back-projection", "back_projection", None, "result"),
                 ("--self-ensemble", "self_ensemble", False, "result"))
 #: ``metasr eval --method metasr``: the options of ZSSR
 _ZSSR_ONLY = (("--zssr-preset", "zssr_preset", None), ("--zssr-iters", "zssr_iters", None),

@@ -27,7 +27,8 @@ __all__ = ["WeightsInfo", "BUNDLED_WEIGHTS", "WEIGHTS_DIR", "default_weights", "
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # metasr_adapter/weights/ (data files)
 #: metadata of a weights file that MetaSR uses as its defaults (explicit arguments win)
-WEIGHTS_DEFAULT_KEYS = ("scale", "schedule", "loss", "adapt_params", "ds_method", "degradation", "adapt_steps", "blind")
+WEIGHTS_DEFAULT_KEYS = ("scale", "schedule", "loss", "adapt_params", "ds_method", "degradation", "adapt_steps", "blind",
+                        "back_projection")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class WeightsInfo:
     #: of this network, which needs a network that is good before adaptation (False for weights meta-trained
     #: for 10 steps with learned rates: their 0-step output is far from the image)
     blind: bool = True
+    #: back-projection iterations (SPEC §7) that finish these weights' SR with a given kernel (None: none);
+    #: ``MetaSR`` takes it as its default, like the step count
+    back_projection: int | None = None
 
     @property
     def path(self) -> Path:
@@ -173,8 +177,10 @@ def load_model(
         weights = bundled.path
     if metadata is None:
         metadata, where = read_metadata(weights), weights
-    if bundled is not None:  # what only the sidecar says (fitness for blind mode) travels with the network too
+    if bundled is not None:  # what only the sidecar says (blind-mode fitness, back-projection) travels too
         metadata = {**metadata, "blind": bundled.blind}
+        if bundled.back_projection is not None:
+            metadata["back_projection"] = bundled.back_projection
     saved_arch = metadata.get("arch")
     if arch is not None and saved_arch is not None and str(saved_arch).lower() != arch.lower():
         raise ValueError(f"{where} holds {saved_arch!r} weights but arch={arch!r} was asked for; "

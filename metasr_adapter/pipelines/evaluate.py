@@ -115,7 +115,7 @@ def evaluate_folder(
     ds_method: str | None = None,
     crop_border: int | None = None,
     include_bicubic: bool = False,
-    back_projection: int = 0,
+    back_projection: int | None = None,
     self_ensemble: bool = False,
     progress: bool = True,
     limit: int | None = None,
@@ -137,6 +137,9 @@ def evaluate_folder(
     """
     if method not in ("metasr", "zssr"):
         raise ValueError(f"method={method!r}; use 'metasr' or 'zssr'")
+    # None: the wrapper's own (the weights'; every SR here has its kernel given, none estimated)
+    bp_used = back_projection if back_projection is not None else (
+        metasr.back_projection if method == "metasr" and metasr is not None else 0)
     s = float(scale if scale is not None else metasr.scale)
     crop = int(s) if crop_border is None else int(crop_border)
     spec = resolve_kernel(kernel, ds_method)
@@ -177,7 +180,7 @@ def evaluate_folder(
             session = metasr.start(lr_img, spec, schedule=schedule, lr=lr, seed=seed)
             for k in range(steps[-1] + 1):
                 if k in steps:
-                    sr = session.result(self_ensemble=self_ensemble, back_projection=back_projection)
+                    sr = session.result(self_ensemble=self_ensemble, back_projection=bp_used)
                     row.psnr[k], row.ssim[k] = _score(sr, gt, crop)
                     if save_dir is not None:
                         write_image(Path(save_dir) / f"steps{k:02d}" / f"{gt_path.stem}.png", sr)
@@ -198,7 +201,7 @@ def evaluate_folder(
         "method": method, "gt_dir": str(gt_dir), "lr_dir": str(lr_dir) if lr_dir else None,
         "kernel": spec.name or ("bicubic" if spec.kernel is None else "custom"), "ds_method": spec.ds_method,
         "scale": s, "crop_border": crop, "steps": steps if method == "metasr" else None,
-        "back_projection": back_projection, "self_ensemble": self_ensemble,
+        "back_projection": bp_used, "self_ensemble": self_ensemble,
     }
     if method == "zssr":
         settings["zssr_config"] = zcfg.to_dict()
