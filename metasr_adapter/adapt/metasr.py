@@ -614,9 +614,7 @@ class MetaSR:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ValueError(f"steps={steps!r} must be a non-negative integer")
         if meant is not None and steps < int(meant):
-            warnings.warn(f"these weights were meta-trained for {int(meant)} adaptation steps; after steps={steps} their "
-                          f"output is usually far worse (see their model card): leave steps out to take {int(meant)}",
-                          UserWarning, stacklevel=2)
+            warnings.warn(too_few_steps(int(meant), f"steps={steps}", "steps"), UserWarning, stacklevel=2)
         session = self.start(
             lr_img, kernel, schedule=schedule, lr=lr, ds_method=ds_method, noise_std=noise_std, augment=augment, seed=seed
         )
@@ -638,6 +636,14 @@ class MetaSR:
             f"precision={self.precision!r}, device={self.device}"
             + (f", back_projection={self.back_projection})" if self.back_projection else ")")
         )
+
+
+def too_few_steps(meant: int, asked: str, option: str) -> str:
+    """The warning for fewer adaptation steps (``asked``, e.g. ``'steps=1'``) than the weights were meta-trained
+    for (``meant``); ``option`` is how the caller spells the step count (``'steps'``, ``'--steps'``)."""
+    return (f"these weights were meta-trained for {meant} adaptation steps; after {asked} their output is usually far "
+            f"worse (see their model card). Leave {option} out to take {meant}, or use weights meant for few steps "
+            "(e.g. mzsr_x2_direct)")
 
 
 def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = None, device: Any = None,

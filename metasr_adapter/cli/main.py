@@ -294,11 +294,12 @@ def _steps_or_the_weights(args: argparse.Namespace) -> int:
     steps than the weights were meta-trained for get a warning on stderr: such weights start far from the image."""
     meant = args.weights_meta.get("adapt_steps")
     if args.steps is not None and meant is not None and args.steps < int(meant):
-        print(f"metasr {args.command}: warning: {args.weights_used} were meta-trained for {int(meant)} adaptation steps; "
-              f"after --steps {args.steps} their output is usually far worse (see their model card). Leave --steps out "
-              f"to take {int(meant)}, or use weights meant for few steps (e.g. --weights mzsr_x2_direct)", file=sys.stderr)
         import warnings
 
+        from ..adapt.metasr import too_few_steps
+
+        print(f"metasr {args.command}: warning ({args.weights_used}): "
+              + too_few_steps(int(meant), f"--steps {args.steps}", "--steps"), file=sys.stderr)
         warnings.filterwarnings("ignore", message="these weights were meta-trained for")  # said once, here
     return args.steps if args.steps is not None else int(meant or 1)
 
