@@ -48,3 +48,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def lr_png(tmp_path, photo) -> Path:
+    """A 40x50 crop of the photo as a PNG: the CLI's smallest real input."""
+    from metasr_adapter.ops.imageio import write_image
+
+    path = tmp_path / "lr.png"
+    write_image(path, photo[:40, :50])
+    return path
+
+
+@pytest.fixture
+def tiny_x2(tmp_path) -> Path:
+    """A 3-layer, 8-channel MZSR x2 network saved with metadata, for fast CLI runs."""
+    import torch
+
+    from metasr_adapter import MZSRNet
+    from metasr_adapter.io.weights import save_weights
+
+    torch.manual_seed(0)
+    return save_weights(MZSRNet(width=8, depth=3), tmp_path / "x2.pth", arch="mzsr",
+                        arch_kwargs={"width": 8, "depth": 3}, scale=2.0, schedule="mzsr_direct", loss="l1")

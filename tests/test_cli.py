@@ -176,20 +176,6 @@ def test_adapt_wraps_a_basicsr_rcan_checkpoint(tmp_path, photo, capsys):
 
 
 # ---- user errors: one line, exit 2, before any work -------------------------------------------------
-@pytest.fixture
-def lr_png(tmp_path, photo):
-    path = tmp_path / "lr.png"
-    write_image(path, photo[:40, :50])
-    return path
-
-
-@pytest.fixture
-def tiny_x2(tmp_path):
-    torch.manual_seed(0)
-    return save_weights(MZSRNet(width=8, depth=3), tmp_path / "x2.pth", arch="mzsr",
-                        arch_kwargs={"width": 8, "depth": 3}, scale=2.0, schedule="mzsr_direct", loss="l1")
-
-
 def _bad_files(tmp_path):
     (tmp_path / "text.mat").write_text("not a matlab file\n")
     (tmp_path / "text.npy").write_text("not a numpy file\n")

@@ -24,20 +24,6 @@ def _one_thread():
 
 
 @pytest.fixture
-def lr_png(tmp_path, photo):
-    path = tmp_path / "lr.png"
-    write_image(path, photo[:40, :50])
-    return path
-
-
-@pytest.fixture
-def tiny_x2(tmp_path):
-    torch.manual_seed(0)
-    return save_weights(MZSRNet(width=8, depth=3), tmp_path / "x2.pth", arch="mzsr",
-                        arch_kwargs={"width": 8, "depth": 3}, scale=2.0, schedule="mzsr_direct", loss="l1")
-
-
-@pytest.fixture
 def lr_folder(tmp_path, photo):
     src = tmp_path / "lr"
     for i in range(2):

@@ -9,11 +9,8 @@ import json
 import re
 
 import pytest
-import torch
 
-from metasr_adapter import MZSRNet
 from metasr_adapter.cli.main import build_parser, main
-from metasr_adapter.io.weights import save_weights
 from metasr_adapter.ops.imageio import write_image
 
 
@@ -81,13 +78,6 @@ def test_train_takes_device_seed_and_quiet_as_recipe_keys(tmp_path, capsys):
     assert main(["train", str(recipe), "--show"]) == 0
     shown = capsys.readouterr().out
     assert "seed: 1" in shown and "device: auto" in shown and "progress: true" in shown
-
-
-@pytest.fixture
-def tiny_x2(tmp_path):
-    torch.manual_seed(0)
-    return save_weights(MZSRNet(width=8, depth=3), tmp_path / "x2.pth", arch="mzsr",
-                        arch_kwargs={"width": 8, "depth": 3}, scale=2.0, schedule="mzsr_direct", loss="l1")
 
 
 def test_adapt_quiet_shows_no_progress_bar(tmp_path, photo, tiny_x2, capsys):
