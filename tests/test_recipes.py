@@ -265,6 +265,16 @@ def test_the_next_x2_candidate_is_the_official_order_with_sharp_kernels_and_lear
     assert cand["model"]["weights"] is None and cand["pretrain"]["degradation"] == "bicubic"
 
 
+def test_the_anil_recipe_is_the_lslr_run_with_only_the_last_two_layers_adapting() -> None:
+    """Issue #19 item 5: ANIL against full MAML, one change apart (recipe_diff ignores folders and probe spacing)."""
+    _assert_spelled_out_and_explained("mzsr_x2_cpu_sharp_lslr_anil.yaml")
+    full = load_recipe(RECIPES / "mzsr_x2_cpu_sharp_lslr.yaml")
+    anil = load_recipe(RECIPES / "mzsr_x2_cpu_sharp_lslr_anil.yaml")
+    assert set(recipe_diff(full, anil)) == {"name", "meta.adapt_params"}
+    assert anil["meta"]["adapt_params"] == ["conv7.*", "conv8.*"] and full["meta"]["adapt_params"] is None
+    assert anil["output"]["dir"] != full["output"]["dir"]
+
+
 def test_the_x4_recipe_continues_our_x2_weights_on_directx4_tasks() -> None:
     """Issue #19 item 6: x4 from the bundled x2 LSLR weights (SPEC §4 IS_TRANSFER starts x4 from an x2 model)."""
     _assert_spelled_out_and_explained("mzsr_x4_cpu_sharp_lslr.yaml")
