@@ -10,6 +10,7 @@ from metasr_adapter.ops.imageio import read_image, write_image
 from metasr_adapter.ops.kernels import resolve_kernel
 from metasr_adapter.ops.metrics import psnr
 from metasr_adapter.adapt.metasr import load_pretrained
+from metasr_adapter.io import pretrained
 from metasr_adapter.io.pretrained import WeightsInfo, default_weights, get_weights, list_weights
 from metasr_adapter.io.weights import read_metadata
 
@@ -78,11 +79,31 @@ def test_defaults_follow_the_kernel_subsampling():
     assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct_lslr"
     assert default_weights("mzsr", scale=2, ds_method="direct", blind=True).name == "mzsr_x2_direct"
     assert default_weights("mzsr", scale=2, ds_method="bicubic").name == "mzsr_x2_bicubic"
-    assert default_weights("mzsr", scale=4) is None
+    # x4 (issue #19 item 6): our own Directx4 weights for g^d kernels, not for blind mode; no x4 g^b weights yet
+    x4 = default_weights("mzsr", scale=4, ds_method="direct")
+    assert x4.name == "mzsr_x4_direct" and x4.scale == 4 and x4.blind is False
+    assert default_weights("mzsr", scale=4, ds_method="bicubic").name == "mzsr_x4_direct"  # the CLI says so
+    assert default_weights("mzsr", scale=4, ds_method="direct", blind=True) is None
+    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr"  # no scale asked: x2
+    assert load_pretrained(scale=4).scale == 4 and load_pretrained(scale=4).weights_metadata["adapt_steps"] == 10
+    with pytest.raises(ValueError, match="no bundled MZSR weights for x3"):
+        load_pretrained(scale=3)
+    with pytest.raises(ValueError, match="'mzsr_x2_direct' are x2"):
+        load_pretrained("mzsr_x2_direct", scale=4)
     default = load_pretrained()
     assert default.weights_metadata["adapt_steps"] == 10 and default.weights_metadata["blind"] is False
     assert load_pretrained("mzsr_x2_direct").schedule(0) == pytest.approx(0.02)  # mzsr_direct starts at 2e-2
     assert load_pretrained(kernel_ds_method="bicubic").schedule(0) == pytest.approx(0.01)
+
+
+def test_without_a_scale_the_defaults_are_x2_whatever_the_registry_order(monkeypatch):
+    """``metasr adapt LR --kernel gd2.0`` (no --scale) must not pick preferred x4 weights listed first."""
+    reordered = dict(sorted(pretrained.BUNDLED_WEIGHTS.items(), key=lambda kv: -float(kv[1].scale)))
+    assert next(iter(reordered.values())).scale == 4
+    monkeypatch.setattr(pretrained, "BUNDLED_WEIGHTS", reordered)
+    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr"
+    assert default_weights("mzsr").scale == 2
+    assert default_weights("mzsr", scale=4, ds_method="direct").name == "mzsr_x4_direct"
 
 
 def test_blind_mode_leaves_the_kernel_estimate_to_weights_fit_for_it(monkeypatch):
@@ -179,8 +200,18 @@ def test_cli_uses_the_bundled_weights_that_match_the_kernel(tmp_path, photo, cap
     out = tmp_path / "sr.png"
     assert main(["adapt", str(lr), "--kernel", "gb1.3", "--steps", "1", "-o", str(out)]) == 0
     assert read_image(out).shape == (192, 192, 3)
-    assert main(["adapt", str(lr), "--kernel", "gb1.3", "--scale", "4", "-o", str(out)]) == 2
+    assert "note:" not in capsys.readouterr().err  # the weights fit the kernel's subsampling
+    assert main(["adapt", str(lr), "--kernel", "gb1.3", "--scale", "3", "-o", str(out)]) == 2
     assert "no bundled weights" in capsys.readouterr().err
+    # x4 has direct-subsampling weights only: a g^b kernel gets them, with a note saying so
+    assert main(["adapt", str(lr), "--kernel", "gb1.3", "--scale", "4", "--steps", "1", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "no bundled weights for bicubic subsampling at x4; using mzsr_x4_direct" in err, err
+    assert read_image(out).shape == (384, 384, 3)  # the 96x96 LR image at x4
+    # blind mode at x4: the x4 weights are for a known kernel only, and the error says so
+    assert main(["adapt", str(lr), "--kernel", "estimate", "--scale", "4", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no bundled weights estimate kernels at --scale 4: mzsr_x4_direct is for a known kernel" in err, err
 
 
 def test_demo_runs_on_the_bundled_weights(tmp_path, capsys):

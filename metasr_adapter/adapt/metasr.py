@@ -646,24 +646,29 @@ def too_few_steps(meant: int, asked: str, option: str) -> str:
             "(e.g. mzsr_x2_direct)")
 
 
-def load_pretrained(name: str | None = None, *, kernel_ds_method: str | None = None, device: Any = None,
-                    **metasr_kwargs: Any) -> MetaSR:
+def load_pretrained(name: str | None = None, *, scale: float | None = None, kernel_ds_method: str | None = None,
+                    device: Any = None, **metasr_kwargs: Any) -> MetaSR:
     """A ready :class:`MetaSR` with bundled weights ``name`` and the scale, test-time schedule, loss and
     adapted parameters they were meta-trained for.
 
-    ``name=None`` picks the bundled MZSR x2 weights for ``kernel_ds_method`` (``'direct'`` by default;
-    ``'bicubic'`` for g^b kernels). ``device``: None = CUDA when available, else CPU. ``metasr_kwargs`` override
-    the wrapper's settings.
+    ``name=None`` picks the bundled MZSR weights for ``scale`` (2 by default; 4: ``mzsr_x4_direct``) and
+    ``kernel_ds_method`` (``'direct'`` by default; ``'bicubic'`` for g^b kernels). ``device``: None = CUDA when
+    available, else CPU. ``metasr_kwargs`` override the wrapper's settings.
     """
-    from ..io.pretrained import default_weights, get_weights, load_model
+    from ..io.pretrained import default_weights, get_weights, list_weights, load_model
     from ..io.weights import read_metadata
 
     if name is None:
-        info = default_weights("mzsr", scale=2.0, ds_method=kernel_ds_method or "direct")
+        want = 2.0 if scale is None else float(scale)
+        info = default_weights("mzsr", scale=want, ds_method=kernel_ds_method or "direct")
         if info is None:
-            raise ValueError("this install ships no bundled weights; build MetaSR(load_model(arch, PATH), scale) instead")
+            raise ValueError(f"no bundled MZSR weights for x{want:g} (bundled: {', '.join(list_weights()) or 'none'}); "
+                             "build MetaSR(load_model(arch, PATH), scale) with weights of your own instead")
     else:
         info = get_weights(name)
+        if scale is not None and float(scale) != float(info.scale):
+            raise ValueError(f"scale={scale!r} but the bundled weights {name!r} are x{info.scale:g}; "
+                             f"leave scale out or pick weights trained for x{float(scale):g}")
     dev = resolve_device(device)  # None: CUDA when available (the package's device rule, see devices.py)
     model = load_model(info.arch, info.name).to(dev)
     kwargs = {"schedule": info.schedule, "loss": info.loss, "device": dev,

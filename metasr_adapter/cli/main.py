@@ -32,11 +32,13 @@ def _json_object(text: str) -> dict:
 
 def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--weights", required=weights_required, default=None,
-                   help="weights: a bundled name (mzsr_x2_direct_lslr, mzsr_x2_direct, mzsr_x2_bicubic; metasr_adapter.list_weights()), "
+                   help="weights: a bundled name (mzsr_x2_direct_lslr, mzsr_x2_direct, mzsr_x2_bicubic, mzsr_x4_direct; "
+                        "metasr_adapter.list_weights()), "
                         "a TensorFlow checkpoint prefix, "
                         ".pth/.pt or .npz; 'random' for an untrained network"
                         + ("" if weights_required else " (default: the bundled weights that match the kernel: mzsr_x2_direct_lslr "
-                                                        "for a known g^d kernel, mzsr_x2_direct for --kernel estimate)"))
+                                                        "for a known g^d kernel, mzsr_x2_direct for --kernel estimate; "
+                                                        "mzsr_x4_direct with --scale 4)"))
     p.add_argument("--arch", default=None,
                    help="network architecture: mzsr, rcan, idn... (metasr_adapter.list_models(); default: the one saved "
                         "with the weights, else mzsr); spandrel: detect it from a community checkpoint")
@@ -233,12 +235,21 @@ def _choose_weights(args: argparse.Namespace) -> tuple[str, dict, Any]:
         except (ValueError, FileNotFoundError):
             ds = args.ds_method  # the kernel's own error comes later, with its context
         info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds, blind=_is_estimate(args.kernel))
+        known = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds) if info is None else None
+        if known is not None:  # blind mode, and only weights for a known kernel at this scale
+            raise ValueError(f"no bundled weights estimate kernels at --scale {known.scale:g}: {known.name} is for a "
+                             "known kernel (its sidecar says blind: false); give --kernel (e.g. gd2.0 or a .mat/.npy "
+                             "file), or --weights PATH of your own")
         if info is None:
             have = ", ".join(list_weights()) or "none"
             raise ValueError(f"no bundled weights for --arch {args.arch or 'mzsr'}"
                              + (f" at --scale {args.scale:g}" if args.scale else "")
                              + f" (bundled: {have}); pass --weights PATH, or --weights random for an untrained network")
         weights = info.name
+        if ds is not None and info.ds_method not in (None, ds):
+            print(f"note: no bundled weights for {ds} subsampling at x{info.scale:g}; using {weights} (trained for "
+                  f"{info.ds_method} subsampling: adaptation has more to correct). --weights PATH takes your own",
+                  file=sys.stderr)
     if weights in BUNDLED_WEIGHTS:
         info = BUNDLED_WEIGHTS[weights]
         return weights, {**read_metadata(info.path), "scale": info.scale, "ds_method": info.ds_method,

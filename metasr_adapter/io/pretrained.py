@@ -111,7 +111,7 @@ def get_weights(name: str) -> WeightsInfo:
 
 def default_weights(arch: str = "mzsr", *, scale: float | None = None, ds_method: str | None = None,
                     blind: bool = False) -> WeightsInfo | None:
-    """The bundled weights for ``arch`` that fit ``scale`` and ``ds_method`` (None = any), or None.
+    """The bundled weights for ``arch`` that fit ``scale`` (None = any, x2 first) and ``ds_method`` (None = any), or None.
 
     Weights trained for the requested subsampling are preferred (among them, the one whose sidecar says
     ``preferred``); with no match for it, the first weights of the right architecture and scale are returned.
@@ -120,7 +120,8 @@ def default_weights(arch: str = "mzsr", *, scale: float | None = None, ds_method
     """
     fits = [w for w in BUNDLED_WEIGHTS.values() if w.arch == arch and (scale is None or float(w.scale) == float(scale))
             and (w.blind or not blind)]
-    fits.sort(key=lambda w: not w.preferred)  # stable: the preferred first, then by name
+    # stable: x2 first when no scale is asked (the package's default factor), then the preferred, then by name
+    fits.sort(key=lambda w: (scale is None and float(w.scale) != 2.0, not w.preferred))
     for w in fits:
         if ds_method is None or w.ds_method == ds_method:
             return w
