@@ -85,7 +85,8 @@ def test_defaults_follow_the_kernel_subsampling():
     assert default_weights("mzsr", scale=4, ds_method="bicubic").name == "mzsr_x4_direct"  # the CLI says so
     assert default_weights("mzsr", scale=4, ds_method="direct", blind=True) is None
     assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr"  # no scale asked: x2
-    assert load_pretrained(scale=4).scale == 4 and load_pretrained(scale=4).weights_metadata["adapt_steps"] == 10
+    x4_msr = load_pretrained(scale=4)
+    assert x4_msr.scale == 4 and x4_msr.weights_metadata["adapt_steps"] == 10
     with pytest.raises(ValueError, match="no bundled MZSR weights for x3"):
         load_pretrained(scale=3)
     with pytest.raises(ValueError, match="'mzsr_x2_direct' are x2"):
