@@ -768,6 +768,26 @@ def test_learned_inner_lrs_move_with_their_own_rate_and_resume_exactly():
         MetaLearner(_same_init(TinyConvNet, 5), MAMLConfig(inner_steps=2, inner_lr=0.05)).load_state_dict(state)
 
 
+def test_learned_inner_lrs_can_start_from_saved_rates_and_bad_tables_are_named():
+    """set_inner_lrs continues an LSLR run: the rates given (per tensor and step) replace the config's start."""
+    cfg = MAMLConfig(inner_steps=2, inner_lr=0.05, learn_inner_lr=True)
+    learner = MetaLearner(_same_init(TinyConvNet, 5), cfg)
+    names = learner.adapt_names
+    given = {n: [0.01 * (i + 1), 0.003] for i, n in enumerate(names)}
+    learner.set_inner_lrs(given)
+    got = learner.learned_inner_lrs()
+    assert got.keys() == given.keys()
+    assert all(got[n] == pytest.approx(given[n], rel=1e-6) for n in names)
+    with pytest.raises(ValueError, match=r"missing \['" + names[0]):
+        learner.set_inner_lrs({n: v for n, v in given.items() if n != names[0]})
+    with pytest.raises(ValueError, match="expected 2 finite rates > 0"):
+        learner.set_inner_lrs({**given, names[1]: [0.01, 0.01, 0.01]})
+    with pytest.raises(ValueError, match="expected 2 finite rates > 0"):
+        learner.set_inner_lrs({**given, names[1]: [0.01, 0.0]})
+    with pytest.raises(ValueError, match="learn_inner_lr=True"):
+        MetaLearner(_same_init(TinyConvNet, 5), MAMLConfig(inner_steps=2)).set_inner_lrs(given)
+
+
 def asdict_cfg(cfg: MAMLConfig) -> dict:
     from dataclasses import asdict
 

@@ -284,3 +284,24 @@ def test_the_x4_recipe_continues_our_x2_weights_on_directx4_tasks() -> None:
     assert r["data"]["scales"] == [4.0] and r["meta"]["task_batch"] == official["meta"]["task_batch"] == 8
     assert r["eval"]["schedule"] == "mzsr_x4" and r["eval"]["kernel"] == "gd2.0" and r["eval"]["lr_dir"] is None
     assert r["meta"]["learn_inner_lr"] and r["data"]["kernel_min_var"] == pytest.approx(0.2)
+
+
+def test_the_settle_recipe_continues_the_lslr_weights_with_their_rates_and_a_decaying_beta() -> None:
+    """Issue #19: mzsr_x2_cpu_sharp_lslr.yaml continued from its own result, three settings apart."""
+    _assert_spelled_out_and_explained("mzsr_x2_cpu_sharp_lslr_settle.yaml")
+    parent = load_recipe(RECIPES / "mzsr_x2_cpu_sharp_lslr.yaml")
+    settle = load_recipe(RECIPES / "mzsr_x2_cpu_sharp_lslr_settle.yaml")
+    assert set(recipe_diff(parent, settle)) == {"name", "model.weights", "meta.inner_lr_start", "meta.meta_lr_schedule"}
+    assert settle["model"]["weights"] == "mzsr_x2_direct_lslr" and settle["meta"]["inner_lr_start"] == "weights"
+    assert settle["meta"]["meta_lr_min"] < settle["meta"]["meta_lr"] and settle["output"]["dir"] != parent["output"]["dir"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["meta.inner_lr_start=weights"], "needs meta.learn_inner_lr=true"),
+    (["meta.inner_lr_start=weights", "meta.learn_inner_lr=true"], "model.weights set"),
+    (["meta.meta_lr_schedule=cosine", "meta.meta_lr_min=1e-3"], "exceeds meta.meta_lr"),
+    (["data.kernel=bicubic"], "needs data.tasks='mlsr'"),  # overrides were not checked against the file before
+])
+def test_continuation_settings_that_do_not_combine_are_rejected(settings: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_recipe(RECIPES / "mzsr_x2.yaml", settings)

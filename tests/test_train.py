@@ -528,3 +528,60 @@ def test_a_run_finished_at_its_checkpoint_keeps_the_meta_stages_time(resume_setu
     run_training(load_recipe(RECIPE, [*over, "meta.iterations=4"]), out_dir=run, resume=True)
     done = load_checked(run / "checkpoint.pt")
     assert done["stage"] == "done" and done["stage_seconds"]["meta"] == pytest.approx(took)
+
+
+def test_a_continued_lslr_run_starts_at_its_parents_rates_and_its_cosine_beta_resumes_exactly(
+    data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """meta.inner_lr_start=weights takes the learned rates saved with model.weights (they used to restart at
+    meta.inner_lr), and meta.meta_lr_schedule=cosine is a function of the step: a crash and --resume give the
+    uninterrupted run's weights (the restored optimiser's decayed rate must not become the new base)."""
+    from metasr_adapter.io.weights import read_metadata
+    from metasr_adapter.training.recipes import load_recipe
+    from metasr_adapter.training.train import meta_lr_factor
+
+    parent = tmp_path / "parent"
+    run_training(load_recipe(RECIPE, _tiny(data, **{
+        "pretrain.iterations": 2, "meta.iterations": 2, "meta.learn_inner_lr": "true", "meta.inner_lr_meta_lr": 0.2,
+        "eval.gt_dir": "null"})), out_dir=parent)
+    parent_rates = read_metadata(parent / "meta_trained.pth")["schedule"]["per_parameter"]
+    assert any(abs(math.log(a / 0.01)) > 0.3 for v in parent_rates.values() for a in v)  # moved away from 0.01
+
+    child = _tiny(data, **{
+        "model.weights": parent / "meta_trained.pth", "pretrain.iterations": 0, "meta.iterations": 5,
+        "meta.learn_inner_lr": "true", "meta.inner_lr_start": "weights", "meta.inner_lr_meta_lr": 1e-9,
+        "meta.meta_lr": 1e-3, "meta.meta_lr_schedule": "cosine", "meta.meta_lr_min": 1e-5, "eval.gt_dir": "null"})
+    ref = tmp_path / "child"
+    run_training(load_recipe(RECIPE, child), out_dir=ref)
+    rates = read_metadata(ref / "meta_trained.pth")["schedule"]["per_parameter"]
+    assert rates.keys() == parent_rates.keys()
+    assert all(rates[n] == pytest.approx(parent_rates[n], rel=1e-4) for n in rates)  # α's Adam rate ~0: kept
+
+    run = tmp_path / "crashed"
+    monkeypatch.setenv(KILL_ENV, "meta:3:raise")  # checkpoint at 2, crash after step 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(load_recipe(RECIPE, child), out_dir=run)
+    monkeypatch.delenv(KILL_ENV)
+    run_training(load_recipe(RECIPE, child), out_dir=run, resume=True)
+    _assert_same_run(ref, run)
+
+    constant = tmp_path / "constant"
+    run_training(load_recipe(RECIPE, [*child, "meta.meta_lr_schedule=constant"]), out_dir=constant)
+    a, b = _params(ref / "meta_trained.pth"), _params(constant / "meta_trained.pth")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the schedule is used
+
+    m = load_recipe(RECIPE, child)["meta"]
+    assert meta_lr_factor(m, 0, 5) == 1.0 and meta_lr_factor(m, 5, 5) == pytest.approx(1e-2)
+    assert meta_lr_factor({**m, "meta_lr_schedule": "constant"}, 3, 5) == 1.0
+
+
+def test_rates_from_weights_that_learned_none_are_refused_with_the_fix(data: dict[str, Path], tmp_path: Path) -> None:
+    from metasr_adapter.training.recipes import load_recipe
+
+    plain = tmp_path / "plain"
+    run_training(load_recipe(RECIPE, _tiny(data, **{"pretrain.iterations": 1, "meta.iterations": 1,
+                                                    "eval.gt_dir": "null"})), out_dir=plain)
+    child = _tiny(data, **{"model.weights": plain / "meta_trained.pth", "pretrain.iterations": 0,
+                           "meta.learn_inner_lr": "true", "meta.inner_lr_start": "weights", "eval.gt_dir": "null"})
+    with pytest.raises(ValueError, match="carries no learned inner rates.*meta.inner_lr_start=recipe"):
+        run_training(load_recipe(RECIPE, child), out_dir=tmp_path / "child")

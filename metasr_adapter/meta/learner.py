@@ -26,6 +26,7 @@ in the environment (before Python starts): spinning OpenMP threads otherwise cos
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -693,6 +694,26 @@ class MetaLearner:
             return None
         rates = self.log_inner_lr.detach().exp().cpu().tolist()
         return {n: rates[i] for i, n in enumerate(self.adapt_names)}
+
+    def set_inner_lrs(self, rates: Mapping[str, Sequence[float]]) -> None:
+        """Start the learned inner rates at ``rates`` (name → one α > 0 per inner step, the format of
+        :meth:`learned_inner_lrs` and of LSLR weights' saved schedule): continues an LSLR run."""
+        if self.log_inner_lr is None:
+            raise ValueError("set_inner_lrs needs a learner built with learn_inner_lr=True")
+        names, steps = set(self.adapt_names), self.log_inner_lr.shape[1]
+        if set(rates) != names:
+            missing, extra = sorted(names - set(rates)), sorted(set(rates) - names)
+            raise ValueError(f"the given inner rates do not match the adapted parameters: missing {missing}, "
+                             f"unexpected {extra}; give one list per adapted parameter")
+        table = []
+        for n in self.adapt_names:
+            row = [float(a) for a in rates[n]]
+            if len(row) != steps or not all(math.isfinite(a) and a > 0 for a in row):
+                raise ValueError(f"inner rates of {n!r}: {row}; expected {steps} finite rates > 0 "
+                                 f"(one per inner step, config.inner_steps={self.config.inner_steps})")
+            table.append(row)
+        with torch.no_grad():
+            self.log_inner_lr.copy_(torch.tensor(table, dtype=self.log_inner_lr.dtype).log())
 
     # ---- public API
     def meta_loss(self, batch: TaskBatch, step: int = 0) -> tuple[Tensor, dict[str, Any]]:

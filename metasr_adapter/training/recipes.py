@@ -170,6 +170,14 @@ SCHEMA: dict[str, Any] = {
                               "(MAML++ LSLR), starting at inner_lr; saved in the weights, used by adapt (SPEC: false)"),
         "inner_lr_meta_lr": Key(1e-3, _NUM, "Adam learning rate of the learned inner rates (kept as log α); unused "
                                 "unless learn_inner_lr", minimum=0, exclusive=True),
+        "inner_lr_start": Key("recipe", (str,), "where the learned inner rates start: 'recipe' (meta.inner_lr) or "
+                              "'weights' (the learned rates saved with model.weights, to continue an LSLR run); "
+                              "unused unless learn_inner_lr", choices=("recipe", "weights")),
+        "meta_lr_schedule": Key("constant", (str,), "β over the run: 'constant' (SPEC §4) or 'cosine' from meta_lr to "
+                                "meta_lr_min over meta.iterations (the learned rates' Adam rate follows the same "
+                                "factor)", choices=("constant", "cosine")),
+        "meta_lr_min": Key(1e-6, _NUM, "β at the last iteration of the cosine schedule; unused with 'constant'",
+                           minimum=0),
     },
     "eval": {
         "gt_dir": Key(None, (str,), "HR ground-truth folder (null = skip evaluation and the plot)",
@@ -351,6 +359,14 @@ def _check_combinations(r: Mapping[str, Any]) -> None:
     if d["tasks"] == "mzsr" and d["kernel"] == "photo":
         raise ValueError("data.kernel='photo' needs data.tasks='mlsr' (the son is the task's LR degraded again by "
                          "the task's own photo degradation); set data.tasks=mlsr")
+    m = r["meta"]
+    if m["inner_lr_start"] == "weights" and not (m["learn_inner_lr"] and r["model"]["weights"]):
+        raise ValueError("meta.inner_lr_start='weights' starts the learned inner rates at those saved with "
+                         f"model.weights; it needs meta.learn_inner_lr=true (got {m['learn_inner_lr']}) and "
+                         f"model.weights set (got {r['model']['weights']!r}), or set meta.inner_lr_start=recipe")
+    if m["meta_lr_schedule"] == "cosine" and m["meta_lr_min"] > m["meta_lr"]:
+        raise ValueError(f"meta.meta_lr_min={m['meta_lr_min']} exceeds meta.meta_lr={m['meta_lr']}: the cosine "
+                         "schedule decays from meta_lr to meta_lr_min; lower meta_lr_min")
     if d["tasks"] == "mlsr" and len(d["scales"]) != 1:
         raise ValueError(f"data.tasks='mlsr' uses one scale; data.scales={d['scales']}. Give one, e.g. [2.0]")
 
@@ -429,6 +445,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
             _apply_override(over, parts, value, SCHEMA)
         over_checked = _validate_partial(over, SCHEMA, "")
         _deep_update(recipe, over_checked)
+        _check_combinations(recipe)  # the overrides may combine badly with the file
     return recipe
 
 

@@ -706,6 +706,8 @@ class _Run:
             start, elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
             if "learner" in ckpt:
                 learner.load_state_dict(ckpt["learner"])
+        elif m["learn_inner_lr"] and m["inner_lr_start"] == "weights":
+            learner.set_inner_lrs(_saved_inner_lrs(r["model"]["weights"]))
         total = m["iterations"]
         if start < total:
             pool = self._pool(self._train_dir(None), d["patch_size"], d["stride"], d["augment"], None)
@@ -729,9 +731,15 @@ class _Run:
                 sampler.load_state_dict(ckpt["sampler"])
             always_first = bool(m["first_order"])
 
+            # the recipe's rates, not the groups' (a resumed optimiser state holds the last, scaled ones)
+            base_rates = [m["meta_lr"]] + ([m["inner_lr_meta_lr"]] if learner.log_inner_lr is not None else [])
+
             def step_fn(batch: Any, step: int) -> dict[str, Any]:
                 # SPEC §4: first order before `second_order_from`, second order from then on
                 learner.config.first_order = always_first or step < m["second_order_from"]
+                factor = meta_lr_factor(m, step, total)  # a function of the step: exact on resume
+                for group, base in zip(learner.optimizer.param_groups, base_rates):
+                    group["lr"] = base * factor
                 info = learner.meta_step(batch.to(self.device), step)
                 return {k: (float(v) if isinstance(v, (int, float)) else [None if x is None else float(x) for x in v])
                         for k, v in info.items() if isinstance(v, (int, float, list, tuple))}  # None: not computed
@@ -996,6 +1004,28 @@ def _get(tree: Mapping[str, Any], dotted: str) -> Any:
 
 def _kernel_label(kernel: str) -> str:
     return Path(kernel).name if ("/" in kernel or os.sep in kernel) else kernel
+
+
+def meta_lr_factor(meta: Mapping[str, Any], step: int, total: int) -> float:
+    """β at ``step`` of ``total`` over ``meta.meta_lr`` (``meta.meta_lr_schedule``); the learned inner rates'
+    Adam rate is scaled by the same factor."""
+    if meta["meta_lr_schedule"] == "constant":
+        return 1.0
+    from ..meta.pretrain import cosine_lr
+
+    return cosine_lr(step, meta["meta_lr"], max(1, total), meta["meta_lr_min"]) / meta["meta_lr"]
+
+
+def _saved_inner_lrs(spec: str) -> dict[str, list[float]]:
+    """The learned inner rates saved with ``model.weights`` (``meta.inner_lr_start: weights``)."""
+    from ..io.weights import read_metadata
+
+    schedule = read_metadata(_weights_file(spec)).get("schedule")
+    if not (isinstance(schedule, Mapping) and isinstance(schedule.get("per_parameter"), Mapping)):
+        raise ValueError(f"meta.inner_lr_start='weights' but model.weights={spec!r} carries no learned inner rates "
+                         f"(its schedule is {schedule!r}); use weights from an LSLR run (meta.learn_inner_lr) "
+                         "or set meta.inner_lr_start=recipe")
+    return {str(n): [float(a) for a in v] for n, v in schedule["per_parameter"].items()}
 
 
 def _weights_file(spec: str) -> str:
