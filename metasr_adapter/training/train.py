@@ -19,7 +19,6 @@ function of ``(seed, step)`` and the checkpoint holds the model, optimiser and R
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
@@ -35,6 +34,7 @@ from torch import nn
 
 from .. import distributed as ddp
 from ..atomic import atomic_write_text, load_checked, save_checked
+from .divergence import divergence_message, finite_step, finite_weights, psnr_drop, rate_hint
 from .recipes import dump_recipe, load_recipe, recipe_diff, recipe_hash, validate_recipe
 
 __all__ = [
@@ -262,85 +262,6 @@ def _maybe_kill(stage: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fmt_rate(value: Any, factor: float = 1.0) -> str:
-    """A learning rate (or a list of them, e.g. per-step inner rates) as YAML for ``--set``."""
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(f"{float(v) * factor:g}" for v in value) + "]"
-    return f"{float(value) * factor:g}"
-
-
-def _rate_hint(recipe: Mapping[str, Any], stage: str, first: str | None = None) -> str:
-    """The recipe keys that set ``stage``'s step sizes with their values, ``first`` (the most likely
-    culprit) leading, and the ``--set`` that lowers it tenfold."""
-    if stage == "pretrain":
-        keys = {"pretrain.lr": recipe["pretrain"]["lr"]}
-    else:
-        m = recipe["meta"]
-        keys = {"meta.meta_lr": m["meta_lr"], "meta.inner_lr": m["inner_lr"]}
-        if m.get("learn_inner_lr"):
-            keys["meta.inner_lr_meta_lr"] = m.get("inner_lr_meta_lr")
-    first = first if first in keys else next(iter(keys))
-    others = [f"{k} = {_fmt_rate(v)}" for k, v in keys.items() if k != first and v is not None]
-    text = f"most likely {first} = {_fmt_rate(keys[first])} is too large"
-    if others:
-        text += f" (also check {', '.join(others)})"
-    return f"{text}; lower it, e.g. --set {first}={_fmt_rate(keys[first], 0.1)}"
-
-
-def _finite_step(info: Mapping[str, Any]) -> bool:
-    """Whether a step's logged losses are finite (None: a loss that was not computed)."""
-    values: list[Any] = []
-    for key in ("loss", "meta_loss", "support_loss", "query_losses"):
-        v = info.get(key)
-        values.extend(v if isinstance(v, (list, tuple)) else [v])
-    return all(v is None or math.isfinite(float(v)) for v in values)
-
-
-def _finite_weights(model: nn.Module) -> bool:
-    with torch.no_grad():
-        flags = [torch.isfinite(p).all() for p in model.parameters()]
-        return bool(torch.stack(flags).all()) if flags else True
-
-
-def _divergence_message(recipe: Mapping[str, Any], stage: str, step: int, info: Mapping[str, Any],
-                        cause: str | None = None) -> str:
-    """Why ``stage`` stopped at ``step`` (1-based, as in the metrics log) with non-finite numbers, naming
-    the recipe key that most likely caused it and the ``--set`` that fixes it."""
-    shown = ", ".join(f"{k} {float(info[k]):.4g}" for k in ("loss", "support_loss", "meta_loss")
-                      if isinstance(info.get(k), (int, float)))
-    what = shown or cause or "non-finite weights"
-    if stage == "pretrain":
-        return f"pretraining diverged at step {step} ({what}): {_rate_hint(recipe, 'pretrain')}"
-    support = info.get("support_loss")
-    finite_support = isinstance(support, (int, float)) and math.isfinite(support)
-    if not info:  # the step itself raised
-        how, first = cause or "a non-finite value", "meta.inner_lr"
-    elif finite_support and (support <= 1.0 or step == 1):
-        # the weights still fit the support images (an image loss of working weights is well below 1):
-        # the inner adaptation steps blew up
-        how, first = "the inner adaptation steps diverged", "meta.inner_lr"
-    elif step == 1 and not finite_support:
-        w = recipe["model"]["weights"]
-        return (f"meta-training stopped at meta-iteration 1 ({what}): the starting weights give a non-finite loss "
-                f"before any meta-update; check model.weights = {w}" if w is not None else
-                f"meta-training stopped at meta-iteration 1 ({what}): the starting weights give a non-finite loss "
-                f"before any meta-update; check the pretraining ({_rate_hint(recipe, 'pretrain')})")
-    elif support is not None:
-        # the weights were broken before this iteration's inner steps: the meta-updates did it
-        how, first = "the earlier meta-updates broke the weights", "meta.meta_lr"
-    else:
-        how, first = "the meta-update made the weights non-finite", "meta.meta_lr"
-    return f"meta-training diverged at meta-iteration {step} ({what}; {how}): {_rate_hint(recipe, 'meta', first)}"
-
-
-def _psnr_drop(current: Mapping[str, Any], reference: Mapping[str, Any]) -> tuple[float, float] | None:
-    """``(best current, best reference)`` mean PSNR over the adaptation step counts both measured."""
-    common = [k for k in current if str(k).isdigit() and k in reference]
-    if not common:
-        return None
-    return max(float(current[k]) for k in common), max(float(reference[k]) for k in common)
-
-
 # ----------------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------------
@@ -544,13 +465,13 @@ class _Run:
         try:
             info = step_fn(batch, step)
         except FloatingPointError as exc:
-            why = _divergence_message(self.recipe, stage, step + 1, {}, "a non-finite loss")
+            why = divergence_message(self.recipe, stage, step + 1, {}, "a non-finite loss")
             raise FloatingPointError(why) from exc
-        if not _finite_step(info):
-            raise FloatingPointError(_divergence_message(self.recipe, stage, step + 1, info))
+        if not finite_step(info):
+            raise FloatingPointError(divergence_message(self.recipe, stage, step + 1, info))
         assert self.model is not None
-        if not _finite_weights(self.model):
-            raise FloatingPointError(_divergence_message(
+        if not finite_weights(self.model):
+            raise FloatingPointError(divergence_message(
                 self.recipe, stage, step + 1, {}, "finite losses, but the update made the weights non-finite"))
         return info
 
@@ -565,10 +486,10 @@ class _Run:
 
     def _collapse_message(self, what: str, current: Mapping[str, Any], ref_name: str,
                           reference: Mapping[str, Any], stages: Sequence[str]) -> str | None:
-        drop = _psnr_drop(current, reference)
+        drop = psnr_drop(current, reference)
         if drop is None or drop[0] >= drop[1] - COLLAPSE_DB:
             return None
-        hints = "; ".join(_rate_hint(self.recipe, st, "meta.meta_lr") for st in stages)
+        hints = "; ".join(rate_hint(self.recipe, st, "meta.meta_lr") for st in stages)
         return (f"{what} collapsed: mean PSNR {drop[0]:.2f} dB, {drop[1] - drop[0]:.1f} dB below {ref_name} "
                 f"({drop[1]:.2f} dB); {hints}")
 
@@ -613,7 +534,7 @@ class _Run:
         bicubic = final.get("bicubic")
         steps = [float(v) for k, v in final.items() if str(k).isdigit()]
         if bicubic is not None and steps and max(steps) < float(bicubic) - COLLAPSE_BICUBIC_DB:
-            hints = "; ".join(_rate_hint(r, st, "meta.meta_lr") for st in stages)
+            hints = "; ".join(rate_hint(r, st, "meta.meta_lr") for st in stages)
             return (f"{what} collapsed: mean PSNR {max(steps):.2f} dB, {float(bicubic) - max(steps):.1f} dB below "
                     f"bicubic interpolation ({float(bicubic):.2f} dB); {hints}")
         return None
