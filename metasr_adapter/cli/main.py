@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Any, Sequence
 
+from .checks import DEFAULT_EVAL_STEPS, check_options, is_estimate, is_photo, many_inputs
+
 __all__ = ["main", "build_parser"]
 
 
@@ -56,9 +58,6 @@ def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
-
-#: the step counts ``metasr eval`` scores by default
-DEFAULT_EVAL_STEPS = (0, 1, 10)
 
 #: the command line's memory budget (the library's MetaSR has none unless asked): SR in 512² tiles, and
 #: adaptation on 512x512-pixel crops of larger LR images; a 4000x3000 photo then peaks at ~3.5 GB
@@ -230,11 +229,11 @@ def _choose_weights(args: argparse.Namespace) -> tuple[str, dict, Any]:
     weights = args.weights
     if weights is None:
         try:  # blind mode (--kernel estimate) models direct subsampling
-            ds = "direct" if _is_estimate(args.kernel) else (
+            ds = "direct" if is_estimate(args.kernel) else (
                 getattr(args, "kernel_spec", None) or resolve_kernel(args.kernel, args.ds_method)).ds_method
         except (ValueError, FileNotFoundError):
             ds = args.ds_method  # the kernel's own error comes later, with its context
-        info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds, blind=_is_estimate(args.kernel))
+        info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds, blind=is_estimate(args.kernel))
         known = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds) if info is None else None
         if known is not None:  # blind mode, and only weights for a known kernel at this scale
             raise ValueError(f"no bundled weights estimate kernels at --scale {known.scale:g}: {known.name} is for a "
@@ -324,16 +323,6 @@ def _default_precision(command: str, device) -> str:
     return auto_precision(device) if command in ("adapt", "demo") else "fp32"
 
 
-def _many_inputs(spec: str) -> bool:
-    from pathlib import Path
-
-    return Path(spec).is_dir() or (not Path(spec).exists() and any(c in spec for c in "*?["))
-
-
-def _is_photo(kernel) -> bool:
-    return isinstance(kernel, str) and kernel.strip().lower() == "photo"
-
-
 def _photo_setup(args: argparse.Namespace):
     """The photo path's MetaSR (``--weights`` or the bundled photo weights), its grid and step count."""
     from ..io.pretrained import BUNDLED_WEIGHTS
@@ -392,9 +381,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     if args.kernel is None:
         args.kernel = "photo"
-    if _many_inputs(args.lr_image):
+    if many_inputs(args.lr_image):
         return _cmd_adapt_folder(args)
-    if _is_photo(args.kernel):
+    if is_photo(args.kernel):
         msr, grid, steps = _photo_setup(args)
         sr, info = _run_photo(msr, args.lr_image, grid, steps, args.weights_used, show=not args.quiet,
                               specialists=args.photo_specialists, seed=args.seed)
@@ -406,8 +395,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     msr = _load_metasr(args)
     args.steps = _steps_or_the_weights(args)
     lr_img = read_image(args.lr_image)
-    kernel = getattr(args, "kernel_spec", None) or args.kernel  # parsed once, in _check_options
-    if _is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
+    kernel = getattr(args, "kernel_spec", None) or args.kernel  # parsed once, in check_options (cli/checks.py)
+    if is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
         from ..estimate.api import estimate_for_metasr
 
         kernel, est = estimate_for_metasr(msr, lr_img, args.ds_method, seed=args.seed, progress=not args.quiet)
@@ -430,10 +419,6 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_estimate(kernel) -> bool:
-    return isinstance(kernel, str) and kernel.strip().lower() == "estimate"
-
-
 def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
     from ..estimate.api import estimate_kernel
     from ..ops.imageio import read_image
@@ -446,7 +431,7 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
             options["max_evals"] = args.evals
     else:
         model = None
-        options["device"] = _setup(args)  # --precision: refused by _check_options unless fp32
+        options["device"] = _setup(args)  # --precision: refused by check_options unless fp32
         if args.iters is not None:
             options["iters"] = args.iters
     est = estimate_kernel(lr_img, args.scale or 2, args.estimator, model=model, progress=not args.quiet,
@@ -477,7 +462,7 @@ def _cmd_adapt_folder(args: argparse.Namespace) -> int:
     from ..adapt.batch import adapt_folder, expand_inputs
 
     files = expand_inputs(args.lr_image)  # a pattern matching nothing fails before the model loads
-    if _is_photo(args.kernel):
+    if is_photo(args.kernel):
         msr, grid, steps = _photo_setup(args)
 
         def run_one(path):
@@ -559,7 +544,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from ..io.pretrained import BUNDLED_WEIGHTS
 
-    if args.kernel is None or _is_photo(args.kernel):  # the default: a web JPEG through the photo path
+    if args.kernel is None or is_photo(args.kernel):  # the default: a web JPEG through the photo path
         if not 1 <= args.quality <= 100:
             raise ValueError(f"--quality {args.quality}: a JPEG quality is 1..100 (75 is libjpeg's default)")
         msr, _, steps = _photo_setup(args)
@@ -600,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # keep freed activations for the next adaptation step instead of page-faulting them in again
         # (metasr_adapter/allocator.py: 0.92x the step time, 0.78x the 512x512 SR forward on an AVX-512 EPYC)
         retain_from_environment()
-        _check_options(args)
+        check_options(args)
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         # the user's mistake: one clear line, exit 2 (METASR_DEBUG=1 shows the traceback); bugs keep theirs
@@ -619,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _interrupted_message(args: argparse.Namespace) -> str:
     """What a Ctrl-C left behind, and how to go on (outputs are written atomically: never half a file)."""
-    if args.command == "adapt" and _many_inputs(args.lr_image):
+    if args.command == "adapt" and many_inputs(args.lr_image):
         return (f"interrupted; the images finished so far are in {args.output}: run the same command again to "
                 "resume (they are skipped)")
     if args.command in ("adapt", "zssr", "demo", "estimate-kernel"):
@@ -627,241 +612,6 @@ def _interrupted_message(args: argparse.Namespace) -> str:
     if args.command == "train":
         return "interrupted; --resume continues from the last checkpoint"
     return "interrupted"
-
-
-def _check_output(path: str | None, flag: str, image: bool) -> None:
-    """Refuse an output path that cannot be written, before any work is done."""
-    import os
-    from pathlib import Path
-
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {p / ('out.png' if image else 'out.json')}")
-    if image:
-        from ..ops.imageio import IMAGE_EXTENSIONS
-
-        if p.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise ValueError(f"{flag} {path}: cannot write a {p.suffix or 'suffix-less'!r} image; end the name with one "
-                             f"of {', '.join(IMAGE_EXTENSIONS)}")
-    _check_writable(p.resolve().parent, flag, path)
-
-
-def _check_writable(folder, flag: str, given) -> None:
-    """Refuse ``folder`` (to be created where missing) unless its nearest existing ancestor is a folder this
-    process may write into (os.access: root passes on any permissions, as its writes would)."""
-    import os
-    from pathlib import Path
-
-    existing = Path(folder).resolve()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag} {given}: cannot write into {existing}; choose a writable location")
-
-
-def _check_not_input(src, out, flag: str = "-o/--output") -> None:
-    """Refuse an output that is the input file itself (the same path, spelt otherwise, or a link to it)."""
-    import os
-    from pathlib import Path
-
-    if src is None or out is None or not (os.path.isfile(src) and os.path.exists(out)):
-        return
-    if os.path.samefile(src, out):
-        o = Path(out)
-        raise ValueError(f"{flag} {out} is the input image {src} itself: the result would overwrite it; give another "
-                         f"output name, e.g. -o {o.with_name(o.stem + '_sr' + (o.suffix or '.png'))}")
-
-
-#: the most adaptation steps a command accepts: meta-trained weights adapt in 1 to 10, and a million-step run
-#: (days on a CPU) is a typo, not a plan
-MAX_ADAPT_STEPS = 100_000
-
-
-def _check_eval_folders(args: argparse.Namespace) -> None:
-    """``metasr eval``: --gt-dir / --lr-dir are folders, and no GT image is smaller than the scale (cropped to
-    multiples of the scale, nothing of it would be left to score)."""
-    from pathlib import Path
-
-    for flag, folder in (("--gt-dir", args.gt_dir), ("--lr-dir", args.lr_dir)):
-        if folder is not None and Path(folder).is_file():
-            raise NotADirectoryError(f"{flag} {folder} is a file; give the folder that holds the images")
-        if folder is not None and not Path(folder).exists():
-            raise FileNotFoundError(f"{flag} {folder}: folder not found; give the folder that holds the images")
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - matplotlib brings Pillow; the crop itself still refuses
-        return
-    from ..ops.imageio import list_images
-
-    s = max(1, int(round(args.scale if args.scale is not None else 2)))
-    for path in list_images(args.gt_dir)[: args.limit]:
-        try:
-            with Image.open(path) as im:  # the header only
-                w, h = im.size
-        except Exception:  # not for Pillow: reading it later says what is wrong
-            continue
-        if w < s or h < s:
-            raise ValueError(f"--gt-dir: {path} is {w}x{h} pixels, smaller than the x{s} scale: nothing of it is "
-                             "left to score; remove it from the folder (GT images are usually hundreds of pixels)")
-
-
-#: ``metasr eval --method zssr``: MetaSR's options, which ZSSR has no use for, and why (flag, dest, "unset" test)
-_METASR_ONLY_REASONS = {
-    "model": "ZSSR trains its own network from scratch on each image, so no weights or architecture are loaded",
-    "adapt": "ZSSR's training is set by --zssr-preset and --zssr-iters, not by MetaSR's adaptation options",
-    "result": "ZSSR's back-projection and self-ensemble come from --zssr-preset",
-}
-_METASR_ONLY = (("--weights", "weights", None, "model"), ("--arch", "arch", None, "model"),
-                ("--arch-kwargs", "arch_kwargs", None, "model"), ("--param-key", "param_key", "auto", "model"),
-                ("--schedule", "schedule", None, "adapt"), ("--lr", "lr", None, "adapt"),
-                ("--loss", "loss", None, "adapt"), ("--steps", "steps", None, "adapt"),
-                ("--tile", "tile", None, "adapt"), ("--max-pixels", "max_pixels", None, "adapt"),
-                ("--back-projection", "back_projection", None, "result"),
-                ("--self-ensemble", "self_ensemble", False, "result"))
-#: ``metasr eval --method metasr``: the options of ZSSR
-_ZSSR_ONLY = (("--zssr-preset", "zssr_preset", None), ("--zssr-iters", "zssr_iters", None),
-              ("--kernel-shift", "kernel_shift", False))
-
-
-def _given(args: argparse.Namespace, table) -> list:
-    """The rows of ``table`` (flag, dest, default, ...) whose option was given (differs from its default)."""
-    return [row for row in table if getattr(args, row[1], row[2]) != row[2]]
-
-
-def _flags(rows) -> tuple[str, str]:
-    """``('--a, --b', 'do')``: the flags of ``rows`` and the verb that agrees with them."""
-    return ", ".join(r[0] for r in rows), "does" if len(rows) == 1 else "do"
-
-
-def _check_method_options(args: argparse.Namespace) -> None:
-    """``metasr eval``: refuse the options the chosen --method does not use, rather than ignore them."""
-    if args.method == "zssr":
-        rows = _given(args, _METASR_ONLY)
-        if rows:
-            flags, verb = _flags(rows)
-            reasons = "; ".join(dict.fromkeys(_METASR_ONLY_REASONS[r[3]] for r in rows))
-            raise ValueError(f"{flags} {verb} not apply to --method zssr: {reasons}. Leave "
-                             f"{'it' if len(rows) == 1 else 'them'} out, or use --method metasr")
-    else:
-        rows = _given(args, _ZSSR_ONLY)
-        if rows:
-            flags, verb = _flags(rows)
-            raise ValueError(f"{flags} {verb} not apply to --method {args.method} (they set ZSSR's training); add "
-                             f"--method zssr, or leave {'it' if len(rows) == 1 else 'them'} out")
-
-
-def _check_estimator_options(args: argparse.Namespace) -> None:
-    """``metasr estimate-kernel``: refuse the options the chosen --estimator does not use."""
-    if args.estimator == "kernelgan":
-        rows = _given(args, (("--weights", "weights", None), ("--arch", "arch", None),
-                             ("--arch-kwargs", "arch_kwargs", None), ("--param-key", "param_key", "auto"),
-                             ("--evals", "evals", None)))
-        if rows:
-            flags, verb = _flags(rows)
-            raise ValueError(f"{flags} {verb} not apply to --estimator kernelgan: it trains its own small GAN on the "
-                             "image (no network is loaded; --evals counts the gaussian search's candidates). Leave "
-                             f"{'it' if len(rows) == 1 else 'them'} out, or use --estimator gaussian")
-        if args.precision not in (None, "fp32"):
-            raise ValueError(f"--precision {args.precision} with --estimator kernelgan: KernelGAN trains in fp32 (its "
-                             "kernel priors and the tiny kernel taps need it); leave --precision out, or use "
-                             "--estimator gaussian")
-    elif args.iters is not None:
-        raise ValueError(f"--kernelgan-iters {args.iters} does not apply to --estimator {args.estimator}: it counts KernelGAN's "
-                         "iterations; the gaussian search's budget is --evals")
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    """Options checked before any work: outputs writable, counts in range."""
-    from pathlib import Path
-
-    if args.command == "eval" and getattr(args, "kernel", "") is None:
-        args.kernel = "gd2.0"
-    if args.command == "eval":
-        _check_method_options(args)
-        if args.steps is None:
-            args.steps = list(DEFAULT_EVAL_STEPS)
-    if args.command == "estimate-kernel":
-        _check_estimator_options(args)
-    if _is_photo(getattr(args, "kernel", None)) and args.command not in ("adapt", "demo"):
-        raise ValueError(f"--kernel photo works with `metasr adapt` (and demo); for `metasr {args.command}` give a "
-                         "kernel (gd2.0, bicubic, K.mat...)")
-
-    for name in ("back_projection", "steps", "limit", "tile", "max_pixels"):
-        value = getattr(args, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} {value}: must be >= 0")
-    steps = getattr(args, "steps", None) if args.command in ("adapt", "demo", "eval") else None
-    if steps is not None and max(steps if isinstance(steps, list) else [steps]) > MAX_ADAPT_STEPS:
-        shown = ",".join(map(str, steps)) if isinstance(steps, list) else steps
-        raise ValueError(f"--steps {shown}: at most {MAX_ADAPT_STEPS} adaptation steps (meta-trained weights adapt in "
-                         "1 to 10); give a smaller count")
-    if args.command in ("adapt", "demo", "eval") and args.scale is not None:
-        import math
-
-        if not (args.scale > 1 and math.isfinite(args.scale)):  # before the weights: not "no bundled weights"
-            raise ValueError(f"--scale {args.scale:g}: the SR factor must be > 1 (e.g. --scale 2), or leave --scale "
-                             "out to use the weights' own")
-    if getattr(args, "threads", None) is not None and args.threads < 1:
-        raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
-    if args.command in ("adapt", "demo") and (args.kernel is None or _is_photo(args.kernel)):
-        for flag, value in (("--back-projection", args.back_projection), ("--self-ensemble", args.self_ensemble)):
-            if value:
-                raise ValueError(f"{flag} is not part of the photo path (the default of metasr adapt); give a "
-                                 "kernel (--kernel bicubic, --kernel estimate...) to use it")
-    if args.command == "adapt" and _many_inputs(args.lr_image):
-        if Path(args.output).is_file():
-            raise ValueError(f"-o {args.output} is a file; with several input images -o names the output folder")
-        _check_writable(args.output, "-o/--output", args.output)
-        from ..adapt.batch import expand_inputs, plan_outputs
-
-        plan_outputs(expand_inputs(args.lr_image), args.output, flag="-o")  # one output per input, not the inputs'
-    elif args.command in ("adapt", "zssr", "demo"):
-        _check_output(getattr(args, "output", None), "-o/--output", image=True)
-        if args.command in ("adapt", "zssr"):
-            _check_not_input(args.lr_image, args.output)
-    if args.command == "estimate-kernel":
-        _check_output(args.output, "-o/--output", image=False)
-        if Path(args.output).suffix.lower() not in (".mat", ".npy"):
-            raise ValueError(f"-o {args.output}: a kernel is written as .mat (key 'kernel') or .npy; end the name "
-                             "with one of those")
-        if args.plot:
-            _check_output(args.plot, "--plot", image=True)
-        for flag, dest in (("--evals", "evals"), ("--kernelgan-iters", "iters")):
-            if getattr(args, dest) is not None and getattr(args, dest) < 1:
-                raise ValueError(f"{flag} {getattr(args, dest)}: must be >= 1")
-        if args.scale is not None:
-            from ..estimate.checks import check_scale
-
-            check_scale(args.scale)
-    elif _is_estimate(getattr(args, "kernel", None)):
-        if args.command not in ("adapt", "zssr") or getattr(args, "method", "metasr") != "metasr":
-            raise ValueError(f"--kernel estimate works with `metasr adapt` and `metasr zssr`; for `metasr "
-                             f"{args.command}`, estimate first (metasr estimate-kernel LR.png -o K.mat) and pass "
-                             "--kernel K.mat")
-        if args.command == "zssr":
-            from ..estimate.checks import check_scale
-
-            check_scale(args.scale)
-        if getattr(args, "ds_method", None) not in (None, "direct"):
-            raise ValueError(f"--kernel estimate with --ds-method {args.ds_method}: the estimators model blur + direct "
-                             "subsampling; leave --ds-method out")
-    elif args.command in ("adapt", "eval", "demo") and getattr(args, "kernel", None) is not None \
-            and not _is_photo(args.kernel) \
-            and getattr(args, "method", "metasr") == "metasr":  # ZSSR accepts estimated kernels as they are
-        from ..ops.kernels import resolve_kernel
-
-        # parsed once, here: a bad kernel file fails before the model loads, and the commands use this spec
-        args.kernel_spec = resolve_kernel(args.kernel, args.ds_method)
-    if args.command == "zssr" and args.estimator is not None and not _is_estimate(args.kernel):
-        raise ValueError(f"--estimator {args.estimator} is used only with --kernel estimate (given --kernel "
-                         f"{args.kernel or 'bicubic'}); add --kernel estimate or leave --estimator out")
-    if getattr(args, "json", None):
-        _check_output(args.json, "--json", image=False)
-    if args.command == "eval":  # after the kernel checks: a wrong kernel option is named before the folders
-        _check_eval_folders(args)
 
 
 if __name__ == "__main__":
