@@ -939,14 +939,16 @@ def meta_lr_factor(meta: Mapping[str, Any], step: int, total: int) -> float:
 
 def _saved_inner_lrs(spec: str) -> dict[str, list[float]]:
     """The learned inner rates saved with ``model.weights`` (``meta.inner_lr_start: weights``)."""
+    from ..adapt.schedules import PerParameterSchedule, get_schedule
     from ..io.weights import read_metadata
 
     schedule = read_metadata(_weights_file(spec)).get("schedule")
-    if not (isinstance(schedule, Mapping) and isinstance(schedule.get("per_parameter"), Mapping)):
+    learned = get_schedule(schedule) if isinstance(schedule, Mapping) else None  # validates the table
+    if not isinstance(learned, PerParameterSchedule):
         raise ValueError(f"meta.inner_lr_start='weights' but model.weights={spec!r} carries no learned inner rates "
                          f"(its schedule is {schedule!r}); use weights from an LSLR run (meta.learn_inner_lr) "
                          "or set meta.inner_lr_start=recipe")
-    return {str(n): [float(a) for a in v] for n, v in schedule["per_parameter"].items()}
+    return learned.to_dict()["per_parameter"]
 
 
 def _weights_file(spec: str) -> str:
