@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from metasr_adapter.meta.learner import MAMLConfig, MetaLearner
     from metasr_adapter.training.recipes import load_recipe
     from metasr_adapter.meta.tasks import MLSRTaskSampler, PatchPool, TaskSampler
-    from metasr_adapter.training.train import _weights_file, build_model  # recipe -> network, weights file
+    from metasr_adapter.training.network import build_model, weights_file  # recipe -> network, weights file
 
     recipe = load_recipe(args.recipe, args.set)
     m, d = recipe["meta"], recipe["data"]
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     def learner(precision: str) -> MetaLearner:
         model = build_model(recipe)
         if recipe["model"]["weights"] is not None:
-            load_weights(model, _weights_file(recipe["model"]["weights"]))
+            load_weights(model, weights_file(recipe["model"]["weights"]))
         cfg = MAMLConfig(inner_steps=m["inner_steps"], inner_lr=m["inner_lr"], first_order=m["first_order"],
                          meta_lr=m["meta_lr"], loss_weighting=m["loss_weighting"], adapt_params=m["adapt_params"],
                          precision=precision, log_query_losses=m["log_query_losses"],

@@ -186,7 +186,7 @@ def _check_mlsr_run(out: Path, arch: str, photo: np.ndarray) -> None:
     from metasr_adapter import MetaSR
     from metasr_adapter.io.pretrained import load_model
     from metasr_adapter.io.weights import read_metadata, read_weights
-    from metasr_adapter.training.train import MetricsLog
+    from metasr_adapter.training.run_state import MetricsLog
 
     recs = [r for r in MetricsLog(out / "metrics.jsonl").read() if r["stage"] == "meta"]
     assert [r["step"] for r in recs] == [1, 2, 3]

@@ -20,7 +20,8 @@ import torch
 from metasr_adapter.atomic import load_checked, save_checked
 from metasr_adapter.meta.pretrain import PairSampler, Pretrainer, staircase_lr
 from metasr_adapter.meta.tasks import PatchPool
-from metasr_adapter.training.train import KILL_ENV, MetricsLog, TrainingInterrupted, run_training
+from metasr_adapter.training.run_state import KILL_ENV, MetricsLog, TrainingInterrupted
+from metasr_adapter.training.train import run_training
 
 pytestmark = [pytest.mark.filterwarnings("ignore:eval.gt_dir is not set"), pytest.mark.usefixtures("one_torch_thread")]
 

@@ -43,7 +43,7 @@ from metasr_adapter.atomic import load_checked  # noqa: E402
 from metasr_adapter.io.pretrained import WEIGHTS_DIR  # noqa: E402
 from metasr_adapter.io.weights import read_metadata, read_weights, save_weights, tensor_fingerprint  # noqa: E402
 from metasr_adapter.ops.degradation_spec import PhotoDegradations  # noqa: E402
-from metasr_adapter.training.train import trained_ds_method, trained_on_photos  # noqa: E402
+from metasr_adapter.training.network import trained_ds_method, trained_on_photos  # noqa: E402
 from metasr_adapter.training.cpu_time import mean_threads, read_metrics  # noqa: E402
 
 KERNEL_ORDER = ("gd0.2", "gd2.0", "gdani", "gb1.3")

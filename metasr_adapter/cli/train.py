@@ -15,7 +15,8 @@ import torch
 
 from .. import distributed as ddp
 from ..training.recipes import dump_recipe, load_recipe
-from ..training.train import COLLAPSE_EXIT, TrainingInterrupted, export_run_weights, run_training
+from ..training.run_state import TrainingInterrupted
+from ..training.train import COLLAPSE_EXIT, export_run_weights, run_training
 
 __all__ = ["add_train_arguments", "run_train_cli"]
 

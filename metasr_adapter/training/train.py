@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import sys
 import time
 import warnings
@@ -35,19 +34,21 @@ from torch import nn
 from .. import distributed as ddp
 from ..atomic import atomic_write_text, load_checked, save_checked
 from .divergence import divergence_message, finite_step, finite_weights, psnr_drop, rate_hint
+from .network import build_model, model_kwargs, saved_inner_lrs, trained_ds_method, trained_on_photos, weights_file
 from .recipes import dump_recipe, load_recipe, recipe_diff, recipe_hash, validate_recipe
+from .run_state import (STAGES, MetricsLog, StopRequest, TrainingInterrupted, close_iterator, cpu_state, maybe_kill,
+                        rng_state, set_rng_state)
 
 __all__ = [
-    "STAGES",
     "CHECKPOINT_NAME",
     "METRICS_NAME",
     "PLOT_NAME",
+    "COLLAPSE_EXIT",
     "run_training",
-    "build_model",
-    "MetricsLog",
+    "export_run_weights",
+    "environment_info",
 ]
 
-STAGES = ("pretrain", "meta", "eval", "done")
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "psnr_vs_steps.png"
@@ -56,9 +57,6 @@ FINAL_WEIGHTS = "meta_trained.pth"
 EVAL_NAME = "eval.json"
 RUN_INFO_NAME = "run_info.json"
 _CHECKPOINT_FORMAT = 1
-#: testing hook: "STAGE:STEP" makes the process SIGKILL itself right after completing that step
-#: (after that step's checkpoint, if any); "STAGE:STEP:raise" raises instead
-KILL_ENV = "METASR_TRAIN_KILL_AFTER"
 #: a probe (or the final evaluation) this many dB below the run's reference — its first probe, or the
 #: starting weights' evaluation — is reported as a collapse; best PSNR over the step counts both measured
 COLLAPSE_DB = 3.0
@@ -91,177 +89,6 @@ def environment_info() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
-def model_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor arguments of the recipe's network (saved with its weights as ``arch_kwargs``)."""
-    from ..adapters import scale_kwargs
-
-    m = recipe["model"]
-    kwargs: dict[str, Any] = {"width": m["width"], "depth": m["depth"]} if m["name"].lower() == "mzsr" else {}
-    kwargs.update(scale_kwargs(m["name"], m["scale"]))  # networks built for one SR factor (RCAN, IDN)
-    kwargs.update(m.get("arch_kwargs") or {})
-    return kwargs
-
-
-def trained_on_photos(recipe: Mapping[str, Any]) -> bool:
-    """Whether the recipe's last training stage learns from the photo degradation family (data.photo)."""
-    d, p, m = recipe["data"], recipe["pretrain"], recipe["meta"]
-    if m["iterations"] > 0:
-        return d["kernel"] == "photo"
-    return p["iterations"] > 0 and p["degradation"] == "photo"
-
-
-def trained_ds_method(recipe: Mapping[str, Any]) -> str:
-    """How the LR images the recipe's last training stage learns from were subsampled: ``'bicubic'`` for
-    bicubic tasks or pairs (MATLAB imresize), else ``data.ds_method`` (after the random blur). Recorded as the
-    weights' ``ds_method``, which picks bundled weights for a kernel (e.g. ``--arch idn --kernel bicubic``)."""
-    d, p, m = recipe["data"], recipe["pretrain"], recipe["meta"]
-    if trained_on_photos(recipe):
-        return "centred"  # the photo family mixes grids; photos are resized with centred filters
-    if m["iterations"] > 0:
-        return "bicubic" if d["kernel"] == "bicubic" else d["ds_method"]
-    if p["iterations"] > 0 and p["degradation"] == "bicubic":
-        return "bicubic"
-    return d["ds_method"]
-
-
-def build_model(recipe: Mapping[str, Any]) -> nn.Module:
-    """The recipe's network with its initialisation drawn from ``seed`` (weights not loaded)."""
-    from ..adapters import get_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe["seed"])
-        return get_model(recipe["model"]["name"], **model_kwargs(recipe))
-
-
-def _rng_state() -> dict[str, Any]:
-    """torch / numpy / python RNG states in a form ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _cpu_state(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu_state(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_state(v) for v in obj)
-    return obj
-
-
-class MetricsLog:
-    """Append-only JSONL log; :meth:`truncate` drops lines past a checkpoint (no duplicates on resume)."""
-
-    def __init__(self, path: str | os.PathLike, enabled: bool = True) -> None:
-        self.path = Path(path)
-        self.enabled = enabled  # False on the ranks > 0 of a distributed run: rank 0 alone writes
-
-    def write(self, record: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=False) + "\n")
-            fh.flush()
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
-
-    def truncate(self, stage: str, step: int) -> int:
-        """Keep only records at or before (``stage``, ``step``); returns how many were dropped."""
-        if not self.enabled:
-            return 0
-        limit = (STAGES.index(stage), step)
-        records = self.read()
-        keep = [r for r in records
-                if r.get("stage") in STAGES and (STAGES.index(r["stage"]), int(r.get("step", 0))) <= limit]
-        dropped = len(records) - len(keep)
-        if self.path.is_file():
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
-        return dropped
-
-
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (a second Ctrl-C stops at once)."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __enter__(self) -> "_StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Raised after a checkpoint was saved because of Ctrl-C or SIGTERM."""
-
-    def __init__(self, stage: str, step: int, checkpoint: Path, signal_name: str) -> None:
-        super().__init__(f"{signal_name}: stopped during {stage} after step {step}; checkpoint {checkpoint}")
-        self.stage, self.step, self.checkpoint = stage, step, checkpoint
-
-
-def _close(it: Any) -> None:
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()  # shuts DataLoader workers down now, not at garbage collection
-
-
-def _maybe_kill(stage: str, step: int) -> None:
-    """Testing hook (``KILL_ENV``): ``STAGE:STEP`` SIGKILLs this process after that step;
-    ``STAGE:STEP:raise`` raises a RuntimeError instead (a crash without any saving)."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    parts = spec.split(":")
-    if parts[:2] == [stage, str(step)]:
-        if parts[2:] == ["raise"]:
-            raise RuntimeError(f"simulated crash after {stage} step {step} ({KILL_ENV}={spec})")
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ----------------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------------
@@ -279,7 +106,7 @@ class _Run:
         self.hash = recipe_hash(recipe)
         self.device = _device(recipe["device"])
         self.progress = bool(recipe["output"]["progress"]) and self.main
-        self.stop = _StopRequest()
+        self.stop = StopRequest()
         self.model: nn.Module | None = None
         self.stage_seconds: dict[str, float] = {}
         self.pool_cache: dict[tuple, Any] = {}
@@ -298,8 +125,8 @@ class _Run:
             "format": _CHECKPOINT_FORMAT,
             "stage": stage,
             "step": int(step),
-            "model": _cpu_state(self.model.state_dict()),
-            "rng": _rng_state(),
+            "model": cpu_state(self.model.state_dict()),
+            "rng": rng_state(),
             "recipe": self.recipe,
             "recipe_hash": self.hash,
             "elapsed": float(elapsed),
@@ -308,9 +135,9 @@ class _Run:
             "world_size": ddp.world_size(),
         }
         if extra:
-            ckpt.update(_cpu_state(dict(extra)))
+            ckpt.update(cpu_state(dict(extra)))
         if stage in ("eval", "done") and self.meta_state is not None:
-            ckpt["meta_state"] = _cpu_state(self.meta_state)
+            ckpt["meta_state"] = cpu_state(self.meta_state)
         return save_checked(ckpt, self.ckpt_path)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
@@ -438,13 +265,13 @@ class _Run:
                 if done % every == 0 or done == total:
                     self.save(stage, done, extra_state(), time.perf_counter() - t0)
                     last_saved = done
-                _maybe_kill(stage, done)
+                maybe_kill(stage, done)
                 if ddp.any_rank(self.stop.requested is not None):  # every rank stops after the same step
                     self.stop.requested = self.stop.requested or "a stop request on another rank"
                     break
         except BaseException as exc:
             bar.close()
-            _close(batches)
+            close_iterator(batches)
             # a stop request between steps (e.g. Ctrl-C also reached the DataLoader workers): save, stop
             if self.stop.requested and not in_step:
                 if done != last_saved:
@@ -452,7 +279,7 @@ class _Run:
                 raise TrainingInterrupted(stage, done, self.ckpt_path, self.stop.requested) from exc
             raise
         bar.close()
-        _close(batches)
+        close_iterator(batches)
         if self.stop.requested:
             if done != last_saved:
                 self.save(stage, done, extra_state(), time.perf_counter() - t0)
@@ -549,7 +376,7 @@ class _Run:
         fine_tune = r["model"]["weights"] is not None and p["degradation"] == "photo" and p["iterations"] > 0
         if r["model"]["weights"] is not None and (ckpt is None or ckpt["stage"] != "pretrain"):
             # a resumed fine-tuning run gets its weights from the checkpoint instead
-            load_weights(self.model, _weights_file(r["model"]["weights"]))
+            load_weights(self.model, weights_file(r["model"]["weights"]))
             self._parent_fingerprint = tensor_fingerprint(self.model)
         elif ckpt is not None and ckpt["stage"] == "pretrain":
             self._parent_fingerprint = ckpt.get("parent_fingerprint")
@@ -628,7 +455,7 @@ class _Run:
             if "learner" in ckpt:
                 learner.load_state_dict(ckpt["learner"])
         elif m["learn_inner_lr"] and m["inner_lr_start"] == "weights":
-            learner.set_inner_lrs(_saved_inner_lrs(r["model"]["weights"]))
+            learner.set_inner_lrs(saved_inner_lrs(r["model"]["weights"]))
         total = m["iterations"]
         if start < total:
             pool = self._pool(self._train_dir(None), d["patch_size"], d["stride"], d["augment"], None)
@@ -821,7 +648,7 @@ class _Run:
         self.model = build_model(self.recipe)
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
-            _set_rng_state(ckpt["rng"])
+            set_rng_state(ckpt["rng"])
             self.stage_seconds.update(ckpt.get("stage_seconds", {}))
             self.meta_state = ckpt.get("meta_state")  # an 'eval' or 'done' checkpoint carries it forward
             self.log.truncate(ckpt["stage"], int(ckpt["step"]))
@@ -865,7 +692,7 @@ class _Run:
         if pretraining and r["pretrain"]["train_dir"] is not None:
             need.append(("pretrain.train_dir", r["pretrain"]["train_dir"], "dir"))
         if stage == "pretrain" and r["model"]["weights"] is not None:
-            need.append(("model.weights", _weights_file(r["model"]["weights"]), "any"))
+            need.append(("model.weights", weights_file(r["model"]["weights"]), "any"))
         e = r["eval"]
         if e["gt_dir"] is not None and stage != "done":
             need.append(("eval.gt_dir", e["gt_dir"], "dir"))
@@ -935,31 +762,6 @@ def meta_lr_factor(meta: Mapping[str, Any], step: int, total: int) -> float:
     from ..meta.pretrain import cosine_lr
 
     return cosine_lr(step, meta["meta_lr"], max(1, total), meta["meta_lr_min"]) / meta["meta_lr"]
-
-
-def _saved_inner_lrs(spec: str) -> dict[str, list[float]]:
-    """The learned inner rates saved with ``model.weights`` (``meta.inner_lr_start: weights``)."""
-    from ..adapt.schedules import PerParameterSchedule, get_schedule
-    from ..io.weights import read_metadata
-
-    schedule = read_metadata(_weights_file(spec)).get("schedule")
-    learned = get_schedule(schedule) if isinstance(schedule, Mapping) else None  # validates the table
-    if not isinstance(learned, PerParameterSchedule):
-        raise ValueError(f"meta.inner_lr_start='weights' but model.weights={spec!r} carries no learned inner rates "
-                         f"(its schedule is {schedule!r}); use weights from an LSLR run (meta.learn_inner_lr) "
-                         "or set meta.inner_lr_start=recipe")
-    return learned.to_dict()["per_parameter"]
-
-
-def _weights_file(spec: str) -> str:
-    """``model.weights`` as a file: a bundled weights name (checked against its sha256) or the path itself."""
-    from ..io.pretrained import BUNDLED_WEIGHTS
-
-    if spec in BUNDLED_WEIGHTS:
-        info = BUNDLED_WEIGHTS[spec]
-        info.verify()
-        return str(info.path)
-    return spec
 
 
 def export_run_weights(run_dir: str | os.PathLike, path: str | os.PathLike) -> dict[str, Any]:
