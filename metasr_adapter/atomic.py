@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["atomic_write", "atomic_save", "atomic_write_text", "atomic_write_bytes", "save_checked", "load_checked",
-           "DamagedFileError"]
+__all__ = ["atomic_write", "atomic_save", "atomic_write_text", "atomic_write_bytes", "atomic_savefig", "save_checked",
+           "load_checked", "DamagedFileError"]
 
 #: first bytes of a checksummed file: magic, then the sha256 of the payload (a torch.save stream)
 _CHECKED_MAGIC = b"METASR-SHA256\n"
@@ -63,6 +63,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike, dpi: float | None = None) -> Path:
+    """Write a matplotlib figure atomically, in the format its suffix names (PNG without one)."""
+    out = Path(path)
+    kwargs = {} if dpi is None else {"dpi": dpi}
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", **kwargs))
 
 
 class DamagedFileError(ValueError):

@@ -78,3 +78,39 @@ def test_a_run_that_continues_another_starts_at_its_parents_cpu_hours(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_training.py"), f"x={c}@soon",
                           "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "@soon is not a number" in bad.stderr
+
+
+def test_a_kernel_figure_that_fails_to_render_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    """Figures are written atomically: a failure while drawing keeps the old file and leaves no temp file."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from metasr_adapter.estimate.plot import plot_kernel
+
+    out = tmp_path / "kernel.png"
+    plot_kernel(np.eye(5) / 5, out, title="first")
+    before = out.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def broken_savefig(self, fname, **kwargs):
+        with open(fname, "wb") as fh:
+            fh.write(b"\x89PNG half a file")
+        raise RuntimeError("renderer failed")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(RuntimeError, match="renderer failed"):
+        plot_kernel(np.ones((5, 5)) / 25, out, title="second")
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["kernel.png"]
+
+
+def test_a_figure_is_written_in_the_format_its_suffix_names(tmp_path):
+    from matplotlib.figure import Figure
+
+    from metasr_adapter.atomic import atomic_savefig
+
+    fig = Figure(figsize=(1, 1))
+    fig.subplots().plot([0, 1], [1, 0])
+    assert atomic_savefig(fig, tmp_path / "a.svg").read_text().lstrip().startswith("<?xml")
+    assert atomic_savefig(fig, tmp_path / "b").read_bytes().startswith(b"\x89PNG")
+    assert atomic_savefig(fig, tmp_path / "sub" / "c.pdf", dpi=50).read_bytes().startswith(b"%PDF")

@@ -29,7 +29,7 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], output: str | Path, crop:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..atomic import atomic_write
+    from ..atomic import atomic_savefig
 
     rows = 2 if crop else 1
     fig, axes = plt.subplots(rows, len(panels), figsize=(3.2 * len(panels), 3.4 * rows), squeeze=False)
@@ -43,8 +43,7 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], output: str | Path, crop:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    out = Path(output)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=110))
+    out = atomic_savefig(fig, output, dpi=110)
     plt.close(fig)
     return out
 
@@ -138,7 +137,7 @@ def crops_figure(full: np.ndarray, panels: list[tuple[str, np.ndarray]], output:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from ..atomic import atomic_write
+    from ..atomic import atomic_savefig
 
     boxes = _textured_boxes(full, size)
     colours = ["red", "cyan", "yellow"]
@@ -162,8 +161,7 @@ def crops_figure(full: np.ndarray, panels: list[tuple[str, np.ndarray]], output:
             a.set_xticks([])
             a.set_yticks([])
     fig.tight_layout()
-    out = Path(output)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=100))
+    out = atomic_savefig(fig, output, dpi=100)
     plt.close(fig)
     return out
 

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..atomic import atomic_savefig
+
 __all__ = ["plot_kernel", "plot_kernel_pairs"]
 
 
@@ -27,10 +29,7 @@ def plot_kernel(kernel: np.ndarray, path: str | os.PathLike, title: str = "") ->
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    return p
+    return atomic_savefig(fig, path, dpi=120)
 
 
 def plot_kernel_pairs(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], path: str | os.PathLike) -> Path:
@@ -52,7 +51,4 @@ def plot_kernel_pairs(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
     fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    return p
+    return atomic_savefig(fig, path, dpi=110)

@@ -66,17 +66,16 @@ def psnr_vs_steps(
 
 
 def _save(fig, ax, path: str | os.PathLike, title: str | None, *, legend_loc: str, legend_size: int) -> Path:
-    """Grid, legend and title on ``ax``, then the figure written atomically as a PNG; returns its path."""
-    from ..atomic import atomic_write
+    """Grid, legend and title on ``ax``, then the figure written atomically (PNG unless the suffix names another
+    format); returns its path."""
+    from ..atomic import atomic_savefig
 
     ax.grid(True, alpha=0.3)
     ax.legend(loc=legend_loc, fontsize=legend_size)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    out = Path(path)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
-    return out
+    return atomic_savefig(fig, path)
 
 
 def read_probes(metrics_jsonl: str | os.PathLike, start_hours: float = 0.0) -> list[dict]:
