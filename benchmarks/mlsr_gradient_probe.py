@@ -50,7 +50,8 @@ def _psnr(mse: float) -> float:
 
 def probe_task(model, params: dict, names: list[str], sx, sy, qx, qy, alpha: float, steps: int) -> dict:
     """Per-task measurements (see the module docstring) for one task's support and query pairs."""
-    from metasr_adapter.meta.learner import functional_loss, inner_adapt
+    from metasr_adapter.adapt.step import functional_loss
+    from metasr_adapter.meta.inner import inner_adapt
 
     mse = torch.nn.functional.mse_loss
     with torch.enable_grad():

@@ -5,7 +5,7 @@ with exit code 2; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["UserInputError", "UserTypeError", "UnknownNameError", "USER_ERRORS"]
+__all__ = ["UserInputError", "UserTypeError", "UnknownNameError", "USER_ERRORS", "check_choice"]
 
 
 class UserInputError(ValueError):
@@ -27,3 +27,9 @@ class UnknownNameError(KeyError, UserInputError):
 #: unreadable or of the wrong kind. (FloatingPointError: a diverging adaptation or training step.)
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
                                                 PermissionError, FloatingPointError)
+
+
+def check_choice(name: str, value: object, options: tuple[str, ...] | list[str]) -> None:
+    """Raise :class:`UserInputError` naming ``name``, its ``value`` and the options when ``value`` is not one of them."""
+    if value not in options:
+        raise UserInputError(f"{name}={value!r}: choose one of {', '.join(repr(o) for o in options)}")

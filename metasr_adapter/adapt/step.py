@@ -1,7 +1,7 @@
 """The adaptation step, written once: ``θ ← θ − α·∇θ L(θ)`` on the adapted parameters.
 
 Test-time adaptation (:class:`~metasr_adapter.adapt.metasr.Adaptation`), meta-training's inner loop
-(:func:`~metasr_adapter.meta.learner.inner_adapt`) and the kernel search's scorer
+(:func:`~metasr_adapter.meta.inner.inner_adapt`) and the kernel search's scorer
 (:mod:`metasr_adapter.estimate.gaussian_search`) all step with it. In the spirit of learn2learn's
 ``clone()`` / ``adapt(loss)``, but functional: weights are a ``{name: tensor}`` dict that the network runs on
 (``torch.func.functional_call``), and a step returns a new dict.

@@ -13,9 +13,11 @@ MAML, MZSR's default). With ``first_order=True`` the inner gradients are constan
 (TF ``stop_gradient``, SPEC §4 ``stop_grad=True``), so the meta-gradient is the sum of the
 weighted query-loss gradients taken at the adapted weights (first-order MAML).
 
-Two interchangeable backends compute the same numbers: ``'functional'`` (built in, on
+Two interchangeable backends (:mod:`.backends`) compute the same numbers: ``'functional'`` (built in, on
 :func:`torch.func.functional_call`; tasks one after another, or all at once with
-:func:`torch.func.vmap`) and ``'learn2learn'`` (``l2l.algorithms.MAML``, optional dependency).
+:func:`torch.func.vmap`) and ``'learn2learn'`` (``l2l.algorithms.MAML``, optional dependency). The pieces
+beside this class: the inner loop :func:`~.inner.inner_adapt`, the query-loss weights (:mod:`.query_weights`)
+and TF1's Adam arithmetic (:class:`~.tf_adam.TFAdam`).
 
 Speed on CPU (benchmarks/bench_meta.py): >90 % of a meta-iteration is oneDNN convolutions (forward,
 backward, and the double backward of second order), so the fastest exact path is the plain one:
@@ -25,20 +27,22 @@ in the environment (before Python starts): spinning OpenMP threads otherwise cos
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value, vmap
 
-from ..adapt.step import autograd_ready, functional_loss, grad_mode, select_parameters, sgd_step, sgd_update
-from ..adapters.contract import frozen_prefix
+from ..adapt.step import select_parameters
+from ..errors import check_choice
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
-from ..precision import PRECISIONS, autocast
+from ..precision import PRECISIONS
+from .backends import LEARN2LEARN_HINT, make_backend
+from .inner import inner_adapt, per_step_lrs
+from .query_weights import ANNEAL_SPAN, LOSS_WEIGHTINGS, combine_query_losses, mzsr_loss_weights, query_loss_weights
+from .tf_adam import TFAdam
 
 __all__ = [
     "TaskBatch",
@@ -60,18 +64,9 @@ __all__ = [
     "LEARN2LEARN_HINT",
 ]
 
-LOSS_WEIGHTINGS = ("mzsr", "maml++", "last")
 BACKENDS = ("functional", "learn2learn")
 ADAM_VARIANTS = ("torch", "tf")
 TASK_BATCHING = ("loop", "vmap")
-#: MAML++ multi-step-loss annealing span of the official get_loss_weights (SPEC §4: decay = (1/N)/(10000/3))
-ANNEAL_SPAN = 10000.0 / 3.0
-
-LEARN2LEARN_HINT = (
-    "pip install learn2learn==0.2.0 (source-only: it needs Cython 3, `--no-build-isolation`, and "
-    "torchvision/gym/scipy/requests/tqdm at import time), or use backend='functional', which gives "
-    "the same results without an extra dependency"
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,11 +224,11 @@ class MAMLConfig:
             raise TypeError(f"log_query_losses={self.log_query_losses!r}: needs True or False")
         if not (isinstance(self.meta_lr, (int, float)) and self.meta_lr > 0):
             raise ValueError(f"meta_lr={self.meta_lr!r}: needs a number > 0")
-        _choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
-        _choice("backend", self.backend, BACKENDS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("task_batching", self.task_batching, TASK_BATCHING)
-        _choice("adam_variant", self.adam_variant, ADAM_VARIANTS)
+        check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("task_batching", self.task_batching, TASK_BATCHING)
+        check_choice("adam_variant", self.adam_variant, ADAM_VARIANTS)
         if self.task_batching == "vmap" and self.backend != "functional":
             raise ValueError(f"task_batching='vmap' needs backend='functional' (got backend={self.backend!r}); "
                              "use task_batching='loop' with learn2learn")
@@ -263,336 +258,12 @@ class MAMLConfig:
 
     def inner_lrs(self) -> list[float]:
         """α for each inner step (length ``inner_steps``)."""
-        return _per_step_lrs(self.inner_lr, self.inner_steps)
-
-
-def _choice(name: str, value: Any, options: Sequence[str]) -> None:
-    if value not in options:
-        raise ValueError(f"{name}={value!r}: choose one of {', '.join(repr(o) for o in options)}")
-
-
-def _per_step_lrs(lr: float | Sequence[float], steps: int) -> list[float]:
-    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
-        return [float(lr)] * steps
-    if isinstance(lr, (list, tuple)) and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in lr):
-        if len(lr) != steps:
-            raise ValueError(f"inner_lr has {len(lr)} values for {steps} inner steps; give one α per step or a single number")
-        return [float(a) for a in lr]
-    raise TypeError(f"inner_lr={lr!r}: needs a number or a list of numbers (one per inner step)")
-
-
-class TFAdam(torch.optim.Optimizer):
-    """Adam with TF1 ``AdamOptimizer`` arithmetic (SPEC §4):
-    ``m ← β1·m + (1-β1)·g``, ``v ← β2·v + (1-β2)·g²``,
-    ``θ ← θ - lr·sqrt(1-β2^t)/(1-β1^t) · m/(sqrt(v) + ε)``."""
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        if not lr > 0 or not eps >= 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"TFAdam(lr={lr}, betas={betas}, eps={eps}): need lr > 0, eps >= 0, 0 <= beta < 1")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = torch.zeros((), dtype=torch.float64)
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["step"] += 1
-                t = float(st["step"])
-                m, v = st["exp_avg"], st["exp_avg_sq"]
-                m.mul_(b1).add_(p.grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                lr_t = group["lr"] * (1 - b2**t) ** 0.5 / (1 - b1**t)
-                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-lr_t)
-        return loss
-
-
-# --------------------------------------------------------------------------------------------
-# Query-loss weights (SPEC §4 get_loss_weights)
-# --------------------------------------------------------------------------------------------
-
-
-def mzsr_loss_weights(step: int | float, n_steps: int = 5, anneal: bool = False, *, span: float = ANNEAL_SPAN,
-                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
-    """The official ``get_loss_weights`` (SPEC §4) as a ``[n_steps]`` tensor.
-
-    ``base = 1/N``, ``decay = base/span``, ``min_v = 0.03/N``; the first ``N-1`` weights are
-    ``max(base - s·decay, min_v)``, the last ``min(base + s·(N-1)·decay, 1 - (N-1)·min_v)``.
-    ``anneal=False`` freezes ``s = 0`` as the official code does (its global step never
-    advances): uniform ``1/N`` = 0.2 for N = 5. ``anneal=True`` uses ``s = step``.
-    """
-    if n_steps < 1:
-        raise ValueError(f"n_steps={n_steps}: needs >= 1")
-    if anneal and step < 0:
-        raise ValueError(f"step={step}: the meta-step is >= 0")
-    s = float(step) if anneal else 0.0
-    base = 1.0 / n_steps
-    decay = base / span
-    min_v = 0.03 / n_steps
-    w = [max(base - s * decay, min_v)] * (n_steps - 1)
-    w.append(min(base + s * (n_steps - 1) * decay, 1.0 - (n_steps - 1) * min_v))
-    return torch.tensor(w, dtype=dtype, device=device)
-
-
-def query_loss_weights(mode: str, step: int, n_steps: int, *, span: float = ANNEAL_SPAN) -> tuple[Tensor, str]:
-    """``(weights [n_steps], reduction)`` of a ``loss_weighting`` mode; reduction 'mean' or 'sum'."""
-    _choice("loss_weighting", mode, LOSS_WEIGHTINGS)
-    if mode in ("mzsr", "maml++"):  # float64 here; cast to the losses' dtype when combined
-        return mzsr_loss_weights(step, n_steps, anneal=mode == "maml++", span=span, dtype=torch.float64), "mean"
-    w = torch.zeros(n_steps, dtype=torch.float64)
-    w[-1] = 1.0
-    return w, "sum"
-
-
-def combine_query_losses(query_losses: Tensor, weights: Tensor, reduction: str) -> Tensor:
-    """``reduce(query_losses · weights)`` over the last dimension (the inner steps).
-
-    Steps with weight 0 are left out of the sum (so no gradient work is spent on them).
-    """
-    if query_losses.shape[-1] != weights.shape[-1]:
-        raise ValueError(f"{query_losses.shape[-1]} query losses but {weights.shape[-1]} weights")
-    w = weights.to(query_losses)
-    keep = [j for j in range(w.shape[-1]) if float(w[j]) != 0.0]
-    total = (query_losses[..., keep] * w[keep]).sum(-1)
-    return total / w.shape[-1] if reduction == "mean" else total
-
-
-# --------------------------------------------------------------------------------------------
-# Functional pieces
-# --------------------------------------------------------------------------------------------
-
-
-def inner_adapt(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, steps: int,
-                lr: float | Sequence[float], *, create_graph: bool, loss_fn: LossFn = l1_loss,
-                adapt: Sequence[str] | None = None, precision: str = "fp32", return_losses: bool = False,
-                param_lrs: Mapping[str, Tensor] | None = None,
-                forward: Callable[[Any, Mapping[str, Tensor]], Tensor] | None = None,
-                ) -> list[dict[str, Tensor]] | tuple[list[dict[str, Tensor]], list[Tensor]]:
-    """``steps`` SGD steps ``θ_{j+1} = θ_j - α_j ∇_θ loss_fn(model(x; θ_j), y)`` on the names in ``adapt``.
-
-    ``params``: name → tensor (e.g. ``dict(model.named_parameters())``); names left out of the dict
-    are taken from the module. ``lr``: one α or one per step. ``create_graph=True`` keeps the inner
-    gradients differentiable (second order); ``False`` treats them as constants (first order) while the
-    returned weights still depend on ``params``. ``param_lrs``: name → tensor ``[steps]`` of per-tensor rates
-    that replace ``lr`` for those names (learned rates: the result is differentiable in them). Returns the
-    parameter dicts after steps 1..``steps`` (and, with ``return_losses``, the support losses at
-    θ_0..θ_{steps-1}). ``forward(x, weights)``: what runs the network on ``x`` (default: the model itself); with a
-    :class:`~metasr_adapter.adapters.contract.FrozenPrefix`'s suffix, ``x`` is its prefix's state, computed once.
-    """
-    lrs = _per_step_lrs(lr, steps)
-    param_lrs = param_lrs or {}
-    fast = dict(params)
-    names = [n for n, p in fast.items() if p.is_floating_point()] if adapt is None else list(adapt)
-    missing = [n for n in names if n not in fast]
-    if missing:
-        raise ValueError(f"adapt names {missing} are not in params; params has {sorted(fast)[:8]}...")
-    with grad_mode():  # the steps need gradients, also under torch.no_grad() / torch.inference_mode()
-        x = autograd_ready(x) if isinstance(x, Tensor) else x
-        y = autograd_ready(y)
-        for n in names:  # e.g. detached weights at test time: gradients are still needed for the steps
-            if not fast[n].requires_grad:
-                fast[n] = autograd_ready(fast[n]).detach().requires_grad_(True)
-    trajectory: list[dict[str, Tensor]] = []
-    losses: list[Tensor] = []
-
-    def support_loss(weights: dict[str, Tensor]) -> Tensor:
-        return functional_loss(model, weights, x, y, loss_fn=loss_fn, forward=forward)
-
-    for j, alpha in enumerate(lrs):
-        rate = (lambda n, j=j, alpha=alpha: param_lrs[n][j] if n in param_lrs else alpha) if param_lrs else alpha
-        fast, loss = sgd_step(fast, names, support_loss, rate, create_graph=create_graph, differentiable=True,
-                              precision=precision)
-        trajectory.append(fast)
-        losses.append(loss)
-    return (trajectory, losses) if return_losses else trajectory
-
-
-# --------------------------------------------------------------------------------------------
-# Backends: for a slice of tasks, the support loss at θ [m] and the query losses after each inner
-# step [m, N], differentiable w.r.t. the model's parameters.
-# --------------------------------------------------------------------------------------------
-
-
-class _Backend:
-    """Internal interface of a MAML implementation."""
-
-    #: tasks per backward pass in MetaLearner.meta_step (None = all at once)
-    chunk: int | None = 1
-
-    def __init__(self, model: nn.Module, adapt: list[str], loss_fn: LossFn) -> None:
-        self.model = model
-        self.adapt = adapt
-        self.loss_fn = loss_fn
-
-    def task_losses(self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor, lrs: list[float], *, first_order: bool,
-                    precision: str, need_graph: list[bool], skip: list[bool],
-                    param_lrs: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """Inputs ``[m, TB, C, H, W]``; returns support losses ``[m]`` and query losses ``[m, N]``.
-        ``need_graph[j]``: step j's query loss enters the meta-objective; ``skip[j]``: it is not computed
-        at all (NaN in its column). ``param_lrs``: learned per-tensor rates (loop backend only)."""
-        raise NotImplementedError
-
-
-class _LoopBackend(_Backend):
-    """Built in: tasks one after another, inner steps with :func:`inner_adapt`."""
-
-    chunk = 1
-
-    def __init__(self, model: nn.Module, adapt: list[str], loss_fn: LossFn, *, reuse_prefix: bool = True) -> None:
-        super().__init__(model, adapt, loss_fn)
-        #: ANIL-style inner loops (only the last layers adapt): the frozen layers run once per task and input
-        self.cut = frozen_prefix(model, adapt) if reuse_prefix else None
-
-    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip, param_lrs=None):
-        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        sup, qry = [], []
-        for t in range(xa.shape[0]):
-            support, query, forward = xa[t], xb[t], None
-            if self.cut is not None:  # the same ops as the whole network's, with the prefix's part done once
-                with autocast(precision, support.device.type):
-                    support, query = self.cut.prefix(support, params), self.cut.prefix(query, params)
-                forward = self.cut.suffix
-            traj, sl = inner_adapt(self.model, params, support, ya[t], len(lrs), lrs, create_graph=not first_order,
-                                   loss_fn=self.loss_fn, adapt=self.adapt, precision=precision, return_losses=True,
-                                   param_lrs=param_lrs, forward=forward)
-            q = []
-            for fast, g, k in zip(traj, need_graph, skip):
-                if k:
-                    q.append(_skipped_loss(sl[0]))
-                    continue
-                with contextlib.nullcontext() if g else torch.no_grad():
-                    q.append(functional_loss(self.model, fast, query, yb[t], loss_fn=self.loss_fn,
-                                             precision=precision, forward=forward))
-            sup.append(sl[0])
-            qry.append(torch.stack(q))
-        return torch.stack(sup), torch.stack(qry)
-
-
-class _VmapBackend(_Backend):
-    """Built in: all tasks at once, ``vmap`` over the task dimension with ``torch.func`` inner gradients
-    (convolutions with per-task weights become grouped convolutions)."""
-
-    chunk = None
-
-    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip, param_lrs=None):
-        if param_lrs:
-            raise ValueError("learned inner learning rates need the loop backend")  # MAMLConfig.validate says so first
-        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        adapted = {n: params[n] for n in self.adapt}
-        fixed = {n: p for n, p in params.items() if n not in adapted}
-        model, loss_fn = self.model, self.loss_fn
-
-        def loss_at(ad: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return functional_loss(model, {**fixed, **ad}, x, y, loss_fn=loss_fn, precision=precision)
-
-        step_grad = grad_and_value(loss_at)
-
-        def one_task(ad, xs, ys, xq, yq):
-            fast, qs, s0 = ad, [], None
-            for alpha, skip_j in zip(lrs, skip):
-                g, loss = step_grad(fast, xs, ys)
-                if s0 is None:
-                    s0 = loss
-                if first_order:
-                    g = {k: v.detach() for k, v in g.items()}
-                fast = sgd_update(fast, g, alpha, differentiable=True)
-                if not skip_j:
-                    qs.append(loss_at(fast, xq, yq))
-            return s0, torch.stack(qs)
-
-        sup, computed = vmap(one_task, in_dims=(None, 0, 0, 0, 0))(adapted, xa, ya, xb, yb)
-        columns = iter(computed.unbind(1))
-        qry = torch.stack([_skipped_loss(sup) if k else next(columns) for k in skip], 1)
-        if not all(need_graph):  # zero-weight steps: values for logging only
-            qry = torch.stack([q if g else q.detach() for q, g in zip(qry.unbind(1), need_graph)], 1)
-        return sup, qry
-
-
-def _skipped_loss(like: Tensor) -> Tensor:
-    """The placeholder of a query loss that was not computed (``log_query_losses=False``): NaN, no graph."""
-    return torch.full_like(like.detach(), float("nan"))
+        return per_step_lrs(self.inner_lr, self.inner_steps)
 
 
 def _loss_list(losses: Tensor, skipped: list[bool]) -> list[float | None]:
     """Per-step losses for the info dict: None where the loss was not computed (a real NaN stays NaN)."""
     return [None if k else float(v) for v, k in zip(losses, skipped)]
-
-
-def _import_learn2learn():
-    try:
-        import learn2learn as l2l
-    except ImportError as e:
-        raise ImportError(f"MAMLConfig(backend='learn2learn') needs learn2learn, which cannot be imported here "
-                          f"({e}). {LEARN2LEARN_HINT}") from e
-    return l2l
-
-
-class _L2LBackend(_Backend):
-    """learn2learn's ``l2l.algorithms.MAML``: ``clone()`` per task, ``adapt()`` per inner step
-    (``maml_update`` with per-parameter gradients when only some parameters are adapted)."""
-
-    chunk = 1
-
-    def __init__(self, model: nn.Module, adapt: list[str], loss_fn: LossFn) -> None:
-        super().__init__(model, adapt, loss_fn)
-        self.l2l = _import_learn2learn()
-        self.maml = self.l2l.algorithms.MAML(model, lr=0.0, first_order=False, allow_unused=True, allow_nograd=True)
-        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.adapt_all = set(adapt) == set(trainable)
-
-    def _loss(self, learner: nn.Module, x: Tensor, y: Tensor, precision: str) -> Tensor:
-        with autocast(precision, x.device.type):
-            out = learner(x)
-        return self.loss_fn(out.to(y.dtype), y)
-
-    def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip, param_lrs=None):
-        if param_lrs:
-            raise ValueError("learned inner learning rates need the loop backend")  # MAMLConfig.validate says so first
-        adapt = set(self.adapt)
-        sup, qry = [], []
-        for t in range(xa.shape[0]):
-            learner = self.maml.clone()
-            q, s0 = [], None
-            for alpha, g, k in zip(lrs, need_graph, skip):
-                loss = self._loss(learner, xa[t], ya[t], precision)
-                if s0 is None:
-                    s0 = loss
-                if self.adapt_all:
-                    learner.lr = alpha
-                    learner.adapt(loss, first_order=first_order)
-                else:
-                    named = list(learner.module.named_parameters())
-                    sel = [p for n, p in named if n in adapt]
-                    grads = iter(torch.autograd.grad(loss, sel, create_graph=not first_order,
-                                                     retain_graph=not first_order, allow_unused=True))
-                    full = [next(grads) if n in adapt else None for n, _ in named]
-                    self.l2l.algorithms.maml.maml_update(learner.module, alpha, full)
-                if k:
-                    q.append(_skipped_loss(s0))
-                    continue
-                with contextlib.nullcontext() if g else torch.no_grad():
-                    q.append(self._loss(learner, xb[t], yb[t], precision))
-            sup.append(s0)
-            qry.append(torch.stack(q))
-        return torch.stack(sup), torch.stack(qry)
-
-
-def _make_backend(config: MAMLConfig, model: nn.Module, adapt: list[str], loss_fn: LossFn) -> _Backend:
-    if config.backend == "learn2learn":
-        return _L2LBackend(model, adapt, loss_fn)
-    if config.task_batching == "vmap":
-        return _VmapBackend(model, adapt, loss_fn)
-    return _LoopBackend(model, adapt, loss_fn, reuse_prefix=config.reuse_frozen_prefix)
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,7 +301,7 @@ class MetaLearner:
         adam = TFAdam if self.config.adam_variant == "tf" else torch.optim.Adam
         self.optimizer = adam(groups, lr=self.config.meta_lr, betas=tuple(self.config.adam_betas),
                               eps=self.config.adam_eps)
-        self._backend = _make_backend(self.config, model, self.adapt_names, loss_fn)
+        self._backend = make_backend(self.config, model, self.adapt_names, loss_fn)
         self._backend_key = (self.config.backend, self.config.task_batching, self.config.adam_variant)
         self.iteration = 0
 

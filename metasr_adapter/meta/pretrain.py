@@ -212,7 +212,7 @@ class Pretrainer:
         precision: str = "fp32",
     ) -> None:
         from ..precision import PRECISIONS
-        from .learner import get_loss
+        from ..ops.losses import get_loss
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}; use one of {PRECISIONS}")
