@@ -266,10 +266,13 @@ def test_table2_evaluates_weights_at_the_scale_they_were_trained_for(tmp_path: P
     assert "mzsr_x2_bicubic" not in md  # the header names only the weights its cells used
 
 
-def test_bench_meta_names_the_anil_inner_loops() -> None:
+def test_bench_meta_names_the_anil_inner_loops_and_the_last_step_objective() -> None:
     bm = _module("bench_meta", BENCH / "bench_meta.py")
     assert bm.parse_config("so:bf16:loop:cl@anil")["inner_loop"] == "anil"
     assert bm.parse_config("fo:fp32:loop:nchw@anil-uncut")["inner_loop"] == "anil-uncut"
     assert bm.parse_config("so:fp32:loop:nchw")["inner_loop"] == "all"
-    with pytest.raises(ValueError, match="@anil or @anil-uncut"):
+    last = bm.parse_config("so:bf16:loop:cl@last")
+    assert (last["inner_loop"], last["query_losses"]) == ("all", "last")
+    assert bm.parse_config("so:bf16:loop:cl")["query_losses"] == "every step"
+    with pytest.raises(ValueError, match="@anil, @anil-uncut or @last"):
         bm.parse_config("so:fp32:loop:nchw@head")
