@@ -45,7 +45,7 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 #: takes its gradient in one place, ``adapt/step.py``, for test time, meta-training and the kernel search.
 AUTOGRAD_GRAD_ALLOWED: dict[str, str] = {
     f"{PACKAGE}.adapt.step": "the one adaptation step",
-    f"{PACKAGE}.meta.learner": "the learn2learn backend: learn2learn's own MAML update, the independent reference "
+    f"{PACKAGE}.meta.backends": "the learn2learn backend: learn2learn's own MAML update, the independent reference "
                                "that the functional backend is checked against (tests/test_meta.py)",
 }
 

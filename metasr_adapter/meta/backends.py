@@ -5,7 +5,7 @@ w.r.t. the model's parameters. ``'loop'`` (tasks one after another), ``'vmap'`` 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -16,9 +16,6 @@ from ..adapters.contract import frozen_prefix
 from ..ops.losses import LossFn
 from ..precision import autocast
 from .inner import inner_adapt
-
-if TYPE_CHECKING:
-    from .learner import MAMLConfig
 
 __all__ = ["Backend", "make_backend", "LEARN2LEARN_HINT"]
 
@@ -188,9 +185,11 @@ class _L2LBackend(Backend):
         return torch.stack(sup), torch.stack(qry)
 
 
-def make_backend(config: MAMLConfig, model: nn.Module, adapt: list[str], loss_fn: LossFn) -> Backend:
-    if config.backend == "learn2learn":
+def make_backend(name: str, task_batching: str, model: nn.Module, adapt: list[str], loss_fn: LossFn, *,
+                 reuse_frozen_prefix: bool = False) -> Backend:
+    """The backend that ``MAMLConfig(backend=name, task_batching=...)`` asks for."""
+    if name == "learn2learn":
         return _L2LBackend(model, adapt, loss_fn)
-    if config.task_batching == "vmap":
+    if task_batching == "vmap":
         return _VmapBackend(model, adapt, loss_fn)
-    return _LoopBackend(model, adapt, loss_fn, reuse_prefix=config.reuse_frozen_prefix)
+    return _LoopBackend(model, adapt, loss_fn, reuse_prefix=reuse_frozen_prefix)

@@ -301,7 +301,8 @@ class MetaLearner:
         adam = TFAdam if self.config.adam_variant == "tf" else torch.optim.Adam
         self.optimizer = adam(groups, lr=self.config.meta_lr, betas=tuple(self.config.adam_betas),
                               eps=self.config.adam_eps)
-        self._backend = make_backend(self.config, model, self.adapt_names, loss_fn)
+        self._backend = make_backend(self.config.backend, self.config.task_batching, model, self.adapt_names, loss_fn,
+                                     reuse_frozen_prefix=self.config.reuse_frozen_prefix)
         self._backend_key = (self.config.backend, self.config.task_batching, self.config.adam_variant)
         self.iteration = 0
 
