@@ -160,6 +160,32 @@ def test_pool_disk_cache_round_trip(photo_dir: Path, tmp_path: Path) -> None:
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 and c.num_patches != a.num_patches
 
 
+def test_the_pool_fingerprint_follows_content_not_timestamps(photo_dir: Path, tmp_path: Path) -> None:
+    """A data folder copied again (new mtimes, same bytes) is the same training set: resuming a run on it
+    must not warn that the images changed, and the patch cache must still hit. One changed byte is another set."""
+    import os
+    import shutil
+    import warnings
+
+    from metasr_adapter.meta.tasks import warn_if_pool_changed
+
+    copy = shutil.copytree(photo_dir, tmp_path / "copy")
+    for f in copy.rglob("*.png"):
+        os.utime(f, (1_000_000_000, 1_000_000_000))
+    original = PatchPool(photo_dir)
+    assert PatchPool(copy).fingerprint() == original.fingerprint()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_pool_changed(PatchPool(copy), {"pool": original.fingerprint()})
+    target = copy / "a.png"
+    data = bytearray(target.read_bytes())
+    data[-20] ^= 0xFF
+    target.write_bytes(bytes(data))
+    assert PatchPool(copy).fingerprint() != original.fingerprint()
+    with pytest.warns(UserWarning, match="training images changed"):
+        warn_if_pool_changed(PatchPool(copy), {"pool": original.fingerprint()})
+
+
 def test_pairs_are_aligned_bicubic_downscales(photo_dir: Path) -> None:
     from metasr_adapter.ops.degrade import imresize
     from metasr_adapter.ops.imageio import read_image

@@ -149,17 +149,23 @@ class PatchPool:
         self._hr: np.ndarray | None = None
         self._lr: np.ndarray | None = None
         self._origin: np.ndarray | None = None
+        self._fingerprint: tuple[tuple[tuple[int, int], ...], str] | None = None
 
     # -- identity --------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """Hash of the file list (names, sizes, mtimes) and the extraction settings."""
-        h = hashlib.sha256()
-        settings = [_POOL_VERSION, self.patch_size, self.stride, self.grad_threshold, self.lr_scale]
-        h.update(json.dumps(settings).encode())
-        for f in self.files:
-            st = f.stat()
-            h.update(f"{f.relative_to(self.root).as_posix()}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
-        return h.hexdigest()[:20]
+        """Hash of the files (relative names and bytes) and the extraction settings. Timestamps do not count:
+        the same images copied again are the same training set. The bytes are read again only when a file's
+        size or mtime moved since the last call."""
+        stats = tuple((st.st_size, st.st_mtime_ns) for st in (f.stat() for f in self.files))
+        if self._fingerprint is None or self._fingerprint[0] != stats:
+            h = hashlib.sha256()
+            settings = [_POOL_VERSION, self.patch_size, self.stride, self.grad_threshold, self.lr_scale]
+            h.update(json.dumps(settings).encode())
+            for f in self.files:
+                h.update(f"{f.relative_to(self.root).as_posix()}\0".encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+            self._fingerprint = (stats, h.hexdigest()[:20])
+        return self._fingerprint[1]
 
     # -- building --------------------------------------------------------------------------
     def _extract(self, img: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]:
