@@ -76,7 +76,7 @@ def test_a_damaged_bundled_file_is_refused(tmp_path):
 
 def test_defaults_follow_the_kernel_subsampling():
     # a known g^d kernel: the weights that gain from their 10 steps (issue #19); blind mode: the ones good before
-    assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct_lslr"
+    assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct_lslr_v2"
     assert default_weights("mzsr", scale=2, ds_method="direct", blind=True).name == "mzsr_x2_direct"
     assert default_weights("mzsr", scale=2, ds_method="bicubic").name == "mzsr_x2_bicubic"
     # x4 (issue #19 item 6): our own Directx4 weights for g^d kernels, not for blind mode; no x4 g^b weights yet
@@ -84,7 +84,7 @@ def test_defaults_follow_the_kernel_subsampling():
     assert x4.name == "mzsr_x4_direct" and x4.scale == 4 and x4.blind is False
     assert default_weights("mzsr", scale=4, ds_method="bicubic").name == "mzsr_x4_direct"  # the CLI says so
     assert default_weights("mzsr", scale=4, ds_method="direct", blind=True) is None
-    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr"  # no scale asked: x2
+    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr_v2"  # no scale asked: x2
     x4_msr = load_pretrained(scale=4)
     assert x4_msr.scale == 4 and x4_msr.weights_metadata["adapt_steps"] == 10
     with pytest.raises(ValueError, match="no bundled MZSR weights for x3"):
@@ -102,7 +102,7 @@ def test_without_a_scale_the_defaults_are_x2_whatever_the_registry_order(monkeyp
     reordered = dict(sorted(pretrained.BUNDLED_WEIGHTS.items(), key=lambda kv: -float(kv[1].scale)))
     assert next(iter(reordered.values())).scale == 4
     monkeypatch.setattr(pretrained, "BUNDLED_WEIGHTS", reordered)
-    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr"
+    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr_v2"
     assert default_weights("mzsr").scale == 2
     assert default_weights("mzsr", scale=4, ds_method="direct").name == "mzsr_x4_direct"
 
@@ -118,7 +118,7 @@ def test_blind_mode_leaves_the_kernel_estimate_to_weights_fit_for_it(monkeypatch
     args = argparse.Namespace(weights=None, kernel="estimate", ds_method=None, arch=None, scale=None)
     assert _choose_weights(args)[0] == "mzsr_x2_direct"
     args.kernel = "gd2.0"
-    assert _choose_weights(args)[0] == "mzsr_x2_direct_lslr"
+    assert _choose_weights(args)[0] == "mzsr_x2_direct_lslr_v2"
     assert estimate_api.blind_weights_name(2) == "mzsr_x2_direct"
 
     seen = []
@@ -252,6 +252,19 @@ def test_the_preferred_bundled_weights_are_the_default_of_their_kind(monkeypatch
     assert pretrained.default_weights("mzsr", scale=2, ds_method="bicubic").name == "c_bic"
     reg["b_new"] = pretrained.WeightsInfo(name="b_new", filename="b.safetensors", ds_method="direct", **base)
     assert pretrained.default_weights("mzsr", scale=2, ds_method="direct").name == "a_old"  # by name otherwise
+
+
+def test_at_most_one_bundled_file_is_preferred_per_kind():
+    """Two preferred files of one architecture, scale and subsampling would leave the default to the registry's
+    order: replacing a default must un-prefer the old file."""
+    from collections import Counter
+
+    from metasr_adapter.io import pretrained
+
+    kinds = Counter((w.arch, float(w.scale), w.ds_method) for w in pretrained.BUNDLED_WEIGHTS.values() if w.preferred)
+    assert kinds and all(n == 1 for n in kinds.values()), kinds
+    # the old default for a known g^d kernel stays bundled (its numbers reproduce) but is no longer chosen
+    assert not pretrained.BUNDLED_WEIGHTS["mzsr_x2_direct_lslr"].preferred
 
 
 def test_adapt_takes_the_step_count_the_weights_were_meta_trained_for(tmp_path, photo, capsys):

@@ -34,11 +34,12 @@ def _json_object(text: str) -> dict:
 
 def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--weights", required=weights_required, default=None,
-                   help="weights: a bundled name (mzsr_x2_direct_lslr, mzsr_x2_direct, mzsr_x2_bicubic, mzsr_x4_direct; "
+                   help="weights: a bundled name (mzsr_x2_direct_lslr_v2, mzsr_x2_direct_lslr, mzsr_x2_direct, mzsr_x2_bicubic, "
+                        "mzsr_x4_direct; "
                         "metasr_adapter.list_weights()), "
                         "a TensorFlow checkpoint prefix, "
                         ".pth/.pt or .npz; 'random' for an untrained network"
-                        + ("" if weights_required else " (default: the bundled weights that match the kernel: mzsr_x2_direct_lslr "
+                        + ("" if weights_required else " (default: the bundled weights that match the kernel: mzsr_x2_direct_lslr_v2 "
                                                         "for a known g^d kernel, mzsr_x2_direct for --kernel estimate; "
                                                         "mzsr_x4_direct with --scale 4)"))
     p.add_argument("--arch", default=None,
@@ -105,7 +106,7 @@ def _add_adapt_args(p: argparse.ArgumentParser) -> None:
                    help="self-supervised adaptation loss: l1 (MZSR) or l2 (MLSR) (default: the weights' own, else l1)")
     p.add_argument("--back-projection", type=int, default=None, metavar="N",
                    help="back-projection iterations after SR with the given kernel (SPEC §7; 0 = off; default: the "
-                        "weights' own, 4 for mzsr_x2_direct_lslr, else 0; never applied to an estimated kernel)")
+                        "weights' own, 4 for mzsr_x2_direct_lslr_v2, else 0; never applied to an estimated kernel)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help=f"compute the SR image in N x N tiles (bounded memory; same result for local networks; default "
                         f"{DEFAULT_TILE} for networks that declare their receptive radius; 0 = whole image)")

@@ -195,7 +195,7 @@ def estimate_for_metasr(msr, lr_img: np.ndarray | torch.Tensor, ds_method: str |
                         progress: bool = False) -> tuple[KernelSpec, KernelEstimate]:
     """``MetaSR.adapt(kernel="estimate")``: the gaussian estimate with the wrapper's own network, refused
     (ValueError) when it did not converge. Bundled weights marked unfit for blind mode (``blind: false``,
-    e.g. ``mzsr_x2_direct_lslr``) leave the estimate to the bundled blind-mode network of their scale
+    e.g. ``mzsr_x2_direct_lslr_v2``) leave the estimate to the bundled blind-mode network of their scale
     (:func:`blind_weights_name`, recorded as ``diagnostics["estimated_with"]``) and adapt with their own."""
     if ds_method not in (None, "direct"):
         raise ValueError(f"kernel='estimate' with ds_method={ds_method!r}: the estimators model blur + direct "
