@@ -265,6 +265,24 @@ def test_the_next_x2_candidate_is_the_official_order_with_sharp_kernels_and_lear
     assert cand["model"]["weights"] is None and cand["pretrain"]["degradation"] == "bicubic"
 
 
+def test_the_variants_of_the_v2_recipe_change_only_what_they_test() -> None:
+    """The g^b counterpart of mzsr_x2_direct_lslr_v2 changes the subsampling, the rates' start (SPEC §5's Bicubicx2
+    schedule) and the evaluation kernel; the last-step variant only the meta-objective (and skips the unweighted
+    query passes). Anything else would confound the comparison with v2."""
+    v2 = load_recipe(RECIPES / "mzsr_x2_cpu_official_order_sharp_lslr.yaml")
+    names = {"name", "output.dir"}
+    _assert_spelled_out_and_explained("mzsr_x2_cpu_official_order_sharp_lslr_bicubic.yaml")
+    bic = load_recipe(RECIPES / "mzsr_x2_cpu_official_order_sharp_lslr_bicubic.yaml")
+    assert set(recipe_diff(v2, bic)) - names == {"data.ds_method", "meta.inner_lr"}  # recipe_diff: training only
+    assert {k for k in v2["eval"] if v2["eval"][k] != bic["eval"][k]} == {"lr_dir", "kernel", "ds_method", "schedule"}
+    assert bic["data"]["ds_method"] == bic["eval"]["ds_method"] == "bicubic" and bic["eval"]["kernel"] == "gb1.3"
+    assert bic["meta"]["inner_lr"] == [0.01, 0.01, 0.01, 0.001, 0.001]  # SPEC §5, model 2, steps 0-4
+    _assert_spelled_out_and_explained("mzsr_x2_cpu_official_order_sharp_lslr_last.yaml")
+    last = load_recipe(RECIPES / "mzsr_x2_cpu_official_order_sharp_lslr_last.yaml")
+    assert set(recipe_diff(v2, last)) - names == {"meta.loss_weighting", "meta.log_query_losses"}
+    assert last["meta"]["loss_weighting"] == "last" and last["meta"]["log_query_losses"] is False
+
+
 def test_the_anil_recipe_is_the_lslr_run_with_only_the_last_two_layers_adapting() -> None:
     """Issue #19 item 5: ANIL against full MAML, one change apart (recipe_diff ignores folders and probe spacing)."""
     _assert_spelled_out_and_explained("mzsr_x2_cpu_sharp_lslr_anil.yaml")
