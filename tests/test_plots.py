@@ -48,6 +48,29 @@ def test_strategy_plot_and_table(tmp_path):
     assert bad.returncode == 2 and "LABEL=path/to/metrics.jsonl" in bad.stderr
 
 
+def test_an_outside_legend_leaves_every_curve_visible(tmp_path):
+    """With many runs the legend inside the axes hides curves (3 step counts x 4 runs = 12 entries):
+    legend_loc='outside' puts it below the axes, where it overlaps nothing that is drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from metasr_adapter.training.plots import draw_psnr_vs_cpu_hours
+
+    runs = {f"({c}) a run with a long descriptive label": _metrics(
+        tmp_path / f"{c}.jsonl", [("pretrain", 10, 360.0, 1, {"0": 29.0, "1": 29.1, "10": 29.2}),
+                                  ("meta", 5, 720.0 + 60 * i, 1, {"0": 33.0 + i, "1": 33.5, "10": 34.0})])
+        for i, c in enumerate("abcd")}
+    for loc, overlaps in (("lower right", True), ("outside", False)):
+        fig = draw_psnr_vs_cpu_hours(runs, legend_loc=loc)
+        FigureCanvasAgg(fig).draw()
+        legends = [*fig.legends, *filter(None, [a.get_legend() for a in fig.axes])]
+        assert len(legends) == 1 and len(legends[0].get_texts()) == 12
+        box, axes_box = legends[0].get_window_extent(), fig.axes[0].get_window_extent()
+        assert box.overlaps(axes_box) == overlaps, (loc, box, axes_box)
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)  # not cut off
+    out = psnr_vs_cpu_hours(runs, tmp_path / "outside.png", legend_loc="outside")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_run_without_probes_is_named(tmp_path):
     empty = tmp_path / "e.jsonl"
     empty.write_text(json.dumps({"stage": "meta", "step": 1, "loss": 0.1}) + "\n", encoding="utf-8")

@@ -5,7 +5,9 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["psnr_vs_steps", "read_probes", "psnr_vs_cpu_hours"]
+from ..atomic import atomic_savefig
+
+__all__ = ["psnr_vs_steps", "read_probes", "psnr_vs_cpu_hours", "draw_psnr_vs_cpu_hours"]
 
 
 def baseline_fits(values: Sequence[float], baseline: float) -> bool:
@@ -62,20 +64,22 @@ def psnr_vs_steps(
     if len(ticks) <= 21:
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(k) for k in ticks])
-    return _save(fig, ax, path, title, legend_loc="best", legend_size=9)
+    _decorate(fig, ax, title, legend_loc="best", legend_size=9)
+    return atomic_savefig(fig, path)
 
 
-def _save(fig, ax, path: str | os.PathLike, title: str | None, *, legend_loc: str, legend_size: int) -> Path:
-    """Grid, legend and title on ``ax``, then the figure written atomically (PNG unless the suffix names another
-    format); returns its path."""
-    from ..atomic import atomic_savefig
-
+def _decorate(fig, ax, title: str | None, *, legend_loc: str, legend_size: int) -> None:
+    """Grid, legend and title on ``ax``, and the layout. ``legend_loc='outside'``: the legend goes below the
+    axes (constrained layout makes room for it), where it hides no curve; else a matplotlib ``loc`` inside."""
     ax.grid(True, alpha=0.3)
-    ax.legend(loc=legend_loc, fontsize=legend_size)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return atomic_savefig(fig, path)
+    if legend_loc == "outside":
+        fig.set_layout_engine("constrained")
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=legend_size, frameon=False)
+    else:
+        ax.legend(loc=legend_loc, fontsize=legend_size)
+        fig.tight_layout()
 
 
 def read_probes(metrics_jsonl: str | os.PathLike, start_hours: float = 0.0) -> list[dict]:
@@ -93,9 +97,14 @@ def read_probes(metrics_jsonl: str | os.PathLike, start_hours: float = 0.0) -> l
     return out
 
 
-def psnr_vs_cpu_hours(
+def psnr_vs_cpu_hours(runs: Mapping[str, str | os.PathLike], path: str | os.PathLike, **options) -> Path:
+    """:func:`draw_psnr_vs_cpu_hours` written atomically to ``path`` (PNG unless the suffix names another
+    format); returns its path."""
+    return atomic_savefig(draw_psnr_vs_cpu_hours(runs, **options), path)
+
+
+def draw_psnr_vs_cpu_hours(
     runs: Mapping[str, str | os.PathLike],
-    path: str | os.PathLike,
     *,
     steps: tuple[int, ...] = (0, 1, 10),
     title: str | None = None,
@@ -103,11 +112,12 @@ def psnr_vs_cpu_hours(
     ylim: tuple[float, float] | None = None,
     start_hours: Mapping[str, float] | None = None,
     legend_loc: str = "lower right",
-) -> Path:
-    """PSNR after ``steps`` adaptation steps against CPU-hours of training (``ylim``: zoom on a PSNR range), one colour per run
+):
+    """The matplotlib ``Figure`` of PSNR after ``steps`` adaptation steps against CPU-hours of training (``ylim``: zoom on a PSNR range), one colour per run
     (``runs``: label → ``metrics.jsonl``), one line style per step count; a dotted vertical line marks
     where each run's meta stage begins. ``start_hours``: label → CPU-hours already spent on the run's starting
-    weights (a run that continues another starts where that one ended)."""
+    weights (a run that continues another starts where that one ended). ``legend_loc``: a matplotlib ``loc``
+    inside the axes, or ``'outside'`` (below them; the figure grows to hold it)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -116,7 +126,9 @@ def psnr_vs_cpu_hours(
     if not runs:
         raise ValueError("runs is empty: give {label: path/to/metrics.jsonl}")
     styles = ["-", "--", ":", "-."]
-    fig = Figure(figsize=(7.0, 4.6), dpi=120)
+    entries = len(runs) * len(steps) + (baseline is not None)
+    height = 4.6 + (0.17 * entries + 0.2 if legend_loc == "outside" else 0.0)
+    fig = Figure(figsize=(7.0, height), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     for n, (label, metrics) in enumerate(runs.items()):
         probes = read_probes(metrics, (start_hours or {}).get(label, 0.0))
@@ -138,4 +150,5 @@ def psnr_vs_cpu_hours(
     ax.set_ylabel("mean PSNR (dB)")
     if ylim is not None:
         ax.set_ylim(*ylim)
-    return _save(fig, ax, path, title, legend_loc=legend_loc, legend_size=8)
+    _decorate(fig, ax, title, legend_loc=legend_loc, legend_size=8)
+    return fig
