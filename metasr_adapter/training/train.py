@@ -33,7 +33,8 @@ from torch import nn
 
 from .. import distributed as ddp
 from ..atomic import atomic_write_text, load_checked, save_checked
-from .divergence import divergence_message, finite_step, finite_weights, psnr_drop, rate_hint
+from .collapse import CollapseWatch
+from .divergence import divergence_message, finite_step, finite_weights
 from .network import build_model, model_kwargs, saved_inner_lrs, trained_ds_method, trained_on_photos, weights_file
 from .recipes import dump_recipe, load_recipe, recipe_diff, recipe_hash, validate_recipe
 from .run_state import (STAGES, MetricsLog, StopRequest, TrainingInterrupted, close_iterator, cpu_state, maybe_kill,
@@ -57,11 +58,6 @@ FINAL_WEIGHTS = "meta_trained.pth"
 EVAL_NAME = "eval.json"
 RUN_INFO_NAME = "run_info.json"
 _CHECKPOINT_FORMAT = 1
-#: a probe (or the final evaluation) this many dB below the run's reference — its first probe, or the
-#: starting weights' evaluation — is reported as a collapse; best PSNR over the step counts both measured
-COLLAPSE_DB = 3.0
-#: ... and so is a final evaluation this many dB below bicubic interpolation (a reference every run has)
-COLLAPSE_BICUBIC_DB = 10.0
 #: the exit status of ``metasr train`` whose final weights collapsed (unless --allow-collapse)
 COLLAPSE_EXIT = 3
 
@@ -113,8 +109,7 @@ class _Run:
         # the meta-learner's and sampler's state at the end of the meta stage, kept in the 'eval' and 'done'
         # checkpoints so that a finished run can be extended exactly (--resume with more meta.iterations)
         self.meta_state: dict[str, Any] | None = None
-        self._first_probe: tuple[str, int, dict[str, float]] | None = None  # the collapse checks' reference
-        self.collapse: str | None = None  # the final evaluation's collapse message (None: not collapsed)
+        self.collapse_watch = CollapseWatch(recipe, self.log)
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, stage: str, step: int, extra: Mapping[str, Any] | None = None, elapsed: float = 0.0) -> Path:
@@ -254,7 +249,7 @@ class _Run:
                     p0 = time.perf_counter()
                     secs = p0 - t0
                     probe = self._probe()
-                    flag = self._probe_collapse(stage, done, probe)  # {"collapse": why}, or {}
+                    flag = self.collapse_watch.probe(stage, done, probe)  # {"collapse": why}, or {}
                     self.log.write({"stage": stage, "step": done, "probe": probe, **flag,
                                     "run_seconds": round(before + secs, 3), "threads": threads, "time": time.time()})
                     t0 += time.perf_counter() - p0  # probe time is not training time
@@ -301,70 +296,6 @@ class _Run:
             raise FloatingPointError(divergence_message(
                 self.recipe, stage, step + 1, {}, "finite losses, but the update made the weights non-finite"))
         return info
-
-    def _reference_probe(self) -> tuple[str, int, dict[str, float]] | None:
-        """The run's first probe ``(stage, step, mean PSNR)``: from this session, or from the log on resume."""
-        if self._first_probe is None:
-            for rec in self.log.read():
-                if isinstance(rec.get("probe"), dict) and rec["probe"]:
-                    self._first_probe = (rec["stage"], int(rec["step"]), rec["probe"])
-                    break
-        return self._first_probe
-
-    def _collapse_message(self, what: str, current: Mapping[str, Any], ref_name: str,
-                          reference: Mapping[str, Any], stages: Sequence[str]) -> str | None:
-        drop = psnr_drop(current, reference)
-        if drop is None or drop[0] >= drop[1] - COLLAPSE_DB:
-            return None
-        hints = "; ".join(rate_hint(self.recipe, st, "meta.meta_lr") for st in stages)
-        return (f"{what} collapsed: mean PSNR {drop[0]:.2f} dB, {drop[1] - drop[0]:.1f} dB below {ref_name} "
-                f"({drop[1]:.2f} dB); {hints}")
-
-    def _probe_collapse(self, stage: str, step: int, probe: Mapping[str, float] | None) -> dict[str, str]:
-        """Compare a probe with the run's first one: a warning, and ``{"collapse": message}`` for its log line."""
-        if not probe:
-            return {}
-        ref = self._reference_probe()
-        if ref is None:
-            self._first_probe = (stage, step, dict(probe))
-            return {}
-        msg = self._collapse_message(f"the weights at {stage} step {step}", probe,
-                                     f"the run's first probe ({ref[0]} step {ref[1]})", ref[2], [stage])
-        if msg is None:
-            return {}
-        warnings.warn(msg, UserWarning, stacklevel=2)
-        return {"collapse": msg}
-
-    def _final_collapse(self, results: Mapping[str, Any] | None) -> str | None:
-        """The final evaluation against the starting weights' evaluation, the first probe and bicubic."""
-        if not results or "meta_trained" not in results:
-            return None
-        r = self.recipe
-        stages = [st for st, it in (("pretrain", r["pretrain"]["iterations"]), ("meta", r["meta"]["iterations"]))
-                  if it > 0 and not (st == "pretrain" and r["model"]["weights"] is not None
-                                     and r["pretrain"]["degradation"] != "photo")]
-        if not stages:
-            return None  # nothing was trained: the weights are what the run started from
-        final = results["meta_trained"]["mean_psnr"]
-        what = "the trained weights"
-        if "start" in results and "meta" in stages:
-            msg = self._collapse_message(what, final, "the starting weights", results["start"]["mean_psnr"], ["meta"])
-            if msg:
-                return msg
-        ref = self._reference_probe()
-        if ref is not None:
-            later = [st for st in stages if STAGES.index(st) >= STAGES.index(ref[0])]
-            msg = self._collapse_message(what, final, f"the run's first probe ({ref[0]} step {ref[1]})", ref[2],
-                                         later or stages)
-            if msg:
-                return msg
-        bicubic = final.get("bicubic")
-        steps = [float(v) for k, v in final.items() if str(k).isdigit()]
-        if bicubic is not None and steps and max(steps) < float(bicubic) - COLLAPSE_BICUBIC_DB:
-            hints = "; ".join(rate_hint(r, st, "meta.meta_lr") for st in stages)
-            return (f"{what} collapsed: mean PSNR {max(steps):.2f} dB, {float(bicubic) - max(steps):.1f} dB below "
-                    f"bicubic interpolation ({float(bicubic):.2f} dB); {hints}")
-        return None
 
     # -- stages ----------------------------------------------------------------------------------
     def stage_pretrain(self, ckpt: dict[str, Any] | None) -> None:
@@ -613,7 +544,7 @@ class _Run:
                 curves[names[key]] = {int(k): v for k, v in mp.items() if k.isdigit()}
                 self.log.write({"stage": "eval", "step": e["max_steps"], "model": key,
                                 "mean_psnr": {k: v for k, v in mp.items()}, "time": time.time()})
-        collapse = self._final_collapse(results)
+        collapse = self.collapse_watch.final(results)
         if collapse:
             warnings.warn(collapse, UserWarning, stacklevel=2)
             self.log.write({"stage": "eval", "step": e["max_steps"], "collapse": collapse, "time": time.time()})
@@ -737,7 +668,7 @@ class _Run:
             "psnr_meta_trained": curve("meta_trained"),
             "psnr_bicubic": (results or {}).get("meta_trained", {}).get("mean_psnr", {}).get("bicubic"),
             "stage_seconds": dict(self.stage_seconds),
-            "collapse": self._final_collapse(results),  # None, or why the final weights look wrecked
+            "collapse": self.collapse_watch.final(results),  # None, or why the final weights look wrecked
         }
 
 
