@@ -23,6 +23,41 @@ def test_write_float_and_tensor(tmp_path):
     assert np.array_equal(read_image(write_image(tmp_path / "t.png", t)), read_image(p))
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
+def test_the_exif_orientation_is_applied_as_viewers_do(tmp_path, rng, orientation, suffix):
+    """A phone photo stores its pixels sideways with an EXIF orientation tag that every viewer applies: read as
+    stored, its SR image came out rotated against the photo it was made from. read_image turns it upright as
+    PIL's ``exif_transpose`` does (the reference here), in every format that carries the tag."""
+    from PIL import Image, ImageOps
+
+    rgb = np.repeat(np.repeat(rng.integers(0, 256, (6, 10, 3), dtype=np.uint8), 4, 0), 4, 1)  # 24x40, not square
+    pil = Image.fromarray(rgb)
+    exif = pil.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}{suffix}"
+    pil.save(path, exif=exif, **({"quality": 100} if suffix == ".jpg" else {"lossless": True} if suffix == ".webp" else {}))
+    with Image.open(path) as f:
+        want = np.asarray(ImageOps.exif_transpose(f).convert("RGB"))
+    got = read_image(path)
+    assert got.shape == want.shape, (orientation, got.shape, want.shape)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= (8 if suffix == ".jpg" else 0)
+
+
+def test_orientation_keeps_alpha_and_16_bits(tmp_path):
+    from PIL import Image
+
+    rgba = np.arange(3 * 5 * 4, dtype=np.uint8).reshape(3, 5, 4)
+    pil = Image.fromarray(rgba, "RGBA")
+    exif = pil.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    pil.save(tmp_path / "a.png", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), np.rot90(rgba, -1))
+    deep = (np.arange(4 * 6, dtype=np.uint16).reshape(4, 6) * 2000)
+    write_image(tmp_path / "d.png", deep)  # no EXIF: unchanged, 16 bits kept
+    np.testing.assert_array_equal(read_image(tmp_path / "d.png"), deep)
+
+
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         read_image(tmp_path / "nope.png")

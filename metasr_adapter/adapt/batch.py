@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..atomic import atomic_write_text
-from ..ops.imageio import IMAGE_EXTENSIONS, read_image, write_image
+from ..ops.imageio import IMAGE_EXTENSIONS, exif_orientation, read_image, write_image
 
 __all__ = ["ImageOutcome", "adapt_many", "adapt_folder", "expand_inputs", "plan_outputs", "describe_settings",
            "file_fingerprint"]
@@ -33,6 +33,8 @@ class ImageOutcome:
     #: ``kernel="estimate"`` (blind mode): this image's estimate (``KernelEstimate.to_dict()``: the kernel,
     #: method, parameters, convergence, seconds)
     kernel_estimate: dict[str, Any] | None = None
+    #: the source file's EXIF orientation (1-8), applied before the work: 1 = stored upright
+    exif_orientation: int = 1
     #: what a custom ``run_one`` reported (the photo path: weights, degradation estimate, choice and why)
     details: dict[str, Any] | None = None
 
@@ -245,6 +247,7 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
                 o = ImageOutcome(str(f), str(target), "done", time.perf_counter() - t0, list(info.losses),
                                  list(info.lrs), kernel_name,
                                  kernel_estimate=est.to_dict() if est is not None else None)
+            o.exif_orientation = exif_orientation(f)
             # the sidecar first: an image on disk always has its settings beside it, even after a kill between
             # the two writes (a sidecar without its image only means that the image is made again)
             atomic_write_text(sidecar, json.dumps({**asdict(o), "settings": recorded}, indent=2) + "\n")

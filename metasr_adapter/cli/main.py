@@ -377,6 +377,15 @@ def _run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool, sp
     return sr, info
 
 
+def _orientation_note(path) -> str | None:
+    """A line saying that the input was turned upright by its EXIF orientation (None when it is stored upright)."""
+    from ..ops.imageio import exif_orientation
+
+    turn = exif_orientation(path)
+    return None if turn == 1 else (f"{path}: turned upright by its EXIF orientation ({turn}), as viewers show it; "
+                                   f"the output is stored upright, without the tag")
+
+
 def _cmd_adapt(args: argparse.Namespace) -> int:
     from ..ops.imageio import read_image, write_image
 
@@ -384,6 +393,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         args.kernel = "photo"
     if many_inputs(args.lr_image):
         return _cmd_adapt_folder(args)
+    note = _orientation_note(args.lr_image)
+    if note and not args.quiet:
+        print(note)
     if is_photo(args.kernel):
         msr, grid, steps = _photo_setup(args)
         sr, info = _run_photo(msr, args.lr_image, grid, steps, args.weights_used, show=not args.quiet,

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..ops.augment import dihedral
 from ..ops.degrade import degrade, imresize
-from ..ops.imageio import IMAGE_EXTENSIONS, read_image
+from ..ops.imageio import IMAGE_EXTENSIONS, exif_orientation, read_image
 from ..ops.kernels import DS_METHODS, random_kernel
 
 __all__ = [
@@ -164,6 +164,9 @@ class PatchPool:
             for f in self.files:
                 h.update(f"{f.relative_to(self.root).as_posix()}\0".encode())
                 h.update(hashlib.sha256(f.read_bytes()).digest())
+                turn = exif_orientation(f)
+                if turn != 1:  # read upright since 2026-12-04: a pool cached from the stored pixels is not this one
+                    h.update(f"\0upright {turn}".encode())
             self._fingerprint = (stats, h.hexdigest()[:20])
         return self._fingerprint[1]
 

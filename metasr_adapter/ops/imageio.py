@@ -16,17 +16,44 @@ import torch
 
 from ..atomic import atomic_write_bytes
 
-__all__ = ["read_image", "write_image", "modcrop", "list_images", "to_tensor", "ImageFormat", "IMAGE_EXTENSIONS"]
+__all__ = ["read_image", "exif_orientation", "write_image", "modcrop", "list_images", "to_tensor", "ImageFormat", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+#: EXIF orientation (tag 0x0112) → the turn that shows the stored pixels upright, as viewers (and PIL's
+#: ``ImageOps.exif_transpose``) apply it: 2 mirrored, 3 upside down, 4 flipped, 5-8 stored sideways
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The file's EXIF orientation (1-8; 1 = stored upright, also when the file has no EXIF or PIL cannot
+    read it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as f:
+            value = int(f.getexif().get(0x0112, 1))
+    except (OSError, ValueError, SyntaxError):  # not an image PIL reads (cv2 may), or a damaged EXIF block
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB(A) or grayscale numpy, uint8 (16-bit files stay uint16)."""
+    """Read an image file as RGB(A) or grayscale numpy, uint8 (16-bit files stay uint16), turned upright by its
+    EXIF orientation as image viewers show it (phone photos are often stored sideways with such a tag)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # all channels and bit depths; orientation left to us
     if img is None:
         raise ValueError(f"could not decode {path} as an image (supported: {', '.join(IMAGE_EXTENSIONS)})")
     if img.ndim == 3:
@@ -34,7 +61,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             img = img[:, :, ::-1]
         elif img.shape[2] == 4:
             img = img[:, :, [2, 1, 0, 3]]
-    return np.ascontiguousarray(img)
+    upright = _UPRIGHT.get(exif_orientation(path))
+    return np.ascontiguousarray(upright(img) if upright else img)
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor) -> Path:
