@@ -229,10 +229,13 @@ def test_the_photo_folder_sidecar_records_the_photo_settings(tmp_path, lr_folder
     assert "other settings" in _one_error_line(capsys)
 
 
-def test_a_sideways_phone_photo_comes_out_upright_and_says_so(tmp_path, photo, tiny_x2, capsys):
-    """A JPEG stored sideways with EXIF orientation 6 (as phones write them): the SR image is the upright view
-    (what every viewer shows of the input), the command says it turned it, and a folder's sidecar records it."""
-    from PIL import Image
+def test_a_sideways_phone_photo_comes_out_upright_in_its_colour_profile(tmp_path, photo, tiny_x2, capsys):
+    """A JPEG stored sideways with EXIF orientation 6 and an ICC profile (as phones write them): the SR image is the
+    upright view (what every viewer shows of the input) and carries the same profile; the command says it turned
+    it, and a folder's sidecar records it."""
+    from PIL import Image, ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
     stored = photo[:40, :56]  # 56 wide, 40 high as stored; upright it is 40 wide, 56 high
     pil = Image.fromarray(stored)
@@ -240,14 +243,18 @@ def test_a_sideways_phone_photo_comes_out_upright_and_says_so(tmp_path, photo, t
     exif[0x0112] = 6
     src = tmp_path / "phone" / "p.jpg"
     src.parent.mkdir()
-    pil.save(src, quality=95, exif=exif)
+    pil.save(src, quality=95, exif=exif, icc_profile=profile)
     out = tmp_path / "sr.png"
     base = ["--weights", str(tiny_x2), "--kernel", "gd2.0", "--steps", "0", "--precision", "fp32"]
     assert main(["adapt", str(src), *base, "-o", str(out)]) == 0
     assert "turned upright by its EXIF orientation (6)" in capsys.readouterr().out
     assert read_image(out).shape[:2] == (112, 80)  # x2 of the upright 56x40, not of the stored 40x56
+    with Image.open(out) as f:
+        assert f.info.get("icc_profile") == profile
     assert main(["adapt", str(src.parent), *base, "-o", str(tmp_path / "many")]) == 0
     assert json.loads((tmp_path / "many" / "p.png.json").read_text())["exif_orientation"] == 6
+    with Image.open(tmp_path / "many" / "p.png") as f:
+        assert f.info.get("icc_profile") == profile
 
 
 # ---- 3 to 5. one line and exit 2 instead of a traceback or a misleading message -----------------------

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from metasr_adapter.ops.imageio import list_images, modcrop, read_image, to_tensor, write_image
+from metasr_adapter.ops.imageio import list_images, modcrop, read_icc_profile, read_image, to_tensor, write_image
 
 
 def test_png_roundtrip_rgb_gray_rgba(tmp_path, rng):
@@ -56,6 +56,41 @@ def test_orientation_keeps_alpha_and_16_bits(tmp_path):
     deep = (np.arange(4 * 6, dtype=np.uint16).reshape(4, 6) * 2000)
     write_image(tmp_path / "d.png", deep)  # no EXIF: unchanged, 16 bits kept
     np.testing.assert_array_equal(read_image(tmp_path / "d.png"), deep)
+
+
+def _profile(size: int = 0) -> bytes:
+    """A real sRGB ICC profile, padded with a private tag area to ``size`` bytes when asked (long profiles, e.g.
+    a camera's, span several JPEG segments)."""
+    from PIL import ImageCms
+
+    data = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return data + bytes(max(0, size - len(data)))
+
+
+@pytest.mark.parametrize("suffix,size", [(".png", 0), (".jpg", 0), (".jpg", 150_000), (".png", 150_000)])
+def test_the_colour_profile_travels_to_the_output(tmp_path, rng, suffix, size):
+    """A photo in Display P3 or Adobe RGB carries an ICC profile; written without it, colour-managed viewers show the
+    SR image in other colours than the photo. write_image embeds it (pixels and encoding as without it)."""
+    from PIL import Image
+
+    profile = _profile(size)
+    img = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    plain, tagged = write_image(tmp_path / f"a{suffix}", img), write_image(tmp_path / f"b{suffix}", img, icc_profile=profile)
+    with Image.open(tagged) as f:
+        assert f.info.get("icc_profile") == profile
+    np.testing.assert_array_equal(read_image(tagged), read_image(plain))
+    assert read_icc_profile(tagged) == profile and read_icc_profile(plain) is None
+    deep = rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    if suffix == ".png":  # 16 bits too
+        np.testing.assert_array_equal(read_image(write_image(tmp_path / "d.png", deep, icc_profile=profile)), deep)
+        assert read_icc_profile(tmp_path / "d.png") == profile
+
+
+def test_a_format_that_cannot_carry_the_profile_says_so(tmp_path, rng):
+    img = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"\.bmp.*ICC.*\.png"):
+        write_image(tmp_path / "a.bmp", img, icc_profile=_profile())
+    np.testing.assert_array_equal(read_image(tmp_path / "a.bmp"), img)
 
 
 def test_errors_name_the_problem(tmp_path):

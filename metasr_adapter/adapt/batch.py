@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..atomic import atomic_write_text
-from ..ops.imageio import IMAGE_EXTENSIONS, exif_orientation, read_image, write_image
+from ..ops.imageio import IMAGE_EXTENSIONS, exif_orientation, read_icc_profile, read_image, write_image
 
 __all__ = ["ImageOutcome", "adapt_many", "adapt_folder", "expand_inputs", "plan_outputs", "describe_settings",
            "file_fingerprint"]
@@ -251,7 +251,7 @@ def adapt_folder(msr, inputs: Any, out_dir: str | os.PathLike, *, kernel: Any = 
             # the sidecar first: an image on disk always has its settings beside it, even after a kill between
             # the two writes (a sidecar without its image only means that the image is made again)
             atomic_write_text(sidecar, json.dumps({**asdict(o), "settings": recorded}, indent=2) + "\n")
-            write_image(target, sr)
+            write_image(target, sr, icc_profile=read_icc_profile(f))
         except (ValueError, OSError, FloatingPointError, RuntimeError) as exc:  # this image's problem
             o = ImageOutcome(str(f), None, "failed", time.perf_counter() - t0, kernel=kernel_name,
                              error=f"{type(exc).__name__}: {exc}")

@@ -387,7 +387,7 @@ def _orientation_note(path) -> str | None:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
-    from ..ops.imageio import read_image, write_image
+    from ..ops.imageio import read_icc_profile, read_image, write_image
 
     if args.kernel is None:
         args.kernel = "photo"
@@ -402,7 +402,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                               specialists=args.photo_specialists, seed=args.seed)
         for line in info.summary_lines():
             print(line)
-        out = write_image(args.output, sr)
+        out = write_image(args.output, sr, icc_profile=read_icc_profile(args.lr_image))
         print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) in {info.seconds:.1f} s")
         return 0
     msr = _load_metasr(args)
@@ -425,7 +425,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     sr, info = msr.adapt(lr_img, kernel, args.steps, ds_method=args.ds_method, callback=on_step, seed=args.seed,
                          back_projection=args.back_projection, self_ensemble=args.self_ensemble, return_info=True)
     bar.close()
-    out = write_image(args.output, sr)
+    out = write_image(args.output, sr, icc_profile=read_icc_profile(args.lr_image))
     print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) after {args.steps} step(s) in {info.seconds:.2f} s, "
           f"{msr.precision}" + (" (bf16 where it is fast; --precision fp32 for exact arithmetic)"
                                 if args.precision is None and msr.precision == "bf16" else ""))

@@ -72,7 +72,7 @@ def run_zssr_cli(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-    from ..ops.imageio import read_image, write_image
+    from ..ops.imageio import read_icc_profile, read_image, write_image
     from ..ops.metrics import psnr
 
     src, dst = args.lr_image, args.output
@@ -106,7 +106,7 @@ def run_zssr_cli(args: argparse.Namespace) -> int:
     cfg = ZSSRConfig.preset(preset, **overrides)
     gt = read_image(args.gt) if args.gt else None
     sr, info = ZSSR(cfg).run(lr_img, kernel, args.scale, progress=not args.quiet, return_info=True)
-    out = write_image(args.output, sr)
+    out = write_image(args.output, sr, icc_profile=read_icc_profile(args.lr_image))
     per_stage = ", ".join(f"x{s['scale'][0]:g}: {s['iterations']} it" for s in info.stages)
     print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) with preset {preset!r} in {info.seconds:.1f} s "
           f"({per_stage}; {info.iters_per_second:.2f} it/s)")

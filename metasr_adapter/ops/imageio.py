@@ -7,6 +7,9 @@ remembers how to give a result back in the caller's format (:meth:`ImageFormat.r
 from __future__ import annotations
 
 import os
+import struct
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import torch
 
 from ..atomic import atomic_write_bytes
 
-__all__ = ["read_image", "exif_orientation", "write_image", "modcrop", "list_images", "to_tensor", "ImageFormat", "IMAGE_EXTENSIONS"]
+__all__ = ["read_image", "exif_orientation", "read_icc_profile", "write_image", "modcrop", "list_images", "to_tensor", "ImageFormat", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -65,8 +68,45 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(upright(img) if upright else img)
 
 
-def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor) -> Path:
-    """Write an RGB(A)/grayscale image (uint8, or floats in [0, 1], or a 1xCxHxW tensor) atomically."""
+def read_icc_profile(path: str | os.PathLike) -> bytes | None:
+    """The ICC colour profile embedded in an image file (Display P3, Adobe RGB, ...), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as f:
+            return f.info.get("icc_profile") or None
+    except (OSError, ValueError, SyntaxError):  # not an image PIL reads (cv2 may)
+        return None
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _with_icc_profile(encoded: bytes, ext: str, profile: bytes) -> bytes | None:
+    """``encoded`` (cv2's PNG or JPEG bytes) with ``profile`` embedded: a PNG iCCP chunk after IHDR, or JPEG APP2
+    ICC_PROFILE segments after SOI/APP0 (65,519 bytes of profile each); None for other formats."""
+    if ext == ".png":
+        end_of_ihdr = 8 + 4 + 4 + 13 + 4  # signature, then IHDR's length, type, 13 bytes of data and CRC
+        chunk = _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(profile))
+        return encoded[:end_of_ihdr] + chunk + encoded[end_of_ihdr:]
+    if ext in (".jpg", ".jpeg"):
+        at = 2  # after SOI; after a JFIF APP0 segment too, which must come first
+        if encoded[2:4] == b"\xff\xe0":
+            at = 4 + struct.unpack(">H", encoded[4:6])[0]
+        pieces = [profile[i:i + 65519] for i in range(0, len(profile), 65519)]
+        if len(pieces) > 255:
+            return None
+        segments = b"".join(b"\xff\xe2" + struct.pack(">H", 2 + 14 + len(piece)) + b"ICC_PROFILE\0"
+                            + bytes([n + 1, len(pieces)]) + piece for n, piece in enumerate(pieces))
+        return encoded[:at] + segments + encoded[at:]
+    return None
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor, *, icc_profile: bytes | None = None) -> Path:
+    """Write an RGB(A)/grayscale image (uint8, or floats in [0, 1], or a 1xCxHxW tensor) atomically.
+    ``icc_profile``: the colour profile of the pixels (:func:`read_icc_profile` of the source), embedded in PNG
+    and JPEG files; other formats cannot carry it here and warn."""
     from .metrics import to_uint8
 
     path = Path(path)
@@ -79,7 +119,14 @@ def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor) -> Path
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(a))
     if not ok:
         raise ValueError(f"cannot encode an image as {ext!r} for {path}; use one of {', '.join(IMAGE_EXTENSIONS)}")
-    return atomic_write_bytes(path, buf.tobytes())
+    data = buf.tobytes()
+    if icc_profile:
+        tagged = _with_icc_profile(data, ext, icc_profile)
+        if tagged is None:
+            warnings.warn(f"{path}: {ext} files are written without the source's ICC colour profile, so colour-managed "
+                          f"viewers may show other colours; write .png (or .jpg) to keep it", UserWarning, stacklevel=2)
+        data = tagged or data
+    return atomic_write_bytes(path, data)
 
 
 def modcrop(img: np.ndarray, scale: int | float) -> np.ndarray:
