@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=float, default=None, help="a horizontal reference line (e.g. bicubic PSNR)")
     ap.add_argument("--ylim", default=None, metavar="LO,HI", help="zoom on a PSNR range, e.g. 33.8,34.8")
     ap.add_argument("--title", default="Set5 g^d_2.0 x2: Y-PSNR against training CPU-hours")
-    ap.add_argument("--legend", default="lower right", help="legend position: a matplotlib loc inside the axes, e.g. 'lower left', or 'outside' (below them)")
+    ap.add_argument("--legend", default="lower right",
+                    help="legend position: a matplotlib loc inside the axes, e.g. 'lower left', or 'outside' (below them)")
     args = ap.parse_args(argv)
     from metasr_adapter.training.plots import psnr_vs_cpu_hours
 

@@ -19,7 +19,8 @@ import torch
 
 from ..atomic import atomic_write_bytes
 
-__all__ = ["read_image", "exif_orientation", "read_icc_profile", "write_image", "modcrop", "list_images", "to_tensor", "ImageFormat", "IMAGE_EXTENSIONS"]
+__all__ = ["read_image", "exif_orientation", "read_icc_profile", "write_image", "modcrop", "list_images", "to_tensor",
+           "ImageFormat", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
