@@ -178,7 +178,8 @@ def test_the_default_weights_gain_from_their_steps_on_an_unseen_photo(photo):
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("name, kernel, floor", [("mzsr_x2_direct", "official", 34.3), ("mzsr_x2_bicubic", "gb1.3", 34.0)])
+@pytest.mark.parametrize("name, kernel, floor", [("mzsr_x2_direct", "official", 34.3), ("mzsr_x2_bicubic", "gb1.3", 34.0),
+                                                 ("mzsr_x2_direct_lslr_v2", "official", 35.3)])
 def test_adaptation_earns_its_keep_on_set5(name, kernel, floor):
     """The shipped quality bar (issue: >= 34.3 dB after 10 steps on Set5 g^d_2.0, and 10 steps beat 0)."""
     from conftest import shared_path
