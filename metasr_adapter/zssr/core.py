@@ -8,6 +8,7 @@ rotations/flips, optional noise on the sons, an L1 loss with Adam from 1e-3, and
 linear-fit learning-rate policy (:mod:`metasr_adapter.zssr.lr_policy`). The trained network is then
 applied to the LR image itself, with the 8-way geometric self-ensemble (median) and iterative
 back-projection. Scale factors can be gradual: each stage's output joins the fathers.
+The settings (:class:`ZSSRConfig`, presets) live in :mod:`.config`, the kernel handling in :mod:`.kernels`.
 
 Differences from the official TensorFlow code, all deliberate:
 
@@ -24,10 +25,9 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -36,199 +36,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapters.contract import fit_output, takes_upsampled_input
-from ..ops.augment import AXIS_PRESERVING_MODES, DIHEDRAL_MODES, REDUCTIONS, dihedral, ensemble_modes, geometric_self_ensemble, random_crop
+from ..devices import resolve_device
+from ..ops.augment import AXIS_PRESERVING_MODES, DIHEDRAL_MODES, dihedral, ensemble_modes, geometric_self_ensemble, random_crop
 from ..ops.backprojection import back_project
 from ..ops.degrade import degrade, imresize
-from ..devices import resolve_device
-from ..ops.kernels import read_kernel_file
+from ..precision import autocast, bf16_supported
+from .config import PRESETS, ZSSRConfig, default_preset, scale_pair
+from .kernels import is_kernel_list, kernel_shift, resolve_zssr_kernel
 from .lr_policy import LinearFitLRPolicy
-from ..precision import PRECISIONS, autocast, bf16_supported
 
 __all__ = [
-    "ZSSRConfig",
     "ZSSR",
     "ZSSRStep",
     "ZSSRInfo",
-    "PRESETS",
-    "kernel_shift",
-    "resolve_zssr_kernel",
     "father_probabilities",
     "zssr_super_resolve",
+    # the settings and kernels, defined in .config and .kernels
+    "ZSSRConfig",
+    "PRESETS",
     "default_preset",
     "scale_pair",
+    "kernel_shift",
+    "resolve_zssr_kernel",
 ]
-
-
-
-# ----------------------------------------------------------------------------------------------
-# configuration
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class ZSSRConfig:
-    """Settings of one ZSSR run; defaults are the official 'ideal x2' configuration.
-
-    Scale factors are cumulative, relative to the LR input, and either a number or a pair
-    ``(vertical, horizontal)``. ``scale_factors=None`` means one jump to the ``scale`` given to
-    :meth:`ZSSR.run`; otherwise the last entry must equal that scale.
-    """
-
-    # gradual SR
-    scale_factors: list[Any] | None = None
-    back_projection_iters: int | list[int] = 10  # per stage (an int applies to every stage)
-    init_net_for_each_sf: bool = False
-    # network
-    width: int = 64
-    depth: int = 8
-    init_variance: float = 0.1
-    train_bias: bool = False
-    # optimisation and the learning-rate policy
-    max_iters: int = 3000
-    learning_rate: float = 1e-3
-    min_learning_rate: float = 9e-6
-    lr_check_every: int = 60
-    lr_fit_range: int = 256
-    lr_min_iters: int = 256
-    lr_change_ratio: float = 1.5
-    lr_factor: float = 10.0
-    test_every: int = 50
-    # training examples
-    crop_size: int = 128
-    father_min_scale: float = 0.5
-    father_levels: int = 6
-    allow_rotation: bool = True
-    noise_std: float = 0.0
-    kernel_shift: bool = True
-    # output
-    self_ensemble: bool = True
-    ensemble_reduce: str = "median"
-    # runtime
-    precision: str = "fp32"
-    seed: int | None = 0
-    device: str | None = None
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ZSSRConfig":
-        """A named configuration (see :data:`PRESETS`), with keyword overrides."""
-        key = str(name).strip().lower().replace("-", "_")
-        if key not in PRESETS:
-            raise ValueError(f"unknown ZSSR preset {name!r}; choose one of {', '.join(PRESETS)}")
-        cfg = replace(cls(), **copy.deepcopy(PRESETS[key]))
-        return replace(cfg, **overrides) if overrides else cfg
-
-    def replace(self, **changes: Any) -> "ZSSRConfig":
-        """A copy with some fields changed."""
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def validate(self) -> "ZSSRConfig":
-        """Raise ValueError naming the first bad setting; returns self."""
-        ints = {"max_iters": 1, "crop_size": 4, "father_levels": 1, "width": 1, "depth": 2,
-                "lr_check_every": 1, "lr_fit_range": 1, "lr_min_iters": 0, "test_every": 1}
-        for name, low in ints.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ValueError(f"ZSSRConfig.{name}={v!r} must be an integer >= {low}")
-        if not (0 < self.father_min_scale <= 1):
-            raise ValueError(f"ZSSRConfig.father_min_scale={self.father_min_scale!r} must be in (0, 1]")
-        if not (self.learning_rate > 0 and self.min_learning_rate >= 0):
-            raise ValueError("ZSSRConfig.learning_rate must be > 0 and min_learning_rate >= 0")
-        if not self.noise_std >= 0:
-            raise ValueError(f"ZSSRConfig.noise_std={self.noise_std!r} must be >= 0 (e.g. 0.0125 for real images)")
-        if not self.init_variance > 0:
-            raise ValueError(f"ZSSRConfig.init_variance={self.init_variance!r} must be > 0")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"ZSSRConfig.precision={self.precision!r}; use one of {PRECISIONS}")
-        if self.ensemble_reduce not in REDUCTIONS:
-            raise ValueError(f"ZSSRConfig.ensemble_reduce={self.ensemble_reduce!r}; use one of {REDUCTIONS}")
-        bp = self.back_projection_iters
-        bps = bp if isinstance(bp, (list, tuple)) else [bp]
-        if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 0 for b in bps):
-            raise ValueError(f"ZSSRConfig.back_projection_iters={bp!r} must be non-negative ints")
-        if self.scale_factors is not None:
-            if not self.scale_factors:
-                raise ValueError("ZSSRConfig.scale_factors is empty; use None for one jump to the requested scale")
-            for sf in self.scale_factors:
-                scale_pair(sf, "scale factor")
-            if isinstance(bp, (list, tuple)) and len(bp) != len(self.scale_factors):
-                raise ValueError(
-                    f"back_projection_iters has {len(bp)} entries but there are {len(self.scale_factors)} "
-                    "scale factors; give one per stage or a single int"
-                )
-        return self
-
-
-#: Named settings, following the official example configurations.
-PRESETS: dict[str, dict[str, Any]] = {
-    # one jump, bicubic kernel: ZSSR's X2_ONE_JUMP_IDEAL_CONF (the defaults)
-    "ideal_x2": {},
-    # six gradual jumps, anisotropic ones included: X2_GRADUAL_IDEAL_CONF
-    "gradual_x2": {
-        "scale_factors": [(1.0, 1.5), (1.5, 1.0), (1.5, 1.5), (1.5, 2.0), (2.0, 1.5), (2.0, 2.0)],
-        "back_projection_iters": [6, 6, 8, 10, 10, 12],
-    },
-    # a given (possibly non-symmetric) kernel: X2_GIVEN_KERNEL_CONF
-    "kernel": {"self_ensemble": False, "allow_rotation": False, "back_projection_iters": 2},
-    # real images, kernel + mild unknown noise: X2_REAL_CONF
-    "real": {
-        "self_ensemble": False, "allow_rotation": False, "back_projection_iters": 0,
-        "noise_std": 0.0125, "father_min_scale": 0.75,
-    },
-    # a few seconds on a CPU: for tests and smoke runs, not for quality
-    "fast": {
-        "max_iters": 40, "crop_size": 48, "test_every": 10, "lr_check_every": 10, "lr_fit_range": 40,
-        "lr_min_iters": 20, "back_projection_iters": 2, "father_levels": 3,
-    },
-}
-
-
-def scale_pair(sf: Any, what: str = "scale") -> tuple[float, float]:
-    """A scale factor as ``(vertical, horizontal)``, each a finite number >= 1; ValueError naming ``what``
-    otherwise."""
-    if isinstance(sf, (int, float, np.integer, np.floating)) and not isinstance(sf, bool):
-        pair = (float(sf), float(sf))
-    elif isinstance(sf, (list, tuple)) and len(sf) == 2:
-        pair = (float(sf[0]), float(sf[1]))
-    else:
-        raise ValueError(f"{what} {sf!r} must be a number or a pair (vertical, horizontal)")
-    if not all(math.isfinite(v) and v >= 1 for v in pair):
-        raise ValueError(f"{what} {sf!r} must be >= 1 (an upscaling factor, relative to the LR input)")
-    return pair
 
 
 # ----------------------------------------------------------------------------------------------
 # building blocks
 # ----------------------------------------------------------------------------------------------
-def kernel_shift(kernel: Any, scale: Any) -> np.ndarray:
-    """Centre a blur kernel for ZSSR's direct subsampling so the LR grid matches bicubic's.
-
-    Direct subsampling keeps HR pixel ``s·j`` as LR pixel ``j``, and correlation is centred at
-    index ``k // 2``. Bicubic resizing puts LR pixel ``j`` at HR position ``s·j + (s - 1)/2``.
-    So the kernel's centre of mass is moved (spline interpolation, order 3, as the official code)
-    to ``k // 2 + (s - 1)/2`` per axis, after zero-padding by ``ceil(max |shift|) + 1`` so nothing
-    is cut off. The result is renormalised to sum 1.
-
-    ``scale`` is the up factor (2 for x2), a number or ``(vertical, horizontal)``.
-    """
-    from scipy import ndimage
-
-    k = np.array(kernel, dtype=np.float64)
-    if k.ndim != 2 or k.size == 0:
-        raise ValueError(f"kernel must be a non-empty 2-D array; got shape {k.shape}")
-    total = k.sum()
-    if not np.isfinite(total) or total <= 0:
-        raise ValueError(f"kernel must have a positive, finite sum; got {total}")
-    sh, sw = scale_pair(scale)
-    centre = np.array(ndimage.center_of_mass(k))
-    target = np.array([k.shape[0] // 2 + (sh - 1) / 2, k.shape[1] // 2 + (sw - 1) / 2])
-    shift = target - centre
-    pad = int(math.ceil(float(np.max(np.abs(shift))))) + 1
-    padded = np.pad(k, pad, mode="constant")
-    out = ndimage.shift(padded, shift, order=3, mode="constant", cval=0.0)
-    return out / out.sum()
-
-
 def father_probabilities(sizes: Sequence[tuple[int, int]], input_size: tuple[int, int]) -> np.ndarray:
     """Sampling probabilities of HR fathers of ``sizes`` (h, w) for an LR input of ``input_size``.
 
@@ -300,62 +135,6 @@ class _Father:
     def __init__(self, image: Tensor) -> None:
         self.image = image
         self.size = (int(image.shape[-2]), int(image.shape[-1]))
-
-
-def _read_kernel_array(spec: Any) -> np.ndarray | None:
-    """The raw array of a kernel given as a .mat/.npy path or an array/tensor; None for other forms."""
-    if isinstance(spec, Tensor):
-        return spec.detach().cpu().double().numpy()
-    if isinstance(spec, np.ndarray):
-        return np.asarray(spec, dtype=np.float64)
-    if isinstance(spec, (str, os.PathLike)) and os.path.isfile(spec):
-        if os.path.splitext(str(spec))[1].lower() in (".mat", ".npy"):
-            return read_kernel_file(spec)
-    return None
-
-
-def resolve_zssr_kernel(spec: Any) -> Any:
-    """:func:`~metasr_adapter.ops.kernels.resolve_kernel`, but also accepting estimated kernels with
-    small negative entries (like the official ``real_example/charlie_0.mat``), which the official
-    ZSSR uses as they are. Such kernels are checked here (2-D, finite, positive sum), rescaled to
-    sum 1 and returned with a warning; everything else goes through ``resolve_kernel``.
-    """
-    from ..ops.kernels import KernelSpec, resolve_kernel
-
-    raw = None if isinstance(spec, KernelSpec) else _read_kernel_array(spec)
-    if raw is None or not np.any(raw < 0):
-        return resolve_kernel(spec)
-    if raw.ndim != 2 or raw.size == 0 or not np.all(np.isfinite(raw)):
-        raise ValueError(f"kernel must be a finite 2-D array; got shape {raw.shape}")
-    total = float(raw.sum())
-    if total <= 0:
-        raise ValueError(f"kernel sums to {total:.4g}; a blur kernel needs a positive sum")
-    warnings.warn(
-        f"kernel has negative entries (min {raw.min():.3g}, total {raw[raw < 0].sum():.3g}); using it as given, "
-        "as the official ZSSR does with estimated kernels",
-        UserWarning,
-        stacklevel=3,
-    )
-    name = os.path.basename(str(spec)) if isinstance(spec, (str, os.PathLike)) else None
-    return _PermissiveKernel(kernel=raw / total, ds_method="direct", name=name)
-
-
-@dataclass(frozen=True, eq=False)
-class _PermissiveKernel:
-    """A kernel that :class:`~metasr_adapter.ops.kernels.KernelSpec` would reject (negative entries)."""
-
-    kernel: np.ndarray
-    ds_method: str = "direct"
-    name: str | None = None
-
-
-def _is_kernel_list(kernel: Any) -> bool:
-    """True for a list/tuple of kernels (one per stage), False for one kernel given as nested numbers."""
-    if not isinstance(kernel, (list, tuple)) or not kernel:
-        return False
-    from ..ops.kernels import KernelSpec
-
-    return all(k is None or isinstance(k, (str, os.PathLike, np.ndarray, Tensor, KernelSpec)) for k in kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,7 +255,7 @@ class ZSSR:
             raise ValueError(f"back_projection_iters has {len(bps)} entries for {len(stages)} stages")
 
         # kernels per stage
-        if _is_kernel_list(kernel):
+        if is_kernel_list(kernel):
             if len(kernel) != len(stages):
                 raise ValueError(f"{len(kernel)} kernels given for {len(stages)} stages; give one per stage or one")
             specs = [resolve_zssr_kernel(k) for k in kernel]
@@ -679,16 +458,6 @@ class ZSSR:
 # ----------------------------------------------------------------------------------------------
 # functional entry points (evaluation; the command line is metasr_adapter.cli.zssr)
 # ----------------------------------------------------------------------------------------------
-def default_preset(kernel: Any) -> str:
-    """The preset ZSSR uses for ``kernel``: 'kernel' for a blur kernel, 'ideal_x2' for None/bicubic."""
-    if kernel is None:
-        return "ideal_x2"
-    if isinstance(kernel, str) and kernel.strip().lower() in ("bicubic", "cubic"):
-        return "ideal_x2"
-    spec_kernel = getattr(kernel, "kernel", kernel)
-    return "ideal_x2" if spec_kernel is None else "kernel"
-
-
 def zssr_super_resolve(
     lr_img: np.ndarray | Tensor,
     kernel: Any = None,
