@@ -1,4 +1,4 @@
-"""``metasr`` command line: demo, adapt, eval, zssr, train, estimate-kernel."""
+"""The metasr command line: demo, adapt, eval, zssr, estimate-kernel, train, weights."""
 from __future__ import annotations
 
 import argparse
@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(p)
     p.set_defaults(func=run_train_cli)
+
+    p = sub.add_parser("weights", help="list the bundled weights and what each is the default for; NAME: its model card")
+    from .weights import add_weights_arguments, run_weights_cli
+
+    add_weights_arguments(p)
+    p.set_defaults(func=run_weights_cli)
     return parser
 
 

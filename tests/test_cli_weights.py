@@ -1,0 +1,59 @@
+"""``metasr weights``: the bundled files, what each is the default for, their model cards."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from metasr_adapter.cli.main import _choose_weights, main
+from metasr_adapter.io.pretrained import BUNDLED_WEIGHTS
+
+pytestmark = pytest.mark.skipif(not BUNDLED_WEIGHTS, reason="this install ships no weights")
+
+
+def _rows(capsys) -> list[dict]:
+    assert main(["weights", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_listing_names_every_bundled_file_once(capsys):
+    assert main(["weights"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in BUNDLED_WEIGHTS:
+        assert sum(line.split()[0] == name for line in lines if line.strip()) == 1, name
+    assert [r["name"] for r in _rows(capsys)] == list(BUNDLED_WEIGHTS)
+
+
+@pytest.mark.parametrize("kernel,scale", [("gd2.0", None), ("gb1.3", None), ("estimate", None), ("gd2.0", 4.0)])
+def test_default_for_says_what_the_command_line_really_loads(capsys, kernel, scale):
+    """The 'default for' column is derived, not written down: it must agree with `metasr adapt`'s own choice."""
+    args = argparse.Namespace(weights=None, kernel=kernel, ds_method=None, arch=None, scale=scale)
+    chosen = _choose_weights(args)[0]
+    want = "--kernel estimate" if kernel == "estimate" else (
+        f"a known kernel, {'bicubic' if kernel.startswith('gb') else 'direct'} subsampling")
+    claim = [r["name"] for r in _rows(capsys) if want in r["used_for"] and r["arch"] == "mzsr"
+             and r["scale"] == (scale or 2.0)]
+    assert claim == [chosen]
+
+
+def test_the_photo_row_and_the_scores_come_from_the_sidecars(capsys):
+    rows = {r["name"]: r for r in _rows(capsys)}
+    photo = [n for n, r in rows.items() if "photos (no --kernel)" in r["used_for"]]
+    assert len(photo) == 1
+    for name, r in rows.items():
+        w = BUNDLED_WEIGHTS[name]
+        psnr = w.metrics["train_eval"]["mean_psnr"]
+        k = str(w.adapt_steps or 1) if str(w.adapt_steps or 1) in psnr else str(max(int(s) for s in psnr if s.isdigit()))
+        assert f"{psnr[k]:.2f} dB after {k} step" in r["score"], (name, r["score"])
+
+
+def test_a_name_prints_its_model_card_and_a_wrong_one_lists_the_choices(capsys):
+    name = next(iter(BUNDLED_WEIGHTS))
+    assert main(["weights", name]) == 0
+    assert capsys.readouterr().out == BUNDLED_WEIGHTS[name].model_card.read_text(encoding="utf-8")
+    assert main(["weights", name, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == name
+    assert main(["weights", "mzsr_x3_nothing"]) == 2
+    err = capsys.readouterr().err
+    assert "mzsr_x3_nothing" in err and name in err
