@@ -34,14 +34,10 @@ def _json_object(text: str) -> dict:
 
 def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
     p.add_argument("--weights", required=weights_required, default=None,
-                   help="weights: a bundled name (mzsr_x2_direct_lslr_v2, mzsr_x2_direct_lslr, mzsr_x2_direct, mzsr_x2_bicubic, "
-                        "mzsr_x4_direct; "
-                        "metasr_adapter.list_weights()), "
-                        "a TensorFlow checkpoint prefix, "
+                   help="weights: a bundled name (`metasr weights` lists them), a TensorFlow checkpoint prefix, "
                         ".pth/.pt or .npz; 'random' for an untrained network"
-                        + ("" if weights_required else " (default: the bundled weights that match the kernel: mzsr_x2_direct_lslr_v2 "
-                                                        "for a known g^d kernel, mzsr_x2_direct for --kernel estimate; "
-                                                        "mzsr_x4_direct with --scale 4)"))
+                        + ("" if weights_required else " (default: the bundled weights that fit the kernel and "
+                                                        "--scale; `metasr weights` says which file each case loads)"))
     p.add_argument("--arch", default=None,
                    help="network architecture: mzsr, rcan, idn... (metasr_adapter.list_models(); default: the one saved "
                         "with the weights, else mzsr); spandrel: detect it from a community checkpoint")
