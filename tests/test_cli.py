@@ -283,17 +283,18 @@ def test_adapt_many_streams_with_one_wrapper(photo, tiny_x2):
 
 def test_the_command_line_bounds_memory_by_default_and_0_turns_it_off(tmp_path):
     """`metasr adapt big.jpg` without flags must not hold a 4000x3000 photo's activations at once."""
-    from metasr_adapter.cli.main import DEFAULT_MAX_PIXELS, DEFAULT_TILE, _load_metasr, build_parser
+    from metasr_adapter.cli.loading import DEFAULT_MAX_PIXELS, DEFAULT_TILE, load_metasr
+    from metasr_adapter.cli.main import build_parser
 
     args = lambda *extra: build_parser().parse_args(["adapt", "x.png", "-o", str(tmp_path / "y.png"), "--weights",
                                                       "random", *extra])
-    msr = _load_metasr(args())
+    msr = load_metasr(args())
     assert (msr.tile, msr.max_pixels) == (DEFAULT_TILE, DEFAULT_MAX_PIXELS) == (512, 512 * 512)
-    msr = _load_metasr(args("--tile", "0", "--max-pixels", "0"))
+    msr = load_metasr(args("--tile", "0", "--max-pixels", "0"))
     assert (msr.tile, msr.max_pixels) == (None, None)
-    msr = _load_metasr(args("--tile", "96", "--max-pixels", "4096"))
+    msr = load_metasr(args("--tile", "96", "--max-pixels", "4096"))
     assert (msr.tile, msr.max_pixels) == (96, 4096)
-    rcan = _load_metasr(args("--arch", "rcan", "--arch-kwargs", '{"num_group": 1, "num_block": 1, "num_feat": 8}'))
+    rcan = load_metasr(args("--arch", "rcan", "--arch-kwargs", '{"num_group": 1, "num_block": 1, "num_feat": 8}'))
     assert rcan.tile is None and rcan.max_pixels == DEFAULT_MAX_PIXELS  # channel attention: never tiled
 
 

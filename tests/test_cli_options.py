@@ -255,7 +255,7 @@ def test_adapt_runs_bf16_by_default_where_it_is_fast_and_says_so(tmp_path, photo
     assert ("bf16 (bf16 where it is fast" in out) if fast else out.rstrip().endswith("fp32"), out
     assert main([*base, "-o", str(tmp_path / "b.png"), "--precision", "fp32"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("fp32")
-    from metasr_adapter.cli.main import _default_precision
+    from metasr_adapter.cli.loading import default_precision
 
-    assert _default_precision("eval", torch.device("cpu")) == "fp32"
-    assert _default_precision("demo", torch.device("cpu")) == ("bf16" if fast else "fp32")
+    assert default_precision("eval", torch.device("cpu")) == "fp32"
+    assert default_precision("demo", torch.device("cpu")) == ("bf16" if fast else "fp32")

@@ -203,7 +203,7 @@ def test_a_kill_between_the_two_writes_leaves_nothing_unknown(tmp_path, photo, m
 def test_the_photo_folder_sidecar_records_the_photo_settings(tmp_path, lr_folder, tiny_x2, capsys, monkeypatch):
     import importlib
 
-    cli = importlib.import_module("metasr_adapter.cli.main")  # the package's `main` attribute is the function
+    cli = importlib.import_module("metasr_adapter.cli.adapt")
 
     class FakeInfo:
         def to_dict(self):
@@ -213,7 +213,7 @@ def test_the_photo_folder_sidecar_records_the_photo_settings(tmp_path, lr_folder
         lr = read_image(path)
         return np.repeat(np.repeat(lr, 2, 0), 2, 1), FakeInfo()
 
-    monkeypatch.setattr(cli, "_run_photo", fake_photo)
+    monkeypatch.setattr(cli, "run_photo", fake_photo)
     out = tmp_path / "sr"
     args = ["adapt", str(lr_folder), "--weights", str(tiny_x2), "-o", str(out)]
     assert main(args + ["--steps", "2"]) == 0

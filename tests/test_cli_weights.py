@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from metasr_adapter.cli.main import _choose_weights, main
+from metasr_adapter.cli.loading import choose_weights
+from metasr_adapter.cli.main import main
 from metasr_adapter.io.pretrained import BUNDLED_WEIGHTS
 
 pytestmark = pytest.mark.skipif(not BUNDLED_WEIGHTS, reason="this install ships no weights")
@@ -29,7 +30,7 @@ def test_the_listing_names_every_bundled_file_once(capsys):
 def test_default_for_says_what_the_command_line_really_loads(capsys, kernel, scale):
     """The 'default for' column is derived, not written down: it must agree with `metasr adapt`'s own choice."""
     args = argparse.Namespace(weights=None, kernel=kernel, ds_method=None, arch=None, scale=scale)
-    chosen = _choose_weights(args)[0]
+    chosen = choose_weights(args)[0]
     want = "--kernel estimate" if kernel == "estimate" else (
         f"a known kernel, {'bicubic' if kernel.startswith('gb') else 'direct'} subsampling")
     claim = [r["name"] for r in _rows(capsys) if want in r["used_for"] and r["arch"] == "mzsr"

@@ -112,13 +112,13 @@ def test_blind_mode_leaves_the_kernel_estimate_to_weights_fit_for_it(monkeypatch
     for it (learned rates, poor before adaptation) estimates with them and adapts with its own."""
     import argparse
 
-    from metasr_adapter.cli.main import _choose_weights
+    from metasr_adapter.cli.loading import choose_weights
     from metasr_adapter.estimate import api as estimate_api
 
     args = argparse.Namespace(weights=None, kernel="estimate", ds_method=None, arch=None, scale=None)
-    assert _choose_weights(args)[0] == "mzsr_x2_direct"
+    assert choose_weights(args)[0] == "mzsr_x2_direct"
     args.kernel = "gd2.0"
-    assert _choose_weights(args)[0] == "mzsr_x2_direct_lslr_v2"
+    assert choose_weights(args)[0] == "mzsr_x2_direct_lslr_v2"
     assert estimate_api.blind_weights_name(2) == "mzsr_x2_direct"
 
     seen = []

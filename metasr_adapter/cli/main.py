@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-from .checks import DEFAULT_EVAL_STEPS, check_options, is_estimate, is_photo, many_inputs
+from .adapt import photo_setup, run_adapt
+from .checks import DEFAULT_EVAL_STEPS, check_options, is_photo, many_inputs
+from .loading import DEFAULT_MAX_PIXELS, DEFAULT_TILE, load_metasr, setup_device
 
 __all__ = ["main", "build_parser"]
 
@@ -54,26 +56,6 @@ def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
                         "estimate-kernel")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-
-
-#: the command line's memory budget (the library's MetaSR has none unless asked): SR in 512² tiles, and
-#: adaptation on 512x512-pixel crops of larger LR images; a 4000x3000 photo then peaks at ~3.5 GB
-#: (benchmarks/bench_memory.py --modes cli)
-DEFAULT_TILE = 512
-DEFAULT_MAX_PIXELS = 512 * 512
-
-
-def _memory_budget(args: argparse.Namespace, model, scale: float, upsample_input: bool) -> tuple[int | None, int | None]:
-    """``(tile, max_pixels)`` for MetaSR: the flags as given (0 = off), else the defaults where they
-    keep the result exact or are allowed (tiling needs a declared receptive radius and no global context;
-    crops of networks that upsample themselves need an integer scale)."""
-    tile, max_pixels = getattr(args, "tile", None), getattr(args, "max_pixels", None)
-    if tile is None:
-        local = getattr(model, "receptive_radius", None) is not None and not getattr(model, "global_context", False)
-        tile = DEFAULT_TILE if local else None
-    if max_pixels is None and (upsample_input or float(scale).is_integer()):
-        max_pixels = DEFAULT_MAX_PIXELS
-    return tile or None, max_pixels or None
 
 
 def _add_run_args(p: argparse.ArgumentParser, seed_help: str) -> None:
@@ -139,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "there are skipped, so a killed run resumes; a NAME.png.json sidecar per image)")
     _add_run_args(p, "random seed of the kernel estimate, adaptation crops and the photo path's draws "
                      "(default: their fixed defaults)")
-    p.set_defaults(func=_cmd_adapt)
+    p.set_defaults(func=run_adapt)
 
     p = sub.add_parser("eval", help="PSNR/SSIM over a folder at several step counts")
     p.add_argument("--gt-dir", required=True, help="folder of HR ground-truth images")
@@ -209,231 +191,6 @@ def _version() -> str:
     return f"metasr {__version__}"
 
 
-def _setup(args: argparse.Namespace):
-    import torch
-
-    from ..devices import resolve_device
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
-        torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
-
-
-def _choose_weights(args: argparse.Namespace) -> tuple[str, dict, Any]:
-    """The weights to load (``--weights``, or the bundled ones that fit the kernel), their metadata
-    (scale, ds_method, schedule, loss; empty for files that carry none), and what ``load_model`` takes: the
-    name, or for a file of the user's the :class:`~metasr_adapter.io.weights.WeightsFile` read here, once."""
-    from ..ops.kernels import resolve_kernel
-    from ..io.pretrained import BUNDLED_WEIGHTS, default_weights, list_weights
-    from ..io.weights import open_weights, read_metadata
-
-    weights = args.weights
-    if weights is None:
-        try:  # blind mode (--kernel estimate) models direct subsampling
-            ds = "direct" if is_estimate(args.kernel) else (
-                getattr(args, "kernel_spec", None) or resolve_kernel(args.kernel, args.ds_method)).ds_method
-        except (ValueError, FileNotFoundError):
-            ds = args.ds_method  # the kernel's own error comes later, with its context
-        info = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds, blind=is_estimate(args.kernel))
-        known = default_weights(args.arch or "mzsr", scale=args.scale, ds_method=ds) if info is None else None
-        if known is not None:  # blind mode, and only weights for a known kernel at this scale
-            raise ValueError(f"no bundled weights estimate kernels at --scale {known.scale:g}: {known.name} is for a "
-                             "known kernel (its sidecar says blind: false); give --kernel (e.g. gd2.0 or a .mat/.npy "
-                             "file), or --weights PATH of your own")
-        if info is None:
-            have = ", ".join(list_weights()) or "none"
-            raise ValueError(f"no bundled weights for --arch {args.arch or 'mzsr'}"
-                             + (f" at --scale {args.scale:g}" if args.scale else "")
-                             + f" (bundled: {have}); pass --weights PATH, or --weights random for an untrained network")
-        weights = info.name
-        if ds is not None and info.ds_method not in (None, ds):
-            print(f"note: no bundled weights for {ds} subsampling at x{info.scale:g}; using {weights} (trained for "
-                  f"{info.ds_method} subsampling: adaptation has more to correct). --weights PATH takes your own",
-                  file=sys.stderr)
-    if weights in BUNDLED_WEIGHTS:
-        info = BUNDLED_WEIGHTS[weights]
-        return weights, {**read_metadata(info.path), "scale": info.scale, "ds_method": info.ds_method,
-                         "schedule": info.schedule, "loss": info.loss, "adapt_steps": info.adapt_steps}, weights
-    if weights == "random":
-        return weights, {}, weights
-    if (args.arch or "").lower() == "spandrel":  # spandrel reads the checkpoint itself
-        return weights, read_metadata(weights), weights
-    loaded = open_weights(weights, param_key=args.param_key)
-    return weights, loaded.metadata, loaded
-
-
-def _load_metasr(args: argparse.Namespace):
-    from .. import MetaSR
-    from ..adapters import scale_kwargs
-    from ..io.pretrained import load_model
-
-    device = _setup(args)
-    weights, meta, source = _choose_weights(args)
-    args.weights_used, args.weights_meta = weights, meta
-    trained_scale = meta.get("scale")
-    given_scale = args.scale
-    if args.scale is not None and trained_scale is not None and float(trained_scale) != float(args.scale):
-        raise ValueError(f"--scale {args.scale:g} but the weights {weights!r} were trained for x{float(trained_scale):g}; "
-                         f"use --scale {float(trained_scale):g} or weights trained for x{args.scale:g}")
-    scale = float(args.scale if args.scale is not None else trained_scale or 2.0)
-    args.scale = scale
-    arch = args.arch or meta.get("arch") or "mzsr"
-    if arch == "spandrel":  # the checkpoint carries its scale
-        model = load_model("spandrel", weights).to(device)
-        if given_scale is not None and float(given_scale) != model.scale:  # not the default 2 set above
-            raise ValueError(f"--scale {given_scale:g} but spandrel detects a x{model.scale} {model.architecture} in "
-                             f"{weights}; use --scale {model.scale} or leave it out")
-        scale = args.scale = float(model.scale)
-    else:
-        model = load_model(args.arch, source, param_key=args.param_key,
-                           arch_defaults=scale_kwargs(arch, scale), **(args.arch_kwargs or {})).to(device)
-    if getattr(args, "lr", None) is not None:
-        schedule = args.lr
-    else:
-        schedule = getattr(args, "schedule", None) or meta.get("schedule") or "mzsr_direct"
-    loss = getattr(args, "loss", None) or meta.get("loss") or "l1"
-    from ..adapters.contract import takes_upsampled_input
-
-    tile, max_pixels = _memory_budget(args, model, scale, takes_upsampled_input(model))
-    precision = args.precision_used = args.precision or _default_precision(args.command, device)
-    return MetaSR(model, scale, schedule=schedule, precision=precision, device=device, loss=loss,
-                  adapt_params=meta.get("adapt_params"), tile=tile, max_pixels=max_pixels)
-
-
-def _steps_or_the_weights(args: argparse.Namespace) -> int:
-    """``--steps``, else the count the loaded weights were meta-trained for (``adapt_steps``), else 1. Fewer
-    steps than the weights were meta-trained for get a warning on stderr: such weights start far from the image."""
-    meant = args.weights_meta.get("adapt_steps")
-    if args.steps is not None and meant is not None and args.steps < int(meant):
-        import warnings
-
-        from ..adapt.metasr import too_few_steps
-
-        print(f"metasr {args.command}: warning ({args.weights_used}): "
-              + too_few_steps(int(meant), f"--steps {args.steps}", "--steps"), file=sys.stderr)
-        warnings.filterwarnings("ignore", message="these weights were meta-trained for")  # said once, here
-    return args.steps if args.steps is not None else int(meant or 1)
-
-
-def _default_precision(command: str, device) -> str:
-    """``--precision`` left out: bf16 where it is fast for ``adapt`` and ``demo`` (Table 2 cells within 0.04 dB of
-    fp32, 1.8x faster: ``precision.auto_precision``); fp32 for ``eval`` and the rest, whose numbers are the
-    exact arithmetic's."""
-    from ..precision import auto_precision
-
-    return auto_precision(device) if command in ("adapt", "demo") else "fp32"
-
-
-def _photo_setup(args: argparse.Namespace):
-    """The photo path's MetaSR (``--weights`` or the bundled photo weights), its grid and step count."""
-    from ..io.pretrained import BUNDLED_WEIGHTS
-    from ..pipelines.photo import PHOTO_MAX_PIXELS, PHOTO_STEPS, PHOTO_WEIGHTS, load_grid_specialists, photo_precision
-
-    chosen = args.weights is None
-    if chosen:  # the bundled photo weights, unless another architecture was asked for
-        args.weights = next((w for w in PHOTO_WEIGHTS if w in BUNDLED_WEIGHTS
-                             and args.arch in (None, BUNDLED_WEIGHTS[w].arch)), None)
-    if args.max_pixels is None:
-        args.max_pixels = PHOTO_MAX_PIXELS
-    if args.precision is None:  # bf16 where it is fast (the output's first line says which ran)
-        args.precision = photo_precision(args.device)
-    msr = _load_metasr(args)
-    # weights chosen here may hand a plain resize to the network trained for it; --weights X is used as given
-    args.photo_specialists = (load_grid_specialists(device=msr.device, precision=msr.precision)
-                              if chosen and args.weights in PHOTO_WEIGHTS else {})
-    grid = args.ds_method or ("direct" if args.weights_meta.get("ds_method") == "direct" else "centred")
-    if grid not in ("direct", "centred"):
-        raise ValueError(f"--kernel photo with --ds-method {grid}: the photo path estimates the blur on a 'centred' "
-                         "(photos) or 'direct' (MZSR-style) grid; a bicubic resize is among its centred candidates")
-    steps = PHOTO_STEPS if args.steps is None else args.steps
-    return msr, grid, steps
-
-
-def _run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool, specialists=None, seed=None):
-    """One photo through :func:`~metasr_adapter.pipelines.photo.upscale_photo` (JPEG quality from the file)."""
-    from ..ops.imageio import read_image
-    from ..ops.jpeg import read_jpeg_quality
-    from ..pipelines.photo import upscale_photo
-
-    bars: list = []
-    if show:
-        print(f"{path}: estimating the degradation, then {steps} adaptation step(s) and the held-out check")
-
-    def on_step(rec) -> None:
-        if not show:
-            return
-        if not bars:  # made at the first step, so that its rate leaves the estimate out
-            from tqdm.auto import tqdm
-
-            bars.append(tqdm(total=steps, desc="adapt", unit="step"))
-        bars[0].update(1)
-        bars[0].set_postfix(loss=f"{rec.loss:.5f}")
-
-    sr, info = upscale_photo(read_image(path), msr, steps=steps, jpeg_quality=read_jpeg_quality(path), grid=grid,
-                             weights_name=weights, specialists=specialists, callback=on_step, return_info=True,
-                             **({} if seed is None else {"seed": seed}))
-    for bar in bars:
-        bar.close()
-    return sr, info
-
-
-def _orientation_note(path) -> str | None:
-    """A line saying that the input was turned upright by its EXIF orientation (None when it is stored upright)."""
-    from ..ops.imageio import exif_orientation
-
-    turn = exif_orientation(path)
-    return None if turn == 1 else (f"{path}: turned upright by its EXIF orientation ({turn}), as viewers show it; "
-                                   f"the output is stored upright, without the tag")
-
-
-def _cmd_adapt(args: argparse.Namespace) -> int:
-    from ..ops.imageio import read_icc_profile, read_image, write_image
-
-    if args.kernel is None:
-        args.kernel = "photo"
-    if many_inputs(args.lr_image):
-        return _cmd_adapt_folder(args)
-    note = _orientation_note(args.lr_image)
-    if note and not args.quiet:
-        print(note)
-    if is_photo(args.kernel):
-        msr, grid, steps = _photo_setup(args)
-        sr, info = _run_photo(msr, args.lr_image, grid, steps, args.weights_used, show=not args.quiet,
-                              specialists=args.photo_specialists, seed=args.seed)
-        for line in info.summary_lines():
-            print(line)
-        out = write_image(args.output, sr, icc_profile=read_icc_profile(args.lr_image))
-        print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) in {info.seconds:.1f} s")
-        return 0
-    msr = _load_metasr(args)
-    args.steps = _steps_or_the_weights(args)
-    lr_img = read_image(args.lr_image)
-    kernel = getattr(args, "kernel_spec", None) or args.kernel  # parsed once, in check_options (cli/checks.py)
-    if is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
-        from ..estimate.api import estimate_for_metasr
-
-        kernel, est = estimate_for_metasr(msr, lr_img, args.ds_method, seed=args.seed, progress=not args.quiet)
-        print(f"estimated kernel: {est.summary()}")
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=args.steps, desc="adapt", unit="step", disable=args.steps == 0 or args.quiet)
-
-    def on_step(rec) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{rec.loss:.5f}", lr=f"{rec.lr:g}")
-
-    sr, info = msr.adapt(lr_img, kernel, args.steps, ds_method=args.ds_method, callback=on_step, seed=args.seed,
-                         back_projection=args.back_projection, self_ensemble=args.self_ensemble, return_info=True)
-    bar.close()
-    out = write_image(args.output, sr, icc_profile=read_icc_profile(args.lr_image))
-    print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) after {args.steps} step(s) in {info.seconds:.2f} s, "
-          f"{msr.precision}" + (" (bf16 where it is fast; --precision fp32 for exact arithmetic)"
-                                if args.precision is None and msr.precision == "bf16" else ""))
-    return 0
-
-
 def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
     from ..estimate.api import estimate_kernel
     from ..ops.imageio import read_image
@@ -441,12 +198,12 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
     lr_img = read_image(args.lr_image)
     options = {}
     if args.estimator == "gaussian":
-        model = _load_metasr(args)
+        model = load_metasr(args)
         if args.evals is not None:
             options["max_evals"] = args.evals
     else:
         model = None
-        options["device"] = _setup(args)  # --precision: refused by check_options unless fp32
+        options["device"] = setup_device(args)  # --precision: refused by check_options unless fp32
         if args.iters is not None:
             options["iters"] = args.iters
     est = estimate_kernel(lr_img, args.scale or 2, args.estimator, model=model, progress=not args.quiet,
@@ -473,61 +230,11 @@ def _cmd_estimate_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_adapt_folder(args: argparse.Namespace) -> int:
-    from ..adapt.batch import adapt_folder, expand_inputs
-
-    files = expand_inputs(args.lr_image)  # a pattern matching nothing fails before the model loads
-    if is_photo(args.kernel):
-        msr, grid, steps = _photo_setup(args)
-
-        def run_one(path):
-            sr, info = _run_photo(msr, path, grid, steps, args.weights_used, show=False,
-                                  specialists=args.photo_specialists, seed=args.seed)
-            return sr, info.to_dict()
-
-        outcomes = adapt_folder(msr, files, args.output, kernel="photo", steps=steps, run_one=run_one,
-                                settings=_folder_settings(args, grid=grid), flag="-o", progress=not args.quiet)
-    else:
-        msr = _load_metasr(args)
-        args.steps = _steps_or_the_weights(args)
-        seed = {} if args.seed is None else {"seed": args.seed}
-        outcomes = adapt_folder(msr, files, args.output, kernel=args.kernel, steps=args.steps,
-                                ds_method=args.ds_method, back_projection=args.back_projection,
-                                self_ensemble=args.self_ensemble, settings=_folder_settings(args), flag="-o",
-                                progress=not args.quiet, kernel_spec=getattr(args, "kernel_spec", None), **seed)
-    done = [o for o in outcomes if o.status == "done"]
-    skipped = [o for o in outcomes if o.status == "skipped"]
-    failed = [o for o in outcomes if o.status == "failed"]
-    print(f"{len(done)} written, {len(skipped)} skipped (already in {args.output}), {len(failed)} failed")
-    for o in failed:
-        print(f"  failed: {o.source}: {o.error}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _folder_settings(args: argparse.Namespace, **extra) -> dict:
-    """The settings a folder run records in its sidecars (with the kernel, steps and adapt options), so that a
-    re-run skips only outputs made the same way: the weights (a file by its content too) and the options that
-    change the result (device, threads and tiling do not)."""
-    from pathlib import Path
-
-    from ..adapt.batch import file_fingerprint
-    from ..io.pretrained import BUNDLED_WEIGHTS
-
-    weights = args.weights_used
-    if weights not in BUNDLED_WEIGHTS and weights != "random" and Path(weights).is_file():
-        weights = file_fingerprint(weights)
-    return {"weights": weights, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "param_key": args.param_key,
-            "scale": args.scale, "precision": getattr(args, "precision_used", None) or args.precision or "fp32",
-            "schedule": args.schedule, "lr": args.lr,
-            "loss": args.loss, "max_pixels": args.max_pixels,
-            **({} if args.seed is None else {"seed": args.seed}), **extra}
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..pipelines.evaluate import evaluate_folder
 
     if args.method == "metasr":
-        msr, scale, zcfg = _load_metasr(args), None, None
+        msr, scale, zcfg = load_metasr(args), None, None
     else:
         from ..zssr.core import ZSSRConfig
 
@@ -537,7 +244,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         preset = args.zssr_preset or default_preset(resolve_kernel(args.kernel, args.ds_method))
         zcfg = ZSSRConfig.preset(preset, kernel_shift=args.kernel_shift, precision=args.precision or "fp32",
-                                 device=str(_setup(args)), **({} if args.seed is None else {"seed": args.seed}))
+                                 device=str(setup_device(args)), **({} if args.seed is None else {"seed": args.seed}))
         if args.zssr_iters is not None:
             zcfg.max_iters = args.zssr_iters
     report = evaluate_folder(
@@ -562,13 +269,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.kernel is None or is_photo(args.kernel):  # the default: a web JPEG through the photo path
         if not 1 <= args.quality <= 100:
             raise ValueError(f"--quality {args.quality}: a JPEG quality is 1..100 (75 is libjpeg's default)")
-        msr, _, steps = _photo_setup(args)
+        msr, _, steps = photo_setup(args)
         return run_photo_demo(msr, args.weights_used, image=args.image, quality=args.quality, steps=steps,
                               output=args.output, specialists=args.photo_specialists)
     if args.steps is None:
         args.steps = 10
 
-    msr = _load_metasr(args)
+    msr = load_metasr(args)
     used = args.weights_used
     if used in BUNDLED_WEIGHTS:
         print(f"weights: {used} (bundled; model card: {BUNDLED_WEIGHTS[used].model_card})")
