@@ -58,3 +58,13 @@ def test_a_name_prints_its_model_card_and_a_wrong_one_lists_the_choices(capsys):
     assert main(["weights", "mzsr_x3_nothing"]) == 2
     err = capsys.readouterr().err
     assert "mzsr_x3_nothing" in err and name in err
+
+
+def test_the_photo_default_is_one_helper_for_the_library_the_cli_and_the_listing():
+    from metasr_adapter.pipelines.photo import PHOTO_WEIGHTS, default_photo_weights
+
+    first = next(n for n in PHOTO_WEIGHTS if n in BUNDLED_WEIGHTS)
+    assert default_photo_weights() == first == default_photo_weights(BUNDLED_WEIGHTS[first].arch)
+    other = {w.arch for w in BUNDLED_WEIGHTS.values()} - {BUNDLED_WEIGHTS[n].arch for n in PHOTO_WEIGHTS if n in BUNDLED_WEIGHTS}
+    for arch in other:  # e.g. --arch mzsr on the photo path: no photo weights of that architecture
+        assert default_photo_weights(arch) is None

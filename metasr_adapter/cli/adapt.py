@@ -13,13 +13,12 @@ __all__ = ["run_adapt", "run_adapt_folder", "photo_setup", "run_photo", "folder_
 
 def photo_setup(args: argparse.Namespace):
     """The photo path's MetaSR (``--weights`` or the bundled photo weights), its grid and step count."""
-    from ..io.pretrained import BUNDLED_WEIGHTS
-    from ..pipelines.photo import PHOTO_MAX_PIXELS, PHOTO_STEPS, PHOTO_WEIGHTS, load_grid_specialists, photo_precision
+    from ..pipelines.photo import (PHOTO_MAX_PIXELS, PHOTO_STEPS, PHOTO_WEIGHTS, default_photo_weights,
+                                   load_grid_specialists, photo_precision)
 
     chosen = args.weights is None
     if chosen:  # the bundled photo weights, unless another architecture was asked for
-        args.weights = next((w for w in PHOTO_WEIGHTS if w in BUNDLED_WEIGHTS
-                             and args.arch in (None, BUNDLED_WEIGHTS[w].arch)), None)
+        args.weights = default_photo_weights(args.arch)
     if args.max_pixels is None:
         args.max_pixels = PHOTO_MAX_PIXELS
     if args.precision is None:  # bf16 where it is fast (the output's first line says which ran)

@@ -20,10 +20,10 @@ def add_weights_arguments(p: argparse.ArgumentParser) -> None:
 def used_for(w: WeightsInfo) -> list[str]:
     """Where the command line and :func:`~metasr_adapter.load_pretrained` pick ``w`` when no ``--weights`` is
     given (at its scale; ``--arch`` first for architectures other than the default mzsr)."""
-    from ..pipelines.photo import PHOTO_WEIGHTS
+    from ..pipelines.photo import default_photo_weights
 
     uses = []
-    if w.name == next((n for n in PHOTO_WEIGHTS if n in BUNDLED_WEIGHTS), None):
+    if w.name == default_photo_weights():
         uses.append("photos (no --kernel)")
     if w.ds_method in ("direct", "bicubic") and default_weights(w.arch, scale=w.scale, ds_method=w.ds_method) is w:
         uses.append(f"a known kernel, {w.ds_method} subsampling")

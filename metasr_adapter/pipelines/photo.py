@@ -27,7 +27,7 @@ from ..estimate.degradation import DegradationEstimate, estimate_degradation
 from ..ops.degradation_spec import DegradationSpec
 from ..ops.imageio import to_tensor
 
-__all__ = ["PHOTO_WEIGHTS", "GRID_SPECIALISTS", "PHOTO_STEPS", "PhotoInfo", "upscale_photo", "load_photo_model",
+__all__ = ["PHOTO_WEIGHTS", "default_photo_weights", "GRID_SPECIALISTS", "PHOTO_STEPS", "PhotoInfo", "upscale_photo", "load_photo_model",
            "load_grid_specialists", "photo_precision"]
 
 #: bundled weights of the photo path, best first (the first one installed is used)
@@ -92,18 +92,25 @@ def photo_precision(device: Any = None) -> str:
     return auto_precision(resolve_device(device))  # None: CUDA when available, as the model
 
 
+def default_photo_weights(arch: str | None = None) -> str | None:
+    """The photo path's default bundled weights: the first of :data:`PHOTO_WEIGHTS` that is installed (of
+    architecture ``arch`` when given); None when none is."""
+    from ..io.pretrained import BUNDLED_WEIGHTS
+
+    return next((w for w in PHOTO_WEIGHTS if w in BUNDLED_WEIGHTS and arch in (None, BUNDLED_WEIGHTS[w].arch)), None)
+
+
 def load_photo_model(weights: str | None = None, *, device: Any = None, precision: str = "auto") -> tuple[MetaSR, str]:
     """The photo path's :class:`MetaSR` (bundled ``weights``, default: the first of :data:`PHOTO_WEIGHTS`
     that is installed), with the adaptation budget of the photo path; and the weights' name. ``precision``
     ``'auto'``: :func:`photo_precision`."""
     from ..adapt.metasr import load_pretrained
-    from ..io.pretrained import BUNDLED_WEIGHTS
 
     if precision == "auto":
         precision = photo_precision(device)
 
     if weights is None:
-        weights = next((w for w in PHOTO_WEIGHTS if w in BUNDLED_WEIGHTS), None)
+        weights = default_photo_weights()
         if weights is None:
             raise ValueError(f"none of the photo weights {PHOTO_WEIGHTS} is installed; reinstall metasr_adapter "
                              "or pass your own MetaSR")
