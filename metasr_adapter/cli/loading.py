@@ -35,6 +35,7 @@ def memory_budget(args: argparse.Namespace, model, scale: float, upsample_input:
 
 
 def setup_device(args: argparse.Namespace):
+    """Apply ``--threads`` and return the ``--device`` asked for (default: CUDA when available)."""
     import torch
 
     from ..devices import resolve_device
@@ -90,6 +91,9 @@ def choose_weights(args: argparse.Namespace) -> tuple[str, dict, Any]:
 
 
 def load_metasr(args: argparse.Namespace):
+    """The :class:`~metasr_adapter.MetaSR` a command runs: the chosen weights on the asked device, the scale, rate
+    schedule and loss from the options or else the weights' metadata, the memory budget and the precision. Records
+    ``args.weights_used``, ``args.weights_meta`` and ``args.precision_used`` for the command's report."""
     from .. import MetaSR
     from ..adapters import scale_kwargs
     from ..io.pretrained import load_model
