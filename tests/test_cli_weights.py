@@ -42,6 +42,11 @@ def test_the_photo_row_and_the_scores_come_from_the_sidecars(capsys):
     rows = {r["name"]: r for r in _rows(capsys)}
     photo = [n for n, r in rows.items() if "photos (no --kernel)" in r["used_for"]]
     assert len(photo) == 1
+    from metasr_adapter.pipelines.photo import GRID_SPECIALISTS
+
+    for grid, name in GRID_SPECIALISTS.items():  # the networks the photo path hands a plain resize to
+        if name in rows:
+            assert f"photos found to be a plain {grid} resize" in rows[name]["used_for"]
     for name, r in rows.items():
         w = BUNDLED_WEIGHTS[name]
         psnr = w.metrics["train_eval"]["mean_psnr"]

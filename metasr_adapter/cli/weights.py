@@ -20,16 +20,17 @@ def add_weights_arguments(p: argparse.ArgumentParser) -> None:
 def used_for(w: WeightsInfo) -> list[str]:
     """Where the command line and :func:`~metasr_adapter.load_pretrained` pick ``w`` when no ``--weights`` is
     given (at its scale; ``--arch`` first for architectures other than the default mzsr)."""
-    from ..pipelines.photo import default_photo_weights
+    from ..pipelines.photo import GRID_SPECIALISTS, default_photo_weights
 
     uses = []
     if w.name == default_photo_weights():
         uses.append("photos (no --kernel)")
+    uses += [f"photos found to be a plain {grid} resize" for grid, name in GRID_SPECIALISTS.items() if name == w.name]
     if w.ds_method in ("direct", "bicubic") and default_weights(w.arch, scale=w.scale, ds_method=w.ds_method) is w:
         uses.append(f"a known kernel, {w.ds_method} subsampling")
     if default_weights(w.arch, scale=w.scale, ds_method="direct", blind=True) is w:  # blind mode models direct
         uses.append("--kernel estimate")
-    if w.arch != "mzsr" and any(not u.startswith("photos") for u in uses):
+    if w.arch != "mzsr" and any(not u.startswith("photos") for u in uses):  # the CLI's default arch is mzsr
         first = next(i for i, u in enumerate(uses) if not u.startswith("photos"))
         uses[first] = f"--arch {w.arch}: {uses[first]}"
     return uses
