@@ -436,3 +436,24 @@ def test_adapt_reads_the_kernel_file_and_the_weights_file_once(tmp_path, lr_png,
     assert main(["adapt", str(src), "-o", str(out), "--weights", str(tiny_x2), "--kernel", str(kernel),
                  "--steps", "1", "--quiet"]) == 0
     assert reads == {"np.load": 1, "torch.load": 1}
+
+
+def test_a_photo_at_a_scale_its_weights_lack_names_the_bundled_weights_that_have_it(tmp_path, lr_png, capsys):
+    """`metasr adapt photo.jpg --scale 4` failed with 'use --scale 2 or weights trained for x4', naming none."""
+    from metasr_adapter.io.pretrained import BUNDLED_WEIGHTS
+    from metasr_adapter.pipelines.photo import default_photo_weights
+
+    photo_w = default_photo_weights()
+    if photo_w is None:
+        pytest.skip("this install ships no photo weights")
+    out = tmp_path / "sr.png"
+    for scale in (4, 3):
+        at = [w.name for w in BUNDLED_WEIGHTS.values() if float(w.scale) == scale]
+        assert main(["adapt", str(lr_png), "--scale", str(scale), "-o", str(out)]) == 2
+        err = _one_error_line(capsys)
+        assert f"--scale {scale}" in err and photo_w in err
+        if at:
+            assert all(name in err for name in at) and "--kernel" in err
+        else:
+            assert f"no bundled weights are x{scale}" in err and "--weights PATH" in err
+        assert not out.exists()

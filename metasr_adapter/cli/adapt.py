@@ -19,6 +19,8 @@ def photo_setup(args: argparse.Namespace):
     chosen = args.weights is None
     if chosen:  # the bundled photo weights, unless another architecture was asked for
         args.weights = default_photo_weights(args.arch)
+        if args.weights is not None and args.scale is not None:
+            _check_photo_scale(args.weights, float(args.scale))
     if args.max_pixels is None:
         args.max_pixels = PHOTO_MAX_PIXELS
     if args.precision is None:  # bf16 where it is fast (the output's first line says which ran)
@@ -33,6 +35,22 @@ def photo_setup(args: argparse.Namespace):
                          "(photos) or 'direct' (MZSR-style) grid; a bicubic resize is among its centred candidates")
     steps = PHOTO_STEPS if args.steps is None else args.steps
     return msr, grid, steps
+
+
+def _check_photo_scale(weights: str, scale: float) -> None:
+    """ValueError when the photo path's bundled weights are not of ``--scale``, naming the bundled weights that are
+    (they adapt to a kernel the user gives) or saying that none is."""
+    from ..io.pretrained import BUNDLED_WEIGHTS
+
+    have = float(BUNDLED_WEIGHTS[weights].scale)
+    if have == scale:
+        return
+    at_scale = [w.name for w in BUNDLED_WEIGHTS.values() if float(w.scale) == scale]
+    advice = (f"at x{scale:g} the bundled {', '.join(at_scale)} {'adapts' if len(at_scale) == 1 else 'adapt'} to a "
+              f"blur kernel you give instead "
+              f"(--kernel gd2.0, or a .mat/.npy file; `metasr weights` lists what each is for)" if at_scale else
+              f"no bundled weights are x{scale:g}: pass --weights PATH of your own, or leave --scale out")
+    raise ValueError(f"--scale {scale:g}: the photo path's weights ({weights}) are x{have:g} only; {advice}")
 
 
 def run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool, specialists=None, seed=None):
