@@ -457,3 +457,22 @@ def test_a_photo_at_a_scale_its_weights_lack_names_the_bundled_weights_that_have
         else:
             assert f"no bundled weights are x{scale}" in err and "--weights PATH" in err
         assert not out.exists()
+
+
+def test_an_undecodable_photo_fails_before_any_network_loads_or_work_is_announced(tmp_path, capsys, monkeypatch):
+    """A .heic (or any file PIL/OpenCV cannot read) printed 'estimating the degradation...' after loading the photo
+    networks, then failed."""
+    import importlib
+
+    cli_adapt = importlib.import_module("metasr_adapter.cli.adapt")
+
+    def no_setup(args):
+        raise AssertionError("the photo networks were loaded for an unreadable file")
+
+    monkeypatch.setattr(cli_adapt, "photo_setup", no_setup)
+    bad = tmp_path / "IMG_0001.heic"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    assert main(["adapt", str(bad), "-o", str(tmp_path / "sr.png")]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "could not decode" in out.err and "IMG_0001.heic" in out.err and len(out.err.strip().splitlines()) == 1

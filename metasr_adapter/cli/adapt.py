@@ -53,12 +53,14 @@ def _check_photo_scale(weights: str, scale: float) -> None:
     raise ValueError(f"--scale {scale:g}: the photo path's weights ({weights}) are x{have:g} only; {advice}")
 
 
-def run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool, specialists=None, seed=None):
-    """One photo through :func:`~metasr_adapter.pipelines.photo.upscale_photo` (JPEG quality from the file)."""
+def run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool, specialists=None, seed=None, image=None):
+    """One photo through :func:`~metasr_adapter.pipelines.photo.upscale_photo` (JPEG quality from the file;
+    ``image``: the file already read)."""
     from ..ops.imageio import read_image
     from ..ops.jpeg import read_jpeg_quality
     from ..pipelines.photo import upscale_photo
 
+    image = read_image(path) if image is None else image  # an undecodable file fails before any message
     bars: list = []
     if show:
         print(f"{path}: estimating the degradation, then {steps} adaptation step(s) and the held-out check")
@@ -73,7 +75,7 @@ def run_photo(msr, path, grid: str, steps: int, weights: str, *, show: bool, spe
         bars[0].update(1)
         bars[0].set_postfix(loss=f"{rec.loss:.5f}")
 
-    sr, info = upscale_photo(read_image(path), msr, steps=steps, jpeg_quality=read_jpeg_quality(path), grid=grid,
+    sr, info = upscale_photo(image, msr, steps=steps, jpeg_quality=read_jpeg_quality(path), grid=grid,
                              weights_name=weights, specialists=specialists, callback=on_step, return_info=True,
                              **({} if seed is None else {"seed": seed}))
     for bar in bars:
@@ -97,13 +99,14 @@ def run_adapt(args: argparse.Namespace) -> int:
         args.kernel = "photo"
     if many_inputs(args.lr_image):
         return run_adapt_folder(args)
+    lr_img = read_image(args.lr_image)  # an undecodable input fails here, before any network loads
     note = orientation_note(args.lr_image)
     if note and not args.quiet:
         print(note)
     if is_photo(args.kernel):
         msr, grid, steps = photo_setup(args)
         sr, info = run_photo(msr, args.lr_image, grid, steps, args.weights_used, show=not args.quiet,
-                              specialists=args.photo_specialists, seed=args.seed)
+                             specialists=args.photo_specialists, seed=args.seed, image=lr_img)
         for line in info.summary_lines():
             print(line)
         out = write_image(args.output, sr, icc_profile=read_icc_profile(args.lr_image))
@@ -111,7 +114,6 @@ def run_adapt(args: argparse.Namespace) -> int:
         return 0
     msr = load_metasr(args)
     args.steps = steps_or_the_weights(args)
-    lr_img = read_image(args.lr_image)
     kernel = getattr(args, "kernel_spec", None) or args.kernel  # parsed once, in check_options (cli/checks.py)
     if is_estimate(kernel):  # blind mode: estimate with the wrapper's own network, shown with a progress bar
         from ..estimate.api import estimate_for_metasr
