@@ -315,3 +315,23 @@ def test_eval_handles_a_grayscale_gt_like_set14s(tmp_path, photo):
     report = evaluate_folder(MetaSR(MZSRNet(width=8, depth=3), 2), tmp_path / "gt", kernel="bicubic", steps=[0, 1],
                              progress=False)
     assert [r.name for r in report.rows] == ["gray", "rgb"] and all(np.isfinite(r.psnr[1]) for r in report.rows)
+
+
+def test_eval_plots_psnr_against_the_steps_and_refuses_the_plot_where_there_are_no_steps(tmp_path, folders, capsys):
+    import cv2
+
+    torch.manual_seed(0)
+    w = save_weights(MZSRNet(width=8, depth=3), tmp_path / "tiny.pth", arch_kwargs={"width": 8, "depth": 3})
+    png = tmp_path / "plots" / "psnr.png"
+    assert main(["eval", "--gt-dir", str(folders), "--kernel", "gd2.0", "--weights", str(w), "--steps", "0,1,3",
+                 "--bicubic", "--plot", str(png)]) == 0
+    assert f"wrote {png}" in capsys.readouterr().out
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[0] > 200 and img.shape[1] > 300
+    # ZSSR has no step axis: refused before any work, naming the reason
+    assert main(["eval", "--gt-dir", str(folders), "--method", "zssr", "--kernel", "gd2.0", "--plot", str(png)]) == 2
+    assert "--plot" in capsys.readouterr().err
+    # a plot needs an image name
+    assert main(["eval", "--gt-dir", str(folders), "--kernel", "gd2.0", "--weights", str(w), "--plot",
+                 str(tmp_path / "psnr.json")]) == 2
+    assert "--plot" in capsys.readouterr().err

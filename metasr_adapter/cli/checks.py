@@ -109,6 +109,7 @@ _METASR_ONLY_REASONS = {
     "model": "ZSSR trains its own network from scratch on each image, so no weights or architecture are loaded",
     "adapt": "ZSSR's training is set by --zssr-preset and --zssr-iters, not by MetaSR's adaptation options",
     "result": "ZSSR's back-projection and self-ensemble come from --zssr-preset",
+    "plot": "the plot draws PSNR against MetaSR's adaptation steps, which ZSSR does not take",
 }
 _METASR_ONLY = (("--weights", "weights", None, "model"), ("--arch", "arch", None, "model"),
                 ("--arch-kwargs", "arch_kwargs", None, "model"), ("--param-key", "param_key", "auto", "model"),
@@ -116,7 +117,7 @@ _METASR_ONLY = (("--weights", "weights", None, "model"), ("--arch", "arch", None
                 ("--loss", "loss", None, "adapt"), ("--steps", "steps", None, "adapt"),
                 ("--tile", "tile", None, "adapt"), ("--max-pixels", "max_pixels", None, "adapt"),
                 ("--back-projection", "back_projection", None, "result"),
-                ("--self-ensemble", "self_ensemble", False, "result"))
+                ("--self-ensemble", "self_ensemble", False, "result"), ("--plot", "plot", None, "plot"))
 #: ``metasr eval --method metasr``: the options of ZSSR
 _ZSSR_ONLY = (("--zssr-preset", "zssr_preset", None), ("--zssr-iters", "zssr_iters", None),
               ("--kernel-shift", "kernel_shift", False))
@@ -257,5 +258,7 @@ def check_options(args: argparse.Namespace) -> None:
                          f"{args.kernel or 'bicubic'}); add --kernel estimate or leave --estimator out")
     if getattr(args, "json", None):
         _check_output(args.json, "--json", image=False)
+    if args.command == "eval" and args.plot:
+        _check_output(args.plot, "--plot", image=True)
     if args.command == "eval":  # after the kernel checks: a wrong kernel option is named before the folders
         _check_eval_folders(args)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_kernel_shift_argument(p, "--zssr-kernel-shift")  # the old spelling, still accepted
     p.add_argument("--zssr-iters", type=int, default=None, help="ZSSR iteration cap for --method zssr")
     p.add_argument("--json", default=None, help="write the full report as JSON")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw the mean PSNR against the step count (bicubic's as a line with --bicubic)")
     p.add_argument("--save-dir", default=None, help="write the SR images here")
     _add_run_args(p, "random seed of ZSSR (--method zssr; default 0) and of the adaptation's crops")
     p.set_defaults(func=_cmd_eval)
@@ -258,6 +261,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         report.save_json(args.json)
         print(f"wrote {args.json}")
+    if args.plot:
+        from ..training.plots import psnr_vs_steps
+
+        mean = report.mean_psnr
+        curve = {k: v for k, v in mean.items() if isinstance(k, int)}
+        name = os.path.basename(str(args.weights_used))
+        st = report.settings
+        title = f"{os.path.basename(os.path.normpath(args.gt_dir))}, kernel {st['kernel']} ({st['ds_method']}), x{st['scale']:g}"
+        print(f"wrote {psnr_vs_steps({name: curve}, args.plot, title=title, baseline=mean.get('bicubic'))}")
     return 0
 
 
@@ -296,8 +308,6 @@ def _close_progress_bars() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
-
     from ..allocator import retain_from_environment
     from ..errors import USER_ERRORS
 
