@@ -32,7 +32,7 @@ def test_default_for_says_what_the_command_line_really_loads(capsys, kernel, sca
     args = argparse.Namespace(weights=None, kernel=kernel, ds_method=None, arch=None, scale=scale)
     chosen = choose_weights(args)[0]
     want = "--kernel estimate" if kernel == "estimate" else (
-        f"a known kernel, {'bicubic' if kernel.startswith('gb') else 'direct'} subsampling")
+        f"known kernel ({'bicubic' if kernel.startswith('gb') else 'direct'})")
     claim = [r["name"] for r in _rows(capsys) if want in r["used_for"] and r["arch"] == "mzsr"
              and r["scale"] == (scale or 2.0)]
     assert claim == [chosen]
@@ -40,18 +40,18 @@ def test_default_for_says_what_the_command_line_really_loads(capsys, kernel, sca
 
 def test_the_photo_row_and_the_scores_come_from_the_sidecars(capsys):
     rows = {r["name"]: r for r in _rows(capsys)}
-    photo = [n for n, r in rows.items() if "photos (no --kernel)" in r["used_for"]]
+    photo = [n for n, r in rows.items() if "photos" in r["used_for"]]
     assert len(photo) == 1
     from metasr_adapter.pipelines.photo import GRID_SPECIALISTS
 
     for grid, name in GRID_SPECIALISTS.items():  # the networks the photo path hands a plain resize to
         if name in rows:
-            assert f"photos found to be a plain {grid} resize" in rows[name]["used_for"]
+            assert f"photos: a plain {grid} resize" in rows[name]["used_for"]
     for name, r in rows.items():
         w = BUNDLED_WEIGHTS[name]
         psnr = w.metrics["train_eval"]["mean_psnr"]
         k = str(w.adapt_steps or 1) if str(w.adapt_steps or 1) in psnr else str(max(int(s) for s in psnr if s.isdigit()))
-        assert f"{psnr[k]:.2f} dB after {k} step" in r["score"], (name, r["score"])
+        assert r["score"].startswith(f"{psnr[k]:.2f} dB at {k} step"), (name, r["score"])
 
 
 def test_a_name_prints_its_model_card_and_a_wrong_one_lists_the_choices(capsys):

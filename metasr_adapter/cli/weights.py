@@ -24,10 +24,10 @@ def used_for(w: WeightsInfo) -> list[str]:
 
     uses = []
     if w.name == default_photo_weights():
-        uses.append("photos (no --kernel)")
-    uses += [f"photos found to be a plain {grid} resize" for grid, name in GRID_SPECIALISTS.items() if name == w.name]
+        uses.append("photos")
+    uses += [f"photos: a plain {grid} resize" for grid, name in GRID_SPECIALISTS.items() if name == w.name]
     if w.ds_method in ("direct", "bicubic") and default_weights(w.arch, scale=w.scale, ds_method=w.ds_method) is w:
-        uses.append(f"a known kernel, {w.ds_method} subsampling")
+        uses.append(f"known kernel ({w.ds_method})")
     if default_weights(w.arch, scale=w.scale, ds_method="direct", blind=True) is w:  # blind mode models direct
         uses.append("--kernel estimate")
     if w.arch != "mzsr" and any(not u.startswith("photos") for u in uses):  # the CLI's default arch is mzsr
@@ -46,10 +46,10 @@ def _headline(w: WeightsInfo) -> str:
         return "-"
     k = w.adapt_steps if w.adapt_steps is not None else 1
     k = k if str(k) in psnr else max(steps)
-    where = f"Set5 {ev.get('kernel') or '?'}" + (f" (LR: {os.path.basename(os.path.dirname(ev['lr_dir']))})"
-                                                 if ev.get("lr_dir") else "")
-    bic = f", bicubic {psnr['bicubic']:.2f}" if "bicubic" in psnr else ""
-    return f"{where}: {psnr[str(k)]:.2f} dB after {k} step{'s' if k != 1 else ''}{bic}"
+    where = f"kernel {ev.get('kernel') or '?'}" + (f" on {os.path.basename(os.path.dirname(ev['lr_dir']))}'s LR"
+                                                  if ev.get("lr_dir") else "")
+    bic = f"; bicubic upscaling {psnr['bicubic']:.2f}" if "bicubic" in psnr else ""
+    return f"{psnr[str(k)]:.2f} dB at {k} step{'s' if k != 1 else ''} ({where}{bic})"
 
 
 def weights_rows() -> list[dict[str, Any]]:
@@ -61,8 +61,8 @@ def weights_rows() -> list[dict[str, Any]]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = ["name", "arch", "scale", "subsampling", "steps", "blind", "default for", "score (training run's eval)"]
-    body = [[r["name"], r["arch"], f"x{r['scale']:g}", r["subsampling"], str(r["steps"]), "yes" if r["blind"] else "no",
+    head = ["name", "scale", "subsampling", "steps", "blind", "default for", "Set5 Y-PSNR (the training run's eval)"]
+    body = [[r["name"], f"x{r['scale']:g}", r["subsampling"], str(r["steps"]), "yes" if r["blind"] else "no",
              "; ".join(r["used_for"]) or "-", r["score"]] for r in rows]
     widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head) - 1)]
     return "\n".join("  ".join(c.ljust(wd) for c, wd in zip(line[:-1], widths)) + "  " + line[-1]
