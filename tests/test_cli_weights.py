@@ -36,6 +36,13 @@ def test_default_for_says_what_the_command_line_really_loads(capsys, kernel, sca
     claim = [r["name"] for r in _rows(capsys) if want in r["used_for"] and r["arch"] == "mzsr"
              and r["scale"] == (scale or 2.0)]
     assert claim == [chosen]
+    # other architectures' defaults are claimed only under their --arch
+    assert not [r["name"] for r in _rows(capsys) if r["arch"] != "mzsr" and want in r["used_for"]]
+    args.arch = "idn"
+    if scale is None:
+        idn = choose_weights(args)[0]
+        assert [r["name"] for r in _rows(capsys) if any(u.startswith("--arch idn with") and want in u
+                                                          for u in r["used_for"])] == [idn]
 
 
 def test_the_photo_row_and_the_scores_come_from_the_sidecars(capsys):

@@ -26,14 +26,14 @@ def used_for(w: WeightsInfo) -> list[str]:
     if w.name == default_photo_weights():
         uses.append("photos")
     uses += [f"photos: a plain {grid} resize" for grid, name in GRID_SPECIALISTS.items() if name == w.name]
+    kernel_uses = []
     if w.ds_method in ("direct", "bicubic") and default_weights(w.arch, scale=w.scale, ds_method=w.ds_method) is w:
-        uses.append(f"known kernel ({w.ds_method})")
+        kernel_uses.append(f"known kernel ({w.ds_method})")
     if default_weights(w.arch, scale=w.scale, ds_method="direct", blind=True) is w:  # blind mode models direct
-        uses.append("--kernel estimate")
-    if w.arch != "mzsr" and any(not u.startswith("photos") for u in uses):  # the CLI's default arch is mzsr
-        first = next(i for i, u in enumerate(uses) if not u.startswith("photos"))
-        uses[first] = f"--arch {w.arch}: {uses[first]}"
-    return uses
+        kernel_uses.append("--kernel estimate")
+    if kernel_uses and w.arch != "mzsr":  # the command line's default architecture is mzsr
+        kernel_uses = [f"--arch {w.arch} with " + " or ".join(kernel_uses)]
+    return uses + kernel_uses
 
 
 def _headline(w: WeightsInfo) -> str:
