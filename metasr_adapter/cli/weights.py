@@ -86,7 +86,11 @@ def run_weights_cli(args: argparse.Namespace) -> int:
     if not rows:
         print("this install ships no weights (metasr_adapter/weights/ is empty); reinstall metasr_adapter")
         return 0
+    from ..pipelines.photo import PHOTO_STEPS
+
     print(_table(rows))
-    print("\n`metasr weights NAME` prints a model card (lineage, every measured score); "
+    print(f"\nsteps: the adaptation steps `metasr adapt` takes with a kernel when --steps is not given (the photo "
+          f"path takes {PHOTO_STEPS}); blind: fit to judge candidate kernels for --kernel estimate.")
+    print("`metasr weights NAME` prints a model card (lineage, every measured score); "
           "`--weights NAME` picks one for adapt / eval / demo.")
     return 0
