@@ -499,6 +499,24 @@ def test_the_model_card_states_the_kernel_variances_of_the_runs_own_recipe() -> 
                                                        "kernels far outside")
 
 
+def test_the_model_card_names_kernels_of_the_weights_own_subsampling() -> None:
+    """A g^b card said "g^d_0.2 lies inside", naming a kernel of the other subsampling."""
+    pack = _packager()
+    bicubic = load_recipe(RECIPES / "mzsr_x2_cpu_official_order_sharp_lslr_bicubic.yaml")
+    line = pack.kernel_range_line(bicubic)
+    assert line == "* Trained on Gaussian kernels with variances in [0.2, 5) (x2); sharp kernels lie inside."
+
+
+def test_the_model_card_says_second_order_throughout_when_no_iteration_is_first_order() -> None:
+    """The card said "first order until 0, second order after" for a run that was second order from the start."""
+    pack = _packager()
+    stage = {"iterations": 1500, "meta_batch": 5, "task_batch": 4, "first_order_until": 0, "seconds": 3600.0}
+    (line,) = pack._stage_lines({"stages": {"meta": stage}})
+    assert "second order throughout" in line and "first order until" not in line
+    (mixed,) = pack._stage_lines({"stages": {"meta": dict(stage, first_order_until=100)}})
+    assert "first order until 100, second order after" in mixed
+
+
 def test_the_model_card_counts_cpu_hours_per_session_and_the_parent_at_its_own_threads(tmp_path: Path) -> None:
     """The card multiplied the run and its parent by the largest thread count of any session (13.1 CPU-hours for
     the LSLR run, whose sessions ran at 1 and 2 threads and whose parent ran at 1)."""

@@ -78,7 +78,8 @@ def test_defaults_follow_the_kernel_subsampling():
     # a known g^d kernel: the weights that gain from their 10 steps (issue #19); blind mode: the ones good before
     assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct_lslr_v2"
     assert default_weights("mzsr", scale=2, ds_method="direct", blind=True).name == "mzsr_x2_direct"
-    assert default_weights("mzsr", scale=2, ds_method="bicubic").name == "mzsr_x2_bicubic"
+    # a known g^b kernel: the g^b weights with learned rates that gain from their 10 steps (issue #19)
+    assert default_weights("mzsr", scale=2, ds_method="bicubic").name == "mzsr_x2_bicubic_lslr"
     # x4 (issue #19 item 6): our own Directx4 weights for g^d kernels, not for blind mode; no x4 g^b weights yet
     x4 = default_weights("mzsr", scale=4, ds_method="direct")
     assert x4.name == "mzsr_x4_direct" and x4.scale == 4 and x4.blind is False
@@ -94,7 +95,9 @@ def test_defaults_follow_the_kernel_subsampling():
     default = load_pretrained()
     assert default.weights_metadata["adapt_steps"] == 10 and default.weights_metadata["blind"] is False
     assert load_pretrained("mzsr_x2_direct").schedule(0) == pytest.approx(0.02)  # mzsr_direct starts at 2e-2
-    assert load_pretrained(kernel_ds_method="bicubic").schedule(0) == pytest.approx(0.01)
+    assert load_pretrained("mzsr_x2_bicubic").schedule(0) == pytest.approx(0.01)  # SPEC §5's Bicubicx2 rates
+    bicubic = load_pretrained(kernel_ds_method="bicubic")
+    assert bicubic.weights_metadata["adapt_steps"] == 10 and "per_parameter" in bicubic.weights_metadata["schedule"]
 
 
 def test_without_a_scale_the_defaults_are_x2_whatever_the_registry_order(monkeypatch):
@@ -179,7 +182,8 @@ def test_the_default_weights_gain_from_their_steps_on_an_unseen_photo(photo):
 
 @pytest.mark.shared
 @pytest.mark.parametrize("name, kernel, floor", [("mzsr_x2_direct", "official", 34.3), ("mzsr_x2_bicubic", "gb1.3", 34.0),
-                                                 ("mzsr_x2_direct_lslr_v2", "official", 35.3)])
+                                                 ("mzsr_x2_direct_lslr_v2", "official", 35.3),
+                                                 ("mzsr_x2_bicubic_lslr", "gb1.3", 35.4)])
 def test_adaptation_earns_its_keep_on_set5(name, kernel, floor):
     """The shipped quality bar (issue: >= 34.3 dB after 10 steps on Set5 g^d_2.0, and 10 steps beat 0)."""
     from conftest import shared_path
