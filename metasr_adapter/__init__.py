@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
     # wrapping and adapting
-    "MetaSR": "adapt.metasr", "Adaptation": "adapt.metasr", "AdaptInfo": "adapt.metasr", "AdaptStep": "adapt.metasr",
+    "MetaSR": "adapt.metasr", "Adaptation": "adapt.session", "AdaptInfo": "adapt.session", "AdaptStep": "adapt.session",
     "adapt_many": "adapt.batch", "adapt_folder": "adapt.batch",
     # networks and weights
     "get_model": "adapters", "list_models": "adapters", "register_model": "adapters",

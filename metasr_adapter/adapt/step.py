@@ -1,6 +1,6 @@
 """The adaptation step, written once: ``θ ← θ − α·∇θ L(θ)`` on the adapted parameters.
 
-Test-time adaptation (:class:`~metasr_adapter.adapt.metasr.Adaptation`), meta-training's inner loop
+Test-time adaptation (:class:`~metasr_adapter.adapt.session.Adaptation`), meta-training's inner loop
 (:func:`~metasr_adapter.meta.inner.inner_adapt`) and the kernel search's scorer
 (:mod:`metasr_adapter.estimate.gaussian_search`) all step with it. In the spirit of learn2learn's
 ``clone()`` / ``adapt(loss)``, but functional: weights are a ``{name: tensor}`` dict that the network runs on

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..adapt.metasr import AdaptStep, MetaSR
+from ..adapt.metasr import MetaSR
+from ..adapt.session import AdaptStep
 from ..estimate.degradation import DegradationEstimate, estimate_degradation
 from ..ops.degradation_spec import DegradationSpec
 from ..ops.imageio import to_tensor
