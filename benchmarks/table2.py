@@ -2,7 +2,7 @@
 
     python benchmarks/table2.py --sets set5=../shared/data/set5 --out benchmarks/results/table2
     python benchmarks/table2.py --sets bsd100=../shared/data/bsd100 urban100=../shared/data/urban100 --limit 20
-    python benchmarks/table2.py --weights-direct mzsr_x2_direct --weights-bicubic mzsr_x2_bicubic --threads 2
+    python benchmarks/table2.py --sets set5=../shared/data/set5 --weights-direct mzsr_x2_direct --threads 2
 
 For every set and each of the paper's x2 kernels — g^d_0.2, g^d_2.0, g^d_ani (blur, then direct
 subsampling) and g^b_1.3 (blur, then bicubic subsampling) — the LR image is synthesised from the HR
@@ -67,6 +67,16 @@ def run_cell(msr, gt_dir: Path, kernel: str, limit: int | None, progress: bool, 
     return out
 
 
+def stale_cell(cell: dict, weights: str, precision: str, back_projection: int) -> str | None:
+    """Why an existing cell is not a measurement of this run's settings (None when it is): another weights file,
+    precision or back-projection count. Such a cell is never kept silently beside this run's."""
+    was = {"weights": cell.get("weights"), "precision": cell.get("precision", "fp32"),
+           "back_projection": int(cell.get("settings", {}).get("back_projection") or 0)}
+    now = {"weights": portable_path(weights), "precision": precision, "back_projection": int(back_projection)}
+    differ = [f"{k} {was[k]!r} (this run: {now[k]!r})" for k in was if was[k] is not None and was[k] != now[k]]
+    return ", ".join(differ) or None
+
+
 def markdown(cells: dict[tuple[str, str], dict], weights: dict[str, str]) -> str:
     scales = sorted({float(c.get("scale", 2)) for c in cells.values()}) or [2.0]
     if len(scales) > 1:
@@ -75,7 +85,12 @@ def markdown(cells: dict[tuple[str, str], dict], weights: dict[str, str]) -> str
     kernels = {kernel for _, kernel in cells}
     bps = sorted({int(c.get("settings", {}).get("back_projection") or 0) for c in cells.values()})
     bp_note = "" if bps == [0] else f"; back-projection after SR: {'/'.join(map(str, bps))} iterations (SPEC §7)"
-    used = ", ".join(f"{label} `{weights[key]}`" for key, label, run in (
+    def named(key: str) -> str:  # the cells' own weights (an older cell may lack the field: this run's)
+        files = sorted({str(c.get("weights") or weights[key]) for (_, k), c in cells.items()
+                        if (k == "gb1.3") == (key == "bicubic")})
+        return " / ".join(f"`{f}`" for f in files)
+
+    used = ", ".join(f"{label} {named(key)}" for key, label, run in (
         ("direct", "g^d kernels", any(k != "gb1.3" for k in kernels)), ("bicubic", "g^b_1.3", "gb1.3" in kernels)) if run)
     lines = [
         f"# MZSR Table 2 protocol, x{scale:g}: Y-PSNR / SSIM",
@@ -103,10 +118,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", type=_set_arg, required=True, metavar="NAME=DIR")
     ap.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS)
-    ap.add_argument("--weights-direct", default="mzsr_x2_direct", help="bundled name or path (g^d kernels)")
-    ap.add_argument("--weights-bicubic", default="mzsr_x2_bicubic", help="bundled name or path (g^b_1.3)")
-    ap.add_argument("--schedule-direct", default=None, help="default: the weights' own (mzsr_direct)")
-    ap.add_argument("--schedule-bicubic", default=None, help="default: the weights' own (mzsr_bicubic)")
+    ap.add_argument("--weights-direct", default=None,
+                    help="bundled name or path (g^d kernels); default: the package's weights for a known g^d kernel")
+    ap.add_argument("--weights-bicubic", default=None,
+                    help="bundled name or path (g^b_1.3); default: the package's weights for a known g^b kernel")
+    ap.add_argument("--schedule-direct", default=None, help="default: the weights' own (learned rates or a schedule)")
+    ap.add_argument("--schedule-bicubic", default=None, help="default: the weights' own (learned rates or a schedule)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images of each set")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                     help="adaptation and SR precision (default fp32, the paper's; bf16: autocast)")
@@ -118,6 +135,11 @@ def main() -> int:
     ap.add_argument("--redo", action="store_true", help="recompute cells that already have a JSON file")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
+    from metasr_adapter.io.pretrained import default_weights
+
+    # what `metasr adapt --kernel K` and load_pretrained() use for a known kernel of each subsampling
+    args.weights_direct = args.weights_direct or default_weights("mzsr", scale=2, ds_method="direct").name
+    args.weights_bicubic = args.weights_bicubic or default_weights("mzsr", scale=2, ds_method="bicubic").name
     if args.threads:
         torch.set_num_threads(args.threads)
     from metasr_adapter.allocator import retain_freed_memory
@@ -147,10 +169,16 @@ def main() -> int:
     for name, folder in args.sets:
         for kernel in args.kernels:
             path = out / f"{name}_{kernel}.json"
+            which = "bicubic" if kernel.startswith("gb") else "direct"
             if path.is_file() and not args.redo:
+                why = stale_cell(json.loads(path.read_text()), getattr(args, f"weights_{which}"), args.precision,
+                                 args.back_projection)
+                if why:
+                    print(f"error: {path} was measured with {why}; give another --out, or --redo to replace it",
+                          file=sys.stderr)
+                    return 2
                 print(f"{path} exists; skipped (--redo recomputes)")
                 continue
-            which = "bicubic" if kernel.startswith("gb") else "direct"
             if which not in msrs:
                 msrs[which] = builders[which]()
             cell = run_cell(msrs[which], folder, kernel, args.limit, not args.quiet, args.back_projection)

@@ -276,3 +276,61 @@ def test_bench_meta_names_the_anil_inner_loops_and_the_last_step_objective() -> 
     assert bm.parse_config("so:bf16:loop:cl")["query_losses"] == "every step"
     with pytest.raises(ValueError, match="@anil, @anil-uncut or @last"):
         bm.parse_config("so:fp32:loop:nchw@head")
+
+
+def test_table2_measures_the_weights_users_get_by_default(tmp_path: Path, monkeypatch) -> None:
+    """table2.py's defaults were the first bundled weights (mzsr_x2_direct / mzsr_x2_bicubic), not the ones the
+    package now loads for a known kernel: a plain run scored weights no user gets."""
+    import numpy as np
+
+    from metasr_adapter.io.pretrained import default_weights
+    from metasr_adapter.ops.imageio import write_image
+
+    hr = tmp_path / "set5"
+    hr.mkdir()
+    write_image(hr / "a.png", np.random.default_rng(0).random((48, 48, 3)).astype(np.float32))
+    out = tmp_path / "t2"
+    table2 = _module("table2", BENCH / "table2.py")
+    monkeypatch.setattr(sys, "argv", ["table2.py", "--sets", f"set5={hr}", "--kernels", "gb1.3", "--out", str(out),
+                                      "--quiet", "--threads", "1"])
+    assert table2.main() == 0
+    cell = json.loads((out / "set5_gb1.3.json").read_text())
+    assert cell["weights"] == default_weights("mzsr", scale=2, ds_method="bicubic").name
+
+
+def test_table2_never_keeps_a_cell_of_other_weights_beside_this_runs(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An existing cell was skipped whatever weights measured it: a run with other weights (or precision, or
+    back-projection) in the same --out folder printed a table mixing two models under one header."""
+    import numpy as np
+
+    from metasr_adapter import MZSRNet
+    from metasr_adapter.io.weights import save_weights
+    from metasr_adapter.ops.imageio import write_image
+
+    torch = pytest.importorskip("torch")
+    files = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        files.append(save_weights(MZSRNet(width=8, depth=2), tmp_path / f"w{seed}.pth", arch="mzsr",
+                                  arch_kwargs={"width": 8, "depth": 2}, scale=2, ds_method="direct", schedule=0.01))
+    hr = tmp_path / "set5"
+    hr.mkdir()
+    write_image(hr / "a.png", np.random.default_rng(0).random((48, 48, 3)).astype(np.float32))
+    out = tmp_path / "t2"
+    table2 = _module("table2", BENCH / "table2.py")
+
+    def run(weights: Path, *extra: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["table2.py", "--sets", f"set5={hr}", "--kernels", "gd2.0", "--weights-direct",
+                                          str(weights), "--out", str(out), "--quiet", "--threads", "1", *extra])
+        return table2.main()
+
+    assert run(files[0]) == 0
+    first = (out / "set5_gd2.0.json").read_text()
+    assert run(files[0]) == 0 and "exists; skipped" in capsys.readouterr().out  # same settings: kept
+    assert run(files[1]) == 2
+    err = capsys.readouterr().err
+    assert "w0.pth" in err and "w1.pth" in err and "--redo" in err, err
+    assert run(files[0], "--back-projection", "2") == 2 and "back_projection 0" in capsys.readouterr().err
+    assert (out / "set5_gd2.0.json").read_text() == first  # nothing replaced
+    assert run(files[1], "--redo") == 0
+    assert "w1.pth" in (out / "table2.md").read_text() and "w0.pth" not in (out / "table2.md").read_text()
