@@ -294,6 +294,28 @@ def test_adapt_takes_the_step_count_the_weights_were_meta_trained_for(tmp_path, 
         assert ("Leave --steps out" in out.err) == (want == 2)
 
 
+def test_adapt_says_which_weights_and_back_projection_made_the_image(tmp_path, photo, capsys):
+    """`metasr adapt --kernel K` chose the weights and their back-projection silently: the last line named neither."""
+    from metasr_adapter import MZSRNet
+    from metasr_adapter.cli.main import main
+    from metasr_adapter.io.weights import save_weights
+    from metasr_adapter.ops.imageio import write_image
+
+    write_image(tmp_path / "lr.png", photo[:40, :40])
+    base = ["adapt", str(tmp_path / "lr.png"), "--quiet", "--threads", "1", "-o", str(tmp_path / "o.png")]
+    assert main([*base, "--kernel", "gb1.3", "--steps", "1"]) == 0
+    want = default_weights("mzsr", scale=2, ds_method="bicubic")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"with {want.name} after 1 step(s) and {want.back_projection} back-projection iteration(s)" in line, line
+    plain = save_weights(MZSRNet(width=8, depth=3), tmp_path / "plain.pth", arch="mzsr",
+                         arch_kwargs={"width": 8, "depth": 3}, scale=2.0)
+    assert main([*base, "--kernel", "gd2.0", "--weights", str(plain)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "with plain.pth after 1 step(s) in" in line and "back-projection" not in line, line
+    assert main([*base, "--kernel", "gb1.3", "--steps", "1", "--back-projection", "0"]) == 0
+    assert "back-projection" not in capsys.readouterr().out
+
+
 def test_the_library_adapts_as_many_steps_as_the_weights_were_meta_trained_for(tmp_path, photo):
     from metasr_adapter import MetaSR, MZSRNet, load_model
     from metasr_adapter.io.weights import save_weights

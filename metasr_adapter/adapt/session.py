@@ -66,6 +66,8 @@ class AdaptInfo:
     seconds: float = 0.0
     #: the :class:`~metasr_adapter.estimate.KernelEstimate` behind ``kernel="estimate"`` (None otherwise)
     kernel_estimate: object | None = None
+    #: back-projection iterations applied to the last SR image made (None before one is made)
+    back_projection: int | None = None
 
 
 class Adaptation:
@@ -278,6 +280,7 @@ class Adaptation:
         """
         if back_projection is None:
             back_projection = self.default_back_projection
+        self.info.back_projection = int(back_projection)
         with torch.inference_mode(False), torch.no_grad():  # normal tensors out, also inside inference_mode
             return self._sr_tensor(self_ensemble=self_ensemble, back_projection=back_projection)
 

@@ -3,6 +3,7 @@ to a given or estimated kernel."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .checks import is_estimate, is_photo, many_inputs
@@ -132,9 +133,11 @@ def run_adapt(args: argparse.Namespace) -> int:
                          back_projection=args.back_projection, self_ensemble=args.self_ensemble, return_info=True)
     bar.close()
     out = write_image(args.output, sr, icc_profile=read_icc_profile(args.lr_image))
-    print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) after {args.steps} step(s) in {info.seconds:.2f} s, "
-          f"{msr.precision}" + (" (bf16 where it is fast; --precision fp32 for exact arithmetic)"
-                                if args.precision is None and msr.precision == "bf16" else ""))
+    bp = f" and {info.back_projection} back-projection iteration(s)" if info.back_projection else ""
+    print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) with {os.path.basename(str(args.weights_used))} after {args.steps} "
+          f"step(s){bp} in {info.seconds:.2f} s, {msr.precision}"
+          + (" (bf16 where it is fast; --precision fp32 for exact arithmetic)"
+             if args.precision is None and msr.precision == "bf16" else ""))
     return 0
 
 
