@@ -18,13 +18,13 @@ def main() -> None:
     ap.add_argument("lr")
     ap.add_argument("gt")
     ap.add_argument("--weights", default=None,
-                    help="bundled weights name or a file (default: the bundled default, mzsr_x2_direct_lslr_v2)")
+                    help="bundled weights name or a file (default: the bundled default, mzsr_x2_direct_lslr_v3)")
     ap.add_argument("--kernel", default="gd2.0")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("-o", "--output", default="sr.png")
     args = ap.parse_args()
 
-    # arch, scale and test-time schedule (learned rates for mzsr_x2_direct_lslr_v2) come from the weights' metadata;
+    # arch, scale and test-time schedule (learned rates for mzsr_x2_direct_lslr_v3) come from the weights' metadata;
     # a file without it gets MetaSR's defaults (x2, the MZSR direct schedule)
     msr = MetaSR(load_model(weights=args.weights))
     lr, gt = read_image(args.lr), modcrop(read_image(args.gt), 2)

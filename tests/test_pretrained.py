@@ -76,7 +76,7 @@ def test_a_damaged_bundled_file_is_refused(tmp_path):
 
 def test_defaults_follow_the_kernel_subsampling():
     # a known g^d kernel: the weights that gain from their 10 steps (issue #19); blind mode: the ones good before
-    assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct_lslr_v2"
+    assert default_weights("mzsr", scale=2, ds_method="direct").name == "mzsr_x2_direct_lslr_v3"
     assert default_weights("mzsr", scale=2, ds_method="direct", blind=True).name == "mzsr_x2_direct"
     # a known g^b kernel: the g^b weights with learned rates that gain from their 10 steps (issue #19)
     assert default_weights("mzsr", scale=2, ds_method="bicubic").name == "mzsr_x2_bicubic_lslr"
@@ -85,7 +85,7 @@ def test_defaults_follow_the_kernel_subsampling():
     assert x4.name == "mzsr_x4_direct" and x4.scale == 4 and x4.blind is False
     assert default_weights("mzsr", scale=4, ds_method="bicubic").name == "mzsr_x4_direct"  # the CLI says so
     assert default_weights("mzsr", scale=4, ds_method="direct", blind=True) is None
-    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr_v2"  # no scale asked: x2
+    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr_v3"  # no scale asked: x2
     x4_msr = load_pretrained(scale=4)
     assert x4_msr.scale == 4 and x4_msr.weights_metadata["adapt_steps"] == 10
     with pytest.raises(ValueError, match="no bundled MZSR weights for x3"):
@@ -105,7 +105,7 @@ def test_without_a_scale_the_defaults_are_x2_whatever_the_registry_order(monkeyp
     reordered = dict(sorted(pretrained.BUNDLED_WEIGHTS.items(), key=lambda kv: -float(kv[1].scale)))
     assert next(iter(reordered.values())).scale == 4
     monkeypatch.setattr(pretrained, "BUNDLED_WEIGHTS", reordered)
-    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr_v2"
+    assert default_weights("mzsr", ds_method="direct").name == "mzsr_x2_direct_lslr_v3"
     assert default_weights("mzsr").scale == 2
     assert default_weights("mzsr", scale=4, ds_method="direct").name == "mzsr_x4_direct"
 
@@ -121,7 +121,7 @@ def test_blind_mode_leaves_the_kernel_estimate_to_weights_fit_for_it(monkeypatch
     args = argparse.Namespace(weights=None, kernel="estimate", ds_method=None, arch=None, scale=None)
     assert choose_weights(args)[0] == "mzsr_x2_direct"
     args.kernel = "gd2.0"
-    assert choose_weights(args)[0] == "mzsr_x2_direct_lslr_v2"
+    assert choose_weights(args)[0] == "mzsr_x2_direct_lslr_v3"
     assert estimate_api.blind_weights_name(2) == "mzsr_x2_direct"
 
     seen = []
@@ -183,6 +183,7 @@ def test_the_default_weights_gain_from_their_steps_on_an_unseen_photo(photo):
 @pytest.mark.shared
 @pytest.mark.parametrize("name, kernel, floor", [("mzsr_x2_direct", "official", 34.3), ("mzsr_x2_bicubic", "gb1.3", 34.0),
                                                  ("mzsr_x2_direct_lslr_v2", "official", 35.3),
+                                                 ("mzsr_x2_direct_lslr_v3", "official", 35.4),
                                                  ("mzsr_x2_bicubic_lslr", "gb1.3", 35.4)])
 def test_adaptation_earns_its_keep_on_set5(name, kernel, floor):
     """The shipped quality bar (issue: >= 34.3 dB after 10 steps on Set5 g^d_2.0, and 10 steps beat 0)."""
@@ -270,6 +271,8 @@ def test_at_most_one_bundled_file_is_preferred_per_kind():
     assert kinds and all(n == 1 for n in kinds.values()), kinds
     # the old default for a known g^d kernel stays bundled (its numbers reproduce) but is no longer chosen
     assert not pretrained.BUNDLED_WEIGHTS["mzsr_x2_direct_lslr"].preferred
+    assert not pretrained.BUNDLED_WEIGHTS["mzsr_x2_direct_lslr_v2"].preferred
+    assert not pretrained.BUNDLED_WEIGHTS["mzsr_x2_bicubic"].preferred
 
 
 def test_adapt_takes_the_step_count_the_weights_were_meta_trained_for(tmp_path, photo, capsys):

@@ -105,7 +105,7 @@ class MetaSR:
             arithmetic is the same; float round-off differs (SR outputs within one 8-bit level).
         back_projection: back-projection iterations (SPEC §7) that finish every SR image made with a given
             kernel, unless a call says otherwise; None = the weights' own (``back_projection`` in their metadata,
-            e.g. 4 for ``mzsr_x2_direct_lslr_v2``), else 0 (the official code's default). Not applied to estimated
+            e.g. 4 for ``mzsr_x2_direct_lslr_v3``), else 0 (the official code's default). Not applied to estimated
             kernels (blind mode) by default: a wrong kernel makes back-projection harmful.
     """
 

@@ -85,7 +85,7 @@ def _add_adapt_args(p: argparse.ArgumentParser) -> None:
                    help="self-supervised adaptation loss: l1 (MZSR) or l2 (MLSR) (default: the weights' own, else l1)")
     p.add_argument("--back-projection", type=int, default=None, metavar="N",
                    help="back-projection iterations after SR with the given kernel (SPEC §7; 0 = off; default: the "
-                        "weights' own, 4 for mzsr_x2_direct_lslr_v2, else 0; never applied to an estimated kernel)")
+                        "weights' own, 4 for mzsr_x2_direct_lslr_v3, else 0; never applied to an estimated kernel)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help=f"compute the SR image in N x N tiles (bounded memory; same result for local networks; default "
                         f"{DEFAULT_TILE} for networks that declare their receptive radius; 0 = whole image)")
