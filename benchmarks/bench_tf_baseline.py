@@ -358,6 +358,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             start()
             results[name] = timed(sr_network, args.repeats)
 
+    conv_derivatives = getattr(args, "meta_conv_derivatives", "auto")
     meta = [m for m in which if m.startswith("meta_")]
     if meta:
         try:
@@ -370,7 +371,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             batch = TaskBatch(support_x=ia, support_y=la, query_x=ib, query_y=lb)
             for name in meta:
                 cfg = MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=(name == "meta_fo"),
-                                 meta_lr=META_LR, channels_last=args.meta_channels_last,
+                                 meta_lr=META_LR, channels_last=args.meta_channels_last, conv_derivatives=conv_derivatives,
                                  precision=args.torch_precision)
                 learner = MetaLearner(net(), cfg)
                 counter = iter(range(10_000))
@@ -392,7 +393,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             else:
                 learner = MetaLearner(net(), MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, meta_lr=META_LR,
                                                         first_order=(name == "meta_fo"),
-                                                        channels_last=args.meta_channels_last,
+                                                        channels_last=args.meta_channels_last, conv_derivatives=conv_derivatives,
                                                         precision=args.torch_precision))
                 learner.meta_step(batch, 0)
         flops[name] = int(counter.get_total_flops())
@@ -405,6 +406,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
         "threads": f"intra {torch.get_num_threads()}, inter {torch.get_num_interop_threads()}",
         "adapt_channels_last": msr.channels_last,
         "meta_channels_last": bool(args.meta_channels_last),
+        "meta_conv_derivatives": conv_derivatives,
         "precision": args.torch_precision,
         "malloc": allocator_settings(),
         "lr_image": lr_src,
@@ -454,7 +456,8 @@ def child_args(args: argparse.Namespace, framework: str) -> list[str]:
         cmd += ["--meta-channels-last"]
     if framework == "torch":
         cmd += ["--torch-malloc", getattr(args, "torch_malloc", "retain"),
-                "--torch-precision", getattr(args, "torch_precision", "fp32")]
+                "--torch-precision", getattr(args, "torch_precision", "fp32"),
+                "--meta-conv-derivatives", getattr(args, "meta_conv_derivatives", "auto")]
     return cmd
 
 
@@ -545,6 +548,9 @@ def main() -> None:
     ap.add_argument("--meta-channels-last", action="store_true",
                     help="torch meta-iterations in NHWC (MAMLConfig.channels_last); adaptation takes the library's "
                          "default layout either way")
+    ap.add_argument("--meta-conv-derivatives", choices=["auto", "primitive", "torch"], default="auto",
+                    help="MAMLConfig.conv_derivatives of the torch meta-iterations (auto: the library's default, "
+                         "convolution primitives for second order on CPU)")
     ap.add_argument("--tf-python", default=DEFAULT_TF_PY,
                     help="a Python with tensorflow-cpu (default: $METASR_TF_PYTHON, else python3)")
     ap.add_argument("--torch-python", default=DEFAULT_TORCH_PY)

@@ -334,3 +334,27 @@ def test_table2_never_keeps_a_cell_of_other_weights_beside_this_runs(tmp_path: P
     assert (out / "set5_gd2.0.json").read_text() == first  # nothing replaced
     assert run(files[1], "--redo") == 0
     assert "w1.pth" in (out / "table2.md").read_text() and "w0.pth" not in (out / "table2.md").read_text()
+
+
+def test_conv_derivatives_ab_rejects_bad_arguments_naming_them(capsys):
+    bench = _module("bench_conv_derivatives", BENCH / "bench_conv_derivatives.py")
+    for argv, word in ((["--pairs", "0"], "--pairs 0"), (["--precisions", "fp32,fp16"], "fp16")):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert word in capsys.readouterr().err
+
+
+def test_profile_ops_labels_layouts_and_sums_calls():
+    import torch
+
+    prof = _module("profile_ops", BENCH / "profile_ops.py")
+    x = torch.rand(2, 3, 4, 5)
+    assert prof.layout(x) == "nchw(2, 3, 4, 5)"
+    assert prof.layout(x.contiguous(memory_format=torch.channels_last)) == "cl(2, 3, 4, 5)"
+    assert prof.layout(x.transpose(0, 1)).startswith("s(")
+    timer = prof.OpTimer(min_numel=10)
+    with timer:
+        for _ in range(3):
+            torch.relu(x)
+    (key,) = [k for k in timer.calls if "relu" in k[0]]
+    assert timer.calls[key] == 3 and key[1] == ("nchw(2, 3, 4, 5)",) and timer.seconds[key] > 0

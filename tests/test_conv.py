@@ -122,15 +122,30 @@ def test_a_first_order_backward_is_torchs_to_the_bit(channels_last):
         assert torch.equal(ours, torchs)
 
 
-def test_mzsrnet_takes_the_path_when_switched_on_and_its_module_hooks_otherwise():
+def test_mzsrnet_takes_the_path_when_switched_on_unless_a_layer_has_hooks():
     from metasr_adapter import MZSRNet
 
     net, x = MZSRNet(width=4, depth=2), torch.rand(1, 3, 8, 8)
+
+    def conv_nodes(y):
+        return {type(f[0]).__name__ for f in y.grad_fn.next_functions if f[0]}
+
+    assert "_ConvBackward" in conv_nodes(net(x))  # switched on by the fixture: the functional path
     calls = []
-    net.conv1.register_forward_hook(lambda *a: calls.append(1))
-    assert type(net.conv2.weight.grad_fn) is type(None)
-    y = net(x)  # switched on by the fixture: the functional path, no module call
-    assert not calls and "_ConvBackward" in {type(f[0]).__name__ for f in y.grad_fn.next_functions if f[0]}
+    handle = net.conv2.register_forward_hook(lambda *a: calls.append(1))
+    y = net(x)  # a hooked layer is called as a module: its hook runs, torch's derivatives
+    assert calls == [1] and "ConvolutionBackward0" in conv_nodes(y)
+    handle.remove()
     set_primitive_derivatives(False)
-    net(x)
-    assert calls == [1]
+    assert "ConvolutionBackward0" in conv_nodes(net(x))
+
+
+def test_the_context_manager_restores_the_previous_setting_also_after_an_error():
+    from metasr_adapter.ops.conv import primitive_derivatives, primitive_derivatives_enabled
+
+    set_primitive_derivatives(False)
+    with pytest.raises(RuntimeError, match="boom"):
+        with primitive_derivatives(True):
+            assert primitive_derivatives_enabled()
+            raise RuntimeError("boom")
+    assert not primitive_derivatives_enabled()

@@ -864,3 +864,53 @@ def test_no_cut_when_the_first_layer_adapts_or_a_name_is_not_a_convolutions():
     assert net.frozen_prefix(["conv4.weight", "something.else"]) is None
     assert net.frozen_prefix(["conv4.bias"]) is not None
     assert MetaLearner(net, MAMLConfig(adapt_params=None))._backend.cut is None
+
+
+class _KernelSpy:
+    """The kernel sizes of every convolution run inside the ``with`` block (torch's double backward convolves
+    with the output gradient as a kernel as large as the image; the primitive path never does)."""
+
+    def __enter__(self) -> list[int]:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        sizes: list[int] = []
+
+        class Spy(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten.convolution.default:
+                    sizes.append(int(args[1].shape[-1]))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Spy()
+        self.mode.__enter__()
+        return sizes
+
+    def __exit__(self, *exc) -> None:
+        self.mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_second_order_meta_gradients_on_cpu_run_on_convolution_primitives_by_default(first_order):
+    """#21: ``conv_derivatives='auto'`` builds second-order meta-gradients on the convolution primitives (no
+    image-sized kernel), ``'torch'`` keeps torch's double backward; the same meta-gradient, the switch restored."""
+    from metasr_adapter.ops.conv import primitive_derivatives_enabled
+
+    gen = torch.Generator().manual_seed(33)
+    batch = random_batch(2, 2, 3, 12, gen)
+    results = {}
+    for mode in ("auto", "torch"):
+        net = _same_init(lambda: MZSRNet(width=8, depth=3), 33)
+        with _KernelSpy() as sizes:
+            g, info = learner_grad(net, batch, inner_steps=2, inner_lr=0.05, first_order=first_order,
+                                   conv_derivatives=mode)
+        results[mode] = (g, info, max(sizes))
+        assert not primitive_derivatives_enabled()
+    assert results["auto"][2] == 3  # only the layers' own 3x3 kernels
+    assert results["torch"][2] == (3 if first_order else 12)
+    assert rel(results["auto"][0].numpy(), results["torch"][0].numpy()) < 1e-5
+    np.testing.assert_allclose(results["auto"][1]["query_losses"], results["torch"][1]["query_losses"], rtol=1e-6)
+
+
+def test_conv_derivatives_rejects_an_unknown_choice():
+    with pytest.raises(ValueError, match="conv_derivatives.*'fast'"):
+        MAMLConfig(conv_derivatives="fast")

@@ -103,13 +103,22 @@ class MZSRNet(nn.Module):
         return FrozenPrefix(prefix, suffix)
 
     def _conv(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        """Layer ``k``'s convolution: the module's own call (its hooks run), or, after
-        ``metasr_adapter.ops.conv.set_primitive_derivatives(True)``, :func:`~metasr_adapter.ops.conv.conv2d`
-        with its double backward on convolution primitives (opt-in: it measured no faster)."""
+        """Layer ``k``'s convolution: the module's own call, or, while
+        :func:`metasr_adapter.ops.conv.primitive_derivatives` is on (second-order meta-training on CPU, by
+        default), :func:`~metasr_adapter.ops.conv.conv2d` with its double backward on convolution primitives.
+        A layer with forward hooks (or global ones) is always called as a module, so the hooks run."""
         layer: nn.Conv2d = getattr(self, f"conv{k}")
-        if primitive_derivatives_enabled():
+        if primitive_derivatives_enabled() and not _has_forward_hooks(layer):
             return conv2d(h, layer.weight, layer.bias, padding=layer.padding[0])
         return layer(h)
+
+
+def _has_forward_hooks(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` as a module would run forward (pre-)hooks, its own or global ones."""
+    from torch.nn.modules import module as module_mod
+
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or module_mod._global_forward_hooks
+                or module_mod._global_forward_pre_hooks)
 
 
 _TF_CONV = re.compile(r"^(.*?)conv1/kernel$")

@@ -27,6 +27,7 @@ in the environment (before Python starts): spinning OpenMP threads otherwise cos
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Mapping, Sequence
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 from ..adapt.step import select_parameters
 from ..errors import check_choice
+from ..ops.conv import primitive_derivatives
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
 from ..precision import PRECISIONS
 from .backends import LEARN2LEARN_HINT, make_backend
@@ -67,6 +69,7 @@ __all__ = [
 BACKENDS = ("functional", "learn2learn")
 ADAM_VARIANTS = ("torch", "tf")
 TASK_BATCHING = ("loop", "vmap")
+CONV_DERIVATIVES = ("auto", "primitive", "torch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +186,12 @@ class MAMLConfig:
       run those layers once per task for the support and the query images instead of at every inner step
       (loop task batching, functional backend). The same operations on the same values: the losses and the
       meta-gradient are unchanged (``tests/test_meta.py``), only the repeated work goes.
+    * ``conv_derivatives``: how networks built on :func:`metasr_adapter.ops.conv.conv2d` (MZSRNet) differentiate
+      their convolutions while the meta-gradient is built. ``'primitive'``: every order on oneDNN's convolution
+      primitives, as TensorFlow's gradients do; ``'torch'``: torch's own double backward, which computes the
+      second-order weight term as a convolution with the output gradient as a 64x64 kernel. ``'auto'`` (default):
+      ``'primitive'`` for second-order MAML on CPU, where it measured faster (README, speed section), else
+      ``'torch'``. The same arithmetic up to float round-off; other networks are not affected.
     * ``adam_variant``: ``'torch'`` = ``torch.optim.Adam`` (ε added to the bias-corrected sqrt(v̂));
       ``'tf'`` = :class:`TFAdam`, TF1's ``AdamOptimizer`` arithmetic (ε added to the raw sqrt(v), i.e. an
       effective ε/sqrt(1-β2^t): 31.6·ε at the first step). The two differ visibly only while many
@@ -209,6 +218,7 @@ class MAMLConfig:
     learn_inner_lr: bool = False
     inner_lr_meta_lr: float = 1e-3
     reuse_frozen_prefix: bool = True
+    conv_derivatives: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -229,6 +239,7 @@ class MAMLConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("task_batching", self.task_batching, TASK_BATCHING)
         check_choice("adam_variant", self.adam_variant, ADAM_VARIANTS)
+        check_choice("conv_derivatives", self.conv_derivatives, CONV_DERIVATIVES)
         if self.task_batching == "vmap" and self.backend != "functional":
             raise ValueError(f"task_batching='vmap' needs backend='functional' (got backend={self.backend!r}); "
                              "use task_batching='loop' with learn2learn")
@@ -327,6 +338,13 @@ class MetaLearner:
             tensors = [t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for t in tensors]
         return tuple(tensors)  # type: ignore[return-value]
 
+    def _conv_derivatives(self) -> contextlib.AbstractContextManager[None]:
+        """The convolution derivatives ``config.conv_derivatives`` asks for, switched on while graphs are built."""
+        cfg = self.config
+        primitive = cfg.conv_derivatives == "primitive" or (
+            cfg.conv_derivatives == "auto" and not cfg.first_order and self.device.type == "cpu")
+        return primitive_derivatives(primitive)
+
     def _weights(self, step: int) -> tuple[Tensor, str]:
         cfg = self.config
         return query_loss_weights(cfg.loss_weighting, step, cfg.inner_steps, span=cfg.anneal_span)
@@ -394,7 +412,8 @@ class MetaLearner:
         'query_losses' (per inner step, mean over tasks, SPEC ``total_losses2``), 'loss_weights'."""
         tensors = self._prepare(batch)
         weights, reduction = self._weights(step)
-        sup, qry = self._losses(tensors, slice(None), weights)
+        with self._conv_derivatives():
+            sup, qry = self._losses(tensors, slice(None), weights)
         total = qry.mean(0)
         loss = combine_query_losses(total, weights, reduction)
         info = {"meta_loss": float(loss.detach()), "support_loss": float(sup.detach().mean()),
@@ -418,7 +437,8 @@ class MetaLearner:
         sups, qrys = [], []
         for sl in self._chunks(mine.stop - mine.start):
             sl = slice(mine.start + sl.start, mine.start + sl.stop)
-            sup, qry = self._losses(tensors, sl, weights)
+            with self._conv_derivatives():
+                sup, qry = self._losses(tensors, sl, weights)
             part = combine_query_losses(qry, weights, reduction).sum() / mb
             if part.requires_grad:
                 part.backward()

@@ -1,16 +1,19 @@
-"""A stride-1 convolution whose derivatives of every order run on the convolution primitives (opt-in).
+"""A stride-1 convolution whose derivatives of every order run on the convolution primitives.
 
-**Off by default: it measured no faster.** On an AVX-512 EPYC, 2 threads, quiet machine, a second-order
-MZSR meta-iteration took 13.24 s with it and 13.25 s without (fp32; bf16 7.40 against 7.17 s), although the
-64x64-kernel convolution it avoids took twice the time of a backward-weights call in isolation
-(``python benchmarks/bench_cpu_paths.py --threads 2 --rounds 2``, ``benchmarks/results/cpu_paths.json``).
-:func:`set_primitive_derivatives` switches it on, e.g. to measure it on another CPU.
+**On while second-order meta-gradients are built on CPU** (``MAMLConfig(conv_derivatives='auto')``, the default;
+:func:`primitive_derivatives` switches it for a block, :func:`set_primitive_derivatives` for the process). On an
+AVX-512 EPYC, 2 threads, the MZSR meta-gradient took 0.955x torch's double-backward time in fp32 and 0.982x in
+bf16 (medians of 5 interleaved pairs in one process: ``python benchmarks/bench_conv_derivatives.py --threads 2
+--pairs 5 --precisions fp32,bf16``, ``benchmarks/results/conv_derivatives_ab.json``). An earlier version of this
+module measured 1.00x: its autograd Functions paid Python time on every call (``setup_context`` Functions bind
+their arguments with ``inspect`` each ``apply``) and recorded Functions even in the last, graph-free backward.
 
 MAML's second-order meta-gradient differentiates the inner step's weight gradient. PyTorch computes that
 part of the double backward (``_convolution_double_backward``) as a forward convolution of the transposed
 input with the transposed output gradient as its kernel: for MZSR's 64-channel layers on 4x64x64 patches, a
-64x64 kernel producing a 3x3 output, which oneDNN runs at about half the speed of its backward-weights
-primitive on the same numbers (plus the copies of the transposes). TensorFlow's gradient of
+64x64 kernel producing a 3x3 output: 150 calls of 11.96 ms, 13 % of a fp32 meta-gradient (``python
+benchmarks/profile_ops.py --threads 2 --conv-derivatives torch``, ``benchmarks/results/profile_ops_meta_fp32_torch.json``;
+the same without the flag, this module's path: ``profile_ops_meta_fp32.json``). TensorFlow's gradient of
 ``Conv2DBackpropFilter`` uses the backward primitives, as this module does.
 
 :func:`conv2d` builds the convolution from three differentiable pieces, each written with the others:
@@ -27,10 +30,13 @@ only autograd Functions with a vmap rule, and code that ``torch.compile`` traces
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch.nn import functional as F
 
-__all__ = ["conv2d", "set_primitive_derivatives", "primitive_derivatives_enabled"]
+__all__ = ["conv2d", "set_primitive_derivatives", "primitive_derivatives_enabled", "primitive_derivatives"]
 
 _convolution_backward = torch.ops.aten.convolution_backward
 _enabled = False
@@ -45,6 +51,18 @@ def set_primitive_derivatives(enabled: bool) -> bool:
         raise TypeError(f"enabled={enabled!r}: use True or False")
     previous, _enabled = _enabled, enabled
     return previous
+
+
+@contextlib.contextmanager
+def primitive_derivatives(enabled: bool = True) -> Iterator[None]:
+    """:func:`set_primitive_derivatives` for the duration of a ``with`` block (the previous setting comes back
+    after it, also on an exception). Process-wide, like the setting itself: not for threads that build
+    graphs concurrently with different wishes."""
+    previous = set_primitive_derivatives(enabled)
+    try:
+        yield
+    finally:
+        set_primitive_derivatives(previous)
 
 
 def primitive_derivatives_enabled() -> bool:
@@ -75,37 +93,82 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _Conv.apply(x, weight, bias, int(padding), _compute_dtype(x))
 
 
-def _weight_grad(gy: torch.Tensor, x: torch.Tensor, weight_shape: tuple[int, ...], padding: int) -> torch.Tensor:
-    placeholder = torch.empty(weight_shape, dtype=x.dtype, device=x.device)  # shape only
-    return _convolution_backward(gy, x, placeholder, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], 1,
-                                 [False, True, False])[1]
+def _plain(dtype: torch.dtype, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """``tensors`` in ``dtype`` (no copy when they already are)."""
+    return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
+def _nhwc_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` in NHWC when ``ref`` is (and ``t`` is not), e.g. a gradient that arrives NCHW or broadcast from a
+    loss: a mix of layouts sends oneDNN and the elementwise kernels downstream to slow strided paths."""
+    cl = torch.channels_last
+    if ref.is_contiguous(memory_format=cl) and not ref.is_contiguous() and not t.is_contiguous(memory_format=cl):
+        return t.contiguous(memory_format=cl)
+    return t
+
+
+class _NoAutocast:
+    """Autocast off inside (the pieces cast explicitly), entered only when it is on: the contexts cost more
+    than the tensors' small convolutions in Python time otherwise."""
+
+    __slots__ = ("ctx",)
+
+    def __init__(self, device: str) -> None:
+        self.ctx = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else None
+
+    def __enter__(self) -> None:
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+def _run_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+              dtype: torch.dtype) -> torch.Tensor:
+    with _NoAutocast(x.device.type):
+        x, weight = _plain(dtype, x, weight)
+        return F.conv2d(x, weight, None if bias is None else _plain(dtype, bias)[0], padding=padding)
+
+
+def _run_input_grad(gy: torch.Tensor, weight: torch.Tensor, padding: int, dtype: torch.dtype) -> torch.Tensor:
+    with _NoAutocast(gy.device.type):
+        gy, weight = _plain(dtype, gy, weight)
+        return F.conv_transpose2d(gy, weight, padding=padding)
+
+
+def _run_weight_grad(gy: torch.Tensor, x: torch.Tensor, weight_shape: tuple[int, ...], padding: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    with _NoAutocast(x.device.type):
+        gy, x = _plain(dtype, gy, x)
+        placeholder = torch.empty(weight_shape, dtype=dtype, device=x.device)  # shape only
+        return _convolution_backward(gy, x, placeholder, None, [1, 1], [padding, padding], [1, 1], False, [0, 0],
+                                     1, [False, True, False])[1]
+
+
+# The three pieces are old-style Functions (``forward(ctx, ...)``): ``apply`` then skips the signature binding that
+# ``setup_context`` Functions pay on every call. A backward that runs without grad mode (the last differentiation,
+# e.g. the meta-gradient's) calls the primitives directly instead of recording another Function.
 class _Conv(torch.autograd.Function):
     """``y = conv(x, w) + b``."""
 
     @staticmethod
-    def forward(x, weight, bias, padding, dtype):
-        with torch.autocast(x.device.type, enabled=False):
-            b = None if bias is None else bias.to(dtype)
-            return F.conv2d(x.to(dtype), weight.to(dtype), b, padding=padding)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, padding, dtype = inputs
+    def forward(ctx, x, weight, bias, padding, dtype):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dtype, ctx.has_bias = padding, dtype, bias is not None
+        return _run_conv(x, weight, bias, padding, dtype)
 
     @staticmethod
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
+        gy = _nhwc_like(gy, x)
         if not torch.is_grad_enabled():  # a first-order backward: one call computes all three, as torch's does
             mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-            dt = ctx.dtype
-            with torch.autocast(gy.device.type, enabled=False):
-                gx, gw, gb = _convolution_backward(
-                    gy.to(dt), x.to(dt), weight.to(dt), [weight.shape[0]] if ctx.has_bias else None, [1, 1],
-                    [ctx.padding, ctx.padding], [1, 1], False, [0, 0], 1, mask)
+            with _NoAutocast(gy.device.type):
+                gy, x, weight = _plain(ctx.dtype, gy, x, weight)
+                gx, gw, gb = _convolution_backward(gy, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1],
+                                                   [ctx.padding, ctx.padding], [1, 1], False, [0, 0], 1, mask)
             return gx, gw, gb, None, None
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
@@ -121,24 +184,23 @@ class _InputGrad(torch.autograd.Function):
     """``gx = conv_transpose(gy, w)``: the input gradient of ``conv(x, w)``."""
 
     @staticmethod
-    def forward(gy, weight, padding, dtype):
-        with torch.autocast(gy.device.type, enabled=False):
-            return F.conv_transpose2d(gy.to(dtype), weight.to(dtype), padding=padding)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        gy, weight, padding, dtype = inputs
+    def forward(ctx, gy, weight, padding, dtype):
         ctx.save_for_backward(gy, weight)
         ctx.padding, ctx.dtype = padding, dtype
+        return _run_input_grad(gy, weight, padding, dtype)
 
     @staticmethod
     def backward(ctx, ggx):
         gy, weight = ctx.saved_tensors
+        ggx = _nhwc_like(ggx, gy)
+        graph = torch.is_grad_enabled()
         d_gy = d_w = None
         if ctx.needs_input_grad[0]:
-            d_gy = _Conv.apply(ggx, weight, None, ctx.padding, ctx.dtype)
+            d_gy = (_Conv.apply(ggx, weight, None, ctx.padding, ctx.dtype) if graph
+                    else _run_conv(ggx, weight, None, ctx.padding, ctx.dtype))
         if ctx.needs_input_grad[1]:
-            d_w = _WeightGrad.apply(gy, ggx, tuple(weight.shape), ctx.padding, ctx.dtype)
+            d_w = (_WeightGrad.apply(gy, ggx, tuple(weight.shape), ctx.padding, ctx.dtype) if graph
+                   else _run_weight_grad(gy, ggx, tuple(weight.shape), ctx.padding, ctx.dtype))
         return d_gy, d_w, None, None
 
 
@@ -146,22 +208,20 @@ class _WeightGrad(torch.autograd.Function):
     """``gw = weight_grad(gy, x)``: the weight gradient of ``conv(x, w)`` (oneDNN's backward-weights)."""
 
     @staticmethod
-    def forward(gy, x, weight_shape, padding, dtype):
-        with torch.autocast(x.device.type, enabled=False):
-            return _weight_grad(gy.to(dtype), x.to(dtype), weight_shape, padding)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        gy, x, weight_shape, padding, dtype = inputs
+    def forward(ctx, gy, x, weight_shape, padding, dtype):
         ctx.save_for_backward(gy, x)
         ctx.padding, ctx.dtype = padding, dtype
+        return _run_weight_grad(gy, x, weight_shape, padding, dtype)
 
     @staticmethod
     def backward(ctx, ggw):
         gy, x = ctx.saved_tensors
+        graph = torch.is_grad_enabled()
         d_gy = d_x = None
         if ctx.needs_input_grad[0]:
-            d_gy = _Conv.apply(x, ggw, None, ctx.padding, ctx.dtype)
+            d_gy = (_Conv.apply(x, ggw, None, ctx.padding, ctx.dtype) if graph
+                    else _run_conv(x, ggw, None, ctx.padding, ctx.dtype))
         if ctx.needs_input_grad[1]:
-            d_x = _InputGrad.apply(gy, ggw, ctx.padding, ctx.dtype)
+            d_x = (_InputGrad.apply(gy, ggw, ctx.padding, ctx.dtype) if graph
+                   else _run_input_grad(gy, ggw, ctx.padding, ctx.dtype))
         return d_gy, d_x, None, None, None
