@@ -359,6 +359,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             results[name] = timed(sr_network, args.repeats)
 
     conv_derivatives = getattr(args, "meta_conv_derivatives", "auto")
+    meta_layout = True if getattr(args, "meta_channels_last", False) else None  # None: the library's choice
     meta = [m for m in which if m.startswith("meta_")]
     if meta:
         try:
@@ -371,7 +372,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             batch = TaskBatch(support_x=ia, support_y=la, query_x=ib, query_y=lb)
             for name in meta:
                 cfg = MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=(name == "meta_fo"),
-                                 meta_lr=META_LR, channels_last=args.meta_channels_last, conv_derivatives=conv_derivatives,
+                                 meta_lr=META_LR, channels_last=meta_layout, conv_derivatives=conv_derivatives,
                                  precision=args.torch_precision)
                 learner = MetaLearner(net(), cfg)
                 counter = iter(range(10_000))
@@ -393,7 +394,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             else:
                 learner = MetaLearner(net(), MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, meta_lr=META_LR,
                                                         first_order=(name == "meta_fo"),
-                                                        channels_last=args.meta_channels_last, conv_derivatives=conv_derivatives,
+                                                        channels_last=meta_layout, conv_derivatives=conv_derivatives,
                                                         precision=args.torch_precision))
                 learner.meta_step(batch, 0)
         flops[name] = int(counter.get_total_flops())
@@ -405,7 +406,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
         "version": torch.__version__,
         "threads": f"intra {torch.get_num_threads()}, inter {torch.get_num_interop_threads()}",
         "adapt_channels_last": msr.channels_last,
-        "meta_channels_last": bool(args.meta_channels_last),
+        "meta_channels_last": "NHWC (forced)" if meta_layout else "library default (MAMLConfig.channels_last=None)",
         "meta_conv_derivatives": conv_derivatives,
         "precision": args.torch_precision,
         "malloc": allocator_settings(),
@@ -546,8 +547,8 @@ def main() -> None:
                     help="the torch side's precision (MetaSR / MAMLConfig precision=; bf16 is autocast, fast on CPUs "
                          "with AVX512-BF16 or AMX); TF stays fp32, as the official code")
     ap.add_argument("--meta-channels-last", action="store_true",
-                    help="torch meta-iterations in NHWC (MAMLConfig.channels_last); adaptation takes the library's "
-                         "default layout either way")
+                    help="torch meta-iterations in NHWC (MAMLConfig.channels_last=True); without it they take the "
+                         "library's default, as adaptation does (NHWC on CPUs with AVX-512)")
     ap.add_argument("--meta-conv-derivatives", choices=["auto", "primitive", "torch"], default="auto",
                     help="MAMLConfig.conv_derivatives of the torch meta-iterations (auto: the library's default, "
                          "convolution primitives for second order on CPU)")

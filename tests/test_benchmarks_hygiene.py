@@ -337,7 +337,7 @@ def test_table2_never_keeps_a_cell_of_other_weights_beside_this_runs(tmp_path: P
 
 
 def test_conv_derivatives_ab_rejects_bad_arguments_naming_them(capsys):
-    bench = _module("bench_conv_derivatives", BENCH / "bench_conv_derivatives.py")
+    bench = _module("bench_meta_ab", BENCH / "bench_meta_ab.py")
     for argv, word in ((["--pairs", "0"], "--pairs 0"), (["--precisions", "fp32,fp16"], "fp16")):
         with pytest.raises(SystemExit):
             bench.main(argv)

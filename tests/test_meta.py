@@ -914,3 +914,31 @@ def test_second_order_meta_gradients_on_cpu_run_on_convolution_primitives_by_def
 def test_conv_derivatives_rejects_an_unknown_choice():
     with pytest.raises(ValueError, match="conv_derivatives.*'fast'"):
         MAMLConfig(conv_derivatives="fast")
+
+
+@pytest.mark.parametrize("nhwc_faster", [False, True])
+def test_the_meta_layout_follows_the_cpu_unless_set(monkeypatch, nhwc_faster):
+    """#21: ``channels_last=None`` (default) lays the tasks out NHWC where NHWC trains faster (AVX-512 CPUs) or in
+    bf16, NCHW otherwise, as MetaSR does; True/False are kept as given."""
+    import metasr_adapter.meta.learner as learner_module
+
+    monkeypatch.setattr(learner_module, "channels_last_trains_faster", lambda device: nhwc_faster)
+    batch = random_batch(1, 2, 3, 8, torch.Generator().manual_seed(0))
+    assert MAMLConfig().channels_last is None
+
+    def nhwc(cfg: MAMLConfig) -> bool:
+        learner = MetaLearner(MZSRNet(width=4, depth=2), cfg)
+        support = learner._prepare(batch)[0][0]
+        is_nhwc = support.is_contiguous(memory_format=torch.channels_last)
+        assert learner.channels_last is is_nhwc
+        return is_nhwc
+
+    assert nhwc(MAMLConfig()) is nhwc_faster
+    assert nhwc(MAMLConfig(precision="bf16")) is True
+    assert nhwc(MAMLConfig(channels_last=False, precision="bf16")) is False
+    assert nhwc(MAMLConfig(channels_last=True)) is True
+
+
+def test_channels_last_rejects_a_non_boolean():
+    with pytest.raises(TypeError, match="channels_last='yes'.*None"):
+        MAMLConfig(channels_last="yes")

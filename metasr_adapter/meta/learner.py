@@ -19,10 +19,11 @@ Two interchangeable backends (:mod:`.backends`) compute the same numbers: ``'fun
 beside this class: the inner loop :func:`~.inner.inner_adapt`, the query-loss weights (:mod:`.query_weights`)
 and TF1's Adam arithmetic (:class:`~.tf_adam.TFAdam`).
 
-Speed on CPU (benchmarks/bench_meta.py): >90 % of a meta-iteration is oneDNN convolutions (forward,
-backward, and the double backward of second order), so the fastest exact path is the plain one:
-tasks in a loop, NCHW, fp32. vmap (grouped convolutions), channels_last and bf16 were all slower on
-a 2-core AVX2 CPU. When the cores are shared with other processes, set ``OMP_WAIT_POLICY=PASSIVE``
+Speed on CPU (benchmarks/bench_meta.py, bench_meta_ab.py, profile_ops.py): ~90 % of a meta-iteration is oneDNN
+convolutions (forward, backward, and the double backward of second order). Tasks run in a loop; vmap (grouped
+convolutions) was slower. The layout follows the CPU: NHWC on CPUs with AVX-512 (faster there), NCHW on AVX2-only
+ones, where NHWC and bf16 were slower. Second-order meta-gradients differentiate MZSRNet's convolutions on oneDNN's
+primitives (``conv_derivatives``). When the cores are shared with other processes, set ``OMP_WAIT_POLICY=PASSIVE``
 in the environment (before Python starts): spinning OpenMP threads otherwise cost a factor 2-3.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ from ..adapt.step import select_parameters
 from ..errors import check_choice
 from ..ops.conv import primitive_derivatives
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
-from ..precision import PRECISIONS
+from ..precision import PRECISIONS, channels_last_trains_faster
 from .backends import LEARN2LEARN_HINT, make_backend
 from .inner import inner_adapt, per_step_lrs
 from .query_weights import ANNEAL_SPAN, LOSS_WEIGHTINGS, combine_query_losses, mzsr_loss_weights, query_loss_weights
@@ -168,9 +169,12 @@ class MAMLConfig:
       (θ_T, photo tasks); it is for hardware with bf16 units (AVX512-BF16/AMX CPUs, GPUs).
     * ``task_batching``: ``'loop'`` (tasks one after another, backward per task: least memory) or
       ``'vmap'`` (all tasks at once with :func:`torch.func.vmap`; functional backend only).
-    * ``channels_last``: NHWC (channels_last) memory layout for the images (loop batching). Measured on
-      a 2-core AVX2 CPU it made fp32 meta-iterations ~10-20 % slower, so it is off by default; try it
-      with bf16 or on other hardware.
+    * ``channels_last``: NHWC (channels_last) memory layout for the images (loop batching); ``None`` (default)
+      chooses as :class:`~metasr_adapter.MetaSR` does: NHWC with bf16, or where
+      :func:`~metasr_adapter.precision.channels_last_trains_faster` says so (CPUs with AVX-512, where an fp32
+      second-order meta-gradient took 0.962x the NCHW time: ``python benchmarks/bench_meta_ab.py --threads 2
+      --pairs 5 --compare channels_last``); NCHW otherwise (on a 2-core AVX2 CPU NHWC made fp32 meta-iterations
+      ~10-20 % slower). The same arithmetic either way, up to float round-off.
     * ``log_query_losses``: compute the query loss after every inner step for the log (True), or only
       after the steps whose weight is not 0 (False; the others are reported as None). Under
       ``loss_weighting='last'`` False skips 4 of the 5 query forward passes (38 % of an MLSR
@@ -209,7 +213,7 @@ class MAMLConfig:
     backend: str = "functional"
     precision: str = "fp32"
     task_batching: str = "loop"
-    channels_last: bool = False
+    channels_last: bool | None = None
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     adam_variant: str = "torch"
@@ -251,8 +255,8 @@ class MAMLConfig:
                                 f"e.g. ['conv8.*'] (or None for all parameters)")
             if len(self.adapt_params) == 0:
                 raise ValueError("adapt_params=[] selects nothing to adapt; give patterns or None for all")
-        if not isinstance(self.channels_last, bool):
-            raise TypeError(f"channels_last={self.channels_last!r}: needs True or False")
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise TypeError(f"channels_last={self.channels_last!r}: needs True, False or None (chosen for the device)")
         if not (self.adam_eps >= 0 and len(self.adam_betas) == 2):
             raise ValueError(f"adam_eps={self.adam_eps!r}, adam_betas={self.adam_betas!r}: need eps >= 0 and two betas")
         if not self.anneal_span > 0:
@@ -333,7 +337,7 @@ class MetaLearner:
                              f"{self._backend_key}; build a new MetaLearner")
         b = batch.to(self.device)
         tensors = [b.support_x, b.support_y, b.query_x, b.query_y]
-        if cfg.channels_last and cfg.task_batching == "loop":
+        if self.channels_last and cfg.task_batching == "loop":
             # [MB,TB,C,H,W] laid out so that every task's [TB,C,H,W] slice is NHWC
             tensors = [t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for t in tensors]
         return tuple(tensors)  # type: ignore[return-value]
@@ -344,6 +348,15 @@ class MetaLearner:
         primitive = cfg.conv_derivatives == "primitive" or (
             cfg.conv_derivatives == "auto" and not cfg.first_order and self.device.type == "cpu")
         return primitive_derivatives(primitive)
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the images of the meta-iterations are laid out NHWC: ``config.channels_last``, or when that is
+        None, bf16 or a CPU where NHWC trains faster (:func:`~metasr_adapter.precision.channels_last_trains_faster`)."""
+        cfg = self.config
+        if cfg.channels_last is not None:
+            return cfg.channels_last
+        return cfg.precision == "bf16" or channels_last_trains_faster(self.device)
 
     def _weights(self, step: int) -> tuple[Tensor, str]:
         cfg = self.config

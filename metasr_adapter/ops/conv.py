@@ -3,7 +3,7 @@
 **On while second-order meta-gradients are built on CPU** (``MAMLConfig(conv_derivatives='auto')``, the default;
 :func:`primitive_derivatives` switches it for a block, :func:`set_primitive_derivatives` for the process). On an
 AVX-512 EPYC, 2 threads, the MZSR meta-gradient took 0.955x torch's double-backward time in fp32 and 0.982x in
-bf16 (medians of 5 interleaved pairs in one process: ``python benchmarks/bench_conv_derivatives.py --threads 2
+bf16 (medians of 5 interleaved pairs in one process: ``python benchmarks/bench_meta_ab.py --threads 2
 --pairs 5 --precisions fp32,bf16``, ``benchmarks/results/conv_derivatives_ab.json``). An earlier version of this
 module measured 1.00x: its autograd Functions paid Python time on every call (``setup_context`` Functions bind
 their arguments with ``inspect`` each ``apply``) and recorded Functions even in the last, graph-free backward.

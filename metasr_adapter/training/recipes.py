@@ -156,9 +156,10 @@ SCHEMA: dict[str, Any] = {
         "precision": Key("fp32", (str,), "meta-training precision", choices=PRECISIONS),
         "task_batching": Key("loop", (str,), "tasks one after another ('loop', least memory) or all at once "
                              "('vmap', functional backend)", choices=("loop", "vmap")),
-        "channels_last": Key(False, (bool,), "NHWC image layout in meta-training (measured slower in fp32 on "
-                             "AVX2 CPUs, faster with bf16 on AVX512-BF16 ones: benchmarks/bench_meta.py; may "
-                             "change on --resume)"),
+        "channels_last": Key(None, (bool,), "NHWC image layout in meta-training; null = chosen for the device "
+                             "(NHWC with bf16 or on CPUs with AVX-512, where it measured faster; NCHW on AVX2-only "
+                             "CPUs, where it was slower: benchmarks/bench_meta_ab.py); may change on --resume",
+                             nullable=True),
         "adam_variant": Key("torch", (str,), "meta-optimiser arithmetic: 'torch' (torch.optim.Adam) or 'tf' "
                             "(TF1 AdamOptimizer, the official code's)", choices=("torch", "tf")),
         "anneal_span": Key(10000.0 / 3.0, _NUM, "loss_weighting='maml++': meta-steps over which the query-loss "
