@@ -108,8 +108,8 @@ def _nhwc_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 class _NoAutocast:
-    """Autocast off inside (the pieces cast explicitly), entered only when it is on: the contexts cost more
-    than the tensors' small convolutions in Python time otherwise."""
+    """Autocast off inside (the pieces cast explicitly). Entering an autocast context costs Python time on every
+    call, so it is entered only when autocast is on."""
 
     __slots__ = ("ctx",)
 
