@@ -5,7 +5,8 @@ import contextlib
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "bf16_supported", "auto_precision", "channels_last_trains_faster"]
+__all__ = ["PRECISIONS", "autocast", "bf16_supported", "auto_precision", "channels_last_trains_faster",
+           "resolve_channels_last"]
 
 #: ``fp32`` (exact; the default everywhere) or ``bf16`` (autocast: the network in bf16, losses in fp32)
 PRECISIONS = ("fp32", "bf16")
@@ -51,3 +52,11 @@ def channels_last_trains_faster(device: torch.device) -> bool:
         return False
     check = getattr(getattr(torch, "cpu", None), "_is_avx512_supported", None)
     return bool(check is not None and check())
+
+
+def resolve_channels_last(choice: bool | None, device: torch.device, precision: str) -> bool:
+    """The NHWC decision of adaptation and meta-training: ``choice`` when given, else NHWC in bf16 or where
+    :func:`channels_last_trains_faster` says so."""
+    if choice is not None:
+        return bool(choice)
+    return precision == "bf16" or channels_last_trains_faster(device)

@@ -920,9 +920,9 @@ def test_conv_derivatives_rejects_an_unknown_choice():
 def test_the_meta_layout_follows_the_cpu_unless_set(monkeypatch, nhwc_faster):
     """#21: ``channels_last=None`` (default) lays the tasks out NHWC where NHWC trains faster (AVX-512 CPUs) or in
     bf16, NCHW otherwise, as MetaSR does; True/False are kept as given."""
-    import metasr_adapter.meta.learner as learner_module
+    import metasr_adapter.precision as precision_module
 
-    monkeypatch.setattr(learner_module, "channels_last_trains_faster", lambda device: nhwc_faster)
+    monkeypatch.setattr(precision_module, "channels_last_trains_faster", lambda device: nhwc_faster)
     batch = random_batch(1, 2, 3, 8, torch.Generator().manual_seed(0))
     assert MAMLConfig().channels_last is None
 

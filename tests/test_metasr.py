@@ -295,9 +295,9 @@ def test_adaptation_steps_run_channels_last_where_that_layout_is_faster(small_lr
     """fp32 adaptation steps run NHWC where `channels_last_trains_faster` says so (CPUs with AVX-512: 0.88x the
     NCHW step time, benchmarks/bench_adapt.py), NCHW elsewhere; channels_last= overrides; the result is the same
     arithmetic (float round-off only)."""
-    from metasr_adapter.adapt import metasr as metasr_module
+    from metasr_adapter import precision as precision_module
 
-    monkeypatch.setattr(metasr_module, "channels_last_trains_faster", lambda device: faster)
+    monkeypatch.setattr(precision_module, "channels_last_trains_faster", lambda device: faster)
     net = tiny_net()
     seen: list[bool] = []
     hook = net.conv1.register_forward_hook(

@@ -29,7 +29,7 @@ from ..devices import resolve_device, same_device
 from ..ops.degradation_spec import DegradationSpec
 from ..ops.kernels import KernelSpec, resolve_kernel
 from ..ops.losses import get_loss
-from ..precision import PRECISIONS, autocast, bf16_supported, channels_last_trains_faster
+from ..precision import PRECISIONS, autocast, bf16_supported, resolve_channels_last
 from ..resolvers import kernel_resolver, kernel_resolver_names
 from .schedules import PerParameterSchedule, Schedule, get_schedule
 from .session import AdaptInfo, AdaptStep, Adaptation
@@ -161,8 +161,7 @@ class MetaSR:
         self.device = first.device
         #: NHWC images and weights in the adaptation steps (bf16; fp32 where measured faster, see
         #: :func:`~metasr_adapter.precision.channels_last_trains_faster`); the same arithmetic either way
-        self.channels_last = (precision == "bf16" or channels_last_trains_faster(self.device)) \
-            if channels_last is None else bool(channels_last)
+        self.channels_last = resolve_channels_last(channels_last, self.device, precision)
         #: names of the parameters that adaptation changes (the same rule as meta-training's adapt_params)
         self.adapt_params = None if adapt_params is None else list(adapt_params)
         self.adapt_names = select_parameters(model, self.adapt_params, include_frozen=adapt_params is not None)

@@ -41,7 +41,7 @@ from ..adapt.step import select_parameters
 from ..errors import check_choice
 from ..ops.conv import primitive_derivatives
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
-from ..precision import PRECISIONS, channels_last_trains_faster
+from ..precision import PRECISIONS, resolve_channels_last
 from .backends import LEARN2LEARN_HINT, make_backend
 from .inner import inner_adapt, per_step_lrs
 from .query_weights import ANNEAL_SPAN, LOSS_WEIGHTINGS, combine_query_losses, mzsr_loss_weights, query_loss_weights
@@ -353,10 +353,7 @@ class MetaLearner:
     def channels_last(self) -> bool:
         """Whether the images of the meta-iterations are laid out NHWC: ``config.channels_last``, or when that is
         None, bf16 or a CPU where NHWC trains faster (:func:`~metasr_adapter.precision.channels_last_trains_faster`)."""
-        cfg = self.config
-        if cfg.channels_last is not None:
-            return cfg.channels_last
-        return cfg.precision == "bf16" or channels_last_trains_faster(self.device)
+        return resolve_channels_last(self.config.channels_last, self.device, self.config.precision)
 
     def _weights(self, step: int) -> tuple[Tensor, str]:
         cfg = self.config
