@@ -5,9 +5,13 @@ interleaved call by call.
         --json benchmarks/results/conv_derivatives_ab.json
     python benchmarks/bench_meta_ab.py --threads 2 --pairs 5 --compare channels_last \
         --json benchmarks/results/meta_channels_last_ab.json
+    python benchmarks/bench_meta_ab.py --threads 2 --pairs 5 --compare conv_algorithm \
+        --json benchmarks/results/meta_winograd_ab.json
 
 ``--compare conv_derivatives`` (default): torch's double backward against the convolution-primitive derivatives;
-``--compare channels_last``: NCHW against NHWC images. One learner per precision (MZSRNet, random initialisation:
+``--compare channels_last``: NCHW against NHWC images; ``--compare conv_algorithm``: oneDNN against Winograd
+(:mod:`metasr_adapter.ops.winograd`; fp32 only; its first call's ``torch.compile`` time is part of the warm-up,
+recorded as ``warmup_seconds``). One learner per precision (MZSRNet, random initialisation:
 speed does not depend on the weights), the official size (meta-batch 5, task-batch 4, 64x64 patches, 5 inner
 steps; NHWC unless NHWC is compared). After one warm-up call of each value, ``--pairs`` pairs of
 :meth:`~metasr_adapter.meta.learner.MetaLearner.meta_gradient` calls alternate the value that goes first. These
@@ -30,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import result_record  # noqa: E402
 
 #: the setting compared -> its two values (the ratio is the second's time over the first's)
-COMPARISONS = {"conv_derivatives": ("torch", "primitive"), "channels_last": (False, True)}
+COMPARISONS = {"conv_derivatives": ("torch", "primitive"), "channels_last": (False, True),
+               "conv_algorithm": ("direct", "winograd")}
 
 
 def _timed(fn) -> float:
@@ -55,13 +60,12 @@ def measure(precision: str, pairs: int, compare: str = "conv_derivatives", seed:
         setattr(learner.config, compare, value)
         return _timed(lambda: learner.meta_gradient(batch, 0))
 
-    for v in values:  # warm-up: oneDNN primitives, the allocator
-        run(v)
+    warmup = {str(v): run(v) for v in values}  # oneDNN primitives, the allocator, torch.compile (winograd)
     for i in range(pairs):
         for v in (values if i % 2 == 0 else values[::-1]):
             times[str(v)].append(run(v))
     ratios = [b / a for a, b in zip(times[names[0]], times[names[1]])]
-    return {"compare": compare, "seconds": times, "median_seconds": {n: statistics.median(times[n]) for n in names},
+    return {"compare": compare, "warmup_seconds": warmup, "seconds": times, "median_seconds": {n: statistics.median(times[n]) for n in names},
             "ratio": {"of": f"{names[1]} / {names[0]}", "median": statistics.median(ratios), "min": min(ratios),
                       "max": max(ratios)}}
 

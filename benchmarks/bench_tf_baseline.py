@@ -359,6 +359,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             results[name] = timed(sr_network, args.repeats)
 
     conv_derivatives = getattr(args, "meta_conv_derivatives", "auto")
+    conv_algorithm = getattr(args, "meta_conv_algorithm", "direct")
     meta_layout = True if getattr(args, "meta_channels_last", False) else None  # None: the library's choice
     meta = [m for m in which if m.startswith("meta_")]
     if meta:
@@ -373,7 +374,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             for name in meta:
                 cfg = MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=(name == "meta_fo"),
                                  meta_lr=META_LR, channels_last=meta_layout, conv_derivatives=conv_derivatives,
-                                 precision=args.torch_precision)
+                                 conv_algorithm=conv_algorithm, precision=args.torch_precision)
                 learner = MetaLearner(net(), cfg)
                 counter = iter(range(10_000))
                 results[name] = timed(lambda: learner.meta_step(batch, next(counter)), args.meta_repeats)
@@ -395,6 +396,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
                 learner = MetaLearner(net(), MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, meta_lr=META_LR,
                                                         first_order=(name == "meta_fo"),
                                                         channels_last=meta_layout, conv_derivatives=conv_derivatives,
+                                                        conv_algorithm=conv_algorithm,
                                                         precision=args.torch_precision))
                 learner.meta_step(batch, 0)
         flops[name] = int(counter.get_total_flops())
@@ -408,6 +410,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
         "adapt_channels_last": msr.channels_last,
         "meta_channels_last": "NHWC (forced)" if meta_layout else "library default (MAMLConfig.channels_last=None)",
         "meta_conv_derivatives": conv_derivatives,
+        "meta_conv_algorithm": conv_algorithm,
         "precision": args.torch_precision,
         "malloc": allocator_settings(),
         "lr_image": lr_src,
@@ -458,7 +461,8 @@ def child_args(args: argparse.Namespace, framework: str) -> list[str]:
     if framework == "torch":
         cmd += ["--torch-malloc", getattr(args, "torch_malloc", "retain"),
                 "--torch-precision", getattr(args, "torch_precision", "fp32"),
-                "--meta-conv-derivatives", getattr(args, "meta_conv_derivatives", "auto")]
+                "--meta-conv-derivatives", getattr(args, "meta_conv_derivatives", "auto"),
+                "--meta-conv-algorithm", getattr(args, "meta_conv_algorithm", "direct")]
     return cmd
 
 
@@ -552,6 +556,9 @@ def main() -> None:
     ap.add_argument("--meta-conv-derivatives", choices=["auto", "primitive", "torch"], default="auto",
                     help="MAMLConfig.conv_derivatives of the torch meta-iterations (auto: the library's default, "
                          "convolution primitives for second order on CPU)")
+    ap.add_argument("--meta-conv-algorithm", choices=["direct", "winograd"], default="direct",
+                    help="MAMLConfig.conv_algorithm of the torch meta-iterations (winograd: fp32 only; its "
+                         "torch.compile time falls in the untimed warm-up call)")
     ap.add_argument("--tf-python", default=DEFAULT_TF_PY,
                     help="a Python with tensorflow-cpu (default: $METASR_TF_PYTHON, else python3)")
     ap.add_argument("--torch-python", default=DEFAULT_TORCH_PY)

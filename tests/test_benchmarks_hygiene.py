@@ -199,14 +199,16 @@ def test_tf_baseline_passes_threads_to_both_children() -> None:
     assert "--threads" not in tfb.child_args(args, "torch")
 
 
-def test_tf_baseline_passes_the_torch_precision_to_the_torch_child_only() -> None:
-    """The ≤ 0.5 goal compares torch's bf16 with TF's fp32 in one alternating run."""
+@pytest.mark.parametrize("attr,flag,value", [("torch_precision", "--torch-precision", "bf16"),
+                                              ("meta_conv_algorithm", "--meta-conv-algorithm", "winograd")])
+def test_tf_baseline_passes_torch_settings_to_the_torch_child_only(attr, flag, value) -> None:
+    """The <= 0.5 goal compares torch's bf16 with TF's fp32 in one alternating run; Winograd is torch's alone."""
     tfb = _module("bench_tf_baseline", BENCH / "bench_tf_baseline.py")
-    args = argparse.Namespace(tf_python="tfpy", torch_python="torchpy", repeats=1, meta_repeats=1, only=["sr_512"],
-                              weights="w.npz", lr="baby.png", threads=None, torch_precision="bf16")
+    args = argparse.Namespace(tf_python="tfpy", torch_python="torchpy", repeats=1, meta_repeats=1, only=["meta_so"],
+                              weights="w.npz", lr="baby.png", threads=None, **{attr: value})
     cmd = tfb.child_args(args, "torch")
-    assert cmd[cmd.index("--torch-precision") + 1] == "bf16"
-    assert "--torch-precision" not in tfb.child_args(args, "tf")
+    assert cmd[cmd.index(flag) + 1] == value
+    assert flag not in tfb.child_args(args, "tf")
 
 
 def test_tf_baseline_times_the_same_sr_work_on_the_torch_side(tmp_path: Path, monkeypatch) -> None:
@@ -336,12 +338,14 @@ def test_table2_never_keeps_a_cell_of_other_weights_beside_this_runs(tmp_path: P
     assert "w1.pth" in (out / "table2.md").read_text() and "w0.pth" not in (out / "table2.md").read_text()
 
 
-def test_conv_derivatives_ab_rejects_bad_arguments_naming_them(capsys):
-    bench = _module("bench_meta_ab", BENCH / "bench_meta_ab.py")
-    for argv, word in ((["--pairs", "0"], "--pairs 0"), (["--precisions", "fp32,fp16"], "fp16")):
-        with pytest.raises(SystemExit):
-            bench.main(argv)
-        assert word in capsys.readouterr().err
+@pytest.mark.parametrize("script,argv,word", [
+    ("bench_meta_ab", ["--pairs", "0"], "--pairs 0"), ("bench_meta_ab", ["--precisions", "fp32,fp16"], "fp16"),
+    ("bench_winograd", ["--repeats", "0"], "--repeats 0"), ("bench_winograd", ["--sizes", "meta,huge"], "meta,huge")])
+def test_ab_benchmarks_reject_bad_arguments_naming_them(script, argv, word, capsys):
+    bench = _module(script, BENCH / f"{script}.py")
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    assert word in capsys.readouterr().err
 
 
 def test_profile_ops_labels_layouts_and_sums_calls():

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..adapt.step import select_parameters
 from ..errors import check_choice
-from ..ops.conv import primitive_derivatives
+from ..ops.conv import CONV_ALGORITHMS, conv_algorithm, primitive_derivatives
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
 from ..precision import PRECISIONS, resolve_channels_last
 from .backends import LEARN2LEARN_HINT, make_backend
@@ -196,6 +196,13 @@ class MAMLConfig:
       second-order weight term as a convolution with the output gradient as a 64x64 kernel. ``'auto'`` (default):
       ``'primitive'`` for second-order MAML on CPU, where it measured faster (README, speed section), else
       ``'torch'``. The same arithmetic up to float round-off; other networks are not affected.
+    * ``conv_algorithm``: what computes those convolutions where the primitive path runs. ``'direct'`` (default):
+      oneDNN. ``'winograd'``: :mod:`metasr_adapter.ops.winograd` for the 3x3 layers with >= 16 channels in fp32
+      (the forward convolutions, input and weight gradients of the graph; each layer's last, graph-free backward
+      stays one oneDNN call). About 1e-5 relative round-off against ``'direct'`` and some seconds of
+      ``torch.compile`` per input shape on the first meta-iteration; its speed is in the README's speed section.
+      Needs fp32 and the primitive path (``conv_derivatives='torch'`` conflicts; under ``'auto'`` it acts on
+      second-order iterations on CPU).
     * ``adam_variant``: ``'torch'`` = ``torch.optim.Adam`` (ε added to the bias-corrected sqrt(v̂));
       ``'tf'`` = :class:`TFAdam`, TF1's ``AdamOptimizer`` arithmetic (ε added to the raw sqrt(v), i.e. an
       effective ε/sqrt(1-β2^t): 31.6·ε at the first step). The two differ visibly only while many
@@ -223,6 +230,7 @@ class MAMLConfig:
     inner_lr_meta_lr: float = 1e-3
     reuse_frozen_prefix: bool = True
     conv_derivatives: str = "auto"
+    conv_algorithm: str = "direct"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -244,6 +252,13 @@ class MAMLConfig:
         check_choice("task_batching", self.task_batching, TASK_BATCHING)
         check_choice("adam_variant", self.adam_variant, ADAM_VARIANTS)
         check_choice("conv_derivatives", self.conv_derivatives, CONV_DERIVATIVES)
+        check_choice("conv_algorithm", self.conv_algorithm, CONV_ALGORITHMS)
+        if self.conv_algorithm == "winograd" and self.conv_derivatives == "torch":
+            raise ValueError("conv_algorithm='winograd' runs on the convolution primitives, which "
+                             "conv_derivatives='torch' switches off: use conv_derivatives='auto' or 'primitive'")
+        if self.conv_algorithm == "winograd" and self.precision != "fp32":
+            raise ValueError(f"conv_algorithm='winograd' computes in fp32; precision={self.precision!r} "
+                             "would leave it unused: use conv_algorithm='direct'")
         if self.task_batching == "vmap" and self.backend != "functional":
             raise ValueError(f"task_batching='vmap' needs backend='functional' (got backend={self.backend!r}); "
                              "use task_batching='loop' with learn2learn")
@@ -342,12 +357,18 @@ class MetaLearner:
             tensors = [t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for t in tensors]
         return tuple(tensors)  # type: ignore[return-value]
 
-    def _conv_derivatives(self) -> contextlib.AbstractContextManager[None]:
-        """The convolution derivatives ``config.conv_derivatives`` asks for, switched on while graphs are built."""
+    @contextlib.contextmanager
+    def _conv_derivatives(self) -> Iterator[None]:
+        """The convolution derivatives and algorithm ``config.conv_derivatives`` and ``config.conv_algorithm`` ask
+        for, switched on while graphs are built."""
         cfg = self.config
+        if cfg.conv_algorithm == "winograd" and self.device.type != "cpu":
+            raise ValueError(f"conv_algorithm='winograd' runs on CPU; the model is on {self.device}: "
+                             "use conv_algorithm='direct'")
         primitive = cfg.conv_derivatives == "primitive" or (
             cfg.conv_derivatives == "auto" and not cfg.first_order and self.device.type == "cpu")
-        return primitive_derivatives(primitive)
+        with primitive_derivatives(primitive), conv_algorithm(cfg.conv_algorithm):
+            yield
 
     @property
     def channels_last(self) -> bool:

@@ -31,15 +31,20 @@ only autograd Functions with a vmap rule, and code that ``torch.compile`` traces
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ["conv2d", "set_primitive_derivatives", "primitive_derivatives_enabled", "primitive_derivatives"]
+from . import winograd
+
+__all__ = ["conv2d", "set_primitive_derivatives", "primitive_derivatives_enabled", "primitive_derivatives",
+           "CONV_ALGORITHMS", "set_conv_algorithm", "conv_algorithm"]
 
 _convolution_backward = torch.ops.aten.convolution_backward
 _enabled = False
+CONV_ALGORITHMS = ("direct", "winograd")
+_algorithm = "direct"
 
 
 def set_primitive_derivatives(enabled: bool) -> bool:
@@ -63,6 +68,28 @@ def primitive_derivatives(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         set_primitive_derivatives(previous)
+
+
+def set_conv_algorithm(name: str) -> str:
+    """How :func:`conv2d`'s pieces compute while the path is on: ``'direct'`` (default, oneDNN's primitives) or
+    ``'winograd'`` (:mod:`metasr_adapter.ops.winograd` for the convolutions, input and weight gradients of fp32
+    3x3 layers with >= 16 channels, compiled per shape on first use; about 1e-5 relative round-off). The last,
+    graph-free backward of a layer stays one combined oneDNN call. Returns the previous algorithm."""
+    global _algorithm
+    if name not in CONV_ALGORITHMS:
+        raise ValueError(f"conv algorithm {name!r}: use one of {', '.join(CONV_ALGORITHMS)}")
+    previous, _algorithm = _algorithm, name
+    return previous
+
+
+@contextlib.contextmanager
+def conv_algorithm(name: str) -> Iterator[None]:
+    """:func:`set_conv_algorithm` for the duration of a ``with`` block (restored after it, also on an exception)."""
+    previous = set_conv_algorithm(name)
+    try:
+        yield
+    finally:
+        set_conv_algorithm(previous)
 
 
 def primitive_derivatives_enabled() -> bool:
@@ -125,16 +152,26 @@ class _NoAutocast:
             self.ctx.__exit__(*exc)
 
 
+def _by_winograd(x: torch.Tensor, weight_shape: Sequence[int], padding: int) -> bool:
+    """Whether a piece goes to :mod:`~metasr_adapter.ops.winograd` (``set_conv_algorithm('winograd')`` and a layer
+    it takes; ``x`` is the piece's input in its compute dtype, ``weight_shape`` the convolution's OIHW shape)."""
+    return _algorithm == "winograd" and winograd.supports(x, weight_shape, padding)
+
+
 def _run_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
               dtype: torch.dtype) -> torch.Tensor:
     with _NoAutocast(x.device.type):
         x, weight = _plain(dtype, x, weight)
+        if bias is None and _by_winograd(x, weight.shape, padding):
+            return winograd.conv3x3(x, weight)
         return F.conv2d(x, weight, None if bias is None else _plain(dtype, bias)[0], padding=padding)
 
 
 def _run_input_grad(gy: torch.Tensor, weight: torch.Tensor, padding: int, dtype: torch.dtype) -> torch.Tensor:
     with _NoAutocast(gy.device.type):
         gy, weight = _plain(dtype, gy, weight)
+        if _by_winograd(gy, (weight.shape[1], weight.shape[0], *weight.shape[2:]), padding):
+            return winograd.conv3x3_input_grad(gy, weight)
         return F.conv_transpose2d(gy, weight, padding=padding)
 
 
@@ -142,6 +179,8 @@ def _run_weight_grad(gy: torch.Tensor, x: torch.Tensor, weight_shape: tuple[int,
                      dtype: torch.dtype) -> torch.Tensor:
     with _NoAutocast(x.device.type):
         gy, x = _plain(dtype, gy, x)
+        if _by_winograd(x, weight_shape, padding):
+            return winograd.conv3x3_weight_grad(gy, x)
         placeholder = torch.empty(weight_shape, dtype=dtype, device=x.device)  # shape only
         return _convolution_backward(gy, x, placeholder, None, [1, 1], [padding, padding], [1, 1], False, [0, 0],
                                      1, [False, True, False])[1]

@@ -160,6 +160,10 @@ SCHEMA: dict[str, Any] = {
                              "(NHWC with bf16 or on CPUs with AVX-512, where it measured faster; NCHW on AVX2-only "
                              "CPUs, where it was slower: benchmarks/bench_meta_ab.py); may change on --resume",
                              nullable=True),
+        "conv_algorithm": Key("direct", (str,), "what computes MZSRNet's 64-channel 3x3 convolutions in fp32 "
+                              "second-order meta-training on CPU: 'direct' (oneDNN) or 'winograd' (F(4x4, 3x3), about "
+                              "1e-5 relative round-off; speed: benchmarks/bench_meta_ab.py --compare conv_algorithm); "
+                              "may change on --resume", choices=("direct", "winograd")),
         "adam_variant": Key("torch", (str,), "meta-optimiser arithmetic: 'torch' (torch.optim.Adam) or 'tf' "
                             "(TF1 AdamOptimizer, the official code's)", choices=("torch", "tf")),
         "anneal_span": Key(10000.0 / 3.0, _NUM, "loss_weighting='maml++': meta-steps over which the query-loss "
@@ -210,11 +214,12 @@ SCHEMA: dict[str, Any] = {
 # evaluation settings may change, e.g. to point eval.gt_dir at another copy of the data).
 # meta.iterations may change too (train longer, or stop early): every batch depends only on
 # (seed, step), so the steps already taken are the same either way; train.py checks that the
-# checkpoint is not already past the new count. meta.channels_last and meta.task_batching change how the
-# same arithmetic is laid out (as device does), not what it computes: a run may switch to the faster layout
-# when it resumes on another CPU, at the cost of float round-off.
+# checkpoint is not already past the new count. meta.channels_last, meta.task_batching and meta.conv_algorithm
+# change how the same arithmetic is laid out or ordered (as device does), not what it computes: a run may switch
+# to the faster layout or algorithm when it resumes on another CPU, at the cost of float round-off.
 HASH_EXCLUDE = ("output", "data.num_workers", "data.cache_dir", "device", "meta.iterations", "eval",
-                "pretrain.probe_every", "meta.probe_every", "meta.channels_last", "meta.task_batching")
+                "pretrain.probe_every", "meta.probe_every", "meta.channels_last", "meta.task_batching",
+                "meta.conv_algorithm")
 
 # eval.kernel values that are names, not paths
 _KERNEL_WORDS = ("bicubic", "cubic", "none")

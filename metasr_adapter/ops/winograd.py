@@ -1,0 +1,221 @@
+"""3x3 convolutions by Winograd's minimal filtering in fp32 on CPU: forward, input and weight gradients.
+
+A 3x3, stride-1, padding-1 convolution on 6x6 input tiles (stride 4): each tile and each filter is transformed,
+the products for all channels at once are 36 batched matrix products, and a transform back gives a 4x4 output
+tile, F(4x4, 3x3): 36 multiplications per 16 outputs instead of 144. The input gradient is the same convolution
+with the filters transposed and turned. The weight gradient is a correlation too: the output gradient's 4x4 tiles
+are the filters and the 6x6 input tiles under them the data, F(3x3, 4x4), summed over all tiles and images inside
+the matrix products and transformed back to 3x3 once. The transforms are memory traffic, written as sums of tile
+slices and fused by ``torch.compile`` into one loop each (compiled per input shape on first use; in eager mode
+they cost more than they save).
+
+The transform matrices are derived, not typed: :func:`toom_cook` builds them from the interpolation points
+0, 1, -1, 2, -2 and infinity (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016) in exact
+rational arithmetic and checks the identity they must satisfy.
+
+Round-off differs from a direct convolution: about 1e-5 of the result's magnitude in fp32
+(``tests/test_winograd.py``). :mod:`metasr_adapter.ops.conv` uses these when ``conv_algorithm('winograd')`` is on
+(``MAMLConfig(conv_algorithm='winograd')``), for layers with at least :data:`MIN_CHANNELS` input and output
+channels: an SR network's RGB layers stay direct. Speed against oneDNN: ``benchmarks/bench_winograd.py`` (single
+calls) and ``benchmarks/bench_meta_ab.py --compare conv_algorithm`` (meta-gradients); README, speed section.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["toom_cook", "supports", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad", "MIN_CHANNELS"]
+
+MIN_CHANNELS = 16  # thinner layers (RGB in or out) run faster direct
+#: compile the transforms with torch.compile (default); False runs the same code eagerly: the same values, slower
+#: than oneDNN, for machines without a C++ compiler or to skip the compile time in tests
+COMPILE = True
+POINTS = (0, 1, -1, 2, -2)
+TILE = 4  # F(4x4, 3x3) output tiles; F(3x3, 4x4) output-gradient tiles
+N_TILE = TILE + 2  # input tiles are 6x6 in both
+
+
+def toom_cook(m: int, r: int, points: Sequence[int] = POINTS) -> tuple[list[list[Fraction]], ...]:
+    """Exact (rational) matrices ``(AT, G, BT)`` of Winograd's F(m, r): for a filter ``g`` of length ``r`` and
+    data ``d`` of length ``m + r - 1``, ``AT @ ((G @ g) * (BT @ d))`` is the correlation
+    ``y[i] = sum_k g[k] d[i + k]``, i < m. Built on ``m + r - 2`` finite points and infinity; ``BT`` is solved for
+    exactly and the identity is checked, so a bad choice of points raises ``ValueError``."""
+    n = m + r - 1
+    if len(points) < n - 1 or len(set(points[: n - 1])) != n - 1:
+        raise ValueError(f"F({m}, {r}) needs {n - 1} distinct points, got {list(points)}")
+    p = [Fraction(v) for v in points[: n - 1]]
+    at = [[p[j] ** i for j in range(n - 1)] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g = []
+    for j in range(n - 1):
+        f = Fraction(1)
+        for k in range(n - 1):
+            if k != j:
+                f *= p[j] - p[k]
+        g.append([p[j] ** k / f for k in range(r)])
+    g.append([Fraction(int(k == r - 1)) for k in range(r)])
+    bt = _solve_data_transform(at, g, m, r)
+    for i in range(m):  # the bilinear identity, exactly
+        for k in range(r):
+            for col in range(n):
+                value = sum(at[i][j] * g[j][k] * bt[j][col] for j in range(n))
+                if value != int(col == i + k):
+                    raise ValueError(f"points {list(points)} do not give an exact F({m}, {r})")
+    return at, g, bt
+
+
+def _solve_data_transform(at: list[list[Fraction]], g: list[list[Fraction]], m: int, r: int) -> list[list[Fraction]]:
+    """``BT`` with ``sum_j AT[i][j] G[j][k] BT[j][l] = [l == i + k]``: one linear system per column ``l`` of ``BT``
+    in the ``n`` unknowns ``BT[:, l]`` (``m * r`` equations of rank ``n``), solved by exact Gauss-Jordan."""
+    n = m + r - 1
+    rows = [[at[i][j] * g[j][k] for j in range(n)] for i in range(m) for k in range(r)]
+    rhs_index = [i + k for i in range(m) for k in range(r)]
+    bt = [[Fraction(0)] * n for _ in range(n)]
+    for col in range(n):
+        system = [row[:] + [Fraction(int(t == col))] for row, t in zip(rows, rhs_index)]
+        pivots = []
+        top = 0
+        for c in range(n):
+            pivot = next((i for i in range(top, len(system)) if system[i][c] != 0), None)
+            if pivot is None:
+                continue
+            system[top], system[pivot] = system[pivot], system[top]
+            lead = system[top][c]
+            system[top] = [v / lead for v in system[top]]
+            for i in range(len(system)):
+                if i != top and system[i][c] != 0:
+                    factor = system[i][c]
+                    system[i] = [a - factor * b for a, b in zip(system[i], system[top])]
+            pivots.append(c)
+            top += 1
+        for row_i, c in enumerate(pivots):
+            bt[c][col] = system[row_i][n]
+    return bt
+
+
+def _floats(matrix: list[list[Fraction]]) -> list[list[float]]:
+    return [[float(v) for v in row] for row in matrix]
+
+
+_FWD_AT, _FWD_G, _FWD_BT = (_floats(m) for m in toom_cook(TILE, 3))
+_WGRAD_AT, _WGRAD_G, _WGRAD_BT = (_floats(m) for m in toom_cook(3, TILE))
+
+
+def supports(x: torch.Tensor, weight_shape: Sequence[int], padding: int) -> bool:
+    """Whether this module computes ``F.conv2d(x, weight, padding=padding)`` and its gradients for a weight of
+    ``weight_shape`` (OIHW): an fp32 CPU input, a 3x3 kernel, padding 1, no groups, at least :data:`MIN_CHANNELS`
+    input and output channels."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and len(weight_shape) == 4
+            and tuple(weight_shape[2:]) == (3, 3) and padding == 1 and x.shape[1] == weight_shape[1]
+            and min(weight_shape[0], weight_shape[1]) >= MIN_CHANNELS)
+
+
+def _combine(coefficients: Sequence[float], terms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum(c * t)`` over the non-zero coefficients, without multiplying by +-1."""
+    out = None
+    for c, t in zip(coefficients, terms):
+        if c == 0:
+            continue
+        term = t if c == 1 else (-t if c == -1 else t * c)
+        out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
+def _transform_2d(tiles: Callable[[int, int], torch.Tensor], left: list[list[float]], size: int) -> list[torch.Tensor]:
+    """``L @ T @ L^T`` for every tile ``T`` at once (``tiles(i, j)`` is element (i, j) of all tiles): rows, then
+    columns, as a flat list over (a, b)."""
+    out_rows, k = len(left), size
+    half = [[_combine(left[b], [tiles(i, j) for j in range(k)]) for b in range(out_rows)] for i in range(k)]
+    return [_combine(left[a], [half[i][b] for i in range(k)]) for a in range(out_rows) for b in range(out_rows)]
+
+
+def _tiles(x: torch.Tensor, tiles_h: int, tiles_w: int, bt: list[list[float]]) -> torch.Tensor:
+    """(36, N * tiles, C): ``BT @ d @ BT^T`` of every 6x6 tile (stride 4) of ``x`` zero-padded by 1 (and up to whole
+    tiles at the bottom and right)."""
+    h, w = x.shape[2], x.shape[3]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, TILE * tiles_w - w + 1, 1, TILE * tiles_h - h + 1))
+    n, _, _, c = xp.shape
+    s_n, s_h, s_w, _ = xp.stride()
+    d = xp.as_strided((n, tiles_h, tiles_w, N_TILE, N_TILE, c), (s_n, TILE * s_h, TILE * s_w, s_h, s_w, 1))
+    return torch.stack(_transform_2d(lambda i, j: d[:, :, :, i, j], bt, N_TILE)).reshape(N_TILE ** 2, -1, c)
+
+
+def _conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    n, _, h, w = x.shape
+    th, tw = -(-h // TILE), -(-w // TILE)
+    filters = torch.stack(_transform_2d(lambda i, j: weight[:, :, i, j], _FWD_G, 3)).transpose(1, 2)  # (36, C, K)
+    products = torch.bmm(_tiles(x, th, tw, _FWD_BT), filters).reshape(N_TILE, N_TILE, n, th, tw, -1)
+    parts = _transform_2d(lambda i, j: products[i, j], _FWD_AT, N_TILE)  # 16 x (N, th, tw, K)
+    rows = [torch.stack(parts[p * TILE:(p + 1) * TILE], dim=3) for p in range(TILE)]
+    y = torch.stack(rows, dim=2).reshape(n, TILE * th, TILE * tw, -1)[:, :h, :w]
+    if bias is not None:
+        y = y + bias
+    nchw_in = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    return y.permute(0, 3, 1, 2).contiguous(memory_format=torch.contiguous_format if nchw_in else torch.channels_last)
+
+
+def _conv3x3_input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _conv3x3(grad_out, weight.transpose(0, 1).flip(2, 3), None)
+
+
+def _conv3x3_weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    n, _, h, w = x.shape
+    th, tw = -(-h // TILE), -(-w // TILE)
+    data = _tiles(x, th, tw, _WGRAD_BT)  # (36, T, C)
+    gy = F.pad(grad_out.permute(0, 2, 3, 1), (0, 0, 0, TILE * tw - w, 0, TILE * th - h))
+    gy = gy.reshape(n, th, TILE, tw, TILE, gy.shape[-1])
+    filters = torch.stack(_transform_2d(lambda i, j: gy[:, :, i, :, j], _WGRAD_G, TILE)).reshape(N_TILE ** 2, -1,
+                                                                                                   gy.shape[-1])
+    sums = torch.bmm(filters.transpose(1, 2), data).reshape(N_TILE, N_TILE, filters.shape[-1], data.shape[-1])
+    out = _transform_2d(lambda i, j: sums[i, j], _WGRAD_AT, N_TILE)  # 9 x (K, C)
+    return torch.stack(out, dim=-1).reshape(filters.shape[-1], data.shape[-1], 3, 3)
+
+
+_EAGER = {"conv": _conv3x3, "input_grad": _conv3x3_input_grad, "weight_grad": _conv3x3_weight_grad}
+_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _run(name: str, compiled: bool | None, *args: torch.Tensor | None) -> torch.Tensor:
+    """One of the three, compiled on first use unless ``compiled`` (default: :data:`COMPILE`) is False (each shape
+    compiles once, a few seconds; past torch.compile's recompile limit, 8 shapes by default, further shapes run the
+    same code eagerly: correct, slower)."""
+    compiled = COMPILE if compiled is None else compiled
+    if compiled and name not in _COMPILED:
+        _COMPILED[name] = torch.compile(_EAGER[name], dynamic=False, fullgraph=True)
+    with torch.no_grad():
+        return (_COMPILED if compiled else _EAGER)[name](*args)
+
+
+def _check(x: torch.Tensor, weight_shape: Sequence[int], what: str) -> None:
+    if not supports(x, weight_shape, 1):
+        raise ValueError(f"Winograd {what} takes an fp32 CPU (N, C, H, W) tensor and a 3x3 kernel with >= "
+                         f"{MIN_CHANNELS} input and output channels; got {tuple(x.shape)} {x.dtype} on {x.device} "
+                         f"with a kernel {tuple(weight_shape)}: use torch's convolution for these")
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+            compiled: bool | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` by F(4x4, 3x3); the output is NCHW-contiguous for an NCHW-contiguous
+    ``x``, else NHWC (channels_last). Not differentiable itself: :mod:`metasr_adapter.ops.conv` builds derivatives
+    from these three functions."""
+    _check(x, tuple(weight.shape) if weight.dtype == torch.float32 else (), "F(4x4, 3x3)")
+    return _run("conv", compiled, x, weight, bias)
+
+
+def conv3x3_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, *, compiled: bool | None = None) -> torch.Tensor:
+    """``F.conv_transpose2d(grad_out, weight, padding=1)``, the input gradient of :func:`conv3x3`, by F(4x4, 3x3)."""
+    shape = (weight.shape[1], weight.shape[0], 3, 3) if weight.dim() == 4 and weight.dtype == torch.float32 else ()
+    _check(grad_out, shape if tuple(weight.shape[2:]) == (3, 3) else (), "F(4x4, 3x3)")
+    return _run("input_grad", compiled, grad_out, weight)
+
+
+def conv3x3_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, *, compiled: bool | None = None) -> torch.Tensor:
+    """The weight gradient (OIHW, 3x3) of ``F.conv2d(x, weight, padding=1)`` for output gradient ``grad_out``, as
+    ``torch.ops.aten.convolution_backward`` computes it, by F(3x3, 4x4)."""
+    same = (grad_out.dim() == 4 and x.dim() == 4 and grad_out.dtype == torch.float32 and grad_out.device == x.device
+            and grad_out.shape[0] == x.shape[0] and grad_out.shape[2:] == x.shape[2:])
+    _check(x, (grad_out.shape[1], x.shape[1], 3, 3) if same else (), "F(3x3, 4x4)")
+    return _run("weight_grad", compiled, grad_out, x)
