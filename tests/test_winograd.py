@@ -106,7 +106,7 @@ def test_eager_and_compiled_agree():
 
 
 @pytest.mark.parametrize("case,match", [
-    ("bf16", "bfloat16"), ("rgb", r"\(2, 3, 8, 8\)"), ("size", r"kernel \(\)")])
+    ("bf16", "bfloat16"), ("rgb", r"\(2, 3, 8, 8\)"), ("size", r"grad_out \(2, 16, 8, 6\).*shape \(2, 16, 8, 8\)")])
 def test_weight_grad_names_what_it_cannot_take(case, match):
     x, gy = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
     if case == "bf16":
@@ -119,9 +119,14 @@ def test_weight_grad_names_what_it_cannot_take(case, match):
         winograd.conv3x3_weight_grad(gy, x)
 
 
-def test_convolution_names_a_kernel_it_cannot_take():
+def test_convolution_names_a_kernel_or_bias_it_cannot_take():
+    x = torch.randn(1, 16, 8, 8)
     with pytest.raises(ValueError, match=r"kernel \(16, 16, 5, 5\).*use torch's convolution"):
-        winograd.conv3x3(torch.randn(1, 16, 8, 8), torch.randn(16, 16, 5, 5))
+        winograd.conv3x3(x, torch.randn(16, 16, 5, 5))
+    with pytest.raises(ValueError, match=r"bias \(8,\).*shape \(16,\)"):
+        winograd.conv3x3(x, torch.randn(16, 16, 3, 3), torch.randn(8))
+    with pytest.raises(ValueError, match=r"weight \(16, 16, 3, 3\) torch.float64"):
+        winograd.conv3x3_input_grad(x, torch.randn(16, 16, 3, 3, dtype=torch.float64))
 
 
 def test_supports_only_wide_fp32_3x3_padding_1():

@@ -196,26 +196,38 @@ def _check(x: torch.Tensor, weight_shape: Sequence[int], what: str) -> None:
                          f"with a kernel {tuple(weight_shape)}: use torch's convolution for these")
 
 
+def _check_partner(name: str, t: torch.Tensor, x: torch.Tensor, shape: Sequence[int] | None = None) -> None:
+    """``t`` (the weight, bias or output gradient beside ``x``) is fp32 on ``x``'s device, of ``shape`` if given."""
+    if t.dtype != torch.float32 or t.device != x.device or (shape is not None and tuple(t.shape) != tuple(shape)):
+        want = f"shape {tuple(shape)}, " if shape is not None else ""
+        raise ValueError(f"{name} {tuple(t.shape)} {t.dtype} on {t.device}: Winograd needs {want}fp32 on the device "
+                         f"of the input ({x.device}); use torch's convolution otherwise")
+
+
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
             compiled: bool | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` by F(4x4, 3x3); the output is NCHW-contiguous for an NCHW-contiguous
     ``x``, else NHWC (channels_last). Not differentiable itself: :mod:`metasr_adapter.ops.conv` builds derivatives
     from these three functions."""
-    _check(x, tuple(weight.shape) if weight.dtype == torch.float32 else (), "F(4x4, 3x3)")
+    _check(x, tuple(weight.shape), "F(4x4, 3x3)")
+    _check_partner("weight", weight, x)
+    if bias is not None:
+        _check_partner("bias", bias, x, (weight.shape[0],))
     return _run("conv", compiled, x, weight, bias)
 
 
 def conv3x3_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, *, compiled: bool | None = None) -> torch.Tensor:
     """``F.conv_transpose2d(grad_out, weight, padding=1)``, the input gradient of :func:`conv3x3`, by F(4x4, 3x3)."""
-    shape = (weight.shape[1], weight.shape[0], 3, 3) if weight.dim() == 4 and weight.dtype == torch.float32 else ()
-    _check(grad_out, shape if tuple(weight.shape[2:]) == (3, 3) else (), "F(4x4, 3x3)")
+    transposed = (weight.shape[1], weight.shape[0], *weight.shape[2:]) if weight.dim() == 4 else tuple(weight.shape)
+    _check(grad_out, transposed, "F(4x4, 3x3)")
+    _check_partner("weight", weight, grad_out)
     return _run("input_grad", compiled, grad_out, weight)
 
 
 def conv3x3_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, *, compiled: bool | None = None) -> torch.Tensor:
     """The weight gradient (OIHW, 3x3) of ``F.conv2d(x, weight, padding=1)`` for output gradient ``grad_out``, as
     ``torch.ops.aten.convolution_backward`` computes it, by F(3x3, 4x4)."""
-    same = (grad_out.dim() == 4 and x.dim() == 4 and grad_out.dtype == torch.float32 and grad_out.device == x.device
-            and grad_out.shape[0] == x.shape[0] and grad_out.shape[2:] == x.shape[2:])
-    _check(x, (grad_out.shape[1], x.shape[1], 3, 3) if same else (), "F(3x3, 4x4)")
+    _check(x, (grad_out.shape[1] if grad_out.dim() == 4 else 0, x.shape[1] if x.dim() == 4 else 0, 3, 3),
+           "F(3x3, 4x4)")
+    _check_partner("grad_out", grad_out, x, (x.shape[0], grad_out.shape[1], *x.shape[2:]))
     return _run("weight_grad", compiled, grad_out, x)
