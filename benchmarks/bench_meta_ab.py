@@ -5,7 +5,7 @@ interleaved call by call.
         --json benchmarks/results/conv_derivatives_ab.json
     python benchmarks/bench_meta_ab.py --threads 2 --pairs 5 --compare channels_last \
         --json benchmarks/results/meta_channels_last_ab.json
-    python benchmarks/bench_meta_ab.py --threads 2 --pairs 5 --compare conv_algorithm \
+    python benchmarks/bench_meta_ab.py --threads 2 --pairs 8 --compare conv_algorithm \
         --json benchmarks/results/meta_winograd_ab.json
 
 ``--compare conv_derivatives`` (default): torch's double backward against the convolution-primitive derivatives;
@@ -65,7 +65,8 @@ def measure(precision: str, pairs: int, compare: str = "conv_derivatives", seed:
         for v in (values if i % 2 == 0 else values[::-1]):
             times[str(v)].append(run(v))
     ratios = [b / a for a, b in zip(times[names[0]], times[names[1]])]
-    return {"compare": compare, "warmup_seconds": warmup, "seconds": times, "median_seconds": {n: statistics.median(times[n]) for n in names},
+    return {"compare": compare, "warmup_seconds": warmup, "seconds": times,
+            "median_seconds": {n: statistics.median(times[n]) for n in names},
             "ratio": {"of": f"{names[1]} / {names[0]}", "median": statistics.median(ratios), "min": min(ratios),
                       "max": max(ratios)}}
 

@@ -159,6 +159,13 @@ def test_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert r2["eval"]["kernel"] == str((elsewhere / "k" / "kernel.mat").resolve())
 
 
+def test_winograd_is_a_valid_choice_for_mzsr_in_fp32() -> None:
+    r = load_recipe(RECIPES / "mzsr_x2.yaml", ["meta.conv_algorithm=winograd"])
+    assert r["meta"]["conv_algorithm"] == "winograd"
+    with pytest.raises(ValueError, match="conv_algorithm"):
+        load_recipe(RECIPES / "mzsr_x2.yaml", ["meta.conv_algorithm=fft"])
+
+
 def test_defaults_and_hash() -> None:
     d = validate_recipe({})
     assert d == validate_recipe(default_recipe())
@@ -319,6 +326,8 @@ def test_the_settle_recipe_continues_the_lslr_weights_with_their_rates_and_a_dec
     (["meta.inner_lr_start=weights", "meta.learn_inner_lr=true"], "model.weights set"),
     (["meta.meta_lr_schedule=cosine", "meta.meta_lr_min=1e-3"], "exceeds meta.meta_lr"),
     (["data.kernel=bicubic"], "needs data.tasks='mlsr'"),  # overrides were not checked against the file before
+    (["meta.conv_algorithm=winograd", "meta.precision=bf16"], "meta.precision='bf16'.*would do nothing"),
+    (["meta.conv_algorithm=winograd", "model.name=idn"], "model.name='idn'.*would do nothing"),
 ])
 def test_continuation_settings_that_do_not_combine_are_rejected(settings: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -373,6 +373,10 @@ def _check_combinations(r: Mapping[str, Any]) -> None:
     if m["meta_lr_schedule"] == "cosine" and m["meta_lr_min"] > m["meta_lr"]:
         raise ValueError(f"meta.meta_lr_min={m['meta_lr_min']} exceeds meta.meta_lr={m['meta_lr']}: the cosine "
                          "schedule decays from meta_lr to meta_lr_min; lower meta_lr_min")
+    if m["conv_algorithm"] == "winograd" and (m["precision"] != "fp32" or r["model"]["name"] != "mzsr"):
+        raise ValueError(f"meta.conv_algorithm='winograd' computes MZSRNet's layers in fp32; got meta.precision="
+                         f"{m['precision']!r} and model.name={r['model']['name']!r}, where it would do nothing: set "
+                         "meta.conv_algorithm=direct")
     if d["tasks"] == "mlsr" and len(d["scales"]) != 1:
         raise ValueError(f"data.tasks='mlsr' uses one scale; data.scales={d['scales']}. Give one, e.g. [2.0]")
 
