@@ -152,10 +152,15 @@ class _NoAutocast:
             self.ctx.__exit__(*exc)
 
 
-def _by_winograd(x: torch.Tensor, weight_shape: Sequence[int], padding: int) -> bool:
+def _by_winograd(x: torch.Tensor, weight_shape: Sequence[int], padding: int, transposed: bool = False) -> bool:
     """Whether a piece goes to :mod:`~metasr_adapter.ops.winograd` (``set_conv_algorithm('winograd')`` and a layer
-    it takes; ``x`` is the piece's input in its compute dtype, ``weight_shape`` the convolution's OIHW shape)."""
-    return _algorithm == "winograd" and winograd.supports(x, weight_shape, padding)
+    it takes; ``x`` is the piece's input in its compute dtype, ``weight_shape`` the OIHW shape of the weight it is
+    given, ``transposed`` for an input gradient, whose convolution maps the weight's outputs to its inputs)."""
+    if _algorithm != "winograd":  # the default: nothing more to look at on this hot path
+        return False
+    if transposed:
+        weight_shape = (weight_shape[1], weight_shape[0], *weight_shape[2:])
+    return winograd.supports(x, weight_shape, padding)
 
 
 def _run_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
@@ -170,7 +175,7 @@ def _run_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 def _run_input_grad(gy: torch.Tensor, weight: torch.Tensor, padding: int, dtype: torch.dtype) -> torch.Tensor:
     with _NoAutocast(gy.device.type):
         gy, weight = _plain(dtype, gy, weight)
-        if _by_winograd(gy, (weight.shape[1], weight.shape[0], *weight.shape[2:]), padding):
+        if _by_winograd(gy, weight.shape, padding, transposed=True):
             return winograd.conv3x3_input_grad(gy, weight)
         return F.conv_transpose2d(gy, weight, padding=padding)
 
