@@ -362,3 +362,45 @@ def test_profile_ops_labels_layouts_and_sums_calls():
             torch.relu(x)
     (key,) = [k for k in timer.calls if "relu" in k[0]]
     assert timer.calls[key] == 3 and key[1] == ("nchw(2, 3, 4, 5)",) and timer.seconds[key] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/onednn_primitives.py (parsing only: the children need TensorFlow and ../shared)
+# ---------------------------------------------------------------------------------------------
+_VERBOSE = [
+    "onednn_verbose,v1,info,cpu,runtime:OpenMP,nthr:2",
+    "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,jit:avx512_core,backward_weights,src:f32::blocked:"
+    "acdb::f0,,alg:convolution_direct,mb4_ic64oc64_ih64oh64kh3,0.5",
+    "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core,backward_weights,src:f32::blocked:acdb::f0 "
+    "wei:f32:a:blocked:ABcd16b16a::f0,attr-scratchpad:user,alg:convolution_direct,mb4_ic64oc64_ih64oh64kh3,8.25",
+    "onednn_verbose,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,src:f32::blocked:acdb::f0,"
+    ",alg:convolution_direct,mb4_ic64oc64_ih64oh64kh3,5.5",
+    "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:acdb::f0 dst:f32::blocked:Acdb64a::f0,"
+    "attr-scratchpad:user,,64x64x3x3,0.25",
+    "BENCH_RESULT_JSON:{}",
+]
+
+
+def test_onednn_primitives_counts_executions_and_subtracts_one_repetition():
+    prims = _module("onednn_primitives", BENCH / "onednn_primitives.py")
+    one = prims.parse_verbose(_VERBOSE)
+    wgrad = ("convolution", "jit:avx512_core", "backward_weights", "mb4_ic64oc64_ih64oh64kh3")
+    assert one[wgrad] == [1, 8.25]  # the creation line is not an execution
+    assert one[("convolution", "brg_conv_fwd:avx512_core", "forward_training", "mb4_ic64oc64_ih64oh64kh3")] == [1, 5.5]
+    assert sum(c for c, _ in one.values()) == 3
+    two = prims.parse_verbose(_VERBOSE + _VERBOSE[2:3])  # one more backward-weights call
+    assert prims.difference(two, one) == {wgrad: [1, 8.25]}
+    row = prims.summarise(two, wall_s=0.05, top=2)
+    assert row["calls"] == 4 and abs(row["primitive_s"] - 0.02225) < 1e-12
+    assert abs(row["overlap"] - 0.445) < 1e-9 and abs(row["outside_primitives_s"] - 0.02775) < 1e-12
+    assert row["groups"]["conv backward-weights"] == {"calls": 2, "ms": 16.5, "ms_per_call": 8.25}
+    assert [r["propagation"] for r in row["top"]] == ["backward_weights", "forward_training"]
+
+
+@pytest.mark.parametrize("argv,word", [(["--frameworks", "tf,jax"], "tf,jax"), (["--base-repeats", "0"], "--base-repeats 0"),
+                                       (["--only", "meta_xx"], "meta_xx")])
+def test_onednn_primitives_rejects_bad_arguments_naming_them(argv, word, capsys):
+    prims = _module("onednn_primitives", BENCH / "onednn_primitives.py")
+    with pytest.raises(SystemExit):
+        prims.main(argv)
+    assert word in capsys.readouterr().err
