@@ -1,7 +1,8 @@
 """Which oneDNN primitives one measurement of ``bench_tf_baseline.py`` runs, in TF and in torch, and how much of
 its wall time they fill.
 
-    python benchmarks/onednn_primitives.py --only meta_so --threads 2 --json benchmarks/results/onednn_primitives_meta_so.json
+    python benchmarks/onednn_primitives.py --only meta_so --threads 2 \
+        --json benchmarks/results/onednn_primitives_meta_so.json
 
 Both frameworks hand their convolutions to oneDNN, which logs every primitive it executes with its
 implementation, memory formats, problem size and milliseconds when ``ONEDNN_VERBOSE=1``. For each framework
@@ -19,8 +20,9 @@ count. Per framework it reports:
   Python, autograd); above 1, several primitives run at once (TF's executor runs independent graph nodes
   concurrently on its inter-op threads).
 
-Logging costs time (printing thousands of lines), hence the separate unlogged child for the wall time. Options as ``bench_tf_baseline.py`` (``--threads``, ``--tf-python``,
-``--torch-precision``, ``--meta-conv-algorithm``, ...). Issue #21, item 1: how TF avoids what torch pays.
+Logging costs time (printing thousands of lines), hence the separate unlogged child for the wall time. Options
+as ``bench_tf_baseline.py`` (``--threads``, ``--tf-python``, ``--torch-precision``, ``--meta-conv-algorithm``,
+...). Issue #21, item 1: how TF avoids what torch pays.
 """
 from __future__ import annotations
 
@@ -81,14 +83,16 @@ def difference(more: dict[Key, list[float]], fewer: dict[Key, list[float]]) -> d
 def group(kind: str, prop: str) -> str:
     """A readable group name for a primitive: ``convolution forward_training`` -> ``conv forward``, ..."""
     if kind == "convolution":
-        return {"forward_training": "conv forward", "forward_inference": "conv forward",
-                "backward_data": "conv backward-data", "backward_weights": "conv backward-weights"}.get(prop, f"conv {prop}")
+        names = {"forward_training": "conv forward", "forward_inference": "conv forward",
+                 "backward_data": "conv backward-data", "backward_weights": "conv backward-weights"}
+        return names.get(prop, f"conv {prop}")
     if kind == "deconvolution":
         return "deconvolution (transposed conv)"
     return kind
 
 
-def summarise(prims: dict[Key, list[float]], wall_s: float, top: int, wall_logged_s: float | None = None) -> dict[str, Any]:
+def summarise(prims: dict[Key, list[float]], wall_s: float, top: int,
+              wall_logged_s: float | None = None) -> dict[str, Any]:
     """The per-repetition table of one framework (see the module docstring)."""
     total_ms = sum(ms for _, ms in prims.values())
     groups: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
@@ -177,9 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     for fw in frameworks:
         t0 = time.perf_counter()
         out[fw] = res = measure(args, fw)
-        print(f"{fw}: one {args.only[0]} repetition: wall {res['wall_s']:.2f} s ({res['wall_logged_s']:.2f} s logging), primitives "
-              f"{res['primitive_s']:.2f} s in {res['calls']} calls, overlap {res['overlap']:.2f}, outside primitives "
-              f"{res['outside_primitives_s']:.2f} s  ({time.perf_counter() - t0:.0f} s to measure)")
+        print(f"{fw}: one {args.only[0]} repetition: wall {res['wall_s']:.2f} s ({res['wall_logged_s']:.2f} s "
+              f"logging), primitives {res['primitive_s']:.2f} s in {res['calls']} calls, overlap "
+              f"{res['overlap']:.2f}, outside primitives {res['outside_primitives_s']:.2f} s  "
+              f"({time.perf_counter() - t0:.0f} s to measure)")
         for g, row in res["groups"].items():
             print(f"    {g:34s} {row['calls']:6d} calls {row['ms']:9.1f} ms {row['ms_per_call']:8.3f} ms/call")
     if args.json:
