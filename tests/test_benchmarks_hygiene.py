@@ -397,8 +397,9 @@ def test_onednn_primitives_counts_executions_and_subtracts_one_repetition():
     assert [r["propagation"] for r in row["top"]] == ["backward_weights", "forward_training"]
 
 
-@pytest.mark.parametrize("argv,word", [(["--frameworks", "tf,jax"], "tf,jax"),
-                                       (["--base-repeats", "0"], "--base-repeats 0"), (["--only", "meta_xx"], "meta_xx")])
+@pytest.mark.parametrize("argv,word", [
+    (["--frameworks", "tf,jax"], "tf,jax"), (["--base-repeats", "0"], "--base-repeats 0"),
+    (["--only", "meta_xx"], "meta_xx")])
 def test_onednn_primitives_rejects_bad_arguments_naming_them(argv, word, capsys):
     prims = _module("onednn_primitives", BENCH / "onednn_primitives.py")
     with pytest.raises(SystemExit):
