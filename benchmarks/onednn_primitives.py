@@ -20,7 +20,9 @@ count. Per framework it reports:
   Python, autograd); above 1, several primitives run at once (TF's executor runs independent graph nodes
   concurrently on its inter-op threads).
 
-Logging costs time (printing thousands of lines), hence the separate unlogged child for the wall time. Options
+Logging costs time (printing thousands of lines), hence the separate unlogged child for the wall time. The
+subtraction is exact for call counts; the milliseconds of a rare, cheap primitive (a reorder) can come out slightly
+negative, since its times differ between the two children. Options
 as ``bench_tf_baseline.py`` (``--threads``, ``--tf-python``, ``--torch-precision``, ``--meta-conv-algorithm``,
 ...). Issue #21, item 1: how TF avoids what torch pays.
 """
