@@ -158,9 +158,7 @@ def _by_winograd(x: torch.Tensor, weight_shape: Sequence[int], padding: int, tra
     given, ``transposed`` for an input gradient, whose convolution maps the weight's outputs to its inputs)."""
     if _algorithm != "winograd":  # the default: nothing more to look at on this hot path
         return False
-    if transposed:
-        weight_shape = (weight_shape[1], weight_shape[0], *weight_shape[2:])
-    return winograd.supports(x, weight_shape, padding)
+    return winograd.supports(x, winograd.transposed_shape(weight_shape) if transposed else weight_shape, padding)
 
 
 def _run_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-__all__ = ["toom_cook", "supports", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad", "MIN_CHANNELS"]
+__all__ = ["toom_cook", "supports", "transposed_shape", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad", "MIN_CHANNELS"]
 
 MIN_CHANNELS = 16  # thinner layers (RGB in or out) run faster direct
 #: compile the transforms with torch.compile (default); False runs the same code eagerly: the same values, slower
@@ -110,6 +110,12 @@ def supports(x: torch.Tensor, weight_shape: Sequence[int], padding: int) -> bool
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and len(weight_shape) == 4
             and tuple(weight_shape[2:]) == (3, 3) and padding == 1 and x.shape[1] == weight_shape[1]
             and min(weight_shape[0], weight_shape[1]) >= MIN_CHANNELS)
+
+
+def transposed_shape(weight_shape: Sequence[int]) -> tuple[int, ...]:
+    """The OIHW shape of the convolution an input gradient runs: a weight's output and input channels swapped."""
+    shape = tuple(weight_shape)
+    return (shape[1], shape[0], *shape[2:]) if len(shape) == 4 else shape
 
 
 def _combine(coefficients: Sequence[float], terms: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -218,8 +224,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 
 def conv3x3_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, *, compiled: bool | None = None) -> torch.Tensor:
     """``F.conv_transpose2d(grad_out, weight, padding=1)``, the input gradient of :func:`conv3x3`, by F(4x4, 3x3)."""
-    transposed = (weight.shape[1], weight.shape[0], *weight.shape[2:]) if weight.dim() == 4 else tuple(weight.shape)
-    _check(grad_out, transposed, "F(4x4, 3x3)")
+    _check(grad_out, transposed_shape(weight.shape), "F(4x4, 3x3)")
     _check_partner("weight", weight, grad_out)
     return _run("input_grad", compiled, grad_out, weight)
 
