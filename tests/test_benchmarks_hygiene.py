@@ -405,3 +405,54 @@ def test_onednn_primitives_rejects_bad_arguments_naming_them(argv, word, capsys)
     with pytest.raises(SystemExit):
         prims.main(argv)
     assert word in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/cpu_threads.py (parsing only: sampling needs `perf` and a few minutes)
+# ---------------------------------------------------------------------------------------------
+_PERF_REPORT = [
+    "# Samples: 59K of event 'cpu-clock:pppH'",
+    "# Overhead  Pid:Command    Shared Object",
+    "",
+    "    42.79%    27164:python   [JIT] tid 27164     ",
+    "    42.00%    27170:python   [JIT] tid 27164     ",
+    "     4.61%    27170:python   libgomp.so.1        ",
+    "     4.15%    27164:python   libtorch_cpu.so     ",
+    "     2.49%    27170:python   libtorch_cpu.so     ",
+    "     0.87%    27164:python   libpython3.11.so.1.0",
+    "     0.81%    27164:python   libgomp.so.1        ",
+    "     0.71%    27164:python   libc.so.6           ",
+    "     0.08%    27164:python   [kernel.kallsyms]   ",
+    "     0.40%    27166:python   libscipy_openblas64_-32a4b2a6.so",
+]
+
+
+def test_cpu_threads_groups_each_threads_samples_by_library():
+    ct = _module("cpu_threads", BENCH / "cpu_threads.py")
+    per = ct.parse_report(_PERF_REPORT)
+    assert set(per) == {27164, 27170, 27166}
+    assert per[27170]["kernels"] == 42.00 and per[27170]["openmp"] == 4.61 and per[27170]["libtorch"] == 2.49
+    assert per[27164]["python"] == 0.87 and per[27164]["libc"] == 0.71 and per[27164]["os"] == 0.08
+    assert per[27166]["other"] == 0.40
+    res = ct.summarise(per, main_tid=27164)
+    assert [(r["role"], r["tid"]) for r in res["threads"]] == [("main", 27164), ("worker", 27170)]  # < 1 % left out
+    main, worker = res["threads"]
+    assert main["share_of_samples"] == 49.41 and worker["share_of_samples"] == 49.1
+    assert worker["percent"]["openmp"] == round(100 * 4.61 / 49.10, 2) == res["workers_waiting_percent"]
+    assert res["main_outside_kernels_percent"] == round(100 - round(100 * 42.79 / 49.41, 2), 2)
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["--seconds", "0"], "--seconds 0"), (["--threads", "-1"], "--threads -1"), (["--work", "adapt"], "adapt")])
+def test_cpu_threads_rejects_bad_arguments_naming_them(argv, word, capsys):
+    ct = _module("cpu_threads", BENCH / "cpu_threads.py")
+    with pytest.raises(SystemExit):
+        ct.main(argv)
+    assert word in capsys.readouterr().err
+
+
+def test_cpu_threads_without_perf_says_how_to_install_it(monkeypatch):
+    ct = _module("cpu_threads", BENCH / "cpu_threads.py")
+    monkeypatch.setattr(ct.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="perf.*not found.*linux-perf"):
+        ct.main(["--seconds", "1"])
