@@ -7,12 +7,15 @@ interleaved call by call.
         --json benchmarks/results/meta_channels_last_ab.json
     python benchmarks/bench_meta_ab.py --threads 2 --pairs 8 --compare conv_algorithm \
         --json benchmarks/results/meta_winograd_ab.json
+    python benchmarks/bench_meta_ab.py --threads 2 --pairs 8 --precisions fp32,bf16 --compare task_threads \
+        --json benchmarks/results/meta_task_threads_ab.json
 
 ``--compare conv_derivatives`` (default): torch's double backward against the convolution-primitive derivatives;
 ``--compare channels_last``: NCHW against NHWC images; ``--compare conv_algorithm``: oneDNN against Winograd
 (:mod:`metasr_adapter.ops.winograd`; fp32 only; its first call's ``torch.compile`` time is part of the warm-up,
-recorded as ``warmup_seconds``). One learner per precision (MZSRNet, random initialisation:
-speed does not depend on the weights), the official size (meta-batch 5, task-batch 4, 64x64 patches, 5 inner
+recorded as ``warmup_seconds``); ``--compare task_threads``: tasks one after another against two at once
+on worker threads with one oneDNN thread each (:mod:`metasr_adapter.meta.task_threads`). One learner per
+precision (MZSRNet, random initialisation: speed does not depend on the weights), the official size (meta-batch 5, task-batch 4, 64x64 patches, 5 inner
 steps; NHWC unless NHWC is compared). After one warm-up call of each value, ``--pairs`` pairs of
 :meth:`~metasr_adapter.meta.learner.MetaLearner.meta_gradient` calls alternate the value that goes first. These
 CPUs are shared: the speed of a whole process drifts by 10-20 % between runs, so a comparison of separate
@@ -35,7 +38,7 @@ from _record import result_record  # noqa: E402
 
 #: the setting compared -> its two values (the ratio is the second's time over the first's)
 COMPARISONS = {"conv_derivatives": ("torch", "primitive"), "channels_last": (False, True),
-               "conv_algorithm": ("direct", "winograd")}
+               "conv_algorithm": ("direct", "winograd"), "task_threads": (1, 2)}
 
 
 def _timed(fn) -> float:

@@ -360,6 +360,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
 
     conv_derivatives = getattr(args, "meta_conv_derivatives", "auto")
     conv_algorithm = getattr(args, "meta_conv_algorithm", "direct")
+    task_threads = getattr(args, "meta_task_threads", 1)
     meta_layout = True if getattr(args, "meta_channels_last", False) else None  # None: the library's choice
     meta = [m for m in which if m.startswith("meta_")]
     if meta:
@@ -374,7 +375,8 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             for name in meta:
                 cfg = MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, first_order=(name == "meta_fo"),
                                  meta_lr=META_LR, channels_last=meta_layout, conv_derivatives=conv_derivatives,
-                                 conv_algorithm=conv_algorithm, precision=args.torch_precision)
+                                 conv_algorithm=conv_algorithm, task_threads=task_threads,
+                                 precision=args.torch_precision)
                 learner = MetaLearner(net(), cfg)
                 counter = iter(range(10_000))
                 results[name] = timed(lambda: learner.meta_step(batch, next(counter)), args.meta_repeats)
@@ -411,6 +413,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
         "meta_channels_last": "NHWC (forced)" if meta_layout else "library default (MAMLConfig.channels_last=None)",
         "meta_conv_derivatives": conv_derivatives,
         "meta_conv_algorithm": conv_algorithm,
+        "meta_task_threads": task_threads,
         "precision": args.torch_precision,
         "malloc": allocator_settings(),
         "lr_image": lr_src,
@@ -462,7 +465,8 @@ def child_args(args: argparse.Namespace, framework: str) -> list[str]:
         cmd += ["--torch-malloc", getattr(args, "torch_malloc", "retain"),
                 "--torch-precision", getattr(args, "torch_precision", "fp32"),
                 "--meta-conv-derivatives", getattr(args, "meta_conv_derivatives", "auto"),
-                "--meta-conv-algorithm", getattr(args, "meta_conv_algorithm", "direct")]
+                "--meta-conv-algorithm", getattr(args, "meta_conv_algorithm", "direct"),
+                "--meta-task-threads", str(getattr(args, "meta_task_threads", 1))]
     return cmd
 
 
@@ -559,6 +563,9 @@ def main() -> None:
     ap.add_argument("--meta-conv-algorithm", choices=["direct", "winograd"], default="direct",
                     help="MAMLConfig.conv_algorithm of the torch meta-iterations (winograd: fp32 only; its "
                          "torch.compile time falls in the untimed warm-up call)")
+    ap.add_argument("--meta-task-threads", type=int, default=1,
+                    help="MAMLConfig.task_threads of the torch meta-iterations (2: two tasks at once on worker "
+                         "threads with one oneDNN thread each, as TF's executor runs graph nodes concurrently)")
     ap.add_argument("--tf-python", default=DEFAULT_TF_PY,
                     help="a Python with tensorflow-cpu (default: $METASR_TF_PYTHON, else python3)")
     ap.add_argument("--torch-python", default=DEFAULT_TORCH_PY)
@@ -571,6 +578,8 @@ def main() -> None:
         ap.error(f"--only {bad}: choose from {MEASUREMENTS}")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads {args.threads}: give at least 1")
+    if args.meta_task_threads < 1:
+        ap.error(f"--meta-task-threads {args.meta_task_threads}: give at least 1")
     missing = missing_inputs(args)
     if missing:
         raise SystemExit(missing)

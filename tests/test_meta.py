@@ -4,6 +4,7 @@ clipping, resuming, and the backends against each other."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import math
@@ -942,3 +943,73 @@ def test_the_meta_layout_follows_the_cpu_unless_set(monkeypatch, nhwc_faster):
 def test_channels_last_rejects_a_non_boolean():
     with pytest.raises(TypeError, match="channels_last='yes'.*None"):
         MAMLConfig(channels_last="yes")
+
+
+# ------------------------------------------------------------------------------------------------
+# task_threads: tasks of a meta-batch at once on worker threads
+# ------------------------------------------------------------------------------------------------
+
+
+def _small_mzsr(seed: int) -> MZSRNet:
+    torch.manual_seed(seed)
+    return MZSRNet(width=8, depth=3).double()
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_task_threads_give_the_one_after_another_meta_gradient(first_order):
+    """Three tasks, two worker threads: two tasks at once on copies of the module, the third on this thread.
+    In float64, so that the one-thread kernels' other round-off stays far below the tolerance."""
+    import threading
+
+    gen = torch.Generator().manual_seed(21)
+    batch = random_batch(3, 2, 3, 12, gen, dtype=torch.float64)
+    cfg = dict(inner_steps=2, inner_lr=0.05, first_order=first_order)
+    g1, i1 = learner_grad(_small_mzsr(3), batch, **cfg)
+    net, threads = _small_mzsr(3), set()
+    net.register_forward_hook(lambda *_: threads.add(threading.current_thread().name))
+    g2, i2 = learner_grad(net, batch, task_threads=2, **cfg)
+    assert rel(g2.numpy(), g1.numpy()) < 1e-10
+    np.testing.assert_allclose(i2["query_losses"], i1["query_losses"], rtol=1e-12)
+    assert i2["support_loss"] == pytest.approx(i1["support_loss"], rel=1e-12)
+    assert threading.current_thread().name in threads and sum(t.startswith("metasr-task") for t in threads) == 2
+
+
+def test_task_threads_repeat_to_the_bit_and_keep_the_callers_thread_count():
+    gen = torch.Generator().manual_seed(22)
+    batch = random_batch(4, 2, 3, 12, gen)
+    before = torch.get_num_threads()
+    runs = [learner_grad(_small_mzsr(4).float(), batch, inner_steps=2, task_threads=2)[0] for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    assert torch.get_num_threads() == before
+
+
+def test_task_thread_pool_runs_jobs_on_one_intra_op_thread_each():
+    from metasr_adapter.meta.task_threads import TaskThreadPool
+
+    before = torch.get_num_threads()
+    pool = TaskThreadPool(2)
+    try:
+        assert pool.run([torch.get_num_threads, torch.get_num_threads]) == [1, 1]
+        assert torch.get_num_threads() == before
+        with torch.no_grad():  # the caller's grad mode goes with the jobs
+            assert pool.run([torch.is_grad_enabled]) == [False]
+        with pytest.raises(ZeroDivisionError):
+            pool.run([lambda: 1 / 0, int])
+        with pytest.raises(ValueError, match="3 jobs for 2 worker threads"):
+            pool.run([int, int, int])
+    finally:
+        pool.close()
+    with pytest.raises(ValueError, match="threads=1"):
+        TaskThreadPool(1)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(task_threads=0), "task_threads=0: needs an int >= 1"),
+    (dict(task_threads=True), "task_threads=True"),
+    (dict(task_threads=2, task_batching="vmap"), "task_threads=2 needs backend='functional' and task_batching='loop'"),
+    (dict(task_threads=2, backend="learn2learn"), "got 'learn2learn', 'loop'"),
+    (dict(task_threads=2, conv_algorithm="winograd"), "task_threads=2 needs conv_algorithm='direct'"),
+])
+def test_task_threads_reject_what_they_cannot_run(kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MAMLConfig(**kw)

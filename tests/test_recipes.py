@@ -166,6 +166,15 @@ def test_winograd_is_a_valid_choice_for_mzsr_in_fp32() -> None:
         load_recipe(RECIPES / "mzsr_x2.yaml", ["meta.conv_algorithm=fft"])
 
 
+def test_task_threads_reach_the_learner_and_may_change_on_resume() -> None:
+    r = load_recipe(RECIPES / "mzsr_x2.yaml", ["meta.task_threads=2"])
+    assert r["meta"]["task_threads"] == 2 and validate_recipe({})["meta"]["task_threads"] == 1
+    assert recipe_diff(load_recipe(RECIPES / "mzsr_x2.yaml"), r) == []  # round-off only, like meta.channels_last
+    for bad in ("meta.task_threads=0", "meta.task_threads=two"):
+        with pytest.raises(ValueError, match="task_threads"):
+            load_recipe(RECIPES / "mzsr_x2.yaml", [bad])
+
+
 def test_defaults_and_hash() -> None:
     d = validate_recipe({})
     assert d == validate_recipe(default_recipe())
@@ -328,6 +337,8 @@ def test_the_settle_recipe_continues_the_lslr_weights_with_their_rates_and_a_dec
     (["data.kernel=bicubic"], "needs data.tasks='mlsr'"),  # overrides were not checked against the file before
     (["meta.conv_algorithm=winograd", "meta.precision=bf16"], "meta.precision='bf16'.*would do nothing"),
     (["meta.conv_algorithm=winograd", "model.name=idn"], "model.name='idn'.*would do nothing"),
+    (["meta.task_threads=2", "meta.task_batching=vmap"], "meta.task_threads=2 needs .*meta.task_batching=loop"),
+    (["meta.task_threads=2", "meta.conv_algorithm=winograd"], "got functional, loop, winograd"),
 ])
 def test_continuation_settings_that_do_not_combine_are_rejected(settings: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -5,6 +5,7 @@ w.r.t. the model's parameters. ``'loop'`` (tasks one after another), ``'vmap'`` 
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Mapping
 
 import torch
@@ -51,13 +52,25 @@ class _LoopBackend(Backend):
 
     chunk = 1
 
-    def __init__(self, model: nn.Module, adapt: list[str], loss_fn: LossFn, *, reuse_prefix: bool = True) -> None:
+    def __init__(self, model: nn.Module, adapt: list[str], loss_fn: LossFn, *, reuse_prefix: bool = True,
+                 source: nn.Module | None = None) -> None:
         super().__init__(model, adapt, loss_fn)
+        self.reuse_prefix = reuse_prefix
         #: ANIL-style inner loops (only the last layers adapt): the frozen layers run once per task and input
         self.cut = frozen_prefix(model, adapt) if reuse_prefix else None
+        #: the module whose trainable parameters the losses differentiate (``model`` itself, or the original of a
+        #: :meth:`replica`)
+        self.source = model if source is None else source
+
+    def replica(self) -> "_LoopBackend":
+        """The same backend on a copy of the model, for another thread: ``functional_call`` swaps a module's
+        parameters while it runs, so two threads cannot share one module. The losses still differentiate this
+        backend's model's parameters; the copy lends its structure and its frozen tensors (copied now)."""
+        return _LoopBackend(copy.deepcopy(self.model), self.adapt, self.loss_fn, reuse_prefix=self.reuse_prefix,
+                            source=self.source)
 
     def task_losses(self, xa, ya, xb, yb, lrs, *, first_order, precision, need_graph, skip, param_lrs=None):
-        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        params = {n: p for n, p in self.source.named_parameters() if p.requires_grad}
         sup, qry = [], []
         for t in range(xa.shape[0]):
             support, query, forward = xa[t], xb[t], None

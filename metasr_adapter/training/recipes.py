@@ -164,6 +164,10 @@ SCHEMA: dict[str, Any] = {
                               "second-order meta-training on CPU: 'direct' (oneDNN) or 'winograd' (F(4x4, 3x3), about "
                               "1e-5 relative round-off; speed: benchmarks/bench_meta_ab.py --compare conv_algorithm); "
                               "may change on --resume", choices=("direct", "winograd")),
+        "task_threads": Key(1, (int,), "tasks of a meta-batch at the same time on CPU worker threads with one "
+                            "oneDNN thread each (1: one after another; README speed section and "
+                            "benchmarks/bench_meta_ab.py --compare task_threads for what 2 measured); about 1e-4 "
+                            "relative round-off; may change on --resume", minimum=1),
         "adam_variant": Key("torch", (str,), "meta-optimiser arithmetic: 'torch' (torch.optim.Adam) or 'tf' "
                             "(TF1 AdamOptimizer, the official code's)", choices=("torch", "tf")),
         "anneal_span": Key(10000.0 / 3.0, _NUM, "loss_weighting='maml++': meta-steps over which the query-loss "
@@ -214,12 +218,12 @@ SCHEMA: dict[str, Any] = {
 # evaluation settings may change, e.g. to point eval.gt_dir at another copy of the data).
 # meta.iterations may change too (train longer, or stop early): every batch depends only on
 # (seed, step), so the steps already taken are the same either way; train.py checks that the
-# checkpoint is not already past the new count. meta.channels_last, meta.task_batching and meta.conv_algorithm
-# change how the same arithmetic is laid out or ordered (as device does), not what it computes: a run may switch
-# to the faster layout or algorithm when it resumes on another CPU, at the cost of float round-off.
+# checkpoint is not already past the new count. meta.channels_last, meta.task_batching, meta.conv_algorithm and
+# meta.task_threads change how the same arithmetic is laid out or ordered (as device does), not what it computes: a
+# run may switch to the faster layout or algorithm when it resumes on another CPU, at the cost of float round-off.
 HASH_EXCLUDE = ("output", "data.num_workers", "data.cache_dir", "device", "meta.iterations", "eval",
                 "pretrain.probe_every", "meta.probe_every", "meta.channels_last", "meta.task_batching",
-                "meta.conv_algorithm")
+                "meta.conv_algorithm", "meta.task_threads")
 
 # eval.kernel values that are names, not paths
 _KERNEL_WORDS = ("bicubic", "cubic", "none")
@@ -377,6 +381,11 @@ def _check_combinations(r: Mapping[str, Any]) -> None:
         raise ValueError(f"meta.conv_algorithm='winograd' computes MZSRNet's layers in fp32; got meta.precision="
                          f"{m['precision']!r} and model.name={r['model']['name']!r}, where it would do nothing: set "
                          "meta.conv_algorithm=direct")
+    threaded = (m["backend"], m["task_batching"], m["conv_algorithm"])
+    if m["task_threads"] > 1 and threaded != ("functional", "loop", "direct"):
+        raise ValueError(f"meta.task_threads={m['task_threads']} needs meta.backend=functional, "
+                         f"meta.task_batching=loop and meta.conv_algorithm=direct (got {', '.join(threaded)}); "
+                         "or set meta.task_threads=1")
     if d["tasks"] == "mlsr" and len(d["scales"]) != 1:
         raise ValueError(f"data.tasks='mlsr' uses one scale; data.scales={d['scales']}. Give one, e.g. [2.0]")
 

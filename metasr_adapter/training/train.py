@@ -376,7 +376,7 @@ class _Run:
             backend=m["backend"], precision=m["precision"], task_batching=m["task_batching"],
             channels_last=m["channels_last"], adam_variant=m["adam_variant"], anneal_span=float(m["anneal_span"]),
             log_query_losses=m["log_query_losses"], learn_inner_lr=m["learn_inner_lr"],
-            inner_lr_meta_lr=m["inner_lr_meta_lr"], conv_algorithm=m["conv_algorithm"],
+            inner_lr_meta_lr=m["inner_lr_meta_lr"], conv_algorithm=m["conv_algorithm"], task_threads=m["task_threads"],
         )
         learner = MetaLearner(self.model, cfg, loss_fn=m["loss"])
         self._learner = learner  # probes and the saved metadata read its learned rates
