@@ -15,7 +15,8 @@ samples by library, grouped as:
 
 With 2 threads this separates what the issue #21 tables cannot: the worker thread's ``openmp`` share is the part of
 the wall time in which only the main thread works (Python, autograd, operators too small to split) and the second
-core waits. TensorFlow hides that part by running independent graph nodes concurrently (``onednn_primitives.py``).
+core waits. TensorFlow hides that part by running independent graph nodes concurrently (``onednn_primitives.py``);
+``--task-threads 2`` samples ``MAMLConfig(task_threads=2)``, which runs two tasks at once on worker threads.
 Needs ``perf`` (Debian: ``apt install linux-perf``) and permission to attach to the child
 (``/proc/sys/kernel/perf_event_paranoid`` <= 2 for one's own processes). Issue #21.
 """
@@ -93,7 +94,7 @@ def summarise(per_thread: dict[int, dict[str, float]], main_tid: int, min_share:
     }
 
 
-def child(work: str, precision: str, threads: int) -> None:
+def child(work: str, precision: str, threads: int, task_threads: int = 1) -> None:
     """The sampled process: warm-up, then meta-gradients until stopped, each one's seconds on stdout."""
     import torch
 
@@ -107,7 +108,8 @@ def child(work: str, precision: str, threads: int) -> None:
     batch = TaskBatch(*(torch.rand(5, 4, 3, 64, 64, generator=gen) for _ in range(4)))
     torch.manual_seed(0)
     learner = MetaLearner(MZSRNet(), MAMLConfig(inner_steps=5, inner_lr=0.01, channels_last=True,
-                                                first_order=WORKS[work], precision=precision))
+                                                first_order=WORKS[work], precision=precision,
+                                                task_threads=task_threads))
     learner.meta_gradient(batch, 0)
     print(READY, flush=True)
     while True:
@@ -128,7 +130,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     perf = _perf()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, __file__, "--child", "--work", args.work, "--precision", args.precision,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--task-threads", str(args.task_threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in proc.stdout:
@@ -167,20 +169,23 @@ def main(argv: list[str] | None = None) -> None:
                     help="second- or first-order meta-gradients (MZSR's official sizes)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--task-threads", type=int, default=1,
+                    help="MAMLConfig.task_threads (2: two tasks at once on worker threads, one oneDNN thread each)")
     ap.add_argument("--seconds", type=float, default=30.0, help="how long perf samples the warm child")
     ap.add_argument("--frequency", type=int, default=999, help="perf's samples per second per thread")
     ap.add_argument("--json", default=None, help="write the result here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for name in ("threads", "seconds", "frequency"):
+    for name in ("threads", "task_threads", "seconds", "frequency"):
         if getattr(args, name) <= 0:
-            ap.error(f"--{name} {getattr(args, name)}: give a positive number")
+            ap.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give a positive number")
     if args.child:
-        child(args.work, args.precision, args.threads)
+        child(args.work, args.precision, args.threads, args.task_threads)
         return
     res = measure(args)
     n, med = len(res["iterations_s"]), res["median_iteration_s"]
-    print(f"{args.work} ({args.precision}, {args.threads} threads): {n} meta-gradients sampled"
+    print(f"{args.work} ({args.precision}, {args.threads} threads, task_threads {args.task_threads}): {n} "
+          "meta-gradients sampled"
           + (f", median {med:.2f} s" if med is not None else ""))
     print(f"    {'thread':>14s} {'samples %':>9s}  " + " ".join(f"{c:>8s}" for c in CATEGORIES))
     for r in res["threads"]:
@@ -189,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"main thread outside the kernels: {res['main_outside_kernels_percent']}% of its samples; "
           f"workers waiting in OpenMP: {res['workers_waiting_percent']}% of theirs")
     if args.json:
-        res.update(work=args.work, precision=args.precision, threads=args.threads, seconds=args.seconds,
+        res.update(work=args.work, precision=args.precision, threads=args.threads, task_threads=args.task_threads,
+                   seconds=args.seconds,
                    record=result_record(argv, threads=args.threads, script=__file__))
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")

@@ -443,7 +443,8 @@ def test_cpu_threads_groups_each_threads_samples_by_library():
 
 
 @pytest.mark.parametrize("argv,word", [
-    (["--seconds", "0"], "--seconds 0"), (["--threads", "-1"], "--threads -1"), (["--work", "adapt"], "adapt")])
+    (["--seconds", "0"], "--seconds 0"), (["--threads", "-1"], "--threads -1"), (["--work", "adapt"], "adapt"),
+    (["--task-threads", "0"], "--task-threads 0")])
 def test_cpu_threads_rejects_bad_arguments_naming_them(argv, word, capsys):
     ct = _module("cpu_threads", BENCH / "cpu_threads.py")
     with pytest.raises(SystemExit):
