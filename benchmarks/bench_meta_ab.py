@@ -15,12 +15,12 @@ interleaved call by call.
 (:mod:`metasr_adapter.ops.winograd`; fp32 only; its first call's ``torch.compile`` time is part of the warm-up,
 recorded as ``warmup_seconds``); ``--compare task_threads``: tasks one after another against two at once
 on worker threads with one oneDNN thread each (:mod:`metasr_adapter.meta.task_threads`). One learner per
-precision (MZSRNet, random initialisation: speed does not depend on the weights), the official size (meta-batch 5, task-batch 4, 64x64 patches, 5 inner
-steps; NHWC unless NHWC is compared). After one warm-up call of each value, ``--pairs`` pairs of
-:meth:`~metasr_adapter.meta.learner.MetaLearner.meta_gradient` calls alternate the value that goes first. These
-CPUs are shared: the speed of a whole process drifts by 10-20 % between runs, so a comparison of separate
-processes needs many rounds; here both values see the same drift, and the table gives the median of the per-pair
-ratios (second value over first). Issue #21.
+precision (MZSRNet, random initialisation: speed does not depend on the weights), the official size (meta-batch
+5, task-batch 4, 64x64 patches, 5 inner steps; NHWC unless NHWC is compared). After one warm-up call of each
+value, ``--pairs`` pairs of :meth:`~metasr_adapter.meta.learner.MetaLearner.meta_gradient` calls alternate the
+value that goes first. These CPUs are shared: the speed of a whole process drifts by 10-20 % between runs, so a
+comparison of separate processes needs many rounds; here both values see the same drift, and the table gives the
+median of the per-pair ratios (second value over first). Issue #21.
 """
 from __future__ import annotations
 
