@@ -225,6 +225,28 @@ def test_resume_after_crashes_in_both_stages_gives_identical_weights(
     _assert_same_run(ref, run)
 
 
+def test_a_run_with_task_threads_resumes_to_the_bit(data: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """meta.task_threads=2: the meta-batch's two tasks on worker threads. A crash and a resume give the
+    uninterrupted run's weights and losses, bit for bit."""
+    from metasr_adapter.meta.task_threads import TaskThreadPool
+    from metasr_adapter.training.recipes import load_recipe
+
+    rec = load_recipe(RECIPE, _tiny(data, **{"eval.gt_dir": "null", "pretrain.iterations": 2, "meta.iterations": 5,
+                                              "meta.task_threads": 2}))
+    runs, run_jobs = [], TaskThreadPool.run
+    monkeypatch.setattr(TaskThreadPool, "run", lambda pool, jobs: runs.append(len(jobs)) or run_jobs(pool, jobs))
+    ref, run = tmp_path / "uninterrupted", tmp_path / "crashed"
+    run_training(rec, out_dir=ref)
+    assert runs == [2] * 5  # each meta-iteration's two tasks went to the two workers
+    monkeypatch.setenv(KILL_ENV, "meta:3:raise")  # checkpoint at 2, crash after step 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(rec, out_dir=run)
+    monkeypatch.delenv(KILL_ENV)
+    run_training(rec, out_dir=run, resume=True)
+    _assert_same_run(ref, run)
+
+
 def _crash_a_100_iteration_run_after_step_5(over: list[str], run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run planned for 100 meta-iterations that crashes after step 5 (its last checkpoint: step 4)."""
     from metasr_adapter.training.recipes import load_recipe
