@@ -397,13 +397,16 @@ def test_onednn_primitives_counts_executions_and_subtracts_one_repetition():
     assert [r["propagation"] for r in row["top"]] == ["backward_weights", "forward_training"]
 
 
-@pytest.mark.parametrize("argv,word", [
-    (["--frameworks", "tf,jax"], "tf,jax"), (["--base-repeats", "0"], "--base-repeats 0"),
-    (["--only", "meta_xx"], "meta_xx")])
-def test_onednn_primitives_rejects_bad_arguments_naming_them(argv, word, capsys):
-    prims = _module("onednn_primitives", BENCH / "onednn_primitives.py")
+@pytest.mark.parametrize("script,argv,word", [
+    ("onednn_primitives", ["--frameworks", "tf,jax"], "tf,jax"),
+    ("onednn_primitives", ["--base-repeats", "0"], "--base-repeats 0"),
+    ("onednn_primitives", ["--only", "meta_xx"], "meta_xx"),
+    ("cpu_threads", ["--seconds", "0"], "--seconds 0"), ("cpu_threads", ["--threads", "-1"], "--threads -1"),
+    ("cpu_threads", ["--work", "adapt"], "adapt"), ("cpu_threads", ["--task-threads", "0"], "--task-threads 0")])
+def test_profiling_scripts_reject_bad_arguments_naming_them(script, argv, word, capsys):
+    mod = _module(script, BENCH / f"{script}.py")
     with pytest.raises(SystemExit):
-        prims.main(argv)
+        mod.main(argv)
     assert word in capsys.readouterr().err
 
 
@@ -440,16 +443,6 @@ def test_cpu_threads_groups_each_threads_samples_by_library():
     assert main["share_of_samples"] == 49.41 and worker["share_of_samples"] == 49.1
     assert worker["percent"]["openmp"] == round(100 * 4.61 / 49.10, 2) == res["workers_waiting_percent"]
     assert res["main_outside_kernels_percent"] == round(100 - round(100 * 42.79 / 49.41, 2), 2)
-
-
-@pytest.mark.parametrize("argv,word", [
-    (["--seconds", "0"], "--seconds 0"), (["--threads", "-1"], "--threads -1"), (["--work", "adapt"], "adapt"),
-    (["--task-threads", "0"], "--task-threads 0")])
-def test_cpu_threads_rejects_bad_arguments_naming_them(argv, word, capsys):
-    ct = _module("cpu_threads", BENCH / "cpu_threads.py")
-    with pytest.raises(SystemExit):
-        ct.main(argv)
-    assert word in capsys.readouterr().err
 
 
 def test_cpu_threads_without_perf_says_how_to_install_it(monkeypatch):
