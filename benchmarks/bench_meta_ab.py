@@ -47,14 +47,21 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def measure(precision: str, pairs: int, compare: str = "conv_derivatives", seed: int = 0) -> dict:
+def official_size_learner(seed: int = 0, **config):
+    """``(learner, batch)``: MZSRNet at random initialisation and one task batch of the official size (meta-batch
+    5, task-batch 4, 64x64 patches, 5 inner steps, NHWC); ``config`` adds or overrides ``MAMLConfig`` fields."""
     from metasr_adapter import MZSRNet
     from metasr_adapter.meta.learner import MAMLConfig, MetaLearner, TaskBatch
 
     gen = torch.Generator().manual_seed(seed)
     batch = TaskBatch(*(torch.rand(5, 4, 3, 64, 64, generator=gen) for _ in range(4)))
     torch.manual_seed(seed)
-    learner = MetaLearner(MZSRNet(), MAMLConfig(inner_steps=5, inner_lr=0.01, channels_last=True, precision=precision))
+    return MetaLearner(MZSRNet(), MAMLConfig(**{"inner_steps": 5, "inner_lr": 0.01, "channels_last": True,
+                                                **config})), batch
+
+
+def measure(precision: str, pairs: int, compare: str = "conv_derivatives", seed: int = 0) -> dict:
+    learner, batch = official_size_learner(seed, precision=precision)
     values = COMPARISONS[compare]
     names = [str(v) for v in values]
     times: dict[str, list[float]] = {n: [] for n in names}

@@ -394,7 +394,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
                     holder["s"].step()
             elif name == "sr_512":
                 sr_network()
-            else:
+            else:  # tasks one after another (task_threads left at 1): the counter sees this thread's operators only
                 learner = MetaLearner(net(), MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, meta_lr=META_LR,
                                                         first_order=(name == "meta_fo"),
                                                         channels_last=meta_layout, conv_derivatives=conv_derivatives,

@@ -99,17 +99,11 @@ def child(work: str, precision: str, threads: int, task_threads: int = 1) -> Non
     import torch
 
     torch.set_num_threads(threads)
-    from metasr_adapter import MZSRNet
+    from bench_meta_ab import official_size_learner
     from metasr_adapter.allocator import retain_freed_memory
-    from metasr_adapter.meta.learner import MAMLConfig, MetaLearner, TaskBatch
 
     retain_freed_memory()  # as `metasr` does
-    gen = torch.Generator().manual_seed(0)
-    batch = TaskBatch(*(torch.rand(5, 4, 3, 64, 64, generator=gen) for _ in range(4)))
-    torch.manual_seed(0)
-    learner = MetaLearner(MZSRNet(), MAMLConfig(inner_steps=5, inner_lr=0.01, channels_last=True,
-                                                first_order=WORKS[work], precision=precision,
-                                                task_threads=task_threads))
+    learner, batch = official_size_learner(first_order=WORKS[work], precision=precision, task_threads=task_threads)
     learner.meta_gradient(batch, 0)
     print(READY, flush=True)
     while True:

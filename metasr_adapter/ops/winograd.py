@@ -27,7 +27,8 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-__all__ = ["toom_cook", "supports", "transposed_shape", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad", "MIN_CHANNELS"]
+__all__ = ["toom_cook", "supports", "transposed_shape", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad",
+           "MIN_CHANNELS"]
 
 MIN_CHANNELS = 16  # thinner layers (RGB in or out) run faster direct
 #: compile the transforms with torch.compile (default); False runs the same code eagerly: the same values, slower
