@@ -14,8 +14,11 @@ samples by library, grouped as:
 * ``python``, ``libc`` (mostly malloc), ``os`` (the kernel), ``other``.
 
 With 2 threads this separates what the issue #21 tables cannot: the worker thread's ``openmp`` share is the part of
-the wall time in which only the main thread works (Python, autograd, operators too small to split) and the second
-core waits. TensorFlow hides that part by running independent graph nodes concurrently (``onednn_primitives.py``);
+the wall time in which only the main thread works and the second core waits. ``while_workers_wait`` in the result says
+what the main thread runs at those moments (``perf script``: for each waiting sample, the main thread's sample
+nearest in time): oneDNN's kernels (the main thread finishing its share of a convolution after the worker finished
+its own), torch's elementwise loops, oneDNN's C++ (reductions, set-up), the framework (dispatch, autograd,
+allocation), Python, malloc. oneDNN names its kernels for perf (``ONEDNN_JIT_PROFILE=2``, set for the child). TensorFlow hides that part by running independent graph nodes concurrently (``onednn_primitives.py``);
 ``--task-threads 2`` samples ``MAMLConfig(task_threads=2)``, which runs two tasks at once on worker threads.
 Needs ``perf`` (Debian: ``apt install linux-perf``) and permission to attach to the child
 (``/proc/sys/kernel/perf_event_paranoid`` <= 2 for one's own processes). Issue #21.
@@ -23,6 +26,7 @@ Needs ``perf`` (Debian: ``apt install linux-perf``) and permission to attach to 
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import json
 import os
@@ -94,6 +98,81 @@ def summarise(per_thread: dict[int, dict[str, float]], main_tid: int, min_share:
     }
 
 
+#: ``perf script -F tid,time,ip,sym,dso`` rows, e.g.
+#: ``  8722 23318.256315:  7f45feac2f3b jit_brgemm_kernel_t.12 (/tmp/perf-8722.map)``
+_SCRIPT_ROW = re.compile(r"^\s*(\d+)\s+([\d.]+):\s+[0-9a-f]+\s+(.*?)\s+\(([^()]*)\)\s*$")
+#: what the main thread can be doing while a worker waits (:func:`main_activity`)
+ACTIVITIES = ("onednn_kernels", "elementwise", "onednn_cpp", "framework", "python", "libc", "openmp", "os", "other")
+
+
+def parse_script(lines: Iterable[str]) -> list[tuple[int, float, str, str]]:
+    """``(thread id, seconds, symbol, dso file name)`` per sample of ``perf script -F tid,time,ip,sym,dso``."""
+    rows = []
+    for line in lines:
+        m = _SCRIPT_ROW.match(line)
+        if m:
+            rows.append((int(m.group(1)), float(m.group(2)), m.group(3), m.group(4).rsplit("/", 1)[-1]))
+    return rows
+
+
+def main_activity(symbol: str, dso: str) -> str:
+    """The group of one main-thread sample: oneDNN's generated kernels (JIT code, named in ``perf-PID.map`` when
+    ``ONEDNN_JIT_PROFILE=2``), torch's elementwise and reduction loops (``at::native``), oneDNN's and ideep's C++
+    (partitioning, reductions, primitive set-up), the rest of torch (dispatch, autograd, allocation), Python, libc
+    (malloc), OpenMP, the OS."""
+    if dso.startswith("perf-") or dso.startswith("[JIT]"):
+        return "onednn_kernels"
+    group = category(dso)
+    if group == "libtorch":
+        if symbol.startswith(("dnnl::", "ideep::", "dnnl_")):
+            return "onednn_cpp"
+        return "elementwise" if "at::native::" in symbol else "framework"
+    if group == "other" and dso.startswith(("libc10", "libtorch", "libstdc++")):
+        return "framework"
+    return group if group in ACTIVITIES else "other"
+
+
+def kernel_name(symbol: str) -> str:
+    """A JIT kernel's name without oneDNN's serial number (``jit_brgemm_kernel_t.12`` -> ``jit_brgemm_kernel_t``)."""
+    return "unnamed JIT code" if symbol in ("", "[unknown]") else re.sub(r"\.\d+$", "", symbol)
+
+
+def while_waiting(samples: list[tuple[int, float, str, str]], main_tid: int, window_s: float,
+                  top: int = 8) -> dict[str, Any]:
+    """What the main thread runs while the other threads wait in OpenMP: for every non-main sample in OpenMP, the
+    main thread's sample nearest in time (within ``window_s``, one sampling period), grouped by
+    :func:`main_activity` (percent of the paired samples), with the most frequent oneDNN kernels and symbols."""
+    main = sorted((t, sym, dso) for tid, t, sym, dso in samples if tid == main_tid)
+    times = [m[0] for m in main]
+    groups: collections.Counter[str] = collections.Counter()
+    kernels: collections.Counter[str] = collections.Counter()
+    symbols: collections.Counter[str] = collections.Counter()
+    waiting = 0
+    for tid, t, _, dso in samples:
+        if tid == main_tid or category(dso) != "openmp":
+            continue
+        waiting += 1
+        i = bisect.bisect_left(times, t)
+        near = [j for j in (i - 1, i) if 0 <= j < len(times) and abs(times[j] - t) <= window_s]
+        if not near:
+            continue
+        _, sym, mdso = main[min(near, key=lambda j: abs(times[j] - t))]
+        group = main_activity(sym, mdso)
+        groups[group] += 1
+        if group == "onednn_kernels":
+            kernels[kernel_name(sym)] += 1
+        else:
+            symbols[f"{mdso}: {sym[:160]}"] += 1
+    paired = sum(groups.values())
+
+    def pct(counter: collections.Counter[str]) -> dict[str, float]:
+        return {k: round(100 * v / paired, 2) for k, v in counter.most_common(top)} if paired else {}
+
+    return {"waiting_samples": waiting, "paired_samples": paired,
+            "main_thread_percent": {g: round(100 * groups[g] / paired, 2) if paired else 0.0 for g in ACTIVITIES},
+            "top_kernels_percent": pct(kernels), "top_symbols_percent": pct(symbols)}
+
+
 def child(work: str, precision: str, threads: int, task_threads: int = 1) -> None:
     """The sampled process: warm-up, then meta-gradients until stopped, each one's seconds on stdout."""
     import torch
@@ -122,7 +201,8 @@ def _perf() -> str:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Start the child, sample it after its warm-up, stop it, and summarise perf's report."""
     perf = _perf()
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    # ONEDNN_JIT_PROFILE=2: oneDNN names its generated kernels in /tmp/perf-PID.map (written as they are made)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), ONEDNN_JIT_PROFILE="2")
     cmd = [sys.executable, __file__, "--child", "--work", args.work, "--precision", args.precision,
            "--threads", str(args.threads), "--task-threads", str(args.task_threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -144,16 +224,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             out, _ = proc.communicate(timeout=60)
             rep = subprocess.run([perf, "report", "-i", data, "--sort", "pid,dso", "--stdio", "-g", "none"],
                                  capture_output=True, text=True)
+            script = subprocess.run([perf, "script", "-i", data, "-F", "tid,time,ip,sym,dso"],
+                                    capture_output=True, text=True)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        Path(f"/tmp/perf-{proc.pid}.map").unlink(missing_ok=True)  # oneDNN's kernel names, read by perf script
     per_thread = parse_report(rep.stdout.splitlines())
     if not per_thread:
         raise SystemExit(f"cpu_threads.py: perf report gave no samples:\n{rep.stderr[-2000:]}")
     iterations = [float(line[len(ITERATION):]) for line in out.splitlines() if line.startswith(ITERATION)]
     summary = summarise(per_thread, proc.pid)
-    summary.update(iterations_s=iterations, median_iteration_s=statistics.median(iterations) if iterations else None)
+    summary.update(iterations_s=iterations, median_iteration_s=statistics.median(iterations) if iterations else None,
+                   while_workers_wait=while_waiting(parse_script(script.stdout.splitlines()), proc.pid,
+                                                    1.0 / args.frequency))
     return summary
 
 
@@ -187,6 +272,11 @@ def main(argv: list[str] | None = None) -> None:
               + " ".join(f"{r['percent'][c]:8.2f}" for c in CATEGORIES))
     print(f"main thread outside the kernels: {res['main_outside_kernels_percent']}% of its samples; "
           f"workers waiting in OpenMP: {res['workers_waiting_percent']}% of theirs")
+    wait = res["while_workers_wait"]
+    if wait["paired_samples"]:
+        print(f"while the workers wait ({wait['paired_samples']} samples), the main thread runs (% of them): "
+              + ", ".join(f"{g} {v}" for g, v in wait["main_thread_percent"].items() if v))
+        print("    oneDNN kernels: " + ", ".join(f"{k} {v}" for k, v in wait["top_kernels_percent"].items()))
     if args.json:
         res.update(work=args.work, precision=args.precision, threads=args.threads, task_threads=args.task_threads,
                    seconds=args.seconds,

@@ -437,6 +437,44 @@ def test_cpu_threads_groups_each_threads_samples_by_library():
     assert res["main_outside_kernels_percent"] == round(100 - round(100 * 42.79 / 49.41, 2), 2)
 
 
+_PERF_SCRIPT = [  # main thread 100, worker 101; sampled at 1 kHz
+    "     100 50.0000:      7f45feac2f3b jit_brgemm_kernel_t.12 (/tmp/perf-100.map)",
+    "     101 50.0003:      7f462b01de62 [unknown] (/opt/torch/lib/libgomp.so.1)",
+    "     100 50.0010:      7f45feac2f3b jit_brgemm_kernel_t.2 (/tmp/perf-100.map)",
+    "     101 50.0012:      7f462b01de62 [unknown] (/opt/torch/lib/libgomp.so.1)",
+    "     100 50.0020:      7f0 c10::function_ref<void (char**, long const*, long, long)>::callback_fn<at::native::"
+    "AVX2::VectorizedLoop2d<at::native::(anonymous namespace)::add_kernel> > (/opt/torch/lib/libtorch_cpu.so)",
+    "     101 50.0021:      7f462b01de62 [unknown] (/opt/torch/lib/libgomp.so.1)",
+    "     100 50.0030:      7f1 _int_malloc (/usr/lib/x86_64-linux-gnu/libc.so.6)",
+    "     101 50.0034:      7f462b01de62 [unknown] (/opt/torch/lib/libgomp.so.1)",
+    "     100 50.0040:      7f2 dnnl::impl::cpu::x64::jit_avx512_common_convolution_bwd_weights_t<>::compute_diff_bias "
+    "(/opt/torch/lib/libtorch_cpu.so)",
+    "     101 50.0040:      7f3 jit_brgemm_kernel_t.2 (/tmp/perf-100.map)",
+    "     101 50.0300:      7f462b01de62 [unknown] (/opt/torch/lib/libgomp.so.1)",
+]
+
+
+def test_cpu_threads_says_what_the_main_thread_runs_while_workers_wait():
+    ct = _module("cpu_threads", BENCH / "cpu_threads.py")
+    samples = ct.parse_script(_PERF_SCRIPT)
+    assert len(samples) == 11 and samples[0] == (100, 50.0, "jit_brgemm_kernel_t.12", "perf-100.map")
+    assert samples[4][2].endswith("add_kernel> >") and samples[4][3] == "libtorch_cpu.so"
+    res = ct.while_waiting(samples, main_tid=100, window_s=0.001)
+    # five waiting samples; the last has no main-thread sample within a millisecond and is not paired
+    assert res["waiting_samples"] == 5 and res["paired_samples"] == 4
+    pct = res["main_thread_percent"]
+    assert pct["onednn_kernels"] == 50.0 and pct["elementwise"] == 25.0 and pct["libc"] == 25.0
+    assert pct["onednn_cpp"] == 0.0 and set(pct) == set(ct.ACTIVITIES)
+    assert res["top_kernels_percent"] == {"jit_brgemm_kernel_t": 50.0}  # .12 and .2: one kind of kernel
+    assert ct.main_activity("dnnl::impl::foo", "libtorch_cpu.so") == "onednn_cpp"
+    assert ct.main_activity("torch::autograd::Engine::evaluate_function", "libtorch_cpu.so") == "framework"
+    assert ct.main_activity("c10::impl::OperatorEntry::lookup", "libc10.so") == "framework"
+    assert ct.main_activity("_PyEval_EvalFrameDefault", "libpython3.11.so.1.0") == "python"
+    assert ct.main_activity("[unknown]", "[JIT] tid 100") == "onednn_kernels"
+    assert ct.kernel_name("[unknown]") == "unnamed JIT code"
+    assert ct.while_waiting([], main_tid=1, window_s=0.001)["main_thread_percent"]["python"] == 0.0
+
+
 def test_cpu_threads_without_perf_says_how_to_install_it(monkeypatch):
     ct = _module("cpu_threads", BENCH / "cpu_threads.py")
     monkeypatch.setattr(ct.shutil, "which", lambda name: None)
