@@ -14,14 +14,15 @@ samples by library, grouped as:
 * ``python``, ``libc`` (mostly malloc), ``os`` (the kernel), ``other``.
 
 With 2 threads this separates what the issue #21 tables cannot: the worker thread's ``openmp`` share is the part of
-the wall time in which only the main thread works and the second core waits. ``while_workers_wait`` in the result says
-what the main thread runs at those moments (``perf script``: for each waiting sample, the main thread's sample
-nearest in time): oneDNN's kernels (the main thread finishing its share of a convolution after the worker finished
-its own), torch's elementwise loops, oneDNN's C++ (reductions, set-up), the framework (dispatch, autograd,
-allocation), Python, malloc. oneDNN names its kernels for perf (``ONEDNN_JIT_PROFILE=2``, set for the child). TensorFlow hides that part by running independent graph nodes concurrently (``onednn_primitives.py``);
-``--task-threads 2`` samples ``MAMLConfig(task_threads=2)``, which runs two tasks at once on worker threads.
-Needs ``perf`` (Debian: ``apt install linux-perf``) and permission to attach to the child
-(``/proc/sys/kernel/perf_event_paranoid`` <= 2 for one's own processes). Issue #21.
+the wall time in which only the main thread works and the second core waits. ``while_workers_wait`` in the result
+says what the main thread runs at those moments (``perf script``: for each waiting sample, the main thread's sample
+nearest in time; meant for ``--task-threads 1``): oneDNN's kernels (the main thread finishing its share of a
+convolution after the worker finished its own), torch's elementwise loops, oneDNN's C++ (reductions, set-up), the
+framework (dispatch, autograd, allocation), Python, malloc. oneDNN names its kernels for perf
+(``ONEDNN_JIT_PROFILE=2``, set for the child). TensorFlow hides the waiting by running independent graph nodes
+concurrently (``onednn_primitives.py``); ``--task-threads 2`` samples ``MAMLConfig(task_threads=2)``, which runs
+two tasks at once on worker threads. Needs ``perf`` (Debian: ``apt install linux-perf``) and permission to attach to
+the child (``/proc/sys/kernel/perf_event_paranoid`` <= 2 for one's own processes). Issue #21.
 """
 from __future__ import annotations
 
