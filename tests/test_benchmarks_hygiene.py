@@ -345,12 +345,26 @@ def test_table2_never_keeps_a_cell_of_other_weights_beside_this_runs(tmp_path: P
     ("onednn_primitives", ["--base-repeats", "0"], "--base-repeats 0"),
     ("onednn_primitives", ["--only", "meta_xx"], "meta_xx"),
     ("cpu_threads", ["--seconds", "0"], "--seconds 0"), ("cpu_threads", ["--threads", "-1"], "--threads -1"),
-    ("cpu_threads", ["--work", "adapt"], "adapt"), ("cpu_threads", ["--task-threads", "0"], "--task-threads 0")])
+    ("cpu_threads", ["--work", "adapt"], "adapt"), ("cpu_threads", ["--task-threads", "0"], "--task-threads 0"),
+    ("bench_subpixel", ["--size", "0"], "--size 0"), ("bench_subpixel", ["--precisions", "fp16"], "fp16"),
+    ("bench_subpixel", ["--layouts", "nchw,blocked"], "nchw,blocked"), ("bench_subpixel", ["--threads", "0"], "--threads 0"),
+    ("bench_photo_ab", ["--base", "HEAD"], "photo files or --hr-dir"),
+    ("bench_photo_ab", ["--base", "no-such-revision-here", "--hr-dir", "."], "no-such-revision-here"),
+    ("bench_photo_ab", ["--base", "HEAD", "missing_photo.jpg"], "missing_photo.jpg"),
+    ("bench_photo_ab", ["--base", "HEAD", "--hr-dir", ".", "--rounds", "0"], "--rounds 0")])
 def test_benchmark_scripts_reject_bad_arguments_naming_them(script, argv, word, capsys):
     bench = _module(script, BENCH / f"{script}.py")
     with pytest.raises(SystemExit):
         bench.main(argv)
     assert word in capsys.readouterr().err
+
+
+def test_bench_photo_ab_reads_the_work_time_metasr_adapt_reports():
+    ab = _module("bench_photo_ab", BENCH / "bench_photo_ab.py")
+    out = "x.jpg: estimating the degradation\nweights: idn_x2_photo (bf16)\nwrote sr.png (2048x1360) in 5.7 s\n"
+    assert ab.reported_seconds(out) == 5.7
+    with pytest.raises(RuntimeError, match="no 'wrote ... in X s' line"):
+        ab.reported_seconds("Traceback (most recent call last):")
 
 
 def test_profile_ops_labels_layouts_and_sums_calls():

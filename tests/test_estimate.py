@@ -14,7 +14,7 @@ import torch
 from metasr_adapter import KernelEstimate, MetaSR, MZSRNet, estimate_kernel, load_pretrained
 from metasr_adapter.estimate import api as estimate_api
 from metasr_adapter.estimate import kernel_error, kernel_psnr
-from metasr_adapter.estimate.checks import MIN_GRADIENT_RMS, textured_crops
+from metasr_adapter.estimate.checks import MIN_GRADIENT_RMS, texture_map, textured_crops, window_texture
 from metasr_adapter.estimate.kernel_metrics import center_of_mass, pad_to
 from metasr_adapter.estimate.kernelgan import LinearGenerator, bicubic_kernel
 from metasr_adapter.ops.degrade import degrade, imresize
@@ -75,6 +75,24 @@ def test_textured_crops_prefer_texture_and_stay_aligned():
     (i, j), = textured_crops(x, 32, 1, generator=torch.Generator().manual_seed(0))
     assert i % 2 == 0 and j % 2 == 0
     assert 50 - 16 <= i <= 90 - 16 and 10 - 16 <= j <= 50 - 16  # the crop lies mostly on the textured square
+
+
+@pytest.mark.parametrize("shape,size,dtype", [((1, 3, 70, 90), 24, torch.float64), ((1, 3, 70, 90), 70, torch.float64),
+                                             ((1, 1, 40, 33), 1, torch.float32), ((1, 3, 41, 60), 17, torch.float32)])
+def test_window_texture_is_the_pooled_texture_map(shape, size, dtype):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    x[..., :20, :20] = 0.5  # a flat corner: windows of zero texture stay >= 0
+    pooled = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(texture_map(x.double()), (0, 1, 0, 1)), size,
+                                            stride=1)[0, 0]
+    got = window_texture(x, size)
+    assert got.dtype == dtype and got.shape == pooled.shape == (shape[2] - size + 1, shape[3] - size + 1)
+    torch.testing.assert_close(got.double(), pooled, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-12)
+    assert got.min() >= 0
+
+
+def test_window_texture_refuses_a_window_larger_than_the_image():
+    with pytest.raises(ValueError, match="window size 41 does not fit the 40x50 image"):
+        window_texture(torch.rand(1, 3, 40, 50), 41)
 
 
 # -- bad input ----------------------------------------------------------------------------------------

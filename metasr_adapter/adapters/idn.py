@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..ops.subpixel import SubpixelConvTranspose2d
+
 __all__ = ["IDN"]
 
 _SLOPE = 0.05
@@ -92,9 +94,10 @@ class IDN(nn.Module):
         self.features = _stack(_conv(channels, num_feat), _conv(num_feat, num_feat))
         self.blocks = nn.Sequential(
             *(_DistillationBlock(num_feat, diff, slice_factor, groups) for _ in range(num_blocks)))
-        # 17x17 deconvolution; output_padding makes the output exactly scale x the input size
-        self.reconstruct = nn.ConvTranspose2d(num_feat, channels, 17, stride=self.scale, padding=8,
-                                              output_padding=self.scale - 1)
+        # 17x17 deconvolution; output_padding makes the output exactly scale x the input size. Computed as a
+        # convolution and a pixel shuffle (ops.subpixel: the same sums, 2-3.5x faster on CPU), the same parameters
+        self.reconstruct = SubpixelConvTranspose2d(num_feat, channels, 17, stride=self.scale, padding=8,
+                                                   output_padding=self.scale - 1)
 
     @property
     def receptive_radius(self) -> int:

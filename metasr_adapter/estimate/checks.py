@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..ops.imageio import to_tensor
 
 __all__ = ["SUPPORTED_SCALES", "MIN_SIDE", "MIN_GRADIENT_RMS", "check_scale", "prepare_image",
-           "gradient_energy", "texture_map", "textured_crops"]
+           "gradient_energy", "texture_map", "textured_crops", "window_texture"]
 
 #: SR factors the estimators handle (both model blur + direct x2 subsampling)
 SUPPORTED_SCALES = (2,)
@@ -49,6 +49,23 @@ def texture_map(x: torch.Tensor) -> torch.Tensor:
     gx = y[..., :-1, 1:] - y[..., :-1, :-1]
     gy = y[..., 1:, :-1] - y[..., :-1, :-1]
     return gx * gx + gy * gy
+
+
+def window_texture(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The mean :func:`texture_map` of every ``size``² window of a 1xCxHxW image, stride 1: an (H-size+1)x(W-size+1)
+    map whose element (i, j) belongs to the window with top-left corner (i, j) (the texture map, one pixel short on
+    each side, is zero-padded at the bottom and right).
+
+    The same values as ``F.avg_pool2d(texture map, size, stride=1)``, from a float64 summed-area table: linear in
+    the image size, where the pooling costs ``size``² per pixel (about a second for a 1024x680 photo and 96² windows).
+    """
+    energy = F.pad(texture_map(x), (0, 1, 0, 1))[0, 0].double()
+    h, w = energy.shape
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"window size {size} does not fit the {h}x{w} image")
+    table = F.pad(energy.cumsum(0).cumsum(1), (1, 0, 1, 0))  # table[i, j] = energy[:i, :j].sum()
+    sums = table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
+    return (sums / (size * size)).clamp_min(0).to(x.dtype)  # round-off can leave a flat window at -1e-20
 
 
 def gradient_energy(x: torch.Tensor) -> float:
@@ -88,7 +105,7 @@ def textured_crops(x: torch.Tensor, crop: int, count: int, *, generator: torch.G
     h, w = x.shape[-2:]
     if crop > min(h, w):
         raise ValueError(f"crop {crop} is larger than the {h}x{w} image")
-    energy = F.avg_pool2d(F.pad(texture_map(x), (0, 1, 0, 1)), crop, stride=1)[0, 0]  # mean energy per window
+    energy = window_texture(x, crop)
     ni, nj = (h - crop) // align + 1, (w - crop) // align + 1
     n = max(count, min(candidates, ni * nj))
     ii = torch.randint(0, ni, (n,), generator=generator) * align

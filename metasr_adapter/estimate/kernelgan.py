@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.degrade import cubic
-from .checks import texture_map
+from .checks import window_texture
 from .kernel_metrics import center_of_mass, pad_to
 
 __all__ = ["KernelGANConfig", "KernelGANResult", "LinearGenerator", "PatchDiscriminator", "kernelgan"]
@@ -201,7 +201,7 @@ def _sampler(img: torch.Tensor, crop: int, generator: torch.Generator,
     paper samples crops by gradient magnitude), each position at least a little likely. The positions are
     drawn on the CPU (``generator``'s device); the crops are cut from a copy of the image on ``device``."""
     h, w = img.shape[-2:]
-    energy = F.avg_pool2d(F.pad(texture_map(img), (0, 1, 0, 1)), crop, stride=1)[0, 0].flatten()
+    energy = window_texture(img, crop).flatten()
     prob = energy.sqrt() + 0.1 * energy.sqrt().mean() + 1e-12
     prob = (prob / prob.sum()).float()
     cols = w - crop + 1
