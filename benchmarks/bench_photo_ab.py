@@ -7,9 +7,10 @@
 ``git worktree`` checks ``--base`` out into a temporary folder; then, ``--rounds`` times, each photo goes through
 ``metasr adapt PHOTO -o OUT`` (every default: the photo path) once from each tree, alternating which runs first, in
 the same Python. Per photo: the seconds the command reports for its work (``wrote ... in X s``, without Python's
-start-up), the whole process's wall time, their medians and ratios (this tree / base), and whether the two outputs
-are identical. ``--hr-dir`` makes the photos: its first images after ``--start``, saved as JPEG quality
-``--jpeg-quality`` (a web photo), in the temporary folder. Nothing is written into either tree.
+start-up), the whole process's wall time, their medians and ratios (this tree / base), and how far the two outputs
+are apart (identical, or the largest difference in grey levels and the PSNR between them). ``--hr-dir`` makes the
+photos: its first images after ``--start``, saved as JPEG quality ``--jpeg-quality`` (a web photo), in the temporary
+folder. Nothing is written into either tree.
 """
 from __future__ import annotations
 
@@ -74,6 +75,20 @@ def run_once(tree: Path, photo: Path, out: Path, threads: int | None) -> tuple[f
     return reported_seconds(proc.stdout), wall, hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+def output_difference(a: Path, b: Path) -> dict[str, float | None]:
+    """How far two 8-bit outputs are apart: the largest difference in grey levels, the share of differing values
+    and the PSNR between them (None when identical)."""
+    import numpy as np
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(p), dtype=np.float64) for p in (a, b))
+    if x.shape != y.shape:
+        raise RuntimeError(f"the two trees wrote outputs of different sizes: {x.shape} and {y.shape}")
+    mse = float(((x - y) ** 2).mean())
+    return {"max_abs_levels": float(np.abs(x - y).max()), "share_differing": float((x != y).mean()),
+            "psnr_between_db": None if mse == 0 else 10 * float(np.log10(255 ** 2 / mse))}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("photos", nargs="*", help="photo files (or --hr-dir)")
@@ -127,11 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 med = {k: {m: statistics.median(v) for m, v in t.items()} for k, t in times.items()}
                 rows[photo.name] = row = {
                     "seconds": times, "median": med, "identical_output": digests["base"] == digests["this"],
+                    "output_difference": output_difference(tmp_path / "sr_base.png", tmp_path / "sr_this.png"),
                     "ratio_reported": med["this"]["reported"] / med["base"]["reported"],
                     "ratio_wall": med["this"]["wall"] / med["base"]["wall"]}
                 print(f"{photo.name}: base {med['base']['reported']:.2f} s, this tree {med['this']['reported']:.2f} s "
                       f"(ratio {row['ratio_reported']:.3f}; wall {row['ratio_wall']:.3f}); outputs "
-                      f"{'identical' if row['identical_output'] else 'differ'}", flush=True)
+                      f"{'identical' if row['identical_output'] else 'differ'} "
+                      f"(max {row['output_difference']['max_abs_levels']:.0f} levels)", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT, capture_output=True)
     ratios = [r["ratio_reported"] for r in rows.values()]
