@@ -15,6 +15,7 @@ folder. Nothing is written into either tree.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -60,8 +61,6 @@ def make_photos(hr_dir: Path, start: int, limit: int, quality: int, out: Path) -
 def run_once(tree: Path, photo: Path, out: Path, threads: int | None) -> tuple[float, float, str]:
     """``(reported seconds, wall seconds, output bytes' digest)`` of ``metasr adapt photo -o out`` run from ``tree``
     (its package first on the path: the current folder comes first in ``python -m``)."""
-    import hashlib
-
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     if threads:

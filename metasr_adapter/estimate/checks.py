@@ -57,7 +57,7 @@ def window_texture(x: torch.Tensor, size: int) -> torch.Tensor:
     each side, is zero-padded at the bottom and right).
 
     The same values as ``F.avg_pool2d(texture map, size, stride=1)``, from a float64 summed-area table: linear in
-    the image size, where the pooling costs ``size``² per pixel (about a second for a 1024x680 photo and 96² windows).
+    the image size, where the pooling costs ``size``² per pixel (about 2 s for a 1024x680 photo and 96² windows).
     """
     energy = F.pad(texture_map(x), (0, 1, 0, 1))[0, 0].double()
     h, w = energy.shape

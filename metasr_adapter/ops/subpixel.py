@@ -31,6 +31,10 @@ def _phase_taps(kernel: int, stride: int, padding: int) -> tuple[torch.Tensor, i
     return torch.where((k >= 0) & (k < kernel), k, kernel), first
 
 
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def subpixel_applies(x_shape: torch.Size | tuple[int, ...], weight_shape: torch.Size | tuple[int, ...],
                      stride: tuple[int, int], padding: tuple[int, int], output_padding: tuple[int, int],
                      dilation: tuple[int, int] = (1, 1), groups: int = 1) -> bool:
@@ -52,8 +56,7 @@ def conv_transpose2d_subpixel(x: torch.Tensor, weight: torch.Tensor, bias: torch
 
     ``weight`` is the transposed convolution's (C_in, C_out, kH, kW). ValueError where the sub-pixel form does not
     apply (:func:`subpixel_applies`)."""
-    pair = lambda v: (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))  # noqa: E731
-    st, pad, opad = pair(stride), pair(padding), pair(output_padding)
+    st, pad, opad = _pair(stride), _pair(padding), _pair(output_padding)
     if not subpixel_applies(x.shape, weight.shape, st, pad, opad):
         raise ValueError(f"the sub-pixel form computes transposed convolutions whose output is stride times the input "
                          f"on both axes; got input {tuple(x.shape)}, weight {tuple(weight.shape)}, stride {st}, "
