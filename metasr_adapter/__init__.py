@@ -32,8 +32,9 @@ _EXPORTS: dict[str, str] = {
     "evaluate_folder": "pipelines.evaluate", "read_image": "ops.imageio", "write_image": "ops.imageio",
     # errors
     "UserInputError": "errors",
-    # CPU speed: keep freed activations between adaptation steps (the command line does this at start)
-    "retain_freed_memory": "allocator",
+    # CPU speed: keep freed activations between adaptation steps (the command line does this at start); strided
+    # transposed convolutions as convolution + pixel shuffle
+    "retain_freed_memory": "allocator", "use_subpixel_transposed_convs": "ops.subpixel",
     # real photos: estimate, choose the network, adapt, check
     "upscale_photo": "pipelines.photo",
     # meta-training (task samplers, patch pools and task batches stay in metasr_adapter.meta)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metasr_adapter.adapters.idn import IDN
+from metasr_adapter import use_subpixel_transposed_convs
 from metasr_adapter.ops.subpixel import SubpixelConvTranspose2d, conv_transpose2d_subpixel, subpixel_applies
 
 # (C_in, C_out, kernel (h, w), stride, padding (h, w)); output_padding = kernel + ... so that the output is s x input
@@ -91,3 +92,17 @@ def test_idn_reconstructs_with_the_subpixel_form_and_gives_the_transposed_convol
     want = m._upsample(x) + F.conv_transpose2d(feats, r.weight, r.bias, stride=r.stride, padding=r.padding,
                                                output_padding=r.output_padding)
     torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_any_network_can_switch_its_transposed_convolutions_keeping_its_output():
+    torch.manual_seed(0)
+    fsrcnn_like = nn.Sequential(nn.Conv2d(1, 8, 5, padding=2), nn.PReLU(8),
+                                nn.ConvTranspose2d(8, 1, 9, stride=2, padding=4, output_padding=1),
+                                nn.ConvTranspose2d(1, 1, 3, stride=2, padding=1)).double()  # odd size: falls back
+    x = torch.rand(1, 1, 11, 12, dtype=torch.float64)
+    before, state = fsrcnn_like(x), fsrcnn_like.state_dict()
+    assert use_subpixel_transposed_convs(fsrcnn_like) == 2
+    assert all(type(m) is SubpixelConvTranspose2d for m in fsrcnn_like if isinstance(m, nn.ConvTranspose2d))
+    torch.testing.assert_close(fsrcnn_like(x), before, rtol=1e-12, atol=1e-12)
+    assert fsrcnn_like.state_dict().keys() == state.keys()
+    assert use_subpixel_transposed_convs(fsrcnn_like) == 0  # already switched

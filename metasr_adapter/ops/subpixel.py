@@ -9,7 +9,7 @@ for IDN's 17x17, stride-2, 64-to-3-channel reconstruction layer (``benchmarks/be
 
 :func:`conv_transpose2d_subpixel` is the function, :class:`SubpixelConvTranspose2d` the ``nn.ConvTranspose2d`` beside
 it (the same parameters and ``state_dict``; it falls back to the transposed primitive where the sub-pixel form does
-not apply).
+not apply), and :func:`use_subpixel_transposed_convs` switches the transposed convolutions of any network to it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["subpixel_applies", "conv_transpose2d_subpixel", "SubpixelConvTranspose2d"]
+__all__ = ["subpixel_applies", "conv_transpose2d_subpixel", "SubpixelConvTranspose2d", "use_subpixel_transposed_convs"]
 
 
 def _phase_taps(kernel: int, stride: int, padding: int) -> tuple[torch.Tensor, int]:
@@ -91,3 +91,17 @@ class SubpixelConvTranspose2d(nn.ConvTranspose2d):
             return conv_transpose2d_subpixel(input, self.weight, self.bias, self.stride, self.padding,
                                              self.output_padding)
         return super().forward(input, output_size)
+
+
+def use_subpixel_transposed_convs(model: nn.Module) -> int:
+    """Compute every plain ``nn.ConvTranspose2d`` of ``model`` in the sub-pixel form, in place (each becomes a
+    :class:`SubpixelConvTranspose2d`: the same parameters and ``state_dict``, the transposed primitive kept where the
+    form does not apply); returns how many were switched. Results change only by float round-off.
+
+    E.g. a user's network with a strided deconvolution upsampler (FSRCNN-style) before wrapping it in ``MetaSR``."""
+    switched = 0
+    for module in model.modules():
+        if type(module) is nn.ConvTranspose2d:
+            module.__class__ = SubpixelConvTranspose2d
+            switched += 1
+    return switched
