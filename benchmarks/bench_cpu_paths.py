@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import result_record  # noqa: E402
+from _timing import matmul_gflops  # noqa: E402
 
 HERE = Path(__file__).resolve()
 TAG = "CPU_PATHS_JSON:"
@@ -66,9 +67,7 @@ def _child(malloc: str, conv: str, threads: int | None, repeats: int, meta: bool
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    mm = min(timed(lambda: a @ b, 3)[0] for _ in range(2))
-    out: dict[str, Any] = {"matmul_gflops": 2 * 2048 ** 3 / mm / 1e9, "rows": {}}
+    out: dict[str, Any] = {"matmul_gflops": matmul_gflops(), "rows": {}}
 
     lr = bundled_photo()[100:356, 100:356]
     msr = load_pretrained("mzsr_x2_direct", precision="fp32")

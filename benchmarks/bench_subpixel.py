@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import result_record  # noqa: E402
+from _timing import matmul_gflops  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("nchw", "nhwc")
@@ -37,12 +38,6 @@ def _ms(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return (time.perf_counter() - t0) * 1e3
-
-
-def matmul_gflops(repeats: int = 5) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    return 2 * 2048 ** 3 / (statistics.median(_ms(lambda: a @ b) for _ in range(repeats)) / 1e3) / 1e9
 
 
 def interleave(pair: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

@@ -64,6 +64,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import portable_argv, portable_path, result_record  # noqa: E402  (benchmarks/_record.py; no torch)
+from _timing import matmul_gflops  # noqa: E402  (imports torch only when called)
 
 HERE = Path(__file__).resolve()
 SHARED = HERE.parents[2] / "shared"  # ../shared beside the repository
@@ -402,8 +403,6 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
                                                         precision=args.torch_precision))
                 learner.meta_step(batch, 0)
         flops[name] = int(counter.get_total_flops())
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    matmul_s = min(timed(lambda: a @ b, 5))
 
     info = {
         "framework": "torch",
@@ -419,7 +418,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
         "lr_image": lr_src,
     }
     return {"info": info, "times": results, "notes": notes, "flops": flops,
-            "matmul_gflops": 2 * 2048 ** 3 / matmul_s / 1e9}
+            "matmul_gflops": matmul_gflops()}
 
 
 # ---------------------------------------------------------------------------------------------
