@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{g} {v}" for g, v in wait["main_thread_percent"].items() if v))
         print("    oneDNN kernels: " + ", ".join(f"{k} {v}" for k, v in wait["top_kernels_percent"].items()))
     if args.json:
-        res.update(work=args.work, precision=args.precision, threads=args.threads, task_threads=args.task_threads,
+        # the OpenMP thread count goes under its own key: "threads" holds the per-thread rows
+        res.update(work=args.work, precision=args.precision, omp_threads=args.threads, task_threads=args.task_threads,
                    seconds=args.seconds,
                    record=result_record(argv, threads=args.threads, script=__file__))
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -489,6 +489,19 @@ def test_cpu_threads_says_what_the_main_thread_runs_while_workers_wait():
     assert ct.while_waiting([], main_tid=1, window_s=0.001)["main_thread_percent"]["python"] == 0.0
 
 
+def test_cpu_threads_json_keeps_the_per_thread_rows(monkeypatch, tmp_path):
+    ct = _module("cpu_threads", BENCH / "cpu_threads.py")
+    summary = ct.summarise(ct.parse_report(_PERF_REPORT), main_tid=27164)
+    waiting = ct.while_waiting(ct.parse_script(_PERF_SCRIPT), main_tid=100, window_s=0.001)
+    monkeypatch.setattr(ct, "measure", lambda args: {**summary, "iterations_s": [12.0, 12.2],
+                                                     "median_iteration_s": 12.1, "while_workers_wait": waiting})
+    out = tmp_path / "threads.json"
+    ct.main(["--threads", "2", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["role"] for r in saved["threads"]] == ["main", "worker"]  # the rows, not the thread count
+    assert saved["omp_threads"] == 2 and saved["while_workers_wait"]["paired_samples"] == 4
+
+
 def test_cpu_threads_without_perf_says_how_to_install_it(monkeypatch):
     ct = _module("cpu_threads", BENCH / "cpu_threads.py")
     monkeypatch.setattr(ct.shutil, "which", lambda name: None)
