@@ -16,9 +16,7 @@ import argparse
 import contextlib
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,28 +26,10 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import result_record  # noqa: E402
-from _timing import matmul_gflops  # noqa: E402
+from _timing import interleave, matmul_gflops  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("nchw", "nhwc")
-
-
-def _ms(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def interleave(pair: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each callable (after one warm-up call each), alternating which runs first."""
-    for fn in pair.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in pair}
-    items = list(pair.items())
-    for i in range(repeats):
-        for label, fn in (items if i % 2 == 0 else items[::-1]):
-            times[label].append(_ms(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def rows_for(size: int, precision: str, layout: str, repeats: int) -> dict[str, dict]:

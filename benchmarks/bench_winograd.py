@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import result_record  # noqa: E402
+from _timing import interleave  # noqa: E402
 
 SHAPES = {"meta": (4, 64, 64, 64), "adapt": (1, 64, 256, 256)}
 
@@ -32,12 +32,6 @@ def direct_weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     shape = [grad_out.shape[1], x.shape[1], 3, 3]
     return torch.ops.aten.convolution_backward(grad_out, x, torch.empty(shape), None, [1, 1], [1, 1], [1, 1], False,
                                                [0, 0], 1, [False, True, False])[1]
-
-
-def _ms(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def compare(name: str, shape: Sequence[int], repeats: int, compiled: bool) -> dict:
@@ -61,12 +55,7 @@ def compare(name: str, shape: Sequence[int], repeats: int, compiled: bool) -> di
         first_call_s = time.perf_counter() - t0
         reference = direct()
         error = float((result - reference).abs().max() / reference.abs().max())
-        times: dict[str, list[float]] = {"winograd": [], "direct": []}
-        for i in range(repeats):
-            order = (("winograd", ours), ("direct", direct))
-            for label, fn in (order if i % 2 == 0 else order[::-1]):
-                times[label].append(_ms(fn))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = interleave({"winograd": ours, "direct": direct}, repeats, warmup=False)  # both ran just above
         rows[f"{name}_{op}"] = row = {"shape": list(shape), "ms": med, "ratio": med["winograd"] / med["direct"],
                                       "max_rel_error": error, "first_call_s": first_call_s}
         print(f"{name} {tuple(shape)} {op}: winograd {med['winograd']:.2f} ms, direct {med['direct']:.2f} ms, ratio "
