@@ -3,6 +3,7 @@
     python benchmarks/bench_adapt.py [--lr PATH] [--weights W] [--repeats 3] [--steps 1,10]
     python benchmarks/bench_adapt.py --precisions fp32,fp32+compile      # torch.compile (compile time excluded)
     python benchmarks/bench_adapt.py --precisions fp32+nchw,fp32+cl --rounds 3 --threads 1   # layouts
+    python benchmarks/bench_adapt.py --precisions fp32,fp32+winograd,bf16 --threads 2      # Winograd's kernels
 
 Reports the median wall time of the adaptation loop and of the whole call, the peak resident
 memory growth, and the speed ratio against the official TensorFlow code (SPEC §0: 0.445 s /
@@ -62,15 +63,18 @@ def time_adapt(msr: MetaSR, lr: np.ndarray, steps: int, repeats: int) -> dict:
 
 
 def _wrapper(net: MZSRNet, config: str) -> MetaSR:
-    """``PRECISION[+compile][+nchw|+cl]`` -> a MetaSR (layout default: the library's choice for this CPU)."""
+    """``PRECISION[+compile][+nchw|+cl][+winograd]`` -> a MetaSR (layout default: the library's choice for this
+    CPU; ``+winograd``: ``conv_algorithm='winograd'``)."""
     prec, *opts = config.split("+")
-    bad = [o for o in opts if o not in ("compile", "nchw", "cl")]
+    bad = [o for o in opts if o not in ("compile", "nchw", "cl", "winograd")]
     if bad:
-        raise SystemExit(f"--precisions {config!r}: unknown option {bad[0]!r}; use +compile, +nchw or +cl")
+        raise SystemExit(f"--precisions {config!r}: unknown option {bad[0]!r}; use +compile, +nchw, +cl or "
+                         "+winograd")
     layout = True if "cl" in opts else False if "nchw" in opts else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return MetaSR(net, 2, precision=prec, compile="compile" in opts, channels_last=layout)
+        return MetaSR(net, 2, precision=prec, compile="compile" in opts, channels_last=layout,
+                      conv_algorithm="winograd" if "winograd" in opts else "direct")
 
 
 def main() -> None:
@@ -82,8 +86,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="round-robin rounds over the configurations (medians over rounds x repeats)")
     ap.add_argument("--precisions", default="fp32,bf16",
-                    help="comma-separated PRECISION[+compile][+nchw|+cl]: fp32, bf16, fp32+compile "
-                         "(torch.compile'd network), fp32+nchw / fp32+cl (force the layout of the adaptation steps)")
+                    help="comma-separated PRECISION[+compile][+nchw|+cl][+winograd]: fp32, bf16, fp32+compile "
+                         "(torch.compile'd network), fp32+nchw / fp32+cl (force the layout of the adaptation "
+                         "steps), fp32+winograd (MetaSR(conv_algorithm='winograd'))")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

@@ -326,7 +326,8 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
     from metasr_adapter.ops.imageio import read_image
 
     lr_np, lr_src = lr_image(args.lr, read_image)
-    msr = MetaSR(net(), 2, precision=args.torch_precision)
+    adapt_algorithm = getattr(args, "adapt_conv_algorithm", "direct")
+    msr = MetaSR(net(), 2, precision=args.torch_precision, conv_algorithm=adapt_algorithm)
     results: dict[str, list[float]] = {}
     notes: dict[str, str] = {}
     holder: dict[str, Any] = {}
@@ -360,7 +361,8 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
             results[name] = timed(sr_network, args.repeats)
 
     conv_derivatives = getattr(args, "meta_conv_derivatives", "auto")
-    conv_algorithm = getattr(args, "meta_conv_algorithm", "direct")
+    conv_algorithm = getattr(args, "meta_conv_algorithm", "auto")
+    algorithms_in_use: dict[str, str] = {}
     task_threads = getattr(args, "meta_task_threads", 1)
     meta_layout = True if getattr(args, "meta_channels_last", False) else None  # None: the library's choice
     meta = [m for m in which if m.startswith("meta_")]
@@ -379,6 +381,7 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
                                  conv_algorithm=conv_algorithm, task_threads=task_threads,
                                  precision=args.torch_precision)
                 learner = MetaLearner(net(), cfg)
+                algorithms_in_use[name] = learner.conv_algorithm_in_use()
                 counter = iter(range(10_000))
                 results[name] = timed(lambda: learner.meta_step(batch, next(counter)), args.meta_repeats)
 
@@ -387,6 +390,8 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     flops: dict[str, int] = {}
+    in_use = msr.conv_algorithm
+    msr.conv_algorithm = "direct"  # the nominal work (Winograd's native calls are out of the counter's sight)
     for name in results:
         with FlopCounterMode(display=False) as counter:
             if name.startswith("adapt_"):
@@ -395,23 +400,27 @@ def bench_torch(args: argparse.Namespace, which: list[str]) -> dict[str, Any]:
                     holder["s"].step()
             elif name == "sr_512":
                 sr_network()
-            else:  # tasks one after another (task_threads left at 1): the counter sees this thread's operators only
+            else:  # tasks one after another (task_threads left at 1): the counter sees this thread's operators
+                # only; direct convolutions: the nominal work, as TF does it (Winograd's native kernels do fewer
+                # multiplications, out of the counter's sight, so their GFLOP/s is an effective rate)
                 learner = MetaLearner(net(), MAMLConfig(inner_steps=INNER_STEPS, inner_lr=INNER_LR, meta_lr=META_LR,
                                                         first_order=(name == "meta_fo"),
                                                         channels_last=meta_layout, conv_derivatives=conv_derivatives,
-                                                        conv_algorithm=conv_algorithm,
+                                                        conv_algorithm="direct",
                                                         precision=args.torch_precision))
                 learner.meta_step(batch, 0)
         flops[name] = int(counter.get_total_flops())
+    msr.conv_algorithm = in_use
 
     info = {
         "framework": "torch",
         "version": torch.__version__,
         "threads": f"intra {torch.get_num_threads()}, inter {torch.get_num_interop_threads()}",
         "adapt_channels_last": msr.channels_last,
+        "adapt_conv_algorithm": {"asked": adapt_algorithm, "in_use": msr.conv_algorithm},
         "meta_channels_last": "NHWC (forced)" if meta_layout else "library default (MAMLConfig.channels_last=None)",
         "meta_conv_derivatives": conv_derivatives,
-        "meta_conv_algorithm": conv_algorithm,
+        "meta_conv_algorithm": {"asked": conv_algorithm, "in_use": algorithms_in_use},
         "meta_task_threads": task_threads,
         "precision": args.torch_precision,
         "malloc": allocator_settings(),
@@ -464,7 +473,8 @@ def child_args(args: argparse.Namespace, framework: str) -> list[str]:
         cmd += ["--torch-malloc", getattr(args, "torch_malloc", "retain"),
                 "--torch-precision", getattr(args, "torch_precision", "fp32"),
                 "--meta-conv-derivatives", getattr(args, "meta_conv_derivatives", "auto"),
-                "--meta-conv-algorithm", getattr(args, "meta_conv_algorithm", "direct"),
+                "--meta-conv-algorithm", getattr(args, "meta_conv_algorithm", "auto"),
+                "--adapt-conv-algorithm", getattr(args, "adapt_conv_algorithm", "direct"),
                 "--meta-task-threads", str(getattr(args, "meta_task_threads", 1))]
     return cmd
 
@@ -559,9 +569,13 @@ def main() -> None:
     ap.add_argument("--meta-conv-derivatives", choices=["auto", "primitive", "torch"], default="auto",
                     help="MAMLConfig.conv_derivatives of the torch meta-iterations (auto: the library's default, "
                          "convolution primitives for second order on CPU)")
-    ap.add_argument("--meta-conv-algorithm", choices=["direct", "winograd"], default="direct",
-                    help="MAMLConfig.conv_algorithm of the torch meta-iterations (winograd: fp32 only; its "
-                         "torch.compile time falls in the untimed warm-up call)")
+    ap.add_argument("--meta-conv-algorithm", choices=["auto", "direct", "winograd"], default="auto",
+                    help="MAMLConfig.conv_algorithm of the torch meta-iterations (auto: the library's default, "
+                         "Winograd's native kernels for fp32 second order where they build; their build time falls "
+                         "in the untimed warm-up call)")
+    ap.add_argument("--adapt-conv-algorithm", choices=["auto", "direct", "winograd"], default="direct",
+                    help="MetaSR.conv_algorithm of the torch adaptation and SR rows (direct: the library's default; "
+                         "winograd: the native Winograd kernels)")
     ap.add_argument("--meta-task-threads", type=int, default=1,
                     help="MAMLConfig.task_threads of the torch meta-iterations (2: two tasks at once on worker "
                          "threads with one oneDNN thread each, as TF's executor runs graph nodes concurrently)")

@@ -3,6 +3,7 @@
     python benchmarks/table2.py --sets set5=../shared/data/set5 --out benchmarks/results/table2
     python benchmarks/table2.py --sets bsd100=../shared/data/bsd100 urban100=../shared/data/urban100 --limit 20
     python benchmarks/table2.py --sets set5=../shared/data/set5 --weights-direct mzsr_x2_direct --threads 2
+    python benchmarks/table2.py --sets set5=../shared/data/set5 --conv-algorithm winograd --out OUT   # Winograd
 
 For every set and each of the paper's x2 kernels — g^d_0.2, g^d_2.0, g^d_ani (blur, then direct
 subsampling) and g^b_1.3 (blur, then bicubic subsampling) — the LR image is synthesised from the HR
@@ -67,12 +68,16 @@ def run_cell(msr, gt_dir: Path, kernel: str, limit: int | None, progress: bool, 
     return out
 
 
-def stale_cell(cell: dict, weights: str, precision: str, back_projection: int) -> str | None:
+def stale_cell(cell: dict, weights: str, precision: str, back_projection: int,
+               conv_algorithm: str = "direct") -> str | None:
     """Why an existing cell is not a measurement of this run's settings (None when it is): another weights file,
-    precision or back-projection count. Such a cell is never kept silently beside this run's."""
+    precision, back-projection count or convolution algorithm. Such a cell is never kept silently beside this
+    run's."""
     was = {"weights": cell.get("weights"), "precision": cell.get("precision", "fp32"),
-           "back_projection": int(cell.get("settings", {}).get("back_projection") or 0)}
-    now = {"weights": portable_path(weights), "precision": precision, "back_projection": int(back_projection)}
+           "back_projection": int(cell.get("settings", {}).get("back_projection") or 0),
+           "conv_algorithm": cell.get("conv_algorithm", "direct")}
+    now = {"weights": portable_path(weights), "precision": precision, "back_projection": int(back_projection),
+           "conv_algorithm": conv_algorithm}
     differ = [f"{k} {was[k]!r} (this run: {now[k]!r})" for k in was if was[k] is not None and was[k] != now[k]]
     return ", ".join(differ) or None
 
@@ -130,6 +135,8 @@ def main() -> int:
     ap.add_argument("--back-projection", type=int, default=0, metavar="N",
                     help="back-projection iterations after every SR with the true kernel (SPEC §7; default 0, the "
                          "official code's default and the paper's protocol)")
+    ap.add_argument("--conv-algorithm", default="direct", choices=("direct", "winograd"),
+                    help="MetaSR's conv_algorithm (default direct; winograd: the native Winograd kernels, fp32)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/table2")
     ap.add_argument("--redo", action="store_true", help="recompute cells that already have a JSON file")
@@ -159,7 +166,8 @@ def main() -> int:
             meta = read_metadata(weights)
         # the scale the weights were trained for (x4 weights evaluated at x2 would give numbers for the wrong task)
         return MetaSR(load_model("mzsr", weights), int(meta.get("scale") or 2),
-                      schedule=schedule or meta.get("schedule") or fallback, precision=args.precision)
+                      schedule=schedule or meta.get("schedule") or fallback, precision=args.precision,
+                      conv_algorithm=args.conv_algorithm)
 
     msrs = {}  # built on first use: a run of g^d kernels only needs no bicubic weights
     builders = {"direct": lambda: wrapper(args.weights_direct, args.schedule_direct, "mzsr_direct"),
@@ -172,7 +180,7 @@ def main() -> int:
             which = "bicubic" if kernel.startswith("gb") else "direct"
             if path.is_file() and not args.redo:
                 why = stale_cell(json.loads(path.read_text()), getattr(args, f"weights_{which}"), args.precision,
-                                 args.back_projection)
+                                 args.back_projection, args.conv_algorithm)
                 if why:
                     print(f"error: {path} was measured with {why}; give another --out, or --redo to replace it",
                           file=sys.stderr)
@@ -184,6 +192,7 @@ def main() -> int:
             cell = run_cell(msrs[which], folder, kernel, args.limit, not args.quiet, args.back_projection)
             cell["weights"] = portable_path(args.weights_direct if which == "direct" else args.weights_bicubic)
             cell["precision"] = args.precision
+            cell["conv_algorithm"] = msrs[which].conv_algorithm
             cell["scale"] = msrs[which].scale
             cell["record"] = record
             path.write_text(json.dumps(cell, indent=2) + "\n")

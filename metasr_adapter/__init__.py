@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     # CPU speed: keep freed activations between adaptation steps (the command line does this at start); strided
     # transposed convolutions as convolution + pixel shuffle
     "retain_freed_memory": "allocator", "use_subpixel_transposed_convs": "ops.subpixel",
+    "winograd_convolutions": "ops.conv",
     # real photos: estimate, choose the network, adapt, check
     "upscale_photo": "pipelines.photo",
     # meta-training (task samplers, patch pools and task batches stay in metasr_adapter.meta)

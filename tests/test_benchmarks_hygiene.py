@@ -200,7 +200,8 @@ def test_tf_baseline_passes_threads_to_both_children() -> None:
 
 
 @pytest.mark.parametrize("attr,flag,value", [("torch_precision", "--torch-precision", "bf16"),
-                                              ("meta_conv_algorithm", "--meta-conv-algorithm", "winograd")])
+                                              ("meta_conv_algorithm", "--meta-conv-algorithm", "winograd"),
+                                              ("adapt_conv_algorithm", "--adapt-conv-algorithm", "winograd")])
 def test_tf_baseline_passes_torch_settings_to_the_torch_child_only(attr, flag, value) -> None:
     """The <= 0.5 goal compares torch's bf16 with TF's fp32 in one alternating run; Winograd is torch's alone."""
     tfb = _module("bench_tf_baseline", BENCH / "bench_tf_baseline.py")

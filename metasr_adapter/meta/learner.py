@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..adapt.step import gradients, select_parameters
 from ..errors import check_choice
+from ..ops import winograd
 from ..ops.conv import CONV_ALGORITHMS, conv_algorithm, primitive_derivatives
 from ..ops.losses import LOSSES, LossFn, get_loss, l1_loss, l2_loss
 from ..precision import PRECISIONS, resolve_channels_last
@@ -198,13 +199,17 @@ class MAMLConfig:
       second-order weight term as a convolution with the output gradient as a 64x64 kernel. ``'auto'`` (default):
       ``'primitive'`` for second-order MAML on CPU, where it measured faster (README, speed section), else
       ``'torch'``. The same arithmetic up to float round-off; other networks are not affected.
-    * ``conv_algorithm``: what computes those convolutions where the primitive path runs. ``'direct'`` (default):
-      oneDNN. ``'winograd'``: :mod:`metasr_adapter.ops.winograd` for the 3x3 layers with >= 16 channels in fp32
-      (the forward convolutions, input and weight gradients of the graph; each layer's last, graph-free backward
-      stays one oneDNN call). About 1e-5 relative round-off against ``'direct'`` and some seconds of
-      ``torch.compile`` per input shape on the first meta-iteration; its speed is in the README's speed section.
-      Needs fp32 and the primitive path (``conv_derivatives='torch'`` conflicts; under ``'auto'`` it acts on
-      second-order iterations on CPU).
+    * ``conv_algorithm``: what computes those convolutions where the primitive path runs. ``'direct'``: oneDNN.
+      ``'winograd'``: :mod:`metasr_adapter.ops.winograd` for the 3x3 layers with >= 16 channels in fp32 (every
+      convolution, input and weight gradient of the graph and of its last backward), about 1e-5 relative round-off
+      per convolution against ``'direct'`` (1e-5..1e-4 of a meta-gradient). Needs fp32 and the primitive path
+      (``conv_derivatives='torch'`` conflicts; under ``'auto'`` it acts on second-order iterations on CPU).
+      ``'auto'`` (default): ``'winograd'`` where its native kernels build (a C++ compiler;
+      :func:`metasr_adapter.ops.winograd.default_backend`), in fp32 second-order iterations on CPU with
+      ``task_threads=1``, else ``'direct'``; :meth:`MetaLearner.conv_algorithm_in_use` says which. On a 2-core
+      AVX-512 EPYC the native kernels took an MZSR second-order meta-gradient to 0.47x oneDNN's time (README,
+      speed section; ``python benchmarks/bench_meta_ab.py --threads 2 --pairs 8 --compare conv_algorithm``). The
+      recipes that reproduce a result name ``'direct'``.
     * ``task_threads``: how many tasks of a meta-batch run at the same time on CPU (default 1: one after another,
       the exact-parity path). With ``n > 1``, ``n`` worker threads with one oneDNN/OpenMP thread each share the
       tasks (an equal run of consecutive tasks each, on its own copy of the module), so that one thread's Python
@@ -243,7 +248,7 @@ class MAMLConfig:
     inner_lr_meta_lr: float = 1e-3
     reuse_frozen_prefix: bool = True
     conv_derivatives: str = "auto"
-    conv_algorithm: str = "direct"
+    conv_algorithm: str = "auto"
     task_threads: int = 1
 
     def __post_init__(self) -> None:
@@ -266,7 +271,7 @@ class MAMLConfig:
         check_choice("task_batching", self.task_batching, TASK_BATCHING)
         check_choice("adam_variant", self.adam_variant, ADAM_VARIANTS)
         check_choice("conv_derivatives", self.conv_derivatives, CONV_DERIVATIVES)
-        check_choice("conv_algorithm", self.conv_algorithm, CONV_ALGORITHMS)
+        check_choice("conv_algorithm", self.conv_algorithm, ("auto", *CONV_ALGORITHMS))
         if self.conv_algorithm == "winograd" and self.conv_derivatives == "torch":
             raise ValueError("conv_algorithm='winograd' runs on the convolution primitives, which "
                              "conv_derivatives='torch' switches off: use conv_derivatives='auto' or 'primitive'")
@@ -301,9 +306,9 @@ class MAMLConfig:
         if self.task_threads > 1 and (self.backend, self.task_batching) != ("functional", "loop"):
             raise ValueError(f"task_threads={self.task_threads} needs backend='functional' and task_batching='loop' "
                              f"(got {self.backend!r}, {self.task_batching!r}); or use task_threads=1")
-        if self.task_threads > 1 and self.conv_algorithm != "direct":
-            raise ValueError(f"task_threads={self.task_threads} needs conv_algorithm='direct' (the algorithm is "
-                             f"switched process-wide while graphs are built); or use task_threads=1")
+        if self.task_threads > 1 and self.conv_algorithm == "winograd":
+            raise ValueError(f"task_threads={self.task_threads} needs conv_algorithm='direct' or 'auto' (the native "
+                             f"Winograd kernels share the cores among their own threads); or use task_threads=1")
         if self.learn_inner_lr and (self.backend, self.task_batching) != ("functional", "loop"):
             raise ValueError(f"learn_inner_lr=True needs backend='functional' and task_batching='loop' (got "
                              f"{self.backend!r}, {self.task_batching!r})")
@@ -388,10 +393,25 @@ class MetaLearner:
         if cfg.conv_algorithm == "winograd" and self.device.type != "cpu":
             raise ValueError(f"conv_algorithm='winograd' runs on CPU; the model is on {self.device}: "
                              "use conv_algorithm='direct'")
-        primitive = cfg.conv_derivatives == "primitive" or (
-            cfg.conv_derivatives == "auto" and not cfg.first_order and self.device.type == "cpu")
-        with primitive_derivatives(primitive), conv_algorithm(cfg.conv_algorithm):
+        with primitive_derivatives(self._primitive_derivatives()), conv_algorithm(self.conv_algorithm_in_use()):
             yield
+
+    def _primitive_derivatives(self) -> bool:
+        cfg = self.config
+        return cfg.conv_derivatives == "primitive" or (
+            cfg.conv_derivatives == "auto" and not cfg.first_order and self.device.type == "cpu")
+
+    def conv_algorithm_in_use(self) -> str:
+        """``config.conv_algorithm``, with ``'auto'`` resolved: ``'winograd'`` when the primitive path runs (second
+        order on CPU, unless ``conv_derivatives='torch'``) in fp32 with ``task_threads=1`` and the native Winograd
+        kernels build here, else ``'direct'``."""
+        cfg = self.config
+        if cfg.conv_algorithm != "auto":
+            return cfg.conv_algorithm
+        if (cfg.precision == "fp32" and cfg.task_threads == 1 and self.device.type == "cpu"
+                and self._primitive_derivatives() and winograd.default_backend() == "native"):
+            return "winograd"
+        return "direct"
 
     @property
     def channels_last(self) -> bool:

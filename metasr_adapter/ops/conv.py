@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from . import winograd
 
 __all__ = ["conv2d", "set_primitive_derivatives", "primitive_derivatives_enabled", "primitive_derivatives",
-           "CONV_ALGORITHMS", "set_conv_algorithm", "conv_algorithm"]
+           "CONV_ALGORITHMS", "set_conv_algorithm", "conv_algorithm", "winograd_convolutions"]
 
 _convolution_backward = torch.ops.aten.convolution_backward
 _enabled = False
@@ -71,10 +71,12 @@ def primitive_derivatives(enabled: bool = True) -> Iterator[None]:
 
 
 def set_conv_algorithm(name: str) -> str:
-    """How :func:`conv2d`'s pieces compute while the path is on: ``'direct'`` (default, oneDNN's primitives) or
-    ``'winograd'`` (:mod:`metasr_adapter.ops.winograd` for the convolutions, input and weight gradients of fp32
-    3x3 layers with >= 16 channels, compiled per shape on first use; about 1e-5 relative round-off). The last,
-    graph-free backward of a layer stays one combined oneDNN call. Returns the previous algorithm."""
+    """How :func:`conv2d`'s pieces compute in graphs built from now on: ``'direct'`` (default, oneDNN's primitives)
+    or ``'winograd'`` (:mod:`metasr_adapter.ops.winograd` for the convolutions, input and weight gradients of fp32
+    3x3 layers with >= 16 channels; about 1e-5 relative round-off). A graph keeps the algorithm it was built with
+    for all its derivatives, also those taken after the setting changed. A layer's last, graph-free backward is
+    one combined oneDNN call under ``'direct'`` and two Winograd calls (input, weight gradient) on the native
+    backend. Returns the previous algorithm."""
     global _algorithm
     if name not in CONV_ALGORITHMS:
         raise ValueError(f"conv algorithm {name!r}: use one of {', '.join(CONV_ALGORITHMS)}")
@@ -117,7 +119,68 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             or _functorch_wrapped(x) or _functorch_wrapped(weight)
             or (bias is not None and _functorch_wrapped(bias))):
         return F.conv2d(x, weight, bias, padding=padding)
-    return _Conv.apply(x, weight, bias, int(padding), _compute_dtype(x))
+    return _Conv.apply(x, weight, bias, int(padding), _compute_dtype(x), _algorithm)
+
+
+def _single(value: object, want: int) -> bool:
+    """Whether a conv2d argument (an int or a pair) is ``want`` in both directions."""
+    return value == want or (isinstance(value, (tuple, list)) and len(value) == 2 and all(v == want for v in value))
+
+
+def _by_winograd_call(x: object, weight: object, bias: object, stride: object, padding: object, dilation: object,
+                      groups: object) -> bool:
+    """Whether an ``F.conv2d`` call can go to the native Winograd kernels: fp32 CPU tensors, 3x3, stride 1,
+    padding 1 (or 'same'), no dilation or groups, channel counts that are multiples of 16, no autocast, outside
+    ``torch.func`` transforms and ``torch.compile`` tracing."""
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
+            and (bias is None or isinstance(bias, torch.Tensor))):
+        return False
+    if not (_single(stride, 1) and (_single(padding, 1) or padding == "same") and _single(dilation, 1)
+            and groups == 1):
+        return False
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+            or (bias is not None and bias.dtype != torch.float32) or torch.is_autocast_enabled("cpu")
+            or torch.compiler.is_compiling() or _functorch_wrapped(x) or _functorch_wrapped(weight)
+            or (bias is not None and _functorch_wrapped(bias))):
+        return False
+    return (winograd.supports(x, weight.shape, 1) and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
+            and winograd.default_backend() == "native")
+
+
+class _WinogradMode(torch.overrides.TorchFunctionMode):
+    """Routes the ``F.conv2d`` calls that :func:`_by_winograd_call` accepts to the Winograd pieces: a
+    differentiable :class:`_Conv` (derivatives of every order by Winograd) when autograd records, the native
+    forward alone otherwise."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.conv2d or func is torch.conv2d:
+            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+            call = dict(zip(names, args), **kwargs)
+            call.setdefault("bias", None)
+            x, weight, bias = call.get("input"), call.get("weight"), call["bias"]
+            if _by_winograd_call(x, weight, bias, call.get("stride", 1), call.get("padding", 0),
+                                 call.get("dilation", 1), call.get("groups", 1)):
+                assert isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
+                records = torch.is_grad_enabled() and (
+                    x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+                if records:
+                    return _Conv.apply(x, weight, bias, 1, torch.float32, "winograd")
+                return winograd.conv3x3(x, weight, bias)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def winograd_convolutions() -> Iterator[None]:
+    """Inside the block, every fp32 CPU ``F.conv2d`` (so every ``nn.Conv2d``) that is 3x3, stride 1, padding 1,
+    without dilation or groups and with channel counts that are multiples of 16 runs on the native Winograd
+    kernels (:mod:`metasr_adapter.ops.winograd`), in any network: the forward, and when autograd records, its
+    input and weight gradients of every order (graphs built inside keep the algorithm for backward passes run
+    after the block). Other convolutions, and everything where the native kernels do not build, run unchanged.
+    About 1e-5 relative round-off per convolution against the direct one. ``MetaSR(conv_algorithm='winograd')``
+    adapts inside it."""
+    with _WinogradMode():
+        yield
 
 
 def _plain(dtype: torch.dtype, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -152,37 +215,41 @@ class _NoAutocast:
             self.ctx.__exit__(*exc)
 
 
-def _by_winograd(x: torch.Tensor, weight_shape: Sequence[int], padding: int, transposed: bool = False) -> bool:
-    """Whether a piece goes to :mod:`~metasr_adapter.ops.winograd` (``set_conv_algorithm('winograd')`` and a layer
-    it takes; ``x`` is the piece's input in its compute dtype, ``weight_shape`` the OIHW shape of the weight it is
-    given, ``transposed`` for an input gradient, whose convolution maps the weight's outputs to its inputs)."""
-    if _algorithm != "winograd":  # the default: nothing more to look at on this hot path
+def _by_winograd(x: torch.Tensor, weight_shape: Sequence[int], padding: int, algorithm: str,
+                 transposed: bool = False) -> bool:
+    """Whether a piece goes to :mod:`~metasr_adapter.ops.winograd` (``algorithm`` is ``'winograd'``, the setting
+    when its graph was built, and it takes the layer; ``x`` is the piece's input in its compute dtype,
+    ``weight_shape`` the OIHW shape of the weight it is given, ``transposed`` for an input gradient, whose
+    convolution maps the weight's outputs to its inputs)."""
+    if algorithm != "winograd":  # the default: nothing more to look at on this hot path
         return False
     return winograd.supports(x, winograd.transposed_shape(weight_shape) if transposed else weight_shape, padding)
 
 
 def _run_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
-              dtype: torch.dtype) -> torch.Tensor:
+              dtype: torch.dtype, algorithm: str) -> torch.Tensor:
     with _NoAutocast(x.device.type):
         x, weight = _plain(dtype, x, weight)
-        if bias is None and _by_winograd(x, weight.shape, padding):
-            return winograd.conv3x3(x, weight)
+        if (_by_winograd(x, weight.shape, padding, algorithm)
+                and (bias is None or winograd.default_backend() == "native")):
+            return winograd.conv3x3(x, weight, None if bias is None else _plain(dtype, bias)[0])
         return F.conv2d(x, weight, None if bias is None else _plain(dtype, bias)[0], padding=padding)
 
 
-def _run_input_grad(gy: torch.Tensor, weight: torch.Tensor, padding: int, dtype: torch.dtype) -> torch.Tensor:
+def _run_input_grad(gy: torch.Tensor, weight: torch.Tensor, padding: int, dtype: torch.dtype,
+                    algorithm: str) -> torch.Tensor:
     with _NoAutocast(gy.device.type):
         gy, weight = _plain(dtype, gy, weight)
-        if _by_winograd(gy, weight.shape, padding, transposed=True):
+        if _by_winograd(gy, weight.shape, padding, algorithm, transposed=True):
             return winograd.conv3x3_input_grad(gy, weight)
         return F.conv_transpose2d(gy, weight, padding=padding)
 
 
 def _run_weight_grad(gy: torch.Tensor, x: torch.Tensor, weight_shape: tuple[int, ...], padding: int,
-                     dtype: torch.dtype) -> torch.Tensor:
+                     dtype: torch.dtype, algorithm: str) -> torch.Tensor:
     with _NoAutocast(x.device.type):
         gy, x = _plain(dtype, gy, x)
-        if _by_winograd(x, weight_shape, padding):
+        if _by_winograd(x, weight_shape, padding, algorithm):
             return winograd.conv3x3_weight_grad(gy, x)
         placeholder = torch.empty(weight_shape, dtype=dtype, device=x.device)  # shape only
         return _convolution_backward(gy, x, placeholder, None, [1, 1], [padding, padding], [1, 1], False, [0, 0],
@@ -196,10 +263,10 @@ class _Conv(torch.autograd.Function):
     """``y = conv(x, w) + b``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding, dtype):
+    def forward(ctx, x, weight, bias, padding, dtype, algorithm):
         ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.dtype, ctx.has_bias = padding, dtype, bias is not None
-        return _run_conv(x, weight, bias, padding, dtype)
+        ctx.padding, ctx.dtype, ctx.has_bias, ctx.algorithm = padding, dtype, bias is not None, algorithm
+        return _run_conv(x, weight, bias, padding, dtype, algorithm)
 
     @staticmethod
     def backward(ctx, gy):
@@ -207,29 +274,37 @@ class _Conv(torch.autograd.Function):
         gy = _nhwc_like(gy, x)
         if not torch.is_grad_enabled():  # a first-order backward: one call computes all three, as torch's does
             mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+            if (ctx.dtype == torch.float32 and _by_winograd(x, weight.shape, ctx.padding, ctx.algorithm)
+                    and winograd.default_backend() == "native"):
+                # the fused kernels beat oneDNN's combined call (module docstring of ops.winograd)
+                gx = _run_input_grad(gy, weight, ctx.padding, ctx.dtype, ctx.algorithm) if mask[0] else None
+                gw = (_run_weight_grad(gy, x, tuple(weight.shape), ctx.padding, ctx.dtype, ctx.algorithm)
+                      if mask[1] else None)
+                gb = gy.sum((0, 2, 3)) if mask[2] else None
+                return gx, gw, gb, None, None, None
             with _NoAutocast(gy.device.type):
                 gy, x, weight = _plain(ctx.dtype, gy, x, weight)
                 gx, gw, gb = _convolution_backward(gy, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1],
                                                    [ctx.padding, ctx.padding], [1, 1], False, [0, 0], 1, mask)
-            return gx, gw, gb, None, None
+            return gx, gw, gb, None, None, None
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = _InputGrad.apply(gy, weight, ctx.padding, ctx.dtype)
+            gx = _InputGrad.apply(gy, weight, ctx.padding, ctx.dtype, ctx.algorithm)
         if ctx.needs_input_grad[1]:
-            gw = _WeightGrad.apply(gy, x, tuple(weight.shape), ctx.padding, ctx.dtype)
+            gw = _WeightGrad.apply(gy, x, tuple(weight.shape), ctx.padding, ctx.dtype, ctx.algorithm)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 class _InputGrad(torch.autograd.Function):
     """``gx = conv_transpose(gy, w)``: the input gradient of ``conv(x, w)``."""
 
     @staticmethod
-    def forward(ctx, gy, weight, padding, dtype):
+    def forward(ctx, gy, weight, padding, dtype, algorithm):
         ctx.save_for_backward(gy, weight)
-        ctx.padding, ctx.dtype = padding, dtype
-        return _run_input_grad(gy, weight, padding, dtype)
+        ctx.padding, ctx.dtype, ctx.algorithm = padding, dtype, algorithm
+        return _run_input_grad(gy, weight, padding, dtype, algorithm)
 
     @staticmethod
     def backward(ctx, ggx):
@@ -238,22 +313,22 @@ class _InputGrad(torch.autograd.Function):
         graph = torch.is_grad_enabled()
         d_gy = d_w = None
         if ctx.needs_input_grad[0]:
-            d_gy = (_Conv.apply(ggx, weight, None, ctx.padding, ctx.dtype) if graph
-                    else _run_conv(ggx, weight, None, ctx.padding, ctx.dtype))
+            d_gy = (_Conv.apply(ggx, weight, None, ctx.padding, ctx.dtype, ctx.algorithm) if graph
+                    else _run_conv(ggx, weight, None, ctx.padding, ctx.dtype, ctx.algorithm))
         if ctx.needs_input_grad[1]:
-            d_w = (_WeightGrad.apply(gy, ggx, tuple(weight.shape), ctx.padding, ctx.dtype) if graph
-                   else _run_weight_grad(gy, ggx, tuple(weight.shape), ctx.padding, ctx.dtype))
-        return d_gy, d_w, None, None
+            d_w = (_WeightGrad.apply(gy, ggx, tuple(weight.shape), ctx.padding, ctx.dtype, ctx.algorithm) if graph
+                   else _run_weight_grad(gy, ggx, tuple(weight.shape), ctx.padding, ctx.dtype, ctx.algorithm))
+        return d_gy, d_w, None, None, None
 
 
 class _WeightGrad(torch.autograd.Function):
     """``gw = weight_grad(gy, x)``: the weight gradient of ``conv(x, w)`` (oneDNN's backward-weights)."""
 
     @staticmethod
-    def forward(ctx, gy, x, weight_shape, padding, dtype):
+    def forward(ctx, gy, x, weight_shape, padding, dtype, algorithm):
         ctx.save_for_backward(gy, x)
-        ctx.padding, ctx.dtype = padding, dtype
-        return _run_weight_grad(gy, x, weight_shape, padding, dtype)
+        ctx.padding, ctx.dtype, ctx.algorithm = padding, dtype, algorithm
+        return _run_weight_grad(gy, x, weight_shape, padding, dtype, algorithm)
 
     @staticmethod
     def backward(ctx, ggw):
@@ -261,9 +336,9 @@ class _WeightGrad(torch.autograd.Function):
         graph = torch.is_grad_enabled()
         d_gy = d_x = None
         if ctx.needs_input_grad[0]:
-            d_gy = (_Conv.apply(x, ggw, None, ctx.padding, ctx.dtype) if graph
-                    else _run_conv(x, ggw, None, ctx.padding, ctx.dtype))
+            d_gy = (_Conv.apply(x, ggw, None, ctx.padding, ctx.dtype, ctx.algorithm) if graph
+                    else _run_conv(x, ggw, None, ctx.padding, ctx.dtype, ctx.algorithm))
         if ctx.needs_input_grad[1]:
-            d_x = (_InputGrad.apply(gy, ggw, ctx.padding, ctx.dtype) if graph
-                   else _run_input_grad(gy, ggw, ctx.padding, ctx.dtype))
-        return d_gy, d_x, None, None, None
+            d_x = (_InputGrad.apply(gy, ggw, ctx.padding, ctx.dtype, ctx.algorithm) if graph
+                   else _run_input_grad(gy, ggw, ctx.padding, ctx.dtype, ctx.algorithm))
+        return d_gy, d_x, None, None, None, None

@@ -5,35 +5,54 @@ the products for all channels at once are 36 batched matrix products, and a tran
 tile, F(4x4, 3x3): 36 multiplications per 16 outputs instead of 144. The input gradient is the same convolution
 with the filters transposed and turned. The weight gradient is a correlation too: the output gradient's 4x4 tiles
 are the filters and the 6x6 input tiles under them the data, F(3x3, 4x4), summed over all tiles and images inside
-the matrix products and transformed back to 3x3 once. The transforms are memory traffic, written as sums of tile
-slices and fused by ``torch.compile`` into one loop each (compiled per input shape on first use; in eager mode
-they cost more than they save).
+the matrix products and transformed back to 3x3 once.
+
+Three backends compute the same sums (``backend=`` on each function; :func:`default_backend`):
+
+* ``'native'`` (the default where it builds): ``ops/native/winograd.cpp``, compiled on first use by
+  :mod:`metasr_adapter.ops.native` (needs a C++ compiler). Each thread takes a block of tiles through the transform,
+  the 36 products (its own register-blocked kernel) and the transform back while the block stays in its core's
+  cache. Channel counts must be multiples of 16.
+* ``'compiled'``: the transforms written here as sums of tile slices, fused by ``torch.compile`` into one loop each
+  (compiled per input shape on first use), the products as ``torch.bmm``. Every step passes through memory.
+* ``'eager'``: the same code uncompiled, slower than oneDNN (for tests, and machines without a compiler).
 
 The transform matrices are derived, not typed: :func:`toom_cook` builds them from the interpolation points
 0, 1, -1, 2, -2 and infinity (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016) in exact
 rational arithmetic and checks the identity they must satisfy.
 
 Round-off differs from a direct convolution: about 1e-5 of the result's magnitude in fp32
-(``tests/test_winograd.py``). :mod:`metasr_adapter.ops.conv` uses these when ``conv_algorithm('winograd')`` is on
-(``MAMLConfig(conv_algorithm='winograd')``), for layers with at least :data:`MIN_CHANNELS` input and output
-channels: an SR network's RGB layers stay direct. Speed against oneDNN: ``benchmarks/bench_winograd.py`` (single
-calls) and ``benchmarks/bench_meta_ab.py --compare conv_algorithm`` (meta-gradients); README, speed section.
+(``tests/test_winograd.py``). :mod:`metasr_adapter.ops.conv` uses these for graphs built while
+``conv_algorithm('winograd')`` is on (``MAMLConfig(conv_algorithm='winograd')``, or ``'auto'``, the default, where
+the native kernels build), for layers with at least :data:`MIN_CHANNELS` input and output channels: an SR network's
+RGB layers stay direct. Speed against oneDNN: ``benchmarks/bench_winograd.py`` (single calls) and
+``benchmarks/bench_meta_ab.py --compare conv_algorithm`` (meta-gradients); README, speed section.
 """
 from __future__ import annotations
 
 from fractions import Fraction
 from typing import Callable, Sequence
 
+import ctypes
+
 import torch
 from torch.nn import functional as F
 
+from . import native
+
 __all__ = ["toom_cook", "supports", "transposed_shape", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad",
-           "MIN_CHANNELS"]
+           "MIN_CHANNELS", "BACKENDS", "default_backend"]
 
 MIN_CHANNELS = 16  # thinner layers (RGB in or out) run faster direct
-#: compile the transforms with torch.compile (default); False runs the same code eagerly: the same values, slower
-#: than oneDNN, for machines without a C++ compiler or to skip the compile time in tests
+BACKENDS = ("native", "compiled", "eager")
+#: without the native kernels: compile the transforms with torch.compile (default); False runs the same code
+#: eagerly: the same values, slower than oneDNN, to skip the compile time in tests
 COMPILE = True
+#: the native kernels' blocks: tiles per thread and step (forward / input gradient; weight gradient). 30 (five
+#: times the product kernel's 6 rows) and 64 keep a block's transformed data (2 x 36 x tiles x 64 floats) within a
+#: 1 MB L2 at 64 channels; 24-48 and 48-128 measured within a few percent of each other
+NATIVE_BLOCK = 30
+NATIVE_WGRAD_BLOCK = 64
 POINTS = (0, 1, -1, 2, -2)
 TILE = 4  # F(4x4, 3x3) output tiles; F(3x3, 4x4) output-gradient tiles
 N_TILE = TILE + 2  # input tiles are 6x6 in both
@@ -185,15 +204,121 @@ _EAGER = {"conv": _conv3x3, "input_grad": _conv3x3_input_grad, "weight_grad": _c
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
 
 
-def _run(name: str, compiled: bool | None, *args: torch.Tensor | None) -> torch.Tensor:
-    """One of the three, compiled on first use unless ``compiled`` (default: :data:`COMPILE`) is False (each shape
-    compiles once, a few seconds; past torch.compile's recompile limit, 8 shapes by default, further shapes run the
-    same code eagerly: correct, slower)."""
-    compiled = COMPILE if compiled is None else compiled
-    if compiled and name not in _COMPILED:
+_NATIVE_CHECKED: dict[int, bool] = {}  # id of a loaded library -> whether its transforms equal the derived ones
+
+
+def _native_lib() -> ctypes.CDLL | None:
+    """The native kernels, typed and checked once: their compiled-in transforms must equal :func:`toom_cook`'s
+    (else they are treated as unavailable, with the reason)."""
+    lib = native.load("winograd")
+    if lib is None:
+        return None
+    if id(lib) not in _NATIVE_CHECKED:
+        p, i = ctypes.c_void_p, ctypes.c_int
+        lib.metasr_winograd_filters.argtypes = [p, i, i, i, p, p, i]
+        lib.metasr_winograd_conv.argtypes = [p, i, i, i, i, p, i, p, p, i, i]
+        lib.metasr_winograd_weight_grad.argtypes = [p, p, i, i, i, i, i, p, p, i, i]
+        for f in (lib.metasr_winograd_filters, lib.metasr_winograd_conv, lib.metasr_winograd_weight_grad):
+            f.restype = None
+        lib.metasr_winograd_check_matrices.argtypes = [p] * 5
+        lib.metasr_winograd_check_matrices.restype = i
+        mats = [_matrix(k) for k in ("fwd_bt", "fwd_at", "wgrad_bt", "wgrad_g", "wgrad_at")]
+        _NATIVE_CHECKED[id(lib)] = bool(lib.metasr_winograd_check_matrices(*(m.data_ptr() for m in mats)))
+        if not _NATIVE_CHECKED[id(lib)]:
+            native.mark_unavailable("winograd", "its compiled-in transforms differ from toom_cook's")
+    return lib if _NATIVE_CHECKED[id(lib)] else None
+
+
+def default_backend() -> str:
+    """``'native'`` if the C++ kernels build here (:mod:`metasr_adapter.ops.native`; ``METASR_NATIVE=0`` turns them
+    off), else ``'compiled'`` (or ``'eager'`` when :data:`COMPILE` is False)."""
+    if _native_lib() is not None:
+        return "native"
+    return "compiled" if COMPILE else "eager"
+
+
+_MATRICES: dict[str, torch.Tensor] = {}
+
+
+def _matrix(name: str) -> torch.Tensor:
+    if not _MATRICES:
+        for key, value in (("fwd_bt", _FWD_BT), ("fwd_g", _FWD_G), ("fwd_at", _FWD_AT), ("wgrad_bt", _WGRAD_BT),
+                           ("wgrad_g", _WGRAD_G), ("wgrad_at", _WGRAD_AT)):
+            _MATRICES[key] = torch.tensor(value, dtype=torch.float32)
+    return _MATRICES[name]
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` (NHWC) NCHW-contiguous when ``x`` is, as the torch backends return it."""
+    nchw_in = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    return y.contiguous() if nchw_in else y
+
+
+def _native_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> torch.Tensor:
+    lib, threads = _native_lib(), torch.get_num_threads()
+    assert lib is not None
+    weight = weight.contiguous()
+    w_out, w_in = weight.shape[:2]
+    cin, cout = (w_out, w_in) if transposed else (w_in, w_out)
+    filters = torch.empty(N_TILE ** 2, cin, cout)
+    lib.metasr_winograd_filters(weight.data_ptr(), w_out, w_in, int(transposed), _matrix("fwd_g").data_ptr(),
+                                filters.data_ptr(), threads)
+    xn = _nhwc(x)
+    n, _, h, w = x.shape
+    y = torch.empty((n, cout, h, w), memory_format=torch.channels_last)
+    bias_ptr = None if bias is None else bias.contiguous().data_ptr()
+    lib.metasr_winograd_conv(xn.data_ptr(), n, h, w, cin, filters.data_ptr(), cout, bias_ptr, y.data_ptr(),
+                             NATIVE_BLOCK, threads)
+    return _like_input(y, x)
+
+
+def _native_weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    lib, threads = _native_lib(), torch.get_num_threads()
+    assert lib is not None
+    n, cin, h, w = x.shape
+    cout = grad_out.shape[1]
+    xn, gn = _nhwc(x), _nhwc(grad_out)
+    scratch = torch.empty(threads, N_TILE ** 2, cout, cin)
+    gw = torch.empty(cout, cin, 3, 3)
+    lib.metasr_winograd_weight_grad(gn.data_ptr(), xn.data_ptr(), n, h, w, cin, cout, gw.data_ptr(),
+                                    scratch.data_ptr(), NATIVE_WGRAD_BLOCK, threads)
+    return gw
+
+
+def _native_fits(*channels: int) -> bool:
+    return all(c % 16 == 0 for c in channels)
+
+
+def _run(name: str, backend: str | None, *args: torch.Tensor | None) -> torch.Tensor:
+    """One of the three on ``backend`` (default: :func:`default_backend`; the native kernels only for channel counts
+    that are multiples of 16, the torch code otherwise). The compiled backend compiles each shape once, a few
+    seconds; past torch.compile's recompile limit, 8 shapes by default, further shapes run the same code eagerly:
+    correct, slower."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"Winograd backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    chosen = default_backend() if backend is None else backend
+    if chosen == "native":
+        lib = _native_lib()
+        if lib is None:
+            if backend == "native":
+                raise RuntimeError(f"the native Winograd kernels are unavailable: {native.why_unavailable('winograd')}")
+            chosen = "compiled" if COMPILE else "eager"
+        else:
+            x, other = args[0], args[1]
+            assert x is not None and other is not None
+            if name == "weight_grad" and _native_fits(x.shape[1], other.shape[1]):
+                return _native_weight_grad(x, other)
+            if name != "weight_grad" and _native_fits(other.shape[0], other.shape[1]):
+                return _native_conv(x, other, args[2] if name == "conv" else None, transposed=name == "input_grad")
+            chosen = "compiled" if COMPILE else "eager"
+    if chosen == "compiled" and name not in _COMPILED:
         _COMPILED[name] = torch.compile(_EAGER[name], dynamic=False, fullgraph=True)
     with torch.no_grad():
-        return (_COMPILED if compiled else _EAGER)[name](*args)
+        return (_COMPILED if chosen == "compiled" else _EAGER)[name](*args)
 
 
 def _check(x: torch.Tensor, weight_shape: Sequence[int], what: str) -> None:
@@ -212,7 +337,7 @@ def _check_partner(name: str, t: torch.Tensor, x: torch.Tensor, shape: Sequence[
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-            compiled: bool | None = None) -> torch.Tensor:
+            backend: str | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` by F(4x4, 3x3); the output is NCHW-contiguous for an NCHW-contiguous
     ``x``, else NHWC (channels_last). Not differentiable itself: :mod:`metasr_adapter.ops.conv` builds derivatives
     from these three functions."""
@@ -220,20 +345,20 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     _check_partner("weight", weight, x)
     if bias is not None:
         _check_partner("bias", bias, x, (weight.shape[0],))
-    return _run("conv", compiled, x, weight, bias)
+    return _run("conv", backend, x, weight, bias)
 
 
-def conv3x3_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, *, compiled: bool | None = None) -> torch.Tensor:
+def conv3x3_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """``F.conv_transpose2d(grad_out, weight, padding=1)``, the input gradient of :func:`conv3x3`, by F(4x4, 3x3)."""
     _check(grad_out, transposed_shape(weight.shape), "F(4x4, 3x3)")
     _check_partner("weight", weight, grad_out)
-    return _run("input_grad", compiled, grad_out, weight)
+    return _run("input_grad", backend, grad_out, weight)
 
 
-def conv3x3_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, *, compiled: bool | None = None) -> torch.Tensor:
+def conv3x3_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """The weight gradient (OIHW, 3x3) of ``F.conv2d(x, weight, padding=1)`` for output gradient ``grad_out``, as
     ``torch.ops.aten.convolution_backward`` computes it, by F(3x3, 4x4)."""
     _check(x, (grad_out.shape[1] if grad_out.dim() == 4 else 0, x.shape[1] if x.dim() == 4 else 0, 3, 3),
            "F(3x3, 4x4)")
     _check_partner("grad_out", grad_out, x, (x.shape[0], grad_out.shape[1], *x.shape[2:]))
-    return _run("weight_grad", compiled, grad_out, x)
+    return _run("weight_grad", backend, grad_out, x)

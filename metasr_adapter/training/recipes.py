@@ -160,10 +160,12 @@ SCHEMA: dict[str, Any] = {
                              "(NHWC with bf16 or on CPUs with AVX-512, where it measured faster; NCHW on AVX2-only "
                              "CPUs, where it was slower: benchmarks/bench_meta_ab.py); may change on --resume",
                              nullable=True),
-        "conv_algorithm": Key("direct", (str,), "what computes MZSRNet's 64-channel 3x3 convolutions in fp32 "
-                              "second-order meta-training on CPU: 'direct' (oneDNN) or 'winograd' (F(4x4, 3x3), about "
-                              "1e-5 relative round-off; speed: benchmarks/bench_meta_ab.py --compare conv_algorithm); "
-                              "may change on --resume", choices=("direct", "winograd")),
+        "conv_algorithm": Key("auto", (str,), "what computes MZSRNet's 64-channel 3x3 convolutions in fp32 "
+                              "second-order meta-training on CPU: 'direct' (oneDNN), 'winograd' (F(4x4, 3x3) on the "
+                              "package's native kernels, about 1e-5 relative round-off; speed: "
+                              "benchmarks/bench_meta_ab.py --compare conv_algorithm) or 'auto' (winograd where it "
+                              "applies and its kernels build, else direct; MAMLConfig); may change on --resume",
+                              choices=("auto", "direct", "winograd")),
         "task_threads": Key(1, (int,), "tasks of a meta-batch at the same time on CPU worker threads with one "
                             "oneDNN thread each (1: one after another; README speed section and "
                             "benchmarks/bench_meta_ab.py --compare task_threads for what 2 measured); about 1e-4 "
@@ -382,10 +384,10 @@ def _check_combinations(r: Mapping[str, Any]) -> None:
                          f"{m['precision']!r} and model.name={r['model']['name']!r}, where it would do nothing: set "
                          "meta.conv_algorithm=direct")
     threaded = (m["backend"], m["task_batching"], m["conv_algorithm"])
-    if m["task_threads"] > 1 and threaded != ("functional", "loop", "direct"):
+    if m["task_threads"] > 1 and (threaded[:2] != ("functional", "loop") or threaded[2] == "winograd"):
         raise ValueError(f"meta.task_threads={m['task_threads']} needs meta.backend=functional, "
-                         f"meta.task_batching=loop and meta.conv_algorithm=direct (got {', '.join(threaded)}); "
-                         "or set meta.task_threads=1")
+                         f"meta.task_batching=loop and meta.conv_algorithm=direct or auto (got "
+                         f"{', '.join(threaded)}); or set meta.task_threads=1")
     if d["tasks"] == "mlsr" and len(d["scales"]) != 1:
         raise ValueError(f"data.tasks='mlsr' uses one scale; data.scales={d['scales']}. Give one, e.g. [2.0]")
 
