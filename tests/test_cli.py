@@ -335,3 +335,24 @@ def test_eval_plots_psnr_against_the_steps_and_refuses_the_plot_where_there_are_
     assert main(["eval", "--gt-dir", str(folders), "--kernel", "gd2.0", "--weights", str(w), "--plot",
                  str(tmp_path / "psnr.json")]) == 2
     assert "--plot" in capsys.readouterr().err
+
+
+def test_adapt_with_winograd_says_so_and_matches_direct(tmp_path, photo, capsys):
+    from metasr_adapter.ops import native
+
+    if native.load("winograd") is None:
+        pytest.skip(f"native kernels unavailable: {native.why_unavailable('winograd')}")
+    torch.manual_seed(0)
+    w16 = save_weights(MZSRNet(width=16, depth=3), tmp_path / "w16.pth", arch="mzsr",
+                       arch_kwargs={"width": 16, "depth": 3}, scale=2.0, schedule="mzsr_direct", loss="l1")
+    lr = tmp_path / "lr.png"
+    write_image(lr, photo[:48, :40])
+    common = ["adapt", str(lr), "--weights", str(w16), "--kernel", "gd0.2", "--steps", "2", "--quiet"]
+    assert main([*common, "-o", str(tmp_path / "direct.png")]) == 0
+    assert main([*common, "--conv-algorithm", "winograd", "-o", str(tmp_path / "wino.png")]) == 0
+    out = capsys.readouterr().out
+    assert "fp32, Winograd" in out  # Winograd makes fp32 the default precision, and the report says what ran
+    a, b = (read_image(tmp_path / f).astype(np.int16) for f in ("direct.png", "wino.png"))
+    assert a.shape == b.shape == (96, 80, 3) and np.abs(a - b).max() <= 1
+    assert main([*common, "--conv-algorithm", "winograd", "--precision", "bf16", "-o", str(tmp_path / "x.png")]) == 2
+    assert "--conv-algorithm winograd computes in fp32" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import os
 import sys
 
 from .checks import is_estimate, is_photo, many_inputs
-from .loading import load_metasr, steps_or_the_weights
+from .loading import conv_algorithm_of, load_metasr, steps_or_the_weights
 
 __all__ = ["run_adapt", "run_adapt_folder", "photo_setup", "run_photo", "folder_settings", "orientation_note"]
 
@@ -24,11 +24,12 @@ def photo_setup(args: argparse.Namespace):
             _check_photo_scale(args.weights, float(args.scale))
     if args.max_pixels is None:
         args.max_pixels = PHOTO_MAX_PIXELS
-    if args.precision is None:  # bf16 where it is fast (the output's first line says which ran)
-        args.precision = photo_precision(args.device)
+    if args.precision is None:  # bf16 where it is fast, fp32 for Winograd (the output's first line says which ran)
+        args.precision = "fp32" if conv_algorithm_of(args) == "winograd" else photo_precision(args.device)
     msr = load_metasr(args)
     # weights chosen here may hand a plain resize to the network trained for it; --weights X is used as given
-    args.photo_specialists = (load_grid_specialists(device=msr.device, precision=msr.precision)
+    args.photo_specialists = (load_grid_specialists(device=msr.device, precision=msr.precision,
+                                                    conv_algorithm=msr.conv_algorithm)
                               if chosen and args.weights in PHOTO_WEIGHTS else {})
     grid = args.ds_method or ("direct" if args.weights_meta.get("ds_method") == "direct" else "centred")
     if grid not in ("direct", "centred"):
@@ -136,6 +137,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     bp = f" and {info.back_projection} back-projection iteration(s)" if info.back_projection else ""
     print(f"wrote {out} ({sr.shape[1]}x{sr.shape[0]}) with {os.path.basename(str(args.weights_used))} after {args.steps} "
           f"step(s){bp} in {info.seconds:.2f} s, {msr.precision}"
+          + (", Winograd" if msr.conv_algorithm == "winograd" else "")
           + (" (bf16 where it is fast; --precision fp32 for exact arithmetic)"
              if args.precision is None and msr.precision == "bf16" else ""))
     return 0
@@ -187,5 +189,6 @@ def folder_settings(args: argparse.Namespace, **extra) -> dict:
     return {"weights": weights, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "param_key": args.param_key,
             "scale": args.scale, "precision": getattr(args, "precision_used", None) or args.precision or "fp32",
             "schedule": args.schedule, "lr": args.lr,
+            **({"conv_algorithm": args.conv_algorithm} if args.conv_algorithm not in (None, "direct") else {}),
             "loss": args.loss, "max_pixels": args.max_pixels,
             **({} if args.seed is None else {"seed": args.seed}), **extra}

@@ -202,6 +202,9 @@ def check_options(args: argparse.Namespace) -> None:
         if not (args.scale > 1 and math.isfinite(args.scale)):  # before the weights: not "no bundled weights"
             raise ValueError(f"--scale {args.scale:g}: the SR factor must be > 1 (e.g. --scale 2), or leave --scale "
                              "out to use the weights' own")
+    if getattr(args, "conv_algorithm", None) == "winograd" and getattr(args, "precision", None) == "bf16":
+        raise ValueError("--conv-algorithm winograd computes in fp32: leave --precision bf16 out (or give --precision "
+                         "fp32), or use --conv-algorithm direct for bf16")
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: give a positive number of CPU threads, e.g. --threads 2")
     if args.command in ("adapt", "demo") and (args.kernel is None or is_photo(args.kernel)):

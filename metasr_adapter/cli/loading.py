@@ -9,7 +9,7 @@ from typing import Any
 from .checks import is_estimate
 
 __all__ = ["DEFAULT_TILE", "DEFAULT_MAX_PIXELS", "setup_device", "choose_weights", "load_metasr",
-           "steps_or_the_weights", "default_precision", "memory_budget"]
+           "conv_algorithm_of", "steps_or_the_weights", "default_precision", "memory_budget"]
 
 
 #: the command line's memory budget (the library's MetaSR has none unless asked): SR in 512² tiles, and
@@ -126,9 +126,11 @@ def load_metasr(args: argparse.Namespace):
     from ..adapters.contract import takes_upsampled_input
 
     tile, max_pixels = memory_budget(args, model, scale, takes_upsampled_input(model))
-    precision = args.precision_used = args.precision or default_precision(args.command, device)
+    algorithm = conv_algorithm_of(args)
+    precision = args.precision_used = args.precision or (
+        "fp32" if algorithm == "winograd" else default_precision(args.command, device))
     return MetaSR(model, scale, schedule=schedule, precision=precision, device=device, loss=loss,
-                  adapt_params=meta.get("adapt_params"), tile=tile, max_pixels=max_pixels)
+                  adapt_params=meta.get("adapt_params"), tile=tile, max_pixels=max_pixels, conv_algorithm=algorithm)
 
 
 def steps_or_the_weights(args: argparse.Namespace) -> int:
@@ -144,6 +146,12 @@ def steps_or_the_weights(args: argparse.Namespace) -> int:
               + too_few_steps(int(meant), f"--steps {args.steps}", "--steps"), file=sys.stderr)
         warnings.filterwarnings("ignore", message="these weights were meta-trained for")  # said once, here
     return args.steps if args.steps is not None else int(meant or 1)
+
+
+def conv_algorithm_of(args: argparse.Namespace) -> str:
+    """``--conv-algorithm``, ``'direct'`` when left out. Winograd computes in fp32, so it makes fp32 the default
+    precision."""
+    return getattr(args, "conv_algorithm", None) or "direct"
 
 
 def default_precision(command: str, device) -> str:

@@ -55,6 +55,10 @@ def _add_model_args(p: argparse.ArgumentParser, weights_required: bool) -> None:
                    help="bf16 = autocast (fast on GPUs and CPUs with AVX512-BF16 or AMX). Default: bf16 where it is "
                         "fast for adapt and demo (the photo path too), else fp32; always fp32 for eval, zssr and "
                         "estimate-kernel")
+    p.add_argument("--conv-algorithm", choices=["direct", "winograd"], default=None,
+                   help="how the network's fp32 3x3 convolutions compute on CPU: direct (default, oneDNN) or winograd "
+                        "(the package's Winograd kernels, built on first use with g++: about half the time of an "
+                        "MZSR adaptation step, ~1e-5 relative round-off; makes fp32 the default precision)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 

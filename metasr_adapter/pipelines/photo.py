@@ -83,6 +83,11 @@ class PhotoInfo:
                 "precision": self.precision, "routed": self.routed}
 
 
+def _precision_label(msr: MetaSR) -> str:
+    """What the report says about the arithmetic: the precision, and Winograd when its kernels ran."""
+    return msr.precision + (", Winograd" if msr.conv_algorithm == "winograd" else "")
+
+
 def photo_precision(device: Any = None) -> str:
     """The photo path's default precision: ``'bf16'`` where bf16 autocast is fast (CPUs with AVX512-BF16 or AMX,
     GPUs), else ``'fp32'``. On BSD100 (``benchmarks/results/real_photos/precision/``) bf16 ran the default
@@ -101,10 +106,11 @@ def default_photo_weights(arch: str | None = None) -> str | None:
     return next((w for w in PHOTO_WEIGHTS if w in BUNDLED_WEIGHTS and arch in (None, BUNDLED_WEIGHTS[w].arch)), None)
 
 
-def load_photo_model(weights: str | None = None, *, device: Any = None, precision: str = "auto") -> tuple[MetaSR, str]:
+def load_photo_model(weights: str | None = None, *, device: Any = None, precision: str = "auto",
+                     conv_algorithm: str = "direct") -> tuple[MetaSR, str]:
     """The photo path's :class:`MetaSR` (bundled ``weights``, default: the first of :data:`PHOTO_WEIGHTS`
     that is installed), with the adaptation budget of the photo path; and the weights' name. ``precision``
-    ``'auto'``: :func:`photo_precision`."""
+    ``'auto'``: :func:`photo_precision`; ``conv_algorithm``: MetaSR's."""
     from ..adapt.metasr import load_pretrained
 
     if precision == "auto":
@@ -115,15 +121,17 @@ def load_photo_model(weights: str | None = None, *, device: Any = None, precisio
         if weights is None:
             raise ValueError(f"none of the photo weights {PHOTO_WEIGHTS} is installed; reinstall metasr_adapter "
                              "or pass your own MetaSR")
-    msr = load_pretrained(weights, device=device, precision=precision, max_pixels=PHOTO_MAX_PIXELS, tile=512)
+    msr = load_pretrained(weights, device=device, precision=precision, max_pixels=PHOTO_MAX_PIXELS, tile=512,
+                          conv_algorithm=conv_algorithm)
     return msr, weights
 
 
-def load_grid_specialists(*, device: Any = None, precision: str = "auto") -> dict[str, tuple[MetaSR, str]]:
+def load_grid_specialists(*, device: Any = None, precision: str = "auto",
+                          conv_algorithm: str = "direct") -> dict[str, tuple[MetaSR, str]]:
     """The installed :data:`GRID_SPECIALISTS`, grid → (MetaSR, weights name), ready for ``upscale_photo``."""
     from ..io.pretrained import BUNDLED_WEIGHTS
 
-    return {grid: load_photo_model(name, device=device, precision=precision)
+    return {grid: load_photo_model(name, device=device, precision=precision, conv_algorithm=conv_algorithm)
             for grid, name in GRID_SPECIALISTS.items() if name in BUNDLED_WEIGHTS}
 
 
@@ -189,9 +197,10 @@ def upscale_photo(
     if msr is None:
         msr, weights_name = load_photo_model()
         if specialists is None:
-            specialists = load_grid_specialists(device=msr.device, precision=msr.precision)
+            specialists = load_grid_specialists(device=msr.device, precision=msr.precision,
+                                                conv_algorithm=msr.conv_algorithm)
     info = PhotoInfo(weights=weights_name or type(msr.model).__name__, estimate=None, steps=steps,
-                     precision=msr.precision)
+                     precision=_precision_label(msr))
     x, _, _ = to_tensor(lr_img, channels=msr.in_channels, dtype=msr.dtype, device=msr.device)
     h, w = x.shape[-2:]
     if degradation is None:
@@ -200,7 +209,7 @@ def upscale_photo(
         plain_resize = degradation.kernel.kernel is None  # no blur beyond the grid's own filter
         if specialists and plain_resize and degradation.grid in specialists:
             msr, name = specialists[degradation.grid]
-            info.weights, info.precision = name, msr.precision
+            info.weights, info.precision = name, _precision_label(msr)
             info.routed = f"the estimate is a plain {degradation.grid} resize, the degradation {name} was trained for"
     full = msr.start(lr_img, degradation, seed=seed)
     if steps == 0 or min(h, w) < MIN_ADAPT_SIDE:
