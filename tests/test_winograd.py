@@ -312,6 +312,10 @@ def test_auto_picks_winograd_for_fp32_second_order_on_cpu_where_the_kernels_buil
     gen = torch.Generator().manual_seed(1)
     learner.meta_gradient(TaskBatch(*(torch.rand(2, 1, 3, 12, 12, generator=gen) for _ in range(4))), 0)
     assert calls["conv3x3_weight_grad"] > 0
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: False)
+    assert in_use() == "direct"  # AVX2 only: not measured there, not chosen
+    assert in_use(conv_algorithm="winograd") == "winograd"  # asked for
+    monkeypatch.undo()
     monkeypatch.setenv("METASR_NATIVE", "0")
     monkeypatch.setattr(winograd.native, "_loaded", {})
     assert in_use() == "direct"  # the torch-compiled transforms gain too little to be chosen by themselves

@@ -114,7 +114,8 @@ class MetaSR:
             oneDNN; the exact-parity path) or ``'winograd'`` (the package's native Winograd kernels,
             :func:`metasr_adapter.ops.conv.winograd_convolutions`: about half the time of an MZSR adaptation step
             on an AVX-512 EPYC, 1e-5 relative round-off per convolution; README, speed section). ``'auto'``:
-            ``'winograd'`` in fp32 on CPU where the kernels build (a C++ compiler), else ``'direct'``. Any
+            ``'winograd'`` in fp32 on CPUs with AVX-512 where the kernels build (a C++ compiler), else ``'direct'``
+            (:func:`metasr_adapter.ops.winograd.chosen_by_auto`). Any
             network: IDN's, RCAN's and a user's ``nn.Conv2d`` layers qualify as MZSRNet's do.
     """
 
@@ -400,7 +401,7 @@ def _resolve_conv_algorithm(name: str, device: torch.device, precision: str) -> 
             raise RuntimeError("conv_algorithm='winograd' needs the native Winograd kernels, which are unavailable "
                                f"here ({winograd.native.why_unavailable('winograd')}): use conv_algorithm='direct'")
         return name
-    return "winograd" if applies and winograd.default_backend() == "native" else "direct"
+    return "winograd" if applies and winograd.chosen_by_auto() else "direct"
 
 
 def too_few_steps(meant: int, asked: str, option: str) -> str:

@@ -204,8 +204,8 @@ class MAMLConfig:
       convolution, input and weight gradient of the graph and of its last backward), about 1e-5 relative round-off
       per convolution against ``'direct'`` (1e-5..1e-4 of a meta-gradient). Needs fp32 and the primitive path
       (``conv_derivatives='torch'`` conflicts; under ``'auto'`` it acts on second-order iterations on CPU).
-      ``'auto'`` (default): ``'winograd'`` where its native kernels build (a C++ compiler;
-      :func:`metasr_adapter.ops.winograd.default_backend`), in fp32 second-order iterations on CPU with
+      ``'auto'`` (default): ``'winograd'`` where its native kernels build (a C++ compiler) on a CPU with AVX-512
+      (:func:`metasr_adapter.ops.winograd.chosen_by_auto`), in fp32 second-order iterations on CPU with
       ``task_threads=1``, else ``'direct'``; :meth:`MetaLearner.conv_algorithm_in_use` says which. On a 2-core
       AVX-512 EPYC the native kernels took an MZSR second-order meta-gradient to 0.47x oneDNN's time (README,
       speed section; ``python benchmarks/bench_meta_ab.py --threads 2 --pairs 8 --compare conv_algorithm``). The
@@ -403,13 +403,14 @@ class MetaLearner:
 
     def conv_algorithm_in_use(self) -> str:
         """``config.conv_algorithm``, with ``'auto'`` resolved: ``'winograd'`` when the primitive path runs (second
-        order on CPU, unless ``conv_derivatives='torch'``) in fp32 with ``task_threads=1`` and the native Winograd
-        kernels build here, else ``'direct'``."""
+        order on CPU, unless ``conv_derivatives='torch'``) in fp32 with ``task_threads=1`` and
+        :func:`~metasr_adapter.ops.winograd.chosen_by_auto` (the native kernels build, on an AVX-512 CPU), else
+        ``'direct'``."""
         cfg = self.config
         if cfg.conv_algorithm != "auto":
             return cfg.conv_algorithm
         if (cfg.precision == "fp32" and cfg.task_threads == 1 and self.device.type == "cpu"
-                and self._primitive_derivatives() and winograd.default_backend() == "native"):
+                and self._primitive_derivatives() and winograd.chosen_by_auto()):
             return "winograd"
         return "direct"
 

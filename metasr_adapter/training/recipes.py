@@ -164,7 +164,8 @@ SCHEMA: dict[str, Any] = {
                               "second-order meta-training on CPU: 'direct' (oneDNN), 'winograd' (F(4x4, 3x3) on the "
                               "package's native kernels, about 1e-5 relative round-off; speed: "
                               "benchmarks/bench_meta_ab.py --compare conv_algorithm) or 'auto' (winograd where it "
-                              "applies and its kernels build, else direct; MAMLConfig); may change on --resume",
+                              "applies, on AVX-512 CPUs where its kernels build, else direct; MAMLConfig); may "
+                              "change on --resume",
                               choices=("auto", "direct", "winograd")),
         "task_threads": Key(1, (int,), "tasks of a meta-batch at the same time on CPU worker threads with one "
                             "oneDNN thread each (1: one after another; README speed section and "
