@@ -397,3 +397,6 @@ def test_metasr_adapts_with_winograd_when_asked_and_auto_picks_it_in_fp32_on_cpu
             MetaSR(model, scale=2, precision="bf16", conv_algorithm="winograd")
     with pytest.raises(ValueError, match="conv_algorithm='fft'"):
         MetaSR(model, scale=2, conv_algorithm="fft")
+    with pytest.raises(ValueError, match="compile=True"):
+        MetaSR(model, scale=2, conv_algorithm="winograd", compile=True)
+    assert MetaSR(model, scale=2, conv_algorithm="auto", compile=True).conv_algorithm == "direct"

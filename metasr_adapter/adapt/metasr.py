@@ -26,6 +26,7 @@ from ..adapters.contract import eval_mode, fit_output, takes_upsampled_input, ti
 from ..adapters.contract import tile_overlap as tile_overlap_for
 from ..ops.degrade import imresize
 from ..devices import resolve_device, same_device
+from ..errors import check_choice
 from ..ops.degradation_spec import DegradationSpec
 from ..ops.kernels import KernelSpec, resolve_kernel
 from ..ops import winograd
@@ -114,9 +115,9 @@ class MetaSR:
             oneDNN; the exact-parity path) or ``'winograd'`` (the package's native Winograd kernels,
             :func:`metasr_adapter.ops.conv.winograd_convolutions`: about half the time of an MZSR adaptation step
             on an AVX-512 EPYC, 1e-5 relative round-off per convolution; README, speed section). ``'auto'``:
-            ``'winograd'`` in fp32 on CPUs with AVX-512 where the kernels build (a C++ compiler), else ``'direct'``
-            (:func:`metasr_adapter.ops.winograd.chosen_by_auto`). Any
-            network: IDN's, RCAN's and a user's ``nn.Conv2d`` layers qualify as MZSRNet's do.
+            ``'winograd'`` in fp32 on CPUs with AVX-512 where the kernels build (a C++ compiler) and without
+            ``compile``, else ``'direct'`` (:func:`metasr_adapter.ops.winograd.chosen_by_auto`). Any network: IDN's,
+            RCAN's and a user's ``nn.Conv2d`` layers qualify as MZSRNet's do.
     """
 
     def __init__(
@@ -203,7 +204,7 @@ class MetaSR:
         #: back-projection iterations after SR with a given kernel when a call does not say (SPEC §7)
         self.back_projection = int(bp or 0)
         #: ``'winograd'`` or ``'direct'``: what computes the network's eligible convolutions (``'auto'`` resolved)
-        self.conv_algorithm = _resolve_conv_algorithm(conv_algorithm, self.device, precision)
+        self.conv_algorithm = _resolve_conv_algorithm(conv_algorithm, self.device, precision, compile)
 
     # -- network plumbing -------------------------------------------------------------------
     def _param_items(self) -> list[tuple[str, torch.Tensor]]:
@@ -386,14 +387,16 @@ class MetaSR:
         )
 
 
-def _resolve_conv_algorithm(name: str, device: torch.device, precision: str) -> str:
+def _resolve_conv_algorithm(name: str, device: torch.device, precision: str, compiled: bool) -> str:
     """MetaSR's ``conv_algorithm`` with ``'auto'`` resolved; ``'winograd'`` where it cannot run is refused."""
-    if name not in ("auto", "direct", "winograd"):
-        raise ValueError(f"conv_algorithm={name!r}: use 'direct', 'winograd' or 'auto'")
+    check_choice("conv_algorithm", name, ("direct", "winograd", "auto"))
     if name == "direct":
         return name
-    applies = device.type == "cpu" and precision == "fp32"
+    applies = device.type == "cpu" and precision == "fp32" and not compiled
     if name == "winograd":
+        if compiled:
+            raise ValueError("conv_algorithm='winograd' with compile=True: the torch.compile'd network does not call "
+                             "the native kernels; use one of the two")
         if not applies:
             raise ValueError(f"conv_algorithm='winograd' runs fp32 convolutions on CPU; got precision={precision!r} "
                              f"on {device}: use conv_algorithm='direct' (or 'auto')")

@@ -138,13 +138,13 @@ def _by_winograd_call(x: object, weight: object, bias: object, stride: object, p
     if not (_single(stride, 1) and (_single(padding, 1) or padding == "same") and _single(dilation, 1)
             and groups == 1):
         return False
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or (bias is not None and bias.dtype != torch.float32) or torch.is_autocast_enabled("cpu")
+    if (weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32)
+            or torch.is_autocast_enabled("cpu")
             or torch.compiler.is_compiling() or _functorch_wrapped(x) or _functorch_wrapped(weight)
             or (bias is not None and _functorch_wrapped(bias))):
         return False
-    return (winograd.supports(x, weight.shape, 1) and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
-            and winograd.default_backend() == "native")
+    return (winograd.supports(x, weight.shape, 1)  # fp32 CPU input, 3x3 kernel, >= 16 channels
+            and winograd.native_fits(*weight.shape[:2]) and winograd.default_backend() == "native")
 
 
 class _WinogradMode(torch.overrides.TorchFunctionMode):

@@ -30,10 +30,9 @@ RGB layers stay direct. Speed against oneDNN: ``benchmarks/bench_winograd.py`` (
 """
 from __future__ import annotations
 
+import ctypes
 from fractions import Fraction
 from typing import Callable, Sequence
-
-import ctypes
 
 import torch
 from torch.nn import functional as F
@@ -41,7 +40,7 @@ from torch.nn import functional as F
 from . import native
 
 __all__ = ["toom_cook", "supports", "transposed_shape", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad",
-           "MIN_CHANNELS", "BACKENDS", "default_backend", "chosen_by_auto"]
+           "MIN_CHANNELS", "BACKENDS", "default_backend", "chosen_by_auto", "native_fits"]
 
 MIN_CHANNELS = 16  # thinner layers (RGB in or out) run faster direct
 BACKENDS = ("native", "compiled", "eager")
@@ -298,7 +297,8 @@ def _native_weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return gw
 
 
-def _native_fits(*channels: int) -> bool:
+def native_fits(*channels: int) -> bool:
+    """Whether the native kernels take these channel counts (multiples of one 16-float vector)."""
     return all(c % 16 == 0 for c in channels)
 
 
@@ -311,19 +311,15 @@ def _run(name: str, backend: str | None, *args: torch.Tensor | None) -> torch.Te
         raise ValueError(f"Winograd backend {backend!r}: use one of {', '.join(BACKENDS)}")
     chosen = default_backend() if backend is None else backend
     if chosen == "native":
-        lib = _native_lib()
-        if lib is None:
-            if backend == "native":
-                raise RuntimeError(f"the native Winograd kernels are unavailable: {native.why_unavailable('winograd')}")
-            chosen = "compiled" if COMPILE else "eager"
-        else:
-            x, other = args[0], args[1]
-            assert x is not None and other is not None
-            if name == "weight_grad" and _native_fits(x.shape[1], other.shape[1]):
-                return _native_weight_grad(x, other)
-            if name != "weight_grad" and _native_fits(other.shape[0], other.shape[1]):
-                return _native_conv(x, other, args[2] if name == "conv" else None, transposed=name == "input_grad")
-            chosen = "compiled" if COMPILE else "eager"
+        if _native_lib() is None:
+            raise RuntimeError(f"the native Winograd kernels are unavailable: {native.why_unavailable('winograd')}")
+        x, other = args[0], args[1]
+        assert x is not None and other is not None
+        if name == "weight_grad" and native_fits(x.shape[1], other.shape[1]):
+            return _native_weight_grad(x, other)
+        if name != "weight_grad" and native_fits(other.shape[0], other.shape[1]):
+            return _native_conv(x, other, args[2] if name == "conv" else None, transposed=name == "input_grad")
+        chosen = "compiled" if COMPILE else "eager"  # channel counts the kernels do not take
     if chosen == "compiled" and name not in _COMPILED:
         _COMPILED[name] = torch.compile(_EAGER[name], dynamic=False, fullgraph=True)
     with torch.no_grad():
