@@ -3,10 +3,10 @@
 Each source is compiled once per machine with the system's C++ compiler (``$CXX``, else ``g++`` or ``c++``;
 ``-O3 -march=native -fopenmp``) into a shared library in the cache folder (``$METASR_NATIVE_CACHE``, else
 ``~/.cache/metasr_adapter/native``), named by a digest of the source, the flags, the compiler's version, the
-CPU's flags and torch's version, so an edited source, another compiler, CPU or torch builds anew. The library is written under a
-temporary name and renamed into place (two processes never see half a file) and loaded with :mod:`ctypes`, which
-releases the GIL during calls. The kernels run on torch's own OpenMP runtime: torch is imported first, so the
-library's ``libgomp.so.1`` resolves to the copy torch loaded.
+CPU's flags and torch's version, so an edited source, another compiler, CPU or torch builds anew. The library is
+written under a temporary name and renamed into place (two processes never see half a file) and loaded with
+:mod:`ctypes`, which releases the GIL during calls. The kernels run on torch's own OpenMP runtime: torch is imported
+first, so the library's ``libgomp.so.1`` resolves to the copy torch loaded.
 
 ``METASR_NATIVE=0`` turns the kernels off (callers fall back to their torch code). Without a compiler, or when the
 build fails, :func:`load` returns ``None`` and :func:`why_unavailable` says why.

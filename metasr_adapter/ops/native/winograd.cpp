@@ -1,10 +1,11 @@
 // Fused, cache-blocked Winograd 3x3 convolutions (stride 1, padding 1) in fp32 on NHWC tensors.
 //
-// metasr_adapter/ops/native.py compiles this file on first use (g++ -O3 -march=native -fopenmp) and calls it
-// through ctypes; metasr_adapter/ops/winograd.py holds the algorithm's description and the transform matrices,
-// which it derives exactly and passes in here. Compared with the unfused form (every tile's transform written
-// out for the whole tensor, then 36 batched products, then the transform back), each thread here takes a block
-// of tiles through all three steps while the block's data stays in its core's L2 cache.
+// metasr_adapter/ops/native.py compiles this file on first use (g++ -O3 -march=native -fopenmp) and
+// metasr_adapter/ops/winograd.py calls it through ctypes. That module holds the algorithm's description and derives
+// the transform matrices exactly: it passes the filter transform in and checks the data and output transforms
+// compiled in here (metasr_winograd_check_matrices) before any use. Compared with the unfused form (every tile's
+// transform written out for the whole tensor, then 36 batched products, then the transform back), each thread here
+// takes a block of tiles through all three steps while the block's data stays in its core's L2 cache.
 //
 //   forward:        y = conv(x, w) [+ b]        F(4x4, 3x3): 6x6 input tiles (stride 4), 4x4 output tiles
 //   input gradient: the forward with w's channels swapped and its taps turned (flag `transposed`)
@@ -140,8 +141,8 @@ __attribute__((noinline)) void micro(const float* a, std::ptrdiff_t a_r, std::pt
 }
 
 template <int R>
-inline void micro_cols(int nv, const float* a, std::ptrdiff_t a_r, std::ptrdiff_t a_l, const float* b, std::ptrdiff_t ldb, int len,
-                       float* c, std::ptrdiff_t ldc, bool accumulate) {
+inline void micro_cols(int nv, const float* a, std::ptrdiff_t a_r, std::ptrdiff_t a_l, const float* b,
+                       std::ptrdiff_t ldb, int len, float* c, std::ptrdiff_t ldc, bool accumulate) {
     switch (nv) {
         case 4: micro<R, 4>(a, a_r, a_l, b, ldb, len, c, ldc, accumulate); break;
         case 3: micro<R, 3>(a, a_r, a_l, b, ldb, len, c, ldc, accumulate); break;
@@ -151,8 +152,8 @@ inline void micro_cols(int nv, const float* a, std::ptrdiff_t a_r, std::ptrdiff_
 }
 
 // C[rows x cols] (+)= A[rows x len] * B[len x cols], A strided (a_r, a_l), B and C row-major; cols % 16 == 0.
-void gemm(int rows, int cols, int len, const float* a, std::ptrdiff_t a_r, std::ptrdiff_t a_l, const float* b, std::ptrdiff_t ldb,
-          float* c, std::ptrdiff_t ldc, bool accumulate) {
+void gemm(int rows, int cols, int len, const float* a, std::ptrdiff_t a_r, std::ptrdiff_t a_l, const float* b,
+          std::ptrdiff_t ldb, float* c, std::ptrdiff_t ldc, bool accumulate) {
     for (int col = 0; col < cols; col += 64) {
         int nv = std::min(4, (cols - col) / 16);
         int r = 0;
@@ -211,8 +212,9 @@ int metasr_winograd_check_matrices(const float* fwd_bt, const float* fwd_at, con
             if (given[i] != ours[i]) return false;
         return true;
     };
-    return same(fwd_bt, &kFwdBT[0][0], 36) && same(fwd_at, &kFwdAT[0][0], 24) && same(wgrad_bt, &kWgradBT[0][0], 36) &&
-           same(wgrad_g, &kWgradG[0][0], 24) && same(wgrad_at, &kWgradAT[0][0], 18);
+    return same(fwd_bt, &kFwdBT[0][0], 36) && same(fwd_at, &kFwdAT[0][0], 24) &&
+           same(wgrad_bt, &kWgradBT[0][0], 36) && same(wgrad_g, &kWgradG[0][0], 24) &&
+           same(wgrad_at, &kWgradAT[0][0], 18);
 }
 
 // U[36][cin][cout] = G g G^T for every filter g (3x3) of an OIHW weight. Not transposed: cout = w's O, cin = w's I.
