@@ -202,7 +202,8 @@ class MAMLConfig:
     * ``conv_algorithm``: what computes those convolutions where the primitive path runs. ``'direct'``: oneDNN.
       ``'winograd'``: :mod:`metasr_adapter.ops.winograd` for the 3x3 layers with >= 16 channels in fp32 (every
       convolution, input and weight gradient of the graph and of its last backward), about 1e-5 relative round-off
-      per convolution against ``'direct'`` (1e-5..1e-4 of a meta-gradient). Needs fp32 and the primitive path
+      per convolution against ``'direct'``, which ReLU and L1 kinks can amplify in a meta-gradient as they amplify
+      any perturbation (``tests/test_winograd.py``). Needs fp32 and the primitive path
       (``conv_derivatives='torch'`` conflicts; under ``'auto'`` it acts on second-order iterations on CPU).
       ``'auto'`` (default): ``'winograd'`` where its native kernels build (a C++ compiler) on a CPU with AVX-512
       (:func:`metasr_adapter.ops.winograd.chosen_by_auto`), in fp32 second-order iterations on CPU with
