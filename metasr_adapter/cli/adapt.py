@@ -189,6 +189,6 @@ def folder_settings(args: argparse.Namespace, **extra) -> dict:
     return {"weights": weights, "arch": args.arch, "arch_kwargs": args.arch_kwargs, "param_key": args.param_key,
             "scale": args.scale, "precision": getattr(args, "precision_used", None) or args.precision or "fp32",
             "schedule": args.schedule, "lr": args.lr,
-            **({"conv_algorithm": args.conv_algorithm} if args.conv_algorithm not in (None, "direct") else {}),
+            **({"conv_algorithm": "winograd"} if conv_algorithm_of(args) == "winograd" else {}),
             "loss": args.loss, "max_pixels": args.max_pixels,
             **({} if args.seed is None else {"seed": args.seed}), **extra}
